@@ -1,0 +1,216 @@
+"""The canonical record every data source converts to, title normalization, and JSONL I/O."""
+
+from __future__ import annotations
+
+import html
+import json
+import os
+import re
+import tempfile
+from collections.abc import Iterable, Iterator
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any
+
+from pydantic import BaseModel, ConfigDict, Field
+
+DOMAINS = ("movies", "games", "books")
+
+
+class DataError(ValueError):
+    """Bad input data; the message names the file, the record and the field."""
+
+    def __init__(self, message: str, *, file: str | os.PathLike | None = None,
+                 record: int | str | None = None, field: str | None = None) -> None:
+        where = []
+        if file is not None:
+            where.append(str(file))
+        if record is not None:
+            where.append(f"record {record}")
+        if field is not None:
+            where.append(f"field '{field}'")
+        super().__init__(f"{': '.join([', '.join(where), message]) if where else message}")
+        self.file, self.record, self.field = file, record, field
+
+
+@dataclass(frozen=True)
+class Item:
+    """One catalog item as the model sees it: a title, and an id when the source has one."""
+
+    title: str
+    item_id: str | None = None
+
+
+@dataclass
+class Record:
+    """One user and one prediction target: a history, the positive and k >= 1 negatives.
+
+    `positive_first[i]` says whether the positive is listed before negative i in the prompt; it
+    keeps a source's own candidate order (the authors' files) so prompts are reproduced exactly.
+    When None, the order is drawn from the prompt seed, so position gives nothing away.
+    """
+
+    user_id: str
+    history: list[Item]
+    positive: Item
+    negatives: list[Item]
+    domain: str = "movies"
+    positive_first: list[bool] | None = None
+    metadata: dict[str, Any] = field(default_factory=dict)
+
+    @property
+    def k(self) -> int:
+        return len(self.negatives)
+
+    def validate(self, *, file: str | os.PathLike | None = None, index: int | str | None = None) -> Record:
+        """Check the invariants every stage relies on; raise DataError naming what is wrong."""
+        rec = index if index is not None else self.user_id
+        if not self.history:
+            raise DataError("history is empty; a record needs at least one history item",
+                            file=file, record=rec, field="history")
+        if not self.negatives:
+            raise DataError("no negatives; a record needs at least one", file=file, record=rec,
+                            field="negatives")
+        for name, items in (("history", self.history), ("negatives", self.negatives),
+                            ("positive", [self.positive])):
+            for i, item in enumerate(items):
+                if not item.title or not item.title.strip():
+                    raise DataError(f"item {i} has an empty title", file=file, record=rec, field=name)
+        if self.domain not in DOMAINS:
+            raise DataError(f"unknown domain {self.domain!r}; expected one of {DOMAINS}",
+                            file=file, record=rec, field="domain")
+        if self.positive_first is not None and len(self.positive_first) != len(self.negatives):
+            raise DataError(f"has {len(self.positive_first)} entries for {len(self.negatives)} negatives",
+                            file=file, record=rec, field="positive_first")
+        return self
+
+
+class TitleNormalization(BaseModel):
+    """How titles are cleaned when data is read. Applied identically to every split.
+
+    The authors' Amazon titles carry HTML entities (`&ocirc;`) and stray spaces, and their
+    MovieLens-1M train files drop the release year that the test file keeps. `none()` keeps
+    titles byte-exact, which reproduces the authors' prompt strings.
+    """
+
+    model_config = ConfigDict(extra="forbid")
+    html_entities: bool = Field(True, description="Decode HTML entities: '&amp;' -> '&'.")
+    whitespace: bool = Field(True, description="Strip ends and collapse runs of whitespace.")
+    strip_year: bool = Field(False, description="Drop a trailing release year: 'Heat (1995)' -> 'Heat'.")
+
+    @classmethod
+    def none(cls) -> TitleNormalization:
+        return cls(html_entities=False, whitespace=False, strip_year=False)
+
+
+_YEAR = re.compile(r"\s*\(\d{4}\)\s*$")
+_SPACES = re.compile(r"\s+")
+
+
+def normalize_title(title: str, norm: TitleNormalization) -> str:
+    if norm.html_entities:
+        title = html.unescape(title)
+    if norm.strip_year:
+        title = _YEAR.sub("", title)
+    if norm.whitespace:
+        title = _SPACES.sub(" ", title).strip()
+    return title
+
+
+def normalize_record(record: Record, norm: TitleNormalization) -> Record:
+    def fix(item: Item) -> Item:
+        return Item(normalize_title(item.title, norm), item.item_id)
+
+    return Record(record.user_id, [fix(i) for i in record.history], fix(record.positive),
+                  [fix(i) for i in record.negatives], record.domain, record.positive_first,
+                  dict(record.metadata))
+
+
+# ---------------------------------------------------------------- JSONL I/O
+
+def record_to_dict(record: Record) -> dict[str, Any]:
+    return asdict(record)
+
+
+def record_from_dict(obj: Any, *, file: str | os.PathLike | None = None,
+                     index: int | str | None = None) -> Record:
+    if not isinstance(obj, dict):
+        raise DataError(f"expected a JSON object, got {type(obj).__name__}", file=file, record=index)
+
+    def need(key: str) -> Any:
+        if key not in obj:
+            raise DataError("missing", file=file, record=index, field=key)
+        return obj[key]
+
+    def item(value: Any, key: str) -> Item:
+        if isinstance(value, str):
+            return Item(value)
+        if isinstance(value, dict) and isinstance(value.get("title"), str):
+            item_id = value.get("item_id")
+            return Item(value["title"], None if item_id is None else str(item_id))
+        raise DataError("expected a title string or an object with a 'title'", file=file,
+                        record=index, field=key)
+
+    def items(key: str) -> list[Item]:
+        value = need(key)
+        if not isinstance(value, list):
+            raise DataError("expected a list", file=file, record=index, field=key)
+        return [item(v, key) for v in value]
+
+    positive_first = obj.get("positive_first")
+    if positive_first is not None and not (
+        isinstance(positive_first, list) and all(isinstance(b, bool) for b in positive_first)
+    ):
+        raise DataError("expected a list of booleans", file=file, record=index, field="positive_first")
+    metadata = obj.get("metadata") or {}
+    if not isinstance(metadata, dict):
+        raise DataError("expected an object", file=file, record=index, field="metadata")
+    record = Record(
+        user_id=str(need("user_id")),
+        history=items("history"),
+        positive=item(need("positive"), "positive"),
+        negatives=items("negatives"),
+        domain=str(obj.get("domain", "movies")),
+        positive_first=positive_first,
+        metadata=metadata,
+    )
+    return record.validate(file=file, index=index)
+
+
+def atomic_write_text(path: str | os.PathLike, text: str) -> None:
+    """Write a file so a reader never sees half of it: write a temp file, then rename."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    try:
+        with os.fdopen(fd, "w", encoding="utf-8") as f:
+            f.write(text)
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+
+
+def write_records(path: str | os.PathLike, records: Iterable[Record]) -> None:
+    lines = [json.dumps(record_to_dict(r), ensure_ascii=False) for r in records]
+    atomic_write_text(path, "\n".join(lines) + ("\n" if lines else ""))
+
+
+def iter_records(path: str | os.PathLike) -> Iterator[Record]:
+    path = Path(path)
+    if not path.is_file():
+        raise DataError("file not found", file=path)
+    with path.open(encoding="utf-8") as f:
+        for lineno, line in enumerate(f, 1):
+            if not line.strip():
+                continue
+            try:
+                obj = json.loads(line)
+            except json.JSONDecodeError as e:
+                raise DataError(f"malformed JSON ({e.msg} at column {e.colno})", file=path,
+                                record=f"on line {lineno}") from None
+            yield record_from_dict(obj, file=path, index=f"on line {lineno}")
+
+
+def read_records(path: str | os.PathLike) -> list[Record]:
+    return list(iter_records(path))
