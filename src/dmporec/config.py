@@ -1,0 +1,127 @@
+"""Typed run configuration: YAML files in configs/, with `section.key=value` overrides on top."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+from typing import Any, Literal
+
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
+
+from dmporec.demo_data import DemoDataConfig
+from dmporec.model import ModelConfig
+from dmporec.records import TitleNormalization
+
+
+class _Strict(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+
+class DataConfig(_Strict):
+    """Where the records come from. A path ending in .json is read as the authors' alpaca
+    format, anything else as canonical records (JSON lines)."""
+
+    sft_train: str | None = Field(None, description="SFT training data (one positive, one negative per user).")
+    dmpo_train: str | None = Field(None, description="DMPO training data (records with >= k negatives, or dpo_ranking_k rows).")
+    eval: str | None = Field(None, description="Test pairs.")
+    demo: DemoDataConfig | None = Field(None, description="Generate the demo data into OUTPUT_DIR/data and use it for all three.")
+    title_normalization: TitleNormalization = Field(default_factory=TitleNormalization)
+    max_train_users: int | None = Field(None, ge=1, description="Use only the first N training users.")
+    max_eval_pairs: int | None = Field(None, ge=1, description="Evaluate on the first N test users only.")
+    prompt_seed: int = Field(0, description="Seed of the candidate order in prompts that do not fix it.")
+
+    @model_validator(mode="after")
+    def _one_source(self) -> DataConfig:
+        if self.demo is not None and any((self.sft_train, self.dmpo_train, self.eval)):
+            raise ValueError("set either data.demo or the data paths, not both")
+        return self
+
+
+class TrainConfig(_Strict):
+    """One LoRA training stage; the defaults are the authors' settings (effective batch 8)."""
+
+    epochs: int = Field(3, ge=1, description="Passes over the training users.")
+    learning_rate: float = Field(1e-4, gt=0, description="Peak learning rate (AdamW).")
+    batch_size: int = Field(8, ge=1, description="Users per micro-batch.")
+    grad_accum: int = Field(1, ge=1, description="Micro-batches per optimizer step.")
+    warmup_ratio: float = Field(0.1, ge=0, lt=1, description="Share of steps with linear warm-up before the cosine decay.")
+    weight_decay: float = Field(0.0, ge=0)
+    max_grad_norm: float = Field(1.0, gt=0, description="Gradient clipping.")
+    seed: int = Field(42, description="Seeds weights init, data order and dropout.")
+    scorer: Literal["shared", "naive"] = Field("shared", description="shared: encode each prompt once for all its answers; naive: one row per answer (debugging, benchmarks).")
+    max_batch_tokens: int = Field(8192, ge=64, description="Rows x padded length per forward pass; lower it to save memory.")
+    save_every_steps: int = Field(0, ge=0, description="Checkpoint every N optimizer steps (0: at the end of each epoch only).")
+
+
+class SFTConfig(TrainConfig):
+    epochs: int = 5
+
+
+class DMPOConfig(TrainConfig):
+    k: int = Field(3, ge=1, le=20, description="Negatives per user; k=1 is DPO.")
+    beta: float = Field(0.1, gt=0, description="Strength of the pull towards the reference (SFT) model.")
+    loss: Literal["dmpo", "sdpo"] = Field("dmpo", description="dmpo (the paper) or sdpo (S-DPO, Chen et al. 2024).")
+    sft_weight: float = Field(0.0, ge=0, description="Weight of an SFT term on the chosen answers (the authors' dpo_ftx).")
+
+
+class EvalConfig(_Strict):
+    batch_size: int = Field(16, ge=1, description="Test users scored per call.")
+    scorer: Literal["shared", "naive"] = "shared"
+    max_batch_tokens: int = Field(8192, ge=64)
+    n_boot: int = Field(1000, ge=10, description="Bootstrap resamples for the 95% CIs.")
+    seed: int = Field(0, description="Seed of the coin-flip AUC and the bootstrap.")
+
+
+class RunConfig(_Strict):
+    output_dir: str = Field("runs/default", description="Where every stage writes its results.")
+    model: ModelConfig = Field(default_factory=ModelConfig)
+    data: DataConfig = Field(default_factory=DataConfig)
+    sft: SFTConfig = Field(default_factory=SFTConfig)
+    dmpo: DMPOConfig = Field(default_factory=DMPOConfig)
+    eval: EvalConfig = Field(default_factory=EvalConfig)
+    zero_shot: bool = Field(True, description="`run` also evaluates the untrained base model.")
+
+
+class ConfigError(ValueError):
+    """A config file or override that does not validate; the message names the file and field."""
+
+
+def _set(tree: dict[str, Any], dotted: str, value: Any) -> None:
+    keys = dotted.split(".")
+    node = tree
+    for key in keys[:-1]:
+        node = node.setdefault(key, {})
+        if not isinstance(node, dict):
+            raise ConfigError(f"override {dotted!r}: {key!r} is not a section")
+    node[keys[-1]] = value
+
+
+def load_config(path: str | os.PathLike | None = None, overrides: list[str] | None = None) -> RunConfig:
+    """A RunConfig from a YAML file (optional) and `a.b=value` overrides (values parsed as YAML)."""
+    tree: dict[str, Any] = {}
+    source = "defaults"
+    if path is not None:
+        source = str(path)
+        if not Path(path).is_file():
+            raise ConfigError(f"{path}: config file not found")
+        try:
+            tree = yaml.safe_load(Path(path).read_text(encoding="utf-8")) or {}
+        except yaml.YAMLError as e:
+            raise ConfigError(f"{path}: not valid YAML: {e}") from None
+        if not isinstance(tree, dict):
+            raise ConfigError(f"{path}: expected a mapping at the top level")
+    for item in overrides or []:
+        if "=" not in item:
+            raise ConfigError(f"override {item!r}: expected section.key=value")
+        key, raw = item.split("=", 1)
+        _set(tree, key.strip(), yaml.safe_load(raw) if raw.strip() else None)
+    try:
+        return RunConfig(**tree)
+    except ValidationError as e:
+        problems = "; ".join(f"{'.'.join(map(str, err['loc'])) or '(top)'}: {err['msg']}" for err in e.errors())
+        raise ConfigError(f"{source}{' + overrides' if overrides else ''}: {problems}") from None
+
+
+def dump_config(cfg: RunConfig) -> str:
+    return yaml.safe_dump(cfg.model_dump(mode="json"), sort_keys=False)

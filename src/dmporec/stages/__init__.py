@@ -1,0 +1,1 @@
+"""Stage entry points: each wires the library modules for one step of the pipeline."""

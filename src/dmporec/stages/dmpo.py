@@ -1,0 +1,86 @@
+"""Stage 2: DMPO. Policy = SFT model + a new LoRA adapter; reference = the same with it disabled."""
+
+from __future__ import annotations
+
+import os
+import time
+from pathlib import Path
+
+import torch
+from tqdm.auto import tqdm
+
+from dmporec.config import RunConfig
+from dmporec.data import stage_records
+from dmporec.losses import LOSSES, sft_loss
+from dmporec.model import LINEAGE, add_lora, load_base_model, load_tokenizer, merge_adapters, read_lineage, write_lineage
+from dmporec.plots import plot_curves
+from dmporec.scoring import Group, score_groups
+from dmporec.stages.common import encoder, write_summary
+from dmporec.training import PeakMemory, train_lora
+
+
+@torch.no_grad()
+def reference_logps(model: torch.nn.Module, groups: list[Group], width: int, *, method: str,
+                    batch_size: int, max_batch_tokens: int) -> torch.Tensor:
+    """[N, width] summed log-probs of every answer under the reference (adapter disabled)."""
+    out = torch.zeros(len(groups), width)
+    model.eval()
+    with model.disable_adapter():
+        for start in tqdm(range(0, len(groups), batch_size), desc="reference log-probs", unit="batch"):
+            chunk = groups[start:start + batch_size]
+            scores = score_groups(model, chunk, method=method, max_batch_tokens=max_batch_tokens)
+            out[start:start + len(chunk), : scores.logps.shape[1]] = scores.logps.float().cpu()
+    return out
+
+
+def run_dmpo(cfg: RunConfig, sft_dir: Path | None = None) -> Path:
+    """Train `OUTPUT_DIR/dmpo/adapter` on top of the SFT model (`sft_dir`, default OUTPUT_DIR/sft)."""
+    out = Path(cfg.output_dir) / "dmpo"
+    if (out / LINEAGE).is_file():
+        print(f"dmpo: {out} is finished; delete it to train again")
+        return out
+    tc = cfg.dmpo
+    sft_dir = Path(sft_dir) if sft_dir is not None else Path(cfg.output_dir) / "sft"
+    _, sft_adapters = read_lineage(sft_dir)
+    records = stage_records(cfg.data, "dmpo_train")
+    short = sum(r.k < tc.k for r in records)
+    if short:
+        print(f"dmpo: {short} of {len(records)} users have fewer than k={tc.k} negatives; "
+              "their missing negatives are masked out of the loss")
+    tokenizer = load_tokenizer(cfg.model)
+    enc = encoder(tokenizer, cfg.model, cfg.data.prompt_seed)
+    groups = [enc.group(r, k=tc.k) for r in records]
+    loss = LOSSES[tc.loss]
+
+    start = time.perf_counter()
+    with PeakMemory() as mem:
+        # The SFT adapter is folded into the weights: that model is the frozen reference.
+        model = add_lora(merge_adapters(load_base_model(cfg.model), sft_adapters), cfg.model)
+        ref = reference_logps(model, groups, 2 * tc.k, method=tc.scorer, batch_size=tc.batch_size,
+                              max_batch_tokens=tc.max_batch_tokens)
+        examples = list(zip(groups, ref))
+
+        def loss_fn(model: torch.nn.Module, batch: list) -> tuple[torch.Tensor, dict[str, float]]:
+            scores = score_groups(model, [g for g, _ in batch], method=tc.scorer,
+                                  max_batch_tokens=tc.max_batch_tokens)
+            width = scores.logps.shape[1]
+            ref_logps = torch.stack([r for _, r in batch])[:, :width].to(scores.logps.device)
+            chosen, rejected = scores.logps[:, 0::2], scores.logps[:, 1::2]  # [B, K] each
+            mask = scores.mask[:, 1::2]
+            result = loss(chosen, rejected, ref_logps[:, 0::2], ref_logps[:, 1::2], tc.beta, mask)
+            total = result.loss
+            if tc.sft_weight:
+                total = total + tc.sft_weight * sft_loss(chosen, scores.n_tokens[:, 0::2], mask)
+            return total.mean(), {"reward_margin": result.margin.mean().item(),
+                                  "reward_accuracy": result.accuracy.mean().item(),
+                                  "chosen_reward": result.chosen_rewards.mean().item()}
+
+        result = train_lora(model, examples, loss_fn, tc, out, stage="dmpo")
+    merged = [os.path.relpath(p.resolve(), out.resolve()) for p in sft_adapters]
+    write_lineage(out, cfg.model, merged=merged)
+    plot_curves(out / "metrics.jsonl", out / "curves.png")
+    write_summary(out, {"stage": "dmpo", "loss": tc.loss, "k": tc.k, "users": len(groups),
+                        "wall_s": round(time.perf_counter() - start, 1),
+                        "peak_rss_mib": round(mem.peak_rss_mib), "peak_gpu_mib": round(mem.peak_gpu_mib),
+                        **{f"final_{k}": v for k, v in result.items()}})
+    return out

@@ -1,0 +1,45 @@
+"""Stage 1: supervised fine-tuning of a LoRA adapter on the chosen answers."""
+
+from __future__ import annotations
+
+import time
+from pathlib import Path
+
+import torch
+
+from dmporec.config import RunConfig
+from dmporec.data import stage_records
+from dmporec.losses import sft_loss
+from dmporec.model import LINEAGE, add_lora, load_base_model, load_tokenizer, write_lineage
+from dmporec.plots import plot_curves
+from dmporec.scoring import Group, score_groups
+from dmporec.stages.common import encoder, write_summary
+from dmporec.training import PeakMemory, train_lora
+
+
+def run_sft(cfg: RunConfig) -> Path:
+    """Train `OUTPUT_DIR/sft/adapter` (one positive-first answer per user); skip if already done."""
+    out = Path(cfg.output_dir) / "sft"
+    if (out / LINEAGE).is_file():
+        print(f"sft: {out} is finished; delete it to train again")
+        return out
+    tc = cfg.sft
+    records = stage_records(cfg.data, "sft_train")
+    tokenizer = load_tokenizer(cfg.model)
+    enc = encoder(tokenizer, cfg.model, cfg.data.prompt_seed)
+    # The paper's SFT sees one pair per user: the first negative.
+    groups = [enc.group(r, k=1, answers="chosen") for r in records]
+
+    def loss_fn(model: torch.nn.Module, batch: list[Group]) -> tuple[torch.Tensor, dict[str, float]]:
+        scores = score_groups(model, batch, method=tc.scorer, max_batch_tokens=tc.max_batch_tokens)
+        return sft_loss(scores.logps, scores.n_tokens, scores.mask).mean(), {}
+
+    start = time.perf_counter()
+    with PeakMemory() as mem:
+        model = add_lora(load_base_model(cfg.model), cfg.model)
+        result = train_lora(model, groups, loss_fn, tc, out, stage="sft")
+    write_lineage(out, cfg.model, merged=[])
+    plot_curves(out / "metrics.jsonl", out / "curves.png")
+    write_summary(out, {"stage": "sft", "users": len(groups), "wall_s": round(time.perf_counter() - start, 1),
+                        "peak_rss_mib": round(mem.peak_rss_mib), "peak_gpu_mib": round(mem.peak_gpu_mib), **result})
+    return out

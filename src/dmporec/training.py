@@ -1,0 +1,154 @@
+"""The LoRA training loop both stages share: Accelerate, accumulation, cosine schedule, resume.
+
+A stage supplies the examples and a `loss_fn(model, batch) -> (loss, logs)`; the loop does the
+rest: seeded order per epoch, gradient accumulation and clipping, checkpoints it can resume
+from (adapter + optimizer + scheduler + position; safetensors for weights), metrics as JSON
+lines and a progress bar.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import shutil
+import threading
+import time
+from collections.abc import Callable, Sequence
+from pathlib import Path
+from typing import Any
+
+import psutil
+import torch
+from accelerate import Accelerator, DataLoaderConfiguration
+from accelerate.utils import set_seed
+from peft import PeftModel, set_peft_model_state_dict
+from safetensors.torch import load_file
+from torch.utils.data import DataLoader
+from tqdm.auto import tqdm
+from transformers import get_cosine_schedule_with_warmup
+
+from dmporec.config import TrainConfig
+from dmporec.records import atomic_write_text
+
+LossFn = Callable[[torch.nn.Module, list[Any]], tuple[torch.Tensor, dict[str, float]]]
+
+
+class PeakMemory:
+    """Peak resident memory (CPU, sampled) and peak CUDA memory while the block runs, in MiB."""
+
+    def __init__(self, interval: float = 0.1) -> None:
+        self.interval, self.peak_rss_mib, self.peak_gpu_mib = interval, 0.0, 0.0
+        self._stop = threading.Event()
+
+    def _sample(self) -> None:
+        proc = psutil.Process()
+        while True:
+            self.peak_rss_mib = max(self.peak_rss_mib, proc.memory_info().rss / 2**20)
+            if self._stop.wait(self.interval):
+                return
+
+    def __enter__(self) -> PeakMemory:
+        if torch.cuda.is_available():
+            torch.cuda.reset_peak_memory_stats()
+        self._thread = threading.Thread(target=self._sample, daemon=True)
+        self._thread.start()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self._stop.set()
+        self._thread.join()
+        if torch.cuda.is_available():
+            self.peak_gpu_mib = torch.cuda.max_memory_allocated() / 2**20
+
+
+def append_jsonl(path: Path, row: dict[str, Any]) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with path.open("a", encoding="utf-8") as f:
+        f.write(json.dumps(row) + "\n")
+
+
+def _save_checkpoint(ckpt: Path, accelerator: Accelerator, model: torch.nn.Module, optimizer: Any,
+                     scheduler: Any, position: dict[str, int]) -> None:
+    """Adapter (safetensors), optimizer and scheduler state, and where the loop stands."""
+    if not accelerator.is_main_process:
+        return
+    tmp = ckpt.with_name(ckpt.name + ".tmp")
+    shutil.rmtree(tmp, ignore_errors=True)
+    accelerator.unwrap_model(model).save_pretrained(tmp / "adapter")
+    torch.save(optimizer.state_dict(), tmp / "optimizer.pt")
+    torch.save(scheduler.state_dict(), tmp / "scheduler.pt")
+    atomic_write_text(tmp / "position.json", json.dumps(position))
+    shutil.rmtree(ckpt, ignore_errors=True)
+    tmp.rename(ckpt)
+
+
+def _load_checkpoint(ckpt: Path, accelerator: Accelerator, model: torch.nn.Module, optimizer: Any,
+                     scheduler: Any) -> dict[str, int]:
+    peft_model = accelerator.unwrap_model(model)
+    weights = load_file(ckpt / "adapter" / "adapter_model.safetensors", device=str(accelerator.device))
+    set_peft_model_state_dict(peft_model, weights)
+    optimizer.load_state_dict(torch.load(ckpt / "optimizer.pt", weights_only=True, map_location=accelerator.device))
+    scheduler.load_state_dict(torch.load(ckpt / "scheduler.pt", weights_only=True))
+    return json.loads((ckpt / "position.json").read_text())
+
+
+def train_lora(model: PeftModel, examples: Sequence[Any], loss_fn: LossFn, tc: TrainConfig, out_dir: Path,
+               *, stage: str) -> dict[str, float]:
+    """Train the model's LoRA adapter on `examples`; saves `out_dir/adapter`. Returns a summary."""
+    accelerator = Accelerator(gradient_accumulation_steps=tc.grad_accum,
+                              dataloader_config=DataLoaderConfiguration(use_seedable_sampler=True))
+    set_seed(tc.seed)
+    loader = DataLoader(list(examples), batch_size=tc.batch_size, shuffle=True, collate_fn=list)
+    params = [p for p in model.parameters() if p.requires_grad]
+    optimizer = torch.optim.AdamW(params, lr=tc.learning_rate, weight_decay=tc.weight_decay)
+    model, optimizer, loader = accelerator.prepare(model, optimizer, loader)
+    steps_per_epoch = math.ceil(len(loader) / tc.grad_accum)
+    total_steps = steps_per_epoch * tc.epochs
+    scheduler = accelerator.prepare(get_cosine_schedule_with_warmup(
+        optimizer, int(tc.warmup_ratio * total_steps) * accelerator.num_processes,
+        total_steps * accelerator.num_processes))
+
+    ckpt, metrics_path = out_dir / "checkpoint", out_dir / "metrics.jsonl"
+    position = {"epoch": 0, "batch": 0, "step": 0}
+    if (ckpt / "position.json").is_file():
+        position = _load_checkpoint(ckpt, accelerator, model, optimizer, scheduler)
+        accelerator.print(f"{stage}: resuming from {ckpt} at epoch {position['epoch']}, step {position['step']}")
+    elif metrics_path.exists() and accelerator.is_main_process:
+        metrics_path.unlink()  # a fresh start: old curves would mislead
+
+    model.train()
+    step, start, last_logs = position["step"], time.perf_counter(), {}
+    bar = tqdm(total=total_steps, initial=step, desc=stage, unit="step",
+               disable=not accelerator.is_local_main_process)
+    for epoch in range(position["epoch"], tc.epochs):
+        loader.set_epoch(epoch)
+        skip = position["batch"] if epoch == position["epoch"] else 0
+        epoch_loader = accelerator.skip_first_batches(loader, skip) if skip else loader
+        for batch_index, batch in enumerate(epoch_loader, start=skip):
+            with accelerator.accumulate(model):
+                loss, logs = loss_fn(model, batch)
+                accelerator.backward(loss)
+                if accelerator.sync_gradients:
+                    accelerator.clip_grad_norm_(params, tc.max_grad_norm)
+                optimizer.step()
+                scheduler.step()
+                optimizer.zero_grad()
+            if not accelerator.sync_gradients:
+                continue
+            step += 1
+            last_logs = {"loss": loss.item(), **logs}
+            append_jsonl(metrics_path, {"stage": stage, "step": step, "epoch": epoch + (batch_index + 1) / len(loader),
+                                        "lr": scheduler.get_last_lr()[0], **last_logs,
+                                        "elapsed_s": round(time.perf_counter() - start, 2)})
+            bar.update(1)
+            bar.set_postfix({k: f"{v:.4g}" for k, v in last_logs.items()})
+            if tc.save_every_steps and step % tc.save_every_steps == 0:
+                _save_checkpoint(ckpt, accelerator, model, optimizer, scheduler,
+                                 {"epoch": epoch, "batch": batch_index + 1, "step": step})
+        _save_checkpoint(ckpt, accelerator, model, optimizer, scheduler,
+                         {"epoch": epoch + 1, "batch": 0, "step": step})
+    bar.close()
+    accelerator.wait_for_everyone()
+    if accelerator.is_main_process:
+        accelerator.unwrap_model(model).save_pretrained(out_dir / "adapter")
+    return {"steps": step, **last_logs}
