@@ -49,12 +49,14 @@ def parse_instruction(text: str, *, where: dict[str, Any]) -> tuple[str, list[st
     w = WORDING[domain]
     head = (f"{_ROLE}{w.noun} recommendations. Here is the user's history of {w.plural} "
             f"they have {w.past}: ")
+    if not text.startswith(head):
+        raise DataError("does not follow the paper's prompt template", **where)
+    if text[len(head):].lstrip().startswith(". Rank the likelihood"):
+        raise DataError("history is empty", **{**where, "field": "instruction (history)"})
     cut = text.rfind(_RANK)
-    if not text.startswith(head) or cut < 0:
+    if cut < 0:
         raise DataError("does not follow the paper's prompt template", **where)
     history_text = text[len(head):cut + 2]  # keep the '> ' that closes the last title
-    if not history_text.strip():
-        raise DataError("history is empty", **{**where, "field": "instruction (history)"})
     history = _titles(history_text, ">  <Title:", "> ", where=where)
     tail = text[cut + len(_RANK):]
     lead = f"{w.gerund} the two {w.plural} "

@@ -8,7 +8,14 @@ from pathlib import Path
 from dmporec.alpaca import read_alpaca
 from dmporec.config import DataConfig
 from dmporec.demo_data import make_demo_data
-from dmporec.records import DataError, Record, TitleNormalization, normalize_record, read_records, write_records
+from dmporec.records import (
+    DataError,
+    Record,
+    TitleNormalization,
+    normalize_record,
+    read_records,
+    write_records,
+)
 
 
 def load_records(path: str | os.PathLike, norm: TitleNormalization) -> list[Record]:

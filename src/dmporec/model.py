@@ -10,6 +10,7 @@ Builtins:
 
 from __future__ import annotations
 
+import contextlib
 import importlib.util
 import json
 import os
@@ -19,6 +20,7 @@ from pathlib import Path
 from typing import Any
 
 import torch
+from accelerate.utils import set_seed
 from peft import LoraConfig, PeftModel, get_peft_model
 from pydantic import BaseModel, ConfigDict, Field
 from transformers import AutoModelForCausalLM, AutoTokenizer, PreTrainedModel
@@ -66,10 +68,8 @@ def _publish(build: Any, target: Path) -> Path:
     tmp = Path(tempfile.mkdtemp(dir=target.parent, prefix=f".{target.name}."))
     try:
         build(tmp)
-        try:
+        with contextlib.suppress(OSError):  # another process published first
             os.replace(tmp, target)
-        except OSError:  # another process published first
-            pass
     finally:
         shutil.rmtree(tmp, ignore_errors=True)
     return target
@@ -164,7 +164,9 @@ def load_base_model(cfg: ModelConfig, device: torch.device | None = None) -> Pre
     return model.to(device or default_device())
 
 
-def add_lora(model: PreTrainedModel, cfg: ModelConfig) -> PeftModel:
+def add_lora(model: PreTrainedModel, cfg: ModelConfig, seed: int = 0) -> PeftModel:
+    """A new trainable LoRA adapter on `model`, initialised from `seed`."""
+    set_seed(seed)
     lora = LoraConfig(r=cfg.lora_r, lora_alpha=cfg.lora_alpha, lora_dropout=cfg.lora_dropout,
                       target_modules=cfg.lora_target_modules, task_type="CAUSAL_LM")
     return get_peft_model(model, lora)

@@ -27,7 +27,7 @@ def plot_curves(metrics_path: Path, out_path: Path) -> Path | None:
     if not rows or not panels:
         return None
     fig, axes = plt.subplots(1, len(panels), figsize=(4.2 * len(panels), 3.2), squeeze=False)
-    for ax, (key, title) in zip(axes[0], panels):
+    for ax, (key, title) in zip(axes[0], panels, strict=True):
         ax.plot([r["step"] for r in rows if key in r], [r[key] for r in rows if key in r], marker=".")
         ax.set_xlabel("optimizer step")
         ax.set_title(title)

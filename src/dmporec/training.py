@@ -112,6 +112,10 @@ def train_lora(model: PeftModel, examples: Sequence[Any], loss_fn: LossFn, tc: T
     position = {"epoch": 0, "batch": 0, "step": 0}
     if (ckpt / "position.json").is_file():
         position = _load_checkpoint(ckpt, accelerator, model, optimizer, scheduler)
+        if metrics_path.is_file() and accelerator.is_main_process:  # drop steps the checkpoint lacks
+            kept = [line for line in metrics_path.read_text().splitlines()
+                    if line.strip() and json.loads(line)["step"] <= position["step"]]
+            atomic_write_text(metrics_path, "".join(line + "\n" for line in kept))
         accelerator.print(f"{stage}: resuming from {ckpt} at epoch {position['epoch']}, step {position['step']}")
     elif metrics_path.exists() and accelerator.is_main_process:
         metrics_path.unlink()  # a fresh start: old curves would mislead
@@ -151,4 +155,5 @@ def train_lora(model: PeftModel, examples: Sequence[Any], loss_fn: LossFn, tc: T
     accelerator.wait_for_everyone()
     if accelerator.is_main_process:
         accelerator.unwrap_model(model).save_pretrained(out_dir / "adapter")
+        shutil.rmtree(ckpt, ignore_errors=True)  # finished: the adapter is the result
     return {"steps": step, **last_logs}

@@ -2,17 +2,30 @@
 
 from __future__ import annotations
 
+import hashlib
+import json
 import os
 import time
 from pathlib import Path
 
 import torch
+from safetensors.torch import load_file, save_file
 from tqdm.auto import tqdm
 
-from dmporec.config import RunConfig
+from dmporec.config import DMPOConfig, RunConfig
 from dmporec.data import stage_records
 from dmporec.losses import LOSSES, sft_loss
-from dmporec.model import LINEAGE, add_lora, load_base_model, load_tokenizer, merge_adapters, read_lineage, write_lineage
+from dmporec.model import (
+    LINEAGE,
+    ModelConfig,
+    add_lora,
+    cache_root,
+    load_base_model,
+    load_tokenizer,
+    merge_adapters,
+    read_lineage,
+    write_lineage,
+)
 from dmporec.plots import plot_curves
 from dmporec.scoring import Group, score_groups
 from dmporec.stages.common import encoder, write_summary
@@ -31,6 +44,32 @@ def reference_logps(model: torch.nn.Module, groups: list[Group], width: int, *, 
             scores = score_groups(model, chunk, method=method, max_batch_tokens=max_batch_tokens)
             out[start:start + len(chunk), : scores.logps.shape[1]] = scores.logps.float().cpu()
     return out
+
+
+def reference_cache_key(model_cfg: ModelConfig, adapters: list[Path], groups: list[Group], width: int) -> str:
+    """Hash of what the reference log-probs depend on: base model, merged adapters, token ids."""
+    h = hashlib.sha256(json.dumps([model_cfg.name, model_cfg.dtype, width]).encode())
+    for adapter in adapters:
+        h.update((adapter / "adapter_model.safetensors").read_bytes())
+    for group in groups:
+        h.update(repr(group).encode())
+    return h.hexdigest()[:32]
+
+
+def cached_reference_logps(model: torch.nn.Module, model_cfg: ModelConfig, adapters: list[Path],
+                           groups: list[Group], width: int, tc: DMPOConfig) -> torch.Tensor:
+    """Reference log-probs from the on-disk cache, or computed once and stored there."""
+    path = cache_root() / "reference" / f"{reference_cache_key(model_cfg, adapters, groups, width)}.safetensors"
+    if path.is_file():
+        print(f"dmpo: reference log-probs from cache {path}")
+        return load_file(path)["logps"]
+    logps = reference_logps(model, groups, width, method=tc.scorer, batch_size=tc.batch_size,
+                            max_batch_tokens=tc.max_batch_tokens)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_suffix(".tmp")
+    save_file({"logps": logps.contiguous()}, tmp)
+    os.replace(tmp, path)
+    return logps
 
 
 def run_dmpo(cfg: RunConfig, sft_dir: Path | None = None) -> Path:
@@ -55,10 +94,9 @@ def run_dmpo(cfg: RunConfig, sft_dir: Path | None = None) -> Path:
     start = time.perf_counter()
     with PeakMemory() as mem:
         # The SFT adapter is folded into the weights: that model is the frozen reference.
-        model = add_lora(merge_adapters(load_base_model(cfg.model), sft_adapters), cfg.model)
-        ref = reference_logps(model, groups, 2 * tc.k, method=tc.scorer, batch_size=tc.batch_size,
-                              max_batch_tokens=tc.max_batch_tokens)
-        examples = list(zip(groups, ref))
+        model = add_lora(merge_adapters(load_base_model(cfg.model), sft_adapters), cfg.model, tc.seed)
+        ref = cached_reference_logps(model, cfg.model, sft_adapters, groups, 2 * tc.k, tc)
+        examples = list(zip(groups, ref, strict=True))
 
         def loss_fn(model: torch.nn.Module, batch: list) -> tuple[torch.Tensor, dict[str, float]]:
             scores = score_groups(model, [g for g, _ in batch], method=tc.scorer,

@@ -85,8 +85,7 @@ def run_evaluate(cfg: RunConfig, stage: str) -> dict[str, Any]:
             model, tokenizer, model_cfg = load_base_model(cfg.model), load_tokenizer(cfg.model), cfg.model
         else:
             model, tokenizer, model_cfg = load_stage_model(stage_dir)
-        metrics = evaluate(model, tokenizer, model_cfg, records, cfg.eval, cfg.data.prompt_seed, out,
-                           stage_dir.name)
+        evaluate(model, tokenizer, model_cfg, records, cfg.eval, cfg.data.prompt_seed, out, stage_dir.name)
     wall = round(time.perf_counter() - start, 1)
     write_summary(out, {"stage": f"eval {stage_dir.name}", "wall_s": wall,
                         "peak_rss_mib": round(mem.peak_rss_mib), "peak_gpu_mib": round(mem.peak_gpu_mib)})

@@ -36,7 +36,7 @@ def run_sft(cfg: RunConfig) -> Path:
 
     start = time.perf_counter()
     with PeakMemory() as mem:
-        model = add_lora(load_base_model(cfg.model), cfg.model)
+        model = add_lora(load_base_model(cfg.model), cfg.model, tc.seed)
         result = train_lora(model, groups, loss_fn, tc, out, stage="sft")
     write_lineage(out, cfg.model, merged=[])
     plot_curves(out / "metrics.jsonl", out / "curves.png")

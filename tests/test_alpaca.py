@@ -1,0 +1,74 @@
+import json
+from pathlib import Path
+
+import pytest
+
+from dmporec.alpaca import read_alpaca, to_alpaca_rows, write_alpaca
+from dmporec.records import DataError, TitleNormalization
+
+SHARED = Path(__file__).resolve().parents[2] / "shared" / "data" / "dmpo"
+
+
+def test_round_trip_through_alpaca(tmp_path, demo):
+    for kind in ("sft", "dpo", "eval"):
+        path = tmp_path / f"{kind}.json"
+        write_alpaca(path, demo.train, kind, seed=3)
+        back = read_alpaca(path, TitleNormalization.none())
+        rows = json.loads(path.read_text())
+        assert to_alpaca_rows(back, kind) == rows  # byte-exact prompts and answers
+        # k consecutive rows of a user (same history, same positive) -> one record
+        assert [r.k for r in back] == [5] * len(demo.train)
+        assert [[i.title for i in r.negatives] for r in back] == [[i.title for i in r.negatives] for r in demo.train]
+        assert [r.positive.title for r in back] == [r.positive.title for r in demo.train]
+
+
+def test_string_output_eval_rows_like_ml1m(tmp_path, demo):
+    rows = to_alpaca_rows(demo.test, "sft")  # output stored as the chosen string alone
+    (tmp_path / "eval.json").write_text(json.dumps(rows))
+    back = read_alpaca(tmp_path / "eval.json")
+    assert [r.positive.title for r in back] == [r.positive.title for r in demo.test]
+
+
+def _write(tmp_path, rows):
+    path = tmp_path / "rows.json"
+    path.write_text(json.dumps(rows))
+    return path
+
+
+GOOD = {"instruction": "You are an assistant working on movie recommendations. Here is the user's history of movies "
+        "they have watched:  <Title:A> . Rank the likelihood of the user watching the two movies  <Title:X>  and  <Title:Y> .",
+        "input": "", "output": [" <Title:Y> ,  <Title:X> ", " <Title:X> ,  <Title:Y> "]}
+
+
+@pytest.mark.parametrize("row,field,message", [
+    ({**GOOD, "output": [" <Title:Z> ,  <Title:X> ", " <Title:X> ,  <Title:Z> "]}, "output", "not among the prompt's candidates"),
+    ({k: v for k, v in GOOD.items() if k != "output"}, "output", "missing"),
+    ({**GOOD, "instruction": GOOD["instruction"].replace(" <Title:A> ", "")}, "instruction", "history"),
+    ({**GOOD, "instruction": "Rank these."}, "instruction", "role line"),
+    ({**GOOD, "output": [" <Title:Y> ,  <Title:X> ", " <Title:Y> ,  <Title:X> "]}, "output[1]", "reversed"),
+])
+def test_bad_rows_name_file_record_and_field(tmp_path, row, field, message):
+    with pytest.raises(DataError) as e:
+        read_alpaca(_write(tmp_path, [GOOD, row]))
+    text = str(e.value)
+    assert "rows.json" in text and "record 1" in text and field in text and message in text
+
+
+def test_malformed_file(tmp_path):
+    path = tmp_path / "rows.json"
+    path.write_text("[{")
+    with pytest.raises(DataError, match="rows.json.*malformed JSON"):
+        read_alpaca(path)
+    with pytest.raises(DataError, match="file not found"):
+        read_alpaca(tmp_path / "missing.json")
+
+
+@pytest.mark.skipif(not SHARED.is_dir(), reason="the authors' files are not beside this checkout")
+def test_authors_files_round_trip_exactly():
+    for path in sorted(SHARED.glob("*.json")):
+        rows = json.loads(path.read_text())
+        records = read_alpaca(path, TitleNormalization.none())
+        kind = "sft" if isinstance(rows[0]["output"], str) else "dpo"
+        assert to_alpaca_rows(records, kind) == rows, path.name
+        if "dpo_ranking_3" in path.name:
+            assert {r.k for r in records} == {3} and len(records) == 100

@@ -1,0 +1,83 @@
+"""End to end on the tiny random Qwen3: SFT -> DMPO -> evaluate in seconds, resumable."""
+
+import json
+
+import pytest
+import torch
+from safetensors.torch import load_file
+
+from dmporec.cli import main
+from dmporec.config import load_config
+
+TINY = ["model.name=builtin:tiny-qwen3", "data.demo={train_users: 6, valid_users: 0, test_users: 5, negatives: 3}",
+        "sft.epochs=1", "sft.batch_size=3", "dmpo.epochs=1", "dmpo.batch_size=3", "dmpo.k=2", "eval.n_boot=20"]
+
+
+def test_run_end_to_end_and_skip_finished_stages(tmp_path, capsys):
+    out = tmp_path / "run"
+    assert main(["run", *TINY, f"output_dir={out}"]) == 0
+    table = capsys.readouterr().out
+    assert "| zero-shot | 5 |" in table and "| SFT | 5 |" in table and "| DMPO (k=2) | 5 |" in table
+    for path in ("config.yaml", "data/train.jsonl", "sft/adapter/adapter_model.safetensors", "sft/curves.png",
+                 "dmpo/adapter/adapter_model.safetensors", "dmpo/metrics.jsonl", "dmpo/curves.png",
+                 "dmpo/eval/eval.json", "dmpo/eval/predictions.jsonl", "zero_shot/eval.json", "summary.md"):
+        assert (out / path).is_file(), path
+    metrics = [json.loads(x) for x in (out / "dmpo/metrics.jsonl").read_text().splitlines()]
+    assert metrics and {"loss", "reward_margin", "reward_accuracy", "lr"} <= metrics[0].keys()
+    ev = json.loads((out / "dmpo/eval/eval.json").read_text())
+    assert ev["pairs"] == 5 and 0 <= ev["accuracy"] <= 1
+    assert len((out / "dmpo/eval/predictions.jsonl").read_text().splitlines()) == 5
+
+    assert main(["run", *TINY, f"output_dir={out}"]) == 0  # everything finished: skipped
+    assert "is finished" in capsys.readouterr().out
+
+    # The evaluate command alone, on a finished stage.
+    (out / "sft/eval/eval.json").unlink()
+    assert main(["evaluate", "--stage", "sft", *TINY, f"output_dir={out}"]) == 0
+    assert "| sft | 5 |" in capsys.readouterr().out
+
+
+def test_training_resumes_from_a_checkpoint(tmp_path, monkeypatch):
+    args = [*TINY, "sft.epochs=2", "sft.batch_size=2", "sft.save_every_steps=1", "sft.learning_rate=1e-2"]
+    assert main(["sft", *args, f"output_dir={tmp_path / 'a'}"]) == 0
+    full = load_file(tmp_path / "a/sft/adapter/adapter_model.safetensors")
+
+    import dmporec.training as training
+
+    real, calls = training.append_jsonl, []
+
+    def crash_after_four_steps(path, row):
+        real(path, row)
+        calls.append(row["step"])
+        if len(calls) == 4:
+            raise KeyboardInterrupt
+
+    monkeypatch.setattr(training, "append_jsonl", crash_after_four_steps)
+    with pytest.raises(KeyboardInterrupt):
+        main(["sft", *args, f"output_dir={tmp_path / 'b'}"])
+    monkeypatch.setattr(training, "append_jsonl", real)
+    assert main(["sft", *args, f"output_dir={tmp_path / 'b'}"]) == 0
+    resumed = load_file(tmp_path / "b/sft/adapter/adapter_model.safetensors")
+    assert full.keys() == resumed.keys()
+    for key in full:
+        assert torch.allclose(full[key], resumed[key], atol=1e-6), key
+    steps = [json.loads(x)["step"] for x in (tmp_path / "b/sft/metrics.jsonl").read_text().splitlines()]
+    assert steps == [1, 2, 3, 4, 5, 6]
+
+
+def test_clear_errors_for_bad_input(tmp_path, capsys):
+    bad = tmp_path / "bad.jsonl"
+    bad.write_text('{"user_id": "u", "history": [], "positive": "P", "negatives": ["N"]}\n')
+    code = main(["evaluate", "--stage", "zero_shot", "model.name=builtin:tiny-qwen3", f"data.eval={bad}",
+                 f"output_dir={tmp_path / 'o'}"])
+    err = capsys.readouterr().err
+    assert code == 2 and "bad.jsonl" in err and "'history'" in err and "Traceback" not in err
+    assert main(["run", "dmpo.k=banana"]) == 2
+    assert "dmpo.k" in capsys.readouterr().err
+    assert main(["dmpo", *TINY, f"output_dir={tmp_path / 'nosft'}"]) == 2
+    assert "not a finished stage" in capsys.readouterr().err
+
+
+def test_demo_config_is_the_documented_one():
+    cfg = load_config("configs/demo.yaml")
+    assert cfg.model.name == "builtin:smollm2-135m" and cfg.dmpo.k == 3 and cfg.data.demo is not None

@@ -1,0 +1,97 @@
+"""The shared-prefix layout must give the naive layout's numbers, values and gradients."""
+
+import pytest
+import torch
+
+from dmporec.collate import GroupEncoder
+from dmporec.losses import dmpo_loss
+from dmporec.model import BUILTIN_SMOLLM2, ModelConfig, add_lora, load_base_model, load_tokenizer
+from dmporec.prompts import ChatFormat
+from dmporec.scoring import Branch, Group, score_groups
+
+
+def groups_for(tok, records, ks):
+    enc = GroupEncoder(tok, ChatFormat.from_tokenizer(tok))
+    return [enc.group(r, k=k) for r, k in zip(records, ks, strict=True)]
+
+
+def reference_sum(model, ids, n_answer):
+    """Summed log-prob of the last n_answer tokens of one unpadded sequence, the textbook way."""
+    logits = model(input_ids=torch.tensor([ids])).logits[0, :-1].float()
+    logp = torch.log_softmax(logits, -1).gather(-1, torch.tensor(ids[1:])[:, None])[:, 0]
+    return logp[-n_answer:].sum()
+
+
+@torch.no_grad()
+def test_naive_matches_a_plain_forward(tiny, demo):
+    model, tok = tiny
+    group = groups_for(tok, demo.train[:1], [2])[0]
+    scores = score_groups(model, [group], method="naive")
+    b = group.branches[1]
+    want = reference_sum(model, list(group.prefix + b.context + b.answers[0]), len(b.answers[0]))
+    assert scores.logps[0, 2].item() == pytest.approx(want.item(), abs=1e-4)
+    assert scores.n_tokens[0, 2].item() == len(b.answers[0])
+
+
+@torch.no_grad()
+@pytest.mark.parametrize("max_batch_tokens", [8192, 300])
+def test_shared_equals_naive_for_k_1_to_5_with_padding(tiny, demo, max_batch_tokens):
+    model, tok = tiny
+    # k = 1..5 in one batch: mixed lengths, rows padded, missing negatives masked.
+    groups = groups_for(tok, demo.train[:5], [1, 2, 3, 4, 5])
+    a = score_groups(model, groups, method="naive", max_batch_tokens=max_batch_tokens)
+    b = score_groups(model, groups, method="shared", max_batch_tokens=max_batch_tokens)
+    assert a.logps.shape == (5, 10)
+    assert torch.equal(a.mask, b.mask) and torch.equal(a.n_tokens, b.n_tokens)
+    assert a.mask.sum(1).tolist() == [2, 4, 6, 8, 10]
+    assert torch.allclose(a.logps, b.logps, atol=1e-4, rtol=0)
+    assert (a.logps[~a.mask] == 0).all() and (a.logps[a.mask] < 0).all()
+
+
+@torch.no_grad()
+def test_empty_context_and_handmade_groups(tiny):
+    model, _ = tiny
+    groups = [Group((5, 6, 7), (Branch((), ((8, 9), (10,))), Branch((11,), ((12, 13, 14),)))),
+              Group((3,), (Branch((4, 4), ((9,),)),))]
+    a = score_groups(model, groups, method="naive")
+    b = score_groups(model, groups, method="shared")
+    assert torch.allclose(a.logps, b.logps, atol=1e-4)
+    assert a.n_tokens.tolist() == [[2, 1, 3], [1, 0, 0]]
+
+
+def test_dmpo_gradients_agree(tiny_cfg, demo):
+    tok = load_tokenizer(tiny_cfg)
+    grads = {}
+    for method in ("naive", "shared"):
+        torch.manual_seed(0)
+        model = add_lora(load_base_model(tiny_cfg), tiny_cfg)
+        for name, p in model.named_parameters():  # LoRA B starts at zero; make the test non-trivial
+            if "lora_B" in name:
+                p.data.normal_(0, 0.02)
+        groups = groups_for(tok, demo.train[:3], [3, 1, 2])
+        s = score_groups(model, groups, method=method)
+        with torch.no_grad(), model.disable_adapter():
+            ref = score_groups(model, groups, method=method).logps
+        dmpo_loss(s.logps[:, 0::2], s.logps[:, 1::2], ref[:, 0::2], ref[:, 1::2], 0.1, s.mask[:, 1::2]).loss.mean().backward()
+        grads[method] = torch.cat([p.grad.flatten() for p in model.parameters() if p.requires_grad])
+    assert grads["naive"].abs().sum() > 0
+    rel = (grads["naive"] - grads["shared"]).norm() / grads["naive"].norm()
+    assert rel < 1e-4
+
+
+@torch.no_grad()
+def test_packaged_model_shared_equals_naive(demo):
+    cfg = ModelConfig(name=BUILTIN_SMOLLM2)
+    model, tok = load_base_model(cfg), load_tokenizer(cfg)
+    groups = groups_for(tok, demo.train[:3], [3, 1, 2])
+    a = score_groups(model, groups, method="naive")
+    b = score_groups(model, groups, method="shared")
+    assert torch.allclose(a.logps, b.logps, atol=1e-4, rtol=0)
+
+
+def test_rejects_bad_calls(tiny):
+    model, _ = tiny
+    with pytest.raises(ValueError, match="at least one group"):
+        score_groups(model, [])
+    with pytest.raises(ValueError, match="method"):
+        score_groups(model, [Group((1,), (Branch((), ((2,),)),))], method="fast")
