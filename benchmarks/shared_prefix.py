@@ -9,6 +9,7 @@ its peak RSS is its own. Training cells do the same DMPO steps (same users, same
   (how LLaMA-Factory and TRL's DPOTrainer do it by default);
 - shared: one packed row per user (block attention mask), reference log-probs computed once
   before training (their cost is reported separately, and cached across runs).
+Both take one backward pass per user and one optimizer step per batch (bounded memory).
 Prints a table and writes benchmarks/results/shared_prefix.json.
 """
 
@@ -83,16 +84,18 @@ def cell(kind: str, method: str, k: int, users: int, steps: int, eval_pairs: int
     for s in range(steps):
         batch = groups[s * users:(s + 1) * users]
         start = time.perf_counter()
-        ref = precomputed[s] if precomputed is not None else reference(batch)
-        scores = score_groups(model, batch, method=method)
-        out = dmpo_loss(scores.logps[:, 0::2], scores.logps[:, 1::2], ref[:, 0::2], ref[:, 1::2], 0.1,
-                        scores.mask[:, 1::2])
-        loss = out.loss.mean()
-        loss.backward()
+        step_loss = 0.0
+        for u, group in enumerate(batch):  # one user per backward: memory stays bounded for both
+            ref = precomputed[s][u:u + 1] if precomputed is not None else reference([group])
+            scores = score_groups(model, [group], method=method)
+            out = dmpo_loss(scores.logps[:, 0::2], scores.logps[:, 1::2], ref[:, 0::2], ref[:, 1::2], 0.1,
+                            scores.mask[:, 1::2])
+            (out.loss.sum() / len(batch)).backward()
+            step_loss += out.loss.sum().item() / len(batch)
         optimizer.step()
         optimizer.zero_grad()
         step_times.append(time.perf_counter() - start)
-        losses.append(loss.item())
+        losses.append(step_loss)
         tokens += sum(g.tokens(method) for g in batch) * (2 if precomputed is None else 1)
     wall = sum(step_times)
     return {"kind": kind, "method": method, "k": k, "users": users * steps, "wall_s": wall,
@@ -121,7 +124,9 @@ def main() -> None:
     for kind, method, k in cells:
         cmd = [sys.executable, __file__, "--cell", f"{kind}:{method}:{k}", "--users", str(args.users),
                "--steps", str(args.steps), "--eval-pairs", str(args.eval_pairs)]
-        proc = subprocess.run(cmd, capture_output=True, text=True, check=True)
+        proc = subprocess.run(cmd, capture_output=True, text=True)
+        if proc.returncode != 0:
+            sys.exit(f"cell {kind}:{method}:{k} failed (exit {proc.returncode}):\n{proc.stderr[-2000:]}")
         results.append(json.loads(proc.stdout.strip().splitlines()[-1]))
         print(f"done: {kind} {method} k={k}: {results[-1]['wall_s']:.1f} s", file=sys.stderr, flush=True)
     rows = ["| workload | k | naive | shared | speed-up | tokens naive / shared | peak RSS MiB naive / shared | max loss diff |",

@@ -81,3 +81,13 @@ def test_clear_errors_for_bad_input(tmp_path, capsys):
 def test_demo_config_is_the_documented_one():
     cfg = load_config("configs/demo.yaml")
     assert cfg.model.name == "builtin:smollm2-135m" and cfg.dmpo.k == 3 and cfg.data.demo is not None
+
+
+def test_gradient_checkpointing_trains_the_same_adapter(tmp_path):
+    args = [*TINY, "sft.batch_size=2", "sft.learning_rate=1e-2"]
+    assert main(["sft", *args, f"output_dir={tmp_path / 'a'}"]) == 0
+    assert main(["sft", *args, "sft.gradient_checkpointing=true", f"output_dir={tmp_path / 'b'}"]) == 0
+    a = load_file(tmp_path / "a/sft/adapter/adapter_model.safetensors")
+    b = load_file(tmp_path / "b/sft/adapter/adapter_model.safetensors")
+    for key in a:
+        assert torch.allclose(a[key], b[key], atol=1e-6), key

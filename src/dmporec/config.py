@@ -51,6 +51,7 @@ class TrainConfig(_Strict):
     seed: int = Field(42, description="Seeds weights init, data order and dropout.")
     scorer: Literal["shared", "naive"] = Field("shared", description="shared: encode each prompt once for all its answers; naive: one row per answer (debugging, benchmarks).")
     max_batch_tokens: int = Field(8192, ge=64, description="Rows x padded length per forward pass; lower it to save memory.")
+    gradient_checkpointing: bool = Field(False, description="Recompute activations in backward: less memory, ~30% slower (for big models on GPU).")
     save_every_steps: int = Field(0, ge=0, description="Checkpoint every N optimizer steps (0: at the end of each epoch only).")
 
 

@@ -98,6 +98,9 @@ def train_lora(model: PeftModel, examples: Sequence[Any], loss_fn: LossFn, tc: T
     accelerator = Accelerator(gradient_accumulation_steps=tc.grad_accum,
                               dataloader_config=DataLoaderConfiguration(use_seedable_sampler=True))
     set_seed(tc.seed)
+    if tc.gradient_checkpointing:
+        model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
+        model.enable_input_require_grads()
     loader = DataLoader(list(examples), batch_size=tc.batch_size, shuffle=True, collate_fn=list)
     params = [p for p in model.parameters() if p.requires_grad]
     optimizer = torch.optim.AdamW(params, lr=tc.learning_rate, weight_decay=tc.weight_decay)

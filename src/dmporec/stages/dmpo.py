@@ -24,11 +24,9 @@ from dmporec.model import (
     load_tokenizer,
     merge_adapters,
     read_lineage,
-    write_lineage,
 )
-from dmporec.plots import plot_curves
 from dmporec.scoring import Group, score_groups
-from dmporec.stages.common import encoder, write_summary
+from dmporec.stages.common import encoder, finish_stage
 from dmporec.training import PeakMemory, train_lora
 
 
@@ -115,9 +113,7 @@ def run_dmpo(cfg: RunConfig, sft_dir: Path | None = None) -> Path:
 
         result = train_lora(model, examples, loss_fn, tc, out, stage="dmpo")
     merged = [os.path.relpath(p.resolve(), out.resolve()) for p in sft_adapters]
-    write_lineage(out, cfg.model, merged=merged)
-    plot_curves(out / "metrics.jsonl", out / "curves.png")
-    write_summary(out, {"stage": "dmpo", "loss": tc.loss, "k": tc.k, "users": len(groups),
+    finish_stage(out, cfg.model, merged, {"stage": "dmpo", "loss": tc.loss, "k": tc.k, "users": len(groups),
                         "wall_s": round(time.perf_counter() - start, 1),
                         "peak_rss_mib": round(mem.peak_rss_mib), "peak_gpu_mib": round(mem.peak_gpu_mib),
                         **{f"final_{k}": v for k, v in result.items()}})

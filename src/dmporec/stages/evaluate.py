@@ -9,6 +9,7 @@ from typing import Any
 
 import numpy as np
 import torch
+from accelerate import PartialState
 from tqdm.auto import tqdm
 
 from dmporec.config import EvalConfig, RunConfig
@@ -75,8 +76,13 @@ def run_evaluate(cfg: RunConfig, stage: str) -> dict[str, Any]:
     stage_dir = Path(cfg.output_dir) / stage if stage in ("zero_shot", "sft", "dmpo") else Path(stage)
     out = stage_dir / "eval" if stage != "zero_shot" else stage_dir
     done = out / "eval.json"
+    state = PartialState()
+    state.wait_for_everyone()
     if done.is_file():
         print(f"evaluate: {done} exists; delete it to evaluate again")
+        return json.loads(done.read_text())
+    if not state.is_main_process:  # under `accelerate launch` one process evaluates
+        state.wait_for_everyone()
         return json.loads(done.read_text())
     records = stage_records(cfg.data, "eval")
     start = time.perf_counter()
@@ -89,4 +95,5 @@ def run_evaluate(cfg: RunConfig, stage: str) -> dict[str, Any]:
     wall = round(time.perf_counter() - start, 1)
     write_summary(out, {"stage": f"eval {stage_dir.name}", "wall_s": wall,
                         "peak_rss_mib": round(mem.peak_rss_mib), "peak_gpu_mib": round(mem.peak_gpu_mib)})
+    state.wait_for_everyone()
     return json.loads(done.read_text())

@@ -10,10 +10,9 @@ import torch
 from dmporec.config import RunConfig
 from dmporec.data import stage_records
 from dmporec.losses import sft_loss
-from dmporec.model import LINEAGE, add_lora, load_base_model, load_tokenizer, write_lineage
-from dmporec.plots import plot_curves
+from dmporec.model import LINEAGE, add_lora, load_base_model, load_tokenizer
 from dmporec.scoring import Group, score_groups
-from dmporec.stages.common import encoder, write_summary
+from dmporec.stages.common import encoder, finish_stage
 from dmporec.training import PeakMemory, train_lora
 
 
@@ -38,8 +37,6 @@ def run_sft(cfg: RunConfig) -> Path:
     with PeakMemory() as mem:
         model = add_lora(load_base_model(cfg.model), cfg.model, tc.seed)
         result = train_lora(model, groups, loss_fn, tc, out, stage="sft")
-    write_lineage(out, cfg.model, merged=[])
-    plot_curves(out / "metrics.jsonl", out / "curves.png")
-    write_summary(out, {"stage": "sft", "users": len(groups), "wall_s": round(time.perf_counter() - start, 1),
+    finish_stage(out, cfg.model, [], {"stage": "sft", "users": len(groups), "wall_s": round(time.perf_counter() - start, 1),
                         "peak_rss_mib": round(mem.peak_rss_mib), "peak_gpu_mib": round(mem.peak_gpu_mib), **result})
     return out
