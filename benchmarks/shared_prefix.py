@@ -52,23 +52,38 @@ def cell(kind: str, method: str, k: int, users: int, steps: int, eval_pairs: int
     norm = TitleNormalization()
     if kind == "eval":
         model = load_base_model(cfg).eval()
-        groups = [enc.group(r) for r in read_alpaca(DATA / "rec_Amazon_Movie_eval_ranking.json", norm)[:eval_pairs]]
+        groups = [
+            enc.group(r)
+            for r in read_alpaca(DATA / "rec_Amazon_Movie_eval_ranking.json", norm)[:eval_pairs]
+        ]
         with torch.no_grad():
             score_groups(model, groups[:2], method=method)  # warm-up
             start = time.perf_counter()
-            logps = torch.cat([score_groups(model, groups[i:i + 16], method=method).logps
-                               for i in range(0, len(groups), 16)])
+            logps = torch.cat(
+                [
+                    score_groups(model, groups[i : i + 16], method=method).logps
+                    for i in range(0, len(groups), 16)
+                ]
+            )
         wall = time.perf_counter() - start
-        return {"kind": kind, "method": method, "pairs": len(groups), "wall_s": wall,
-                "pairs_per_s": len(groups) / wall, "tokens": sum(g.tokens(method) for g in groups),
-                "accuracy": (logps[:, 0] > logps[:, 1]).float().mean().item(),
-                "peak_rss_mib": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024}
+        return {
+            "kind": kind,
+            "method": method,
+            "pairs": len(groups),
+            "wall_s": wall,
+            "pairs_per_s": len(groups) / wall,
+            "tokens": sum(g.tokens(method) for g in groups),
+            "accuracy": (logps[:, 0] > logps[:, 1]).float().mean().item(),
+            "peak_rss_mib": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024,
+        }
 
     torch.manual_seed(0)
     model = add_lora(load_base_model(cfg), cfg)
     for name, p in model.named_parameters():  # a trained-looking adapter, identical in every cell
         if "lora_B" in name:
-            p.data.normal_(0, 0.01, generator=torch.Generator().manual_seed(zlib.crc32(name.encode())))
+            p.data.normal_(
+                0, 0.01, generator=torch.Generator().manual_seed(zlib.crc32(name.encode()))
+            )
     records = read_alpaca(DATA / f"rec_Amazon_Movie_dpo_ranking_{k}.json", norm)
     groups = [enc.group(r, k=k) for r in records[: users * steps]]
     optimizer = torch.optim.AdamW([p for p in model.parameters() if p.requires_grad], lr=1e-4)
@@ -78,18 +93,28 @@ def cell(kind: str, method: str, k: int, users: int, steps: int, eval_pairs: int
             return score_groups(model, batch, method=method).logps
 
     ref_start = time.perf_counter()
-    precomputed = [reference(groups[i:i + users]) for i in range(0, len(groups), users)] if method == "shared" else None
+    precomputed = (
+        [reference(groups[i : i + users]) for i in range(0, len(groups), users)]
+        if method == "shared"
+        else None
+    )
     ref_wall = time.perf_counter() - ref_start
     losses, step_times, tokens = [], [], 0
     for s in range(steps):
-        batch = groups[s * users:(s + 1) * users]
+        batch = groups[s * users : (s + 1) * users]
         start = time.perf_counter()
         step_loss = 0.0
         for u, group in enumerate(batch):  # one user per backward: memory stays bounded for both
-            ref = precomputed[s][u:u + 1] if precomputed is not None else reference([group])
+            ref = precomputed[s][u : u + 1] if precomputed is not None else reference([group])
             scores = score_groups(model, [group], method=method)
-            out = dmpo_loss(scores.logps[:, 0::2], scores.logps[:, 1::2], ref[:, 0::2], ref[:, 1::2], 0.1,
-                            scores.mask[:, 1::2])
+            out = dmpo_loss(
+                scores.logps[:, 0::2],
+                scores.logps[:, 1::2],
+                ref[:, 0::2],
+                ref[:, 1::2],
+                0.1,
+                scores.mask[:, 1::2],
+            )
             (out.loss.sum() / len(batch)).backward()
             step_loss += out.loss.sum().item() / len(batch)
         optimizer.step()
@@ -98,14 +123,24 @@ def cell(kind: str, method: str, k: int, users: int, steps: int, eval_pairs: int
         losses.append(step_loss)
         tokens += sum(g.tokens(method) for g in batch) * (2 if precomputed is None else 1)
     wall = sum(step_times)
-    return {"kind": kind, "method": method, "k": k, "users": users * steps, "wall_s": wall,
-            "users_per_s": users * steps / wall, "tokens": tokens, "losses": losses,
-            "reference_once_s": ref_wall if precomputed is not None else None,
-            "peak_rss_mib": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024}
+    return {
+        "kind": kind,
+        "method": method,
+        "k": k,
+        "users": users * steps,
+        "wall_s": wall,
+        "users_per_s": users * steps / wall,
+        "tokens": tokens,
+        "losses": losses,
+        "reference_once_s": ref_wall if precomputed is not None else None,
+        "peak_rss_mib": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024,
+    }
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
     parser.add_argument("--users", type=int, default=4, help="users per training step")
     parser.add_argument("--steps", type=int, default=2)
     parser.add_argument("--eval-pairs", type=int, default=200)
@@ -122,31 +157,63 @@ def main() -> None:
     cells += [("eval", "naive", 1), ("eval", "shared", 1)]
     results = []
     for kind, method, k in cells:
-        cmd = [sys.executable, __file__, "--cell", f"{kind}:{method}:{k}", "--users", str(args.users),
-               "--steps", str(args.steps), "--eval-pairs", str(args.eval_pairs)]
+        cmd = [
+            sys.executable,
+            __file__,
+            "--cell",
+            f"{kind}:{method}:{k}",
+            "--users",
+            str(args.users),
+            "--steps",
+            str(args.steps),
+            "--eval-pairs",
+            str(args.eval_pairs),
+        ]
         proc = subprocess.run(cmd, capture_output=True, text=True)
         if proc.returncode != 0:
-            sys.exit(f"cell {kind}:{method}:{k} failed (exit {proc.returncode}):\n{proc.stderr[-2000:]}")
+            sys.exit(
+                f"cell {kind}:{method}:{k} failed (exit {proc.returncode}):\n{proc.stderr[-2000:]}"
+            )
         results.append(json.loads(proc.stdout.strip().splitlines()[-1]))
-        print(f"done: {kind} {method} k={k}: {results[-1]['wall_s']:.1f} s", file=sys.stderr, flush=True)
-    rows = ["| workload | k | naive | shared | speed-up | tokens naive / shared | peak RSS MiB naive / shared | max loss diff |",
-            "|---|---|---|---|---|---|---|---|"]
+        print(
+            f"done: {kind} {method} k={k}: {results[-1]['wall_s']:.1f} s",
+            file=sys.stderr,
+            flush=True,
+        )
+    rows = [
+        "| workload | k | naive | shared | speed-up | tokens naive / shared | peak RSS MiB naive / shared | max loss diff |",
+        "|---|---|---|---|---|---|---|---|",
+    ]
     for i in range(0, len(results), 2):
         a, b = results[i], results[i + 1]
         if a["kind"] == "train":
             diff = max(abs(x - y) for x, y in zip(a["losses"], b["losses"], strict=True))
-            rows.append(f"| DMPO train step | {a['k']} | {a['users_per_s']:.3f} users/s | {b['users_per_s']:.3f} users/s "
-                        f"| {b['users_per_s'] / a['users_per_s']:.2f}x | {a['tokens']} / {b['tokens']} "
-                        f"| {a['peak_rss_mib']:.0f} / {b['peak_rss_mib']:.0f} | {diff:.1e} |")
+            rows.append(
+                f"| DMPO train step | {a['k']} | {a['users_per_s']:.3f} users/s | {b['users_per_s']:.3f} users/s "
+                f"| {b['users_per_s'] / a['users_per_s']:.2f}x | {a['tokens']} / {b['tokens']} "
+                f"| {a['peak_rss_mib']:.0f} / {b['peak_rss_mib']:.0f} | {diff:.1e} |"
+            )
         else:
-            rows.append(f"| evaluation ({a['pairs']} pairs) | - | {a['pairs_per_s']:.2f} pairs/s | {b['pairs_per_s']:.2f} pairs/s "
-                        f"| {b['pairs_per_s'] / a['pairs_per_s']:.2f}x | {a['tokens']} / {b['tokens']} "
-                        f"| {a['peak_rss_mib']:.0f} / {b['peak_rss_mib']:.0f} | acc {a['accuracy']:.3f} / {b['accuracy']:.3f} |")
+            rows.append(
+                f"| evaluation ({a['pairs']} pairs) | - | {a['pairs_per_s']:.2f} pairs/s | {b['pairs_per_s']:.2f} pairs/s "
+                f"| {b['pairs_per_s'] / a['pairs_per_s']:.2f}x | {a['tokens']} / {b['tokens']} "
+                f"| {a['peak_rss_mib']:.0f} / {b['peak_rss_mib']:.0f} | acc {a['accuracy']:.3f} / {b['accuracy']:.3f} |"
+            )
     table = "\n".join(rows)
     print(table)
     RESULTS.parent.mkdir(parents=True, exist_ok=True)
-    RESULTS.write_text(json.dumps({"date": time.strftime("%Y-%m-%d"), "args": vars(args), "cells": results,
-                                   "table": table}, indent=2) + "\n")
+    RESULTS.write_text(
+        json.dumps(
+            {
+                "date": time.strftime("%Y-%m-%d"),
+                "args": vars(args),
+                "cells": results,
+                "table": table,
+            },
+            indent=2,
+        )
+        + "\n"
+    )
 
 
 if __name__ == "__main__":

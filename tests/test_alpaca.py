@@ -18,7 +18,9 @@ def test_round_trip_through_alpaca(tmp_path, demo):
         assert to_alpaca_rows(back, kind) == rows  # byte-exact prompts and answers
         # k consecutive rows of a user (same history, same positive) -> one record
         assert [r.k for r in back] == [5] * len(demo.train)
-        assert [[i.title for i in r.negatives] for r in back] == [[i.title for i in r.negatives] for r in demo.train]
+        assert [[i.title for i in r.negatives] for r in back] == [
+            [i.title for i in r.negatives] for r in demo.train
+        ]
         assert [r.positive.title for r in back] == [r.positive.title for r in demo.train]
 
 
@@ -35,18 +37,36 @@ def _write(tmp_path, rows):
     return path
 
 
-GOOD = {"instruction": "You are an assistant working on movie recommendations. Here is the user's history of movies "
-        "they have watched:  <Title:A> . Rank the likelihood of the user watching the two movies  <Title:X>  and  <Title:Y> .",
-        "input": "", "output": [" <Title:Y> ,  <Title:X> ", " <Title:X> ,  <Title:Y> "]}
+GOOD = {
+    "instruction": "You are an assistant working on movie recommendations. Here is the user's history of movies "
+    "they have watched:  <Title:A> . Rank the likelihood of the user watching the two movies  <Title:X>  and  <Title:Y> .",
+    "input": "",
+    "output": [" <Title:Y> ,  <Title:X> ", " <Title:X> ,  <Title:Y> "],
+}
 
 
-@pytest.mark.parametrize("row,field,message", [
-    ({**GOOD, "output": [" <Title:Z> ,  <Title:X> ", " <Title:X> ,  <Title:Z> "]}, "output", "not among the prompt's candidates"),
-    ({k: v for k, v in GOOD.items() if k != "output"}, "output", "missing"),
-    ({**GOOD, "instruction": GOOD["instruction"].replace(" <Title:A> ", "")}, "instruction", "history"),
-    ({**GOOD, "instruction": "Rank these."}, "instruction", "role line"),
-    ({**GOOD, "output": [" <Title:Y> ,  <Title:X> ", " <Title:Y> ,  <Title:X> "]}, "output[1]", "reversed"),
-])
+@pytest.mark.parametrize(
+    "row,field,message",
+    [
+        (
+            {**GOOD, "output": [" <Title:Z> ,  <Title:X> ", " <Title:X> ,  <Title:Z> "]},
+            "output",
+            "not among the prompt's candidates",
+        ),
+        ({k: v for k, v in GOOD.items() if k != "output"}, "output", "missing"),
+        (
+            {**GOOD, "instruction": GOOD["instruction"].replace(" <Title:A> ", "")},
+            "instruction",
+            "history",
+        ),
+        ({**GOOD, "instruction": "Rank these."}, "instruction", "role line"),
+        (
+            {**GOOD, "output": [" <Title:Y> ,  <Title:X> ", " <Title:Y> ,  <Title:X> "]},
+            "output[1]",
+            "reversed",
+        ),
+    ],
+)
 def test_bad_rows_name_file_record_and_field(tmp_path, row, field, message):
     with pytest.raises(DataError) as e:
         read_alpaca(_write(tmp_path, [GOOD, row]))

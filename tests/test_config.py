@@ -6,17 +6,27 @@ from dmporec.config import ConfigError, load_config
 def test_yaml_and_overrides(tmp_path):
     path = tmp_path / "c.yaml"
     path.write_text("output_dir: runs/x\ndmpo: {k: 2}\n")
-    cfg = load_config(path, ["dmpo.beta=0.5", "model.name=builtin:tiny-qwen3", "data.title_normalization.strip_year=true"])
+    cfg = load_config(
+        path,
+        [
+            "dmpo.beta=0.5",
+            "model.name=builtin:tiny-qwen3",
+            "data.title_normalization.strip_year=true",
+        ],
+    )
     assert (cfg.output_dir, cfg.dmpo.k, cfg.dmpo.beta) == ("runs/x", 2, 0.5)
     assert cfg.model.name == "builtin:tiny-qwen3" and cfg.data.title_normalization.strip_year
 
 
-@pytest.mark.parametrize("overrides,needle", [
-    (["dmpo.kk=2"], "dmpo.kk"),
-    (["dmpo.k=0"], "dmpo.k"),
-    (["sft.scorer=fast"], "sft.scorer"),
-    (["dmpo"], "expected section.key=value"),
-])
+@pytest.mark.parametrize(
+    "overrides,needle",
+    [
+        (["dmpo.kk=2"], "dmpo.kk"),
+        (["dmpo.k=0"], "dmpo.k"),
+        (["sft.scorer=fast"], "sft.scorer"),
+        (["dmpo"], "expected section.key=value"),
+    ],
+)
 def test_bad_values_name_the_field(overrides, needle):
     with pytest.raises(ConfigError, match=needle.replace(".", r"\.")):
         load_config(None, overrides)
@@ -38,4 +48,6 @@ def test_shipped_configs_validate():
     assert configs
     for path in configs:
         load_config(path)
-        assert path.read_text().startswith("# dmporec"), f"{path.name} should open with the command that uses it"
+        assert path.read_text().startswith("# dmporec"), (
+            f"{path.name} should open with the command that uses it"
+        )

@@ -51,7 +51,14 @@ def test_bootstrap_ci_brackets_the_estimate():
 
 def test_report_has_everything():
     rep = pairwise_report(CHOSEN, REJECTED, [True, False, True, False], n_boot=50)
-    for key in ("accuracy", "auc", "auc_stable", "accuracy_ci_low", "first_listed_rate",
-                "accuracy_positive_listed_first", "accuracy_positive_listed_second"):
+    for key in (
+        "accuracy",
+        "auc",
+        "auc_stable",
+        "accuracy_ci_low",
+        "first_listed_rate",
+        "accuracy_positive_listed_first",
+        "accuracy_positive_listed_second",
+    ):
         assert key in rep
     assert rep["pairs"] == 4

@@ -9,8 +9,16 @@ from safetensors.torch import load_file
 from dmporec.cli import main
 from dmporec.config import load_config
 
-TINY = ["model.name=builtin:tiny-qwen3", "data.demo={train_users: 6, valid_users: 0, test_users: 5, negatives: 3}",
-        "sft.epochs=1", "sft.batch_size=3", "dmpo.epochs=1", "dmpo.batch_size=3", "dmpo.k=2", "eval.n_boot=20"]
+TINY = [
+    "model.name=builtin:tiny-qwen3",
+    "data.demo={train_users: 6, valid_users: 0, test_users: 5, negatives: 3}",
+    "sft.epochs=1",
+    "sft.batch_size=3",
+    "dmpo.epochs=1",
+    "dmpo.batch_size=3",
+    "dmpo.k=2",
+    "eval.n_boot=20",
+]
 
 
 def test_run_end_to_end_and_skip_finished_stages(tmp_path, capsys):
@@ -18,9 +26,19 @@ def test_run_end_to_end_and_skip_finished_stages(tmp_path, capsys):
     assert main(["run", *TINY, f"output_dir={out}"]) == 0
     table = capsys.readouterr().out
     assert "| zero-shot | 5 |" in table and "| SFT | 5 |" in table and "| DMPO (k=2) | 5 |" in table
-    for path in ("config.yaml", "data/train.jsonl", "sft/adapter/adapter_model.safetensors", "sft/curves.png",
-                 "dmpo/adapter/adapter_model.safetensors", "dmpo/metrics.jsonl", "dmpo/curves.png",
-                 "dmpo/eval/eval.json", "dmpo/eval/predictions.jsonl", "zero_shot/eval.json", "summary.md"):
+    for path in (
+        "config.yaml",
+        "data/train.jsonl",
+        "sft/adapter/adapter_model.safetensors",
+        "sft/curves.png",
+        "dmpo/adapter/adapter_model.safetensors",
+        "dmpo/metrics.jsonl",
+        "dmpo/curves.png",
+        "dmpo/eval/eval.json",
+        "dmpo/eval/predictions.jsonl",
+        "zero_shot/eval.json",
+        "summary.md",
+    ):
         assert (out / path).is_file(), path
     metrics = [json.loads(x) for x in (out / "dmpo/metrics.jsonl").read_text().splitlines()]
     assert metrics and {"loss", "reward_margin", "reward_accuracy", "lr"} <= metrics[0].keys()
@@ -38,7 +56,13 @@ def test_run_end_to_end_and_skip_finished_stages(tmp_path, capsys):
 
 
 def test_training_resumes_from_a_checkpoint(tmp_path, monkeypatch):
-    args = [*TINY, "sft.epochs=2", "sft.batch_size=2", "sft.save_every_steps=1", "sft.learning_rate=1e-2"]
+    args = [
+        *TINY,
+        "sft.epochs=2",
+        "sft.batch_size=2",
+        "sft.save_every_steps=1",
+        "sft.learning_rate=1e-2",
+    ]
     assert main(["sft", *args, f"output_dir={tmp_path / 'a'}"]) == 0
     full = load_file(tmp_path / "a/sft/adapter/adapter_model.safetensors")
 
@@ -61,15 +85,25 @@ def test_training_resumes_from_a_checkpoint(tmp_path, monkeypatch):
     assert full.keys() == resumed.keys()
     for key in full:
         assert torch.allclose(full[key], resumed[key], atol=1e-6), key
-    steps = [json.loads(x)["step"] for x in (tmp_path / "b/sft/metrics.jsonl").read_text().splitlines()]
+    steps = [
+        json.loads(x)["step"] for x in (tmp_path / "b/sft/metrics.jsonl").read_text().splitlines()
+    ]
     assert steps == [1, 2, 3, 4, 5, 6]
 
 
 def test_clear_errors_for_bad_input(tmp_path, capsys):
     bad = tmp_path / "bad.jsonl"
     bad.write_text('{"user_id": "u", "history": [], "positive": "P", "negatives": ["N"]}\n')
-    code = main(["evaluate", "--stage", "zero_shot", "model.name=builtin:tiny-qwen3", f"data.eval={bad}",
-                 f"output_dir={tmp_path / 'o'}"])
+    code = main(
+        [
+            "evaluate",
+            "--stage",
+            "zero_shot",
+            "model.name=builtin:tiny-qwen3",
+            f"data.eval={bad}",
+            f"output_dir={tmp_path / 'o'}",
+        ]
+    )
     err = capsys.readouterr().err
     assert code == 2 and "bad.jsonl" in err and "'history'" in err and "Traceback" not in err
     assert main(["run", "dmpo.k=banana"]) == 2
@@ -80,13 +114,17 @@ def test_clear_errors_for_bad_input(tmp_path, capsys):
 
 def test_demo_config_is_the_documented_one():
     cfg = load_config("configs/demo.yaml")
-    assert cfg.model.name == "builtin:smollm2-135m" and cfg.dmpo.k == 3 and cfg.data.demo is not None
+    assert (
+        cfg.model.name == "builtin:smollm2-135m" and cfg.dmpo.k == 3 and cfg.data.demo is not None
+    )
 
 
 def test_gradient_checkpointing_trains_the_same_adapter(tmp_path):
     args = [*TINY, "sft.batch_size=2", "sft.learning_rate=1e-2"]
     assert main(["sft", *args, f"output_dir={tmp_path / 'a'}"]) == 0
-    assert main(["sft", *args, "sft.gradient_checkpointing=true", f"output_dir={tmp_path / 'b'}"]) == 0
+    assert (
+        main(["sft", *args, "sft.gradient_checkpointing=true", f"output_dir={tmp_path / 'b'}"]) == 0
+    )
     a = load_file(tmp_path / "a/sft/adapter/adapter_model.safetensors")
     b = load_file(tmp_path / "b/sft/adapter/adapter_model.safetensors")
     for key in a:

@@ -22,7 +22,11 @@ PAPER_OUTPUT = " <Title:NFL Films Presents - San Diego Chargers Official 1994 Te
 
 
 def test_instruction_and_answer_match_the_paper_exactly():
-    history = ["Last Stand of the 300: The Legendary Battle at Thermopylae", "Keanu", "Criminal 2016"]
+    history = [
+        "Last Stand of the 300: The Legendary Battle at Thermopylae",
+        "Keanu",
+        "Criminal 2016",
+    ]
     nfl = "NFL Films Presents - San Diego Chargers Official 1994 Team Video VHS"
     assert render_instruction(history, "The Exorcist III", nfl).text == PAPER_INSTRUCTION
     assert render_answer(nfl, "The Exorcist III") == PAPER_OUTPUT
@@ -33,23 +37,37 @@ def test_instruction_splits_before_a_space():
     assert ins.shared.endswith("<Title:B>") and ins.pair.startswith(" . Rank")
 
 
-@pytest.mark.parametrize("domain,words", [("games", ("game recommendations", "have played", "user playing the two games")),
-                                          ("books", ("book recommendations", "have read", "user reading the two books"))])
+@pytest.mark.parametrize(
+    "domain,words",
+    [
+        ("games", ("game recommendations", "have played", "user playing the two games")),
+        ("books", ("book recommendations", "have read", "user reading the two books")),
+    ],
+)
 def test_domain_wording(domain, words):
     text = render_instruction(["A"], "X", "Y", domain).text
     assert all(w in text for w in words)
 
 
 def record(pos_first=None):
-    return Record("u1", [Item("A"), Item("B")], Item("P"), [Item("N1"), Item("N2"), Item("N3")],
-                  positive_first=pos_first)
+    return Record(
+        "u1",
+        [Item("A"), Item("B")],
+        Item("P"),
+        [Item("N1"), Item("N2"), Item("N3")],
+        positive_first=pos_first,
+    )
 
 
 def test_candidate_order_is_seeded_and_source_order_wins():
     orders = {tuple(p.positive_first for p in render_pairs(record(), seed)) for seed in range(20)}
     assert len(orders) > 1  # the seed changes the order...
     assert render_pairs(record(), 7) == render_pairs(record(), 7)  # ...and fixes it
-    assert [p.positive_first for p in render_pairs(record([True, False, True]), 5)] == [True, False, True]
+    assert [p.positive_first for p in render_pairs(record([True, False, True]), 5)] == [
+        True,
+        False,
+        True,
+    ]
     pair = render_pairs(record([False, False, False]))[0]
     assert "<Title:N1>  and  <Title:P>" in pair.instruction.text
     assert pair.chosen == render_answer("P", "N1") and pair.rejected == render_answer("N1", "P")
@@ -59,10 +77,14 @@ def test_candidate_order_is_seeded_and_source_order_wins():
 def test_chat_format_wraps_like_the_template(tiny):
     _, tok = tiny
     chat = ChatFormat.from_tokenizer(tok)
-    full = tok.apply_chat_template([{"role": "user", "content": "hello"}], tokenize=False, add_generation_prompt=True)
+    full = tok.apply_chat_template(
+        [{"role": "user", "content": "hello"}], tokenize=False, add_generation_prompt=True
+    )
     assert chat.prefix + "hello" + chat.suffix == full
     assert chat.answer_end == tok.eos_token
-    assert ChatFormat.from_tokenizer(tok, use_chat_template=False) == ChatFormat("", "\n", tok.eos_token)
+    assert ChatFormat.from_tokenizer(tok, use_chat_template=False) == ChatFormat(
+        "", "\n", tok.eos_token
+    )
 
 
 def test_group_tokens_concatenate_to_the_rendered_text(tiny):
@@ -73,6 +95,9 @@ def test_group_tokens_concatenate_to_the_rendered_text(tiny):
     assert len(group.branches) == 2 and all(len(b.answers) == 2 for b in group.branches)
     pair = render_pairs(rec)[1]
     ids = group.prefix + group.branches[1].context + group.branches[1].answers[1]
-    assert tok.decode(ids) == chat.prefix + pair.instruction.text + chat.suffix + pair.rejected + chat.answer_end
+    assert (
+        tok.decode(ids)
+        == chat.prefix + pair.instruction.text + chat.suffix + pair.rejected + chat.answer_end
+    )
     chosen_only = GroupEncoder(tok, chat).group(rec, answers="chosen")
     assert [len(b.answers) for b in chosen_only.branches] == [1, 1, 1]

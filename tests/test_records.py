@@ -15,25 +15,48 @@ from dmporec.records import (
 
 def test_title_normalization_choices():
     raw = "  R.I.P.D. Brigade fant&ocirc;me   Sous-titres  (1995) "
-    assert normalize_title(raw, TitleNormalization()) == "R.I.P.D. Brigade fantôme Sous-titres (1995)"
-    assert normalize_title(raw, TitleNormalization(strip_year=True)) == "R.I.P.D. Brigade fantôme Sous-titres"
+    assert (
+        normalize_title(raw, TitleNormalization()) == "R.I.P.D. Brigade fantôme Sous-titres (1995)"
+    )
+    assert (
+        normalize_title(raw, TitleNormalization(strip_year=True))
+        == "R.I.P.D. Brigade fantôme Sous-titres"
+    )
     assert normalize_title(raw, TitleNormalization.none()) == raw
-    assert normalize_title("Toy Story ", TitleNormalization()) == normalize_title("Toy Story (1995)", TitleNormalization(strip_year=True))
+    assert normalize_title("Toy Story ", TitleNormalization()) == normalize_title(
+        "Toy Story (1995)", TitleNormalization(strip_year=True)
+    )
 
 
 def test_jsonl_round_trip(tmp_path):
-    recs = [Record("u1", [Item("A", "i1"), Item("B")], Item("P"), [Item("N")], "books", [False], {"x": 1})]
+    recs = [
+        Record(
+            "u1", [Item("A", "i1"), Item("B")], Item("P"), [Item("N")], "books", [False], {"x": 1}
+        )
+    ]
     write_records(tmp_path / "r.jsonl", recs)
     assert read_records(tmp_path / "r.jsonl") == recs
 
 
-@pytest.mark.parametrize("line,field", [
-    ({"user_id": "u", "history": [], "positive": "P", "negatives": ["N"]}, "history"),
-    ({"user_id": "u", "history": ["A"], "positive": "P", "negatives": []}, "negatives"),
-    ({"user_id": "u", "history": ["A"], "negatives": ["N"]}, "positive"),
-    ({"user_id": "u", "history": ["A"], "positive": "P", "negatives": ["N"], "domain": "cars"}, "domain"),
-    ({"user_id": "u", "history": "A", "positive": "P", "negatives": ["N"]}, "history"),
-])
+@pytest.mark.parametrize(
+    "line,field",
+    [
+        ({"user_id": "u", "history": [], "positive": "P", "negatives": ["N"]}, "history"),
+        ({"user_id": "u", "history": ["A"], "positive": "P", "negatives": []}, "negatives"),
+        ({"user_id": "u", "history": ["A"], "negatives": ["N"]}, "positive"),
+        (
+            {
+                "user_id": "u",
+                "history": ["A"],
+                "positive": "P",
+                "negatives": ["N"],
+                "domain": "cars",
+            },
+            "domain",
+        ),
+        ({"user_id": "u", "history": "A", "positive": "P", "negatives": ["N"]}, "history"),
+    ],
+)
 def test_bad_records_name_file_line_and_field(tmp_path, line, field):
     path = tmp_path / "bad.jsonl"
     good = {"user_id": "g", "history": ["A"], "positive": "P", "negatives": ["N"]}

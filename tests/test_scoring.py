@@ -51,8 +51,10 @@ def test_shared_equals_naive_for_k_1_to_5_with_padding(tiny, demo, max_batch_tok
 @torch.no_grad()
 def test_empty_context_and_handmade_groups(tiny):
     model, _ = tiny
-    groups = [Group((5, 6, 7), (Branch((), ((8, 9), (10,))), Branch((11,), ((12, 13, 14),)))),
-              Group((3,), (Branch((4, 4), ((9,),)),))]
+    groups = [
+        Group((5, 6, 7), (Branch((), ((8, 9), (10,))), Branch((11,), ((12, 13, 14),)))),
+        Group((3,), (Branch((4, 4), ((9,),)),)),
+    ]
     a = score_groups(model, groups, method="naive")
     b = score_groups(model, groups, method="shared")
     assert torch.allclose(a.logps, b.logps, atol=1e-4)
@@ -72,7 +74,9 @@ def test_dmpo_gradients_agree(tiny_cfg, demo):
         s = score_groups(model, groups, method=method)
         with torch.no_grad(), model.disable_adapter():
             ref = score_groups(model, groups, method=method).logps
-        dmpo_loss(s.logps[:, 0::2], s.logps[:, 1::2], ref[:, 0::2], ref[:, 1::2], 0.1, s.mask[:, 1::2]).loss.mean().backward()
+        dmpo_loss(
+            s.logps[:, 0::2], s.logps[:, 1::2], ref[:, 0::2], ref[:, 1::2], 0.1, s.mask[:, 1::2]
+        ).loss.mean().backward()
         grads[method] = torch.cat([p.grad.flatten() for p in model.parameters() if p.requires_grad])
     assert grads["naive"].abs().sum() > 0
     rel = (grads["naive"] - grads["shared"]).norm() / grads["naive"].norm()

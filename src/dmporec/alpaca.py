@@ -34,39 +34,48 @@ def _titles(text: str, sep: str, end: str, *, where: dict[str, Any]) -> list[str
     """Split ' <Title:A>' + sep + '<Title:B>' ... + end into titles; tolerant of '>' inside titles."""
     if not (text.startswith(_OPEN) and text.endswith(end)):
         raise DataError(f"expected '<Title:...>' items, got {text[:80]!r}", **where)
-    return text[len(_OPEN):len(text) - len(end)].split(sep)
+    return text[len(_OPEN) : len(text) - len(end)].split(sep)
 
 
 def parse_instruction(text: str, *, where: dict[str, Any]) -> tuple[str, list[str], list[str]]:
     """(domain, history titles, the two candidates in listed order) from an authors' instruction."""
     if not text.startswith(_ROLE):
         raise DataError(f"does not start with the paper's role line {_ROLE!r}", **where)
-    noun = text[len(_ROLE):].split(" ", 1)[0]
+    noun = text[len(_ROLE) :].split(" ", 1)[0]
     domain = _DOMAIN_BY_NOUN.get(noun)
     if domain is None:
-        raise DataError(f"unknown domain noun {noun!r}; expected one of {sorted(_DOMAIN_BY_NOUN)}",
-                        **where)
+        raise DataError(
+            f"unknown domain noun {noun!r}; expected one of {sorted(_DOMAIN_BY_NOUN)}", **where
+        )
     w = WORDING[domain]
-    head = (f"{_ROLE}{w.noun} recommendations. Here is the user's history of {w.plural} "
-            f"they have {w.past}: ")
+    head = (
+        f"{_ROLE}{w.noun} recommendations. Here is the user's history of {w.plural} "
+        f"they have {w.past}: "
+    )
     if not text.startswith(head):
         raise DataError("does not follow the paper's prompt template", **where)
-    if text[len(head):].lstrip().startswith(". Rank the likelihood"):
+    if text[len(head) :].lstrip().startswith(". Rank the likelihood"):
         raise DataError("history is empty", **{**where, "field": "instruction (history)"})
     cut = text.rfind(_RANK)
     if cut < 0:
         raise DataError("does not follow the paper's prompt template", **where)
-    history_text = text[len(head):cut + 2]  # keep the '> ' that closes the last title
+    history_text = text[len(head) : cut + 2]  # keep the '> ' that closes the last title
     history = _titles(history_text, ">  <Title:", "> ", where=where)
-    tail = text[cut + len(_RANK):]
+    tail = text[cut + len(_RANK) :]
     lead = f"{w.gerund} the two {w.plural} "
     if not tail.startswith(lead):
         raise DataError("does not follow the paper's prompt template", **where)
-    candidates = _titles(tail[len(lead):], ">  and  <Title:", "> .",
-                         where={**where, "field": "instruction (candidates)"})
+    candidates = _titles(
+        tail[len(lead) :],
+        ">  and  <Title:",
+        "> .",
+        where={**where, "field": "instruction (candidates)"},
+    )
     if len(candidates) != 2:
-        raise DataError(f"expected two candidates, found {len(candidates)}",
-                        **{**where, "field": "instruction (candidates)"})
+        raise DataError(
+            f"expected two candidates, found {len(candidates)}",
+            **{**where, "field": "instruction (candidates)"},
+        )
     return domain, history, candidates
 
 
@@ -90,7 +99,9 @@ def _row_to_pair(row: Any, index: int, path: Path) -> tuple[str, list[str], str,
             raise DataError("missing", **where, field=key)
     if not isinstance(row["instruction"], str):
         raise DataError("expected a string", **where, field="instruction")
-    domain, history, candidates = parse_instruction(row["instruction"], where={**where, "field": "instruction"})
+    domain, history, candidates = parse_instruction(
+        row["instruction"], where={**where, "field": "instruction"}
+    )
     output = row["output"]
     out_where = {**where, "field": "output"}
     if isinstance(output, list):
@@ -98,13 +109,17 @@ def _row_to_pair(row: Any, index: int, path: Path) -> tuple[str, list[str], str,
             raise DataError(f"expected [chosen, rejected], got {len(output)} entries", **out_where)
         positive, negative = parse_answer(output[0], where={**where, "field": "output[0]"})
         if parse_answer(output[1], where={**where, "field": "output[1]"}) != (negative, positive):
-            raise DataError("rejected answer is not the chosen one reversed", **{**where, "field": "output[1]"})
+            raise DataError(
+                "rejected answer is not the chosen one reversed", **{**where, "field": "output[1]"}
+            )
     else:
         positive, negative = parse_answer(output, where=out_where)
     if sorted(candidates) != sorted([positive, negative]):
         missing = [t for t in (positive, negative) if t not in candidates]
-        raise DataError(f"answer title(s) {missing} are not among the prompt's candidates {candidates}",
-                        **out_where)
+        raise DataError(
+            f"answer title(s) {missing} are not among the prompt's candidates {candidates}",
+            **out_where,
+        )
     return domain, history, positive, negative, candidates[0] == positive
 
 
@@ -120,7 +135,9 @@ def read_alpaca(path: str | os.PathLike, norm: TitleNormalization | None = None)
     try:
         rows = json.loads(path.read_text(encoding="utf-8"))
     except json.JSONDecodeError as e:
-        raise DataError(f"malformed JSON ({e.msg} at line {e.lineno}, column {e.colno})", file=path) from None
+        raise DataError(
+            f"malformed JSON ({e.msg} at line {e.lineno}, column {e.colno})", file=path
+        ) from None
     if not isinstance(rows, list):
         raise DataError(f"expected a JSON list of rows, got {type(rows).__name__}", file=path)
     records: list[Record] = []
@@ -135,15 +152,17 @@ def read_alpaca(path: str | os.PathLike, norm: TitleNormalization | None = None)
             rec.positive_first.append(pos_first)
             rec.metadata["rows"].append(index)
             continue
-        records.append(Record(
-            user_id=f"{path.stem}:{index}",
-            history=[Item(t) for t in history],
-            positive=Item(positive),
-            negatives=[Item(negative)],
-            domain=domain,
-            positive_first=[pos_first],
-            metadata={"source": path.name, "rows": [index]},
-        ).validate(file=path, index=index))
+        records.append(
+            Record(
+                user_id=f"{path.stem}:{index}",
+                history=[Item(t) for t in history],
+                positive=Item(positive),
+                negatives=[Item(negative)],
+                domain=domain,
+                positive_first=[pos_first],
+                metadata={"source": path.name, "rows": [index]},
+            ).validate(file=path, index=index)
+        )
         last_key = key
     if norm is not None:
         records = [normalize_record(r, norm) for r in records]

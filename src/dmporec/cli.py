@@ -14,8 +14,12 @@ EPILOG = """overrides: section.key=value, parsed as YAML, e.g.
 
 
 def _parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="dmporec", description=__doc__, epilog=EPILOG,
-                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = argparse.ArgumentParser(
+        prog="dmporec",
+        description=__doc__,
+        epilog=EPILOG,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
     sub = parser.add_subparsers(dest="command", required=True)
     helps = {
         "run": "zero-shot eval, SFT, eval, DMPO, eval; prints a table (finished stages are skipped)",
@@ -24,13 +28,24 @@ def _parser() -> argparse.ArgumentParser:
         "evaluate": "evaluate zero_shot, sft, dmpo or a stage directory on the test pairs",
     }
     for name, text in helps.items():
-        p = sub.add_parser(name, help=text, description=text, epilog=EPILOG,
-                           formatter_class=argparse.RawDescriptionHelpFormatter)
+        p = sub.add_parser(
+            name,
+            help=text,
+            description=text,
+            epilog=EPILOG,
+            formatter_class=argparse.RawDescriptionHelpFormatter,
+        )
         p.add_argument("--config", "-c", help="YAML config (see configs/)")
         if name == "evaluate":
-            p.add_argument("--stage", default="dmpo", help="zero_shot | sft | dmpo | path to a stage dir (default dmpo)")
+            p.add_argument(
+                "--stage",
+                default="dmpo",
+                help="zero_shot | sft | dmpo | path to a stage dir (default dmpo)",
+            )
         if name == "dmpo":
-            p.add_argument("--sft-dir", help="finished SFT stage to start from (default OUTPUT_DIR/sft)")
+            p.add_argument(
+                "--sft-dir", help="finished SFT stage to start from (default OUTPUT_DIR/sft)"
+            )
         p.add_argument("overrides", nargs="*", metavar="key=value")
     return parser
 

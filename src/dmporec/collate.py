@@ -40,7 +40,10 @@ class GroupEncoder:
         branches = []
         for pair in pairs:
             texts = [pair.chosen] if answers == "chosen" else [pair.chosen, pair.rejected]
-            branches.append(Branch(
-                context=self._encode(pair.instruction.pair + self.chat.suffix),
-                answers=tuple(self._encode(t + self.chat.answer_end) for t in texts)))
+            branches.append(
+                Branch(
+                    context=self._encode(pair.instruction.pair + self.chat.suffix),
+                    answers=tuple(self._encode(t + self.chat.answer_end) for t in texts),
+                )
+            )
         return Group(prefix, tuple(branches))

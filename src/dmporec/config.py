@@ -22,14 +22,26 @@ class DataConfig(_Strict):
     """Where the records come from. A path ending in .json is read as the authors' alpaca
     format, anything else as canonical records (JSON lines)."""
 
-    sft_train: str | None = Field(None, description="SFT training data (one positive, one negative per user).")
-    dmpo_train: str | None = Field(None, description="DMPO training data (records with >= k negatives, or dpo_ranking_k rows).")
+    sft_train: str | None = Field(
+        None, description="SFT training data (one positive, one negative per user)."
+    )
+    dmpo_train: str | None = Field(
+        None, description="DMPO training data (records with >= k negatives, or dpo_ranking_k rows)."
+    )
     eval: str | None = Field(None, description="Test pairs.")
-    demo: DemoDataConfig | None = Field(None, description="Generate the demo data into OUTPUT_DIR/data and use it for all three.")
+    demo: DemoDataConfig | None = Field(
+        None, description="Generate the demo data into OUTPUT_DIR/data and use it for all three."
+    )
     title_normalization: TitleNormalization = Field(default_factory=TitleNormalization)
-    max_train_users: int | None = Field(None, ge=1, description="Use only the first N training users.")
-    max_eval_pairs: int | None = Field(None, ge=1, description="Evaluate on the first N test users only.")
-    prompt_seed: int = Field(0, description="Seed of the candidate order in prompts that do not fix it.")
+    max_train_users: int | None = Field(
+        None, ge=1, description="Use only the first N training users."
+    )
+    max_eval_pairs: int | None = Field(
+        None, ge=1, description="Evaluate on the first N test users only."
+    )
+    prompt_seed: int = Field(
+        0, description="Seed of the candidate order in prompts that do not fix it."
+    )
 
     @model_validator(mode="after")
     def _one_source(self) -> DataConfig:
@@ -45,14 +57,28 @@ class TrainConfig(_Strict):
     learning_rate: float = Field(1e-4, gt=0, description="Peak learning rate (AdamW).")
     batch_size: int = Field(8, ge=1, description="Users per micro-batch.")
     grad_accum: int = Field(1, ge=1, description="Micro-batches per optimizer step.")
-    warmup_ratio: float = Field(0.1, ge=0, lt=1, description="Share of steps with linear warm-up before the cosine decay.")
+    warmup_ratio: float = Field(
+        0.1, ge=0, lt=1, description="Share of steps with linear warm-up before the cosine decay."
+    )
     weight_decay: float = Field(0.0, ge=0)
     max_grad_norm: float = Field(1.0, gt=0, description="Gradient clipping.")
     seed: int = Field(42, description="Seeds weights init, data order and dropout.")
-    scorer: Literal["shared", "naive"] = Field("shared", description="shared: encode each prompt once for all its answers; naive: one row per answer (debugging, benchmarks).")
-    max_batch_tokens: int = Field(8192, ge=64, description="Rows x padded length per forward pass; lower it to save memory.")
-    gradient_checkpointing: bool = Field(False, description="Recompute activations in backward: less memory, ~30% slower (for big models on GPU).")
-    save_every_steps: int = Field(0, ge=0, description="Checkpoint every N optimizer steps (0: at the end of each epoch only).")
+    scorer: Literal["shared", "naive"] = Field(
+        "shared",
+        description="shared: encode each prompt once for all its answers; naive: one row per answer (debugging, benchmarks).",
+    )
+    max_batch_tokens: int = Field(
+        8192, ge=64, description="Rows x padded length per forward pass; lower it to save memory."
+    )
+    gradient_checkpointing: bool = Field(
+        False,
+        description="Recompute activations in backward: less memory, ~30% slower (for big models on GPU).",
+    )
+    save_every_steps: int = Field(
+        0,
+        ge=0,
+        description="Checkpoint every N optimizer steps (0: at the end of each epoch only).",
+    )
 
 
 class SFTConfig(TrainConfig):
@@ -61,9 +87,15 @@ class SFTConfig(TrainConfig):
 
 class DMPOConfig(TrainConfig):
     k: int = Field(3, ge=1, le=20, description="Negatives per user; k=1 is DPO.")
-    beta: float = Field(0.1, gt=0, description="Strength of the pull towards the reference (SFT) model.")
-    loss: Literal["dmpo", "sdpo"] = Field("dmpo", description="dmpo (the paper) or sdpo (S-DPO, Chen et al. 2024).")
-    sft_weight: float = Field(0.0, ge=0, description="Weight of an SFT term on the chosen answers (the authors' dpo_ftx).")
+    beta: float = Field(
+        0.1, gt=0, description="Strength of the pull towards the reference (SFT) model."
+    )
+    loss: Literal["dmpo", "sdpo"] = Field(
+        "dmpo", description="dmpo (the paper) or sdpo (S-DPO, Chen et al. 2024)."
+    )
+    sft_weight: float = Field(
+        0.0, ge=0, description="Weight of an SFT term on the chosen answers (the authors' dpo_ftx)."
+    )
 
 
 class EvalConfig(_Strict):
@@ -98,7 +130,9 @@ def _set(tree: dict[str, Any], dotted: str, value: Any) -> None:
     node[keys[-1]] = value
 
 
-def load_config(path: str | os.PathLike | None = None, overrides: list[str] | None = None) -> RunConfig:
+def load_config(
+    path: str | os.PathLike | None = None, overrides: list[str] | None = None
+) -> RunConfig:
     """A RunConfig from a YAML file (optional) and `a.b=value` overrides (values parsed as YAML)."""
     tree: dict[str, Any] = {}
     source = "defaults"
@@ -120,7 +154,9 @@ def load_config(path: str | os.PathLike | None = None, overrides: list[str] | No
     try:
         return RunConfig(**tree)
     except ValidationError as e:
-        problems = "; ".join(f"{'.'.join(map(str, err['loc'])) or '(top)'}: {err['msg']}" for err in e.errors())
+        problems = "; ".join(
+            f"{'.'.join(map(str, err['loc'])) or '(top)'}: {err['msg']}" for err in e.errors()
+        )
         raise ConfigError(f"{source}{' + overrides' if overrides else ''}: {problems}") from None
 
 

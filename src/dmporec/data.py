@@ -35,8 +35,14 @@ def resolve_data(cfg: DataConfig, output_dir: str | os.PathLike) -> DataConfig:
     for name, records in (("train", demo.train), ("valid", demo.valid), ("test", demo.test)):
         write_records(out / f"{name}.jsonl", records)
     train = str(out / "train.jsonl")
-    return cfg.model_copy(update={"demo": None, "sft_train": train, "dmpo_train": train,
-                                  "eval": str(out / "test.jsonl")})
+    return cfg.model_copy(
+        update={
+            "demo": None,
+            "sft_train": train,
+            "dmpo_train": train,
+            "eval": str(out / "test.jsonl"),
+        }
+    )
 
 
 def stage_records(cfg: DataConfig, which: str) -> list[Record]:

@@ -16,22 +16,38 @@ from pydantic import BaseModel, ConfigDict, Field
 from dmporec.records import Item, Record
 
 GENRES: dict[str, tuple[list[str], list[str]]] = {
-    "sci-fi": (["Galactic", "Quantum", "Stellar", "Cyber", "Orbital", "Martian"],
-               ["Starship", "Android", "Nebula", "Colony", "Wormhole", "Mothership"]),
-    "horror": (["Haunted", "Cursed", "Bloody", "Wicked", "Undead", "Sinister"],
-               ["Manor", "Asylum", "Ritual", "Crypt", "Nightmare", "Graveyard"]),
-    "romance": (["Sweet", "Parisian", "Endless", "Tender", "Moonlit", "Forever"],
-                ["Kiss", "Love Letter", "Wedding", "Heartstrings", "Honeymoon", "Valentine"]),
-    "comedy": (["Crazy", "Wacky", "Goofy", "Accidental", "Awkward", "Hilarious"],
-               ["Roommates", "Road Trip", "Office Party", "Best Man", "Family Vacation", "Pranksters"]),
-    "western": (["Dusty", "Lonesome", "Outlaw", "Wild West", "Copper Creek", "Tombstone"],
-                ["Canyon", "Saddle", "Sheriff", "Frontier", "Ranch", "Gunslinger"]),
-    "animation": (["Little", "Magic", "Brave", "Tiny", "Fluffy", "Sparkly"],
-                  ["Dragon", "Penguin", "Kingdom", "Robot Pal", "Bunny", "Fairy Tale"]),
-    "war": (["Iron", "Last", "Frontline", "Battalion", "Operation", "Bunker"],
-            ["Soldiers", "Invasion", "Regiment", "Trenches", "Airstrike", "Siege"]),
-    "sports": (["Championship", "Underdog", "Slam Dunk", "Home Run", "Knockout", "Victory"],
-               ["Season", "Coach", "Playoffs", "Rookie", "Stadium", "Comeback"]),
+    "sci-fi": (
+        ["Galactic", "Quantum", "Stellar", "Cyber", "Orbital", "Martian"],
+        ["Starship", "Android", "Nebula", "Colony", "Wormhole", "Mothership"],
+    ),
+    "horror": (
+        ["Haunted", "Cursed", "Bloody", "Wicked", "Undead", "Sinister"],
+        ["Manor", "Asylum", "Ritual", "Crypt", "Nightmare", "Graveyard"],
+    ),
+    "romance": (
+        ["Sweet", "Parisian", "Endless", "Tender", "Moonlit", "Forever"],
+        ["Kiss", "Love Letter", "Wedding", "Heartstrings", "Honeymoon", "Valentine"],
+    ),
+    "comedy": (
+        ["Crazy", "Wacky", "Goofy", "Accidental", "Awkward", "Hilarious"],
+        ["Roommates", "Road Trip", "Office Party", "Best Man", "Family Vacation", "Pranksters"],
+    ),
+    "western": (
+        ["Dusty", "Lonesome", "Outlaw", "Wild West", "Copper Creek", "Tombstone"],
+        ["Canyon", "Saddle", "Sheriff", "Frontier", "Ranch", "Gunslinger"],
+    ),
+    "animation": (
+        ["Little", "Magic", "Brave", "Tiny", "Fluffy", "Sparkly"],
+        ["Dragon", "Penguin", "Kingdom", "Robot Pal", "Bunny", "Fairy Tale"],
+    ),
+    "war": (
+        ["Iron", "Last", "Frontline", "Battalion", "Operation", "Bunker"],
+        ["Soldiers", "Invasion", "Regiment", "Trenches", "Airstrike", "Siege"],
+    ),
+    "sports": (
+        ["Championship", "Underdog", "Slam Dunk", "Home Run", "Knockout", "Victory"],
+        ["Season", "Coach", "Playoffs", "Rookie", "Stadium", "Comeback"],
+    ),
 }
 _SEQUELS = ["", "", "", " II", " 2", ": Reloaded", " Returns"]
 
@@ -43,7 +59,9 @@ class DemoDataConfig(BaseModel):
     train_users: int = Field(48, ge=1, description="Users for SFT and DMPO (one record each).")
     valid_users: int = Field(32, ge=0, description="Held-out users for validation.")
     test_users: int = Field(96, ge=1, description="Users for the test pairs.")
-    negatives: int = Field(5, ge=1, le=10, description="Negatives drawn per training user (DMPO uses the first k).")
+    negatives: int = Field(
+        5, ge=1, le=10, description="Negatives drawn per training user (DMPO uses the first k)."
+    )
     history_min: int = Field(5, ge=1, description="Shortest history.")
     history_max: int = Field(8, ge=1, description="Longest history.")
     seed: int = Field(0, description="Same seed, same data.")

@@ -18,7 +18,9 @@ import torch.nn.functional as F
 class PreferenceOutput:
     loss: torch.Tensor  # [B]
     chosen_rewards: torch.Tensor  # [B]    beta * mean_i log(pi/ref)(y_w,i | x_i), detached
-    rejected_rewards: torch.Tensor  # [B, K] beta * log(pi/ref)(y_l,i | x_i), detached; 0 where masked
+    rejected_rewards: (
+        torch.Tensor
+    )  # [B, K] beta * log(pi/ref)(y_l,i | x_i), detached; 0 where masked
     mask: torch.Tensor  # [B, K] real negatives
 
     @property
@@ -37,12 +39,16 @@ def _check(chosen: torch.Tensor, rejected: torch.Tensor, mask: torch.Tensor | No
     if rejected.dim() != 2:
         raise ValueError(f"rejected log-probs must be [B, K], got shape {tuple(rejected.shape)}")
     if chosen.shape not in (rejected.shape[:1], rejected.shape):
-        raise ValueError(f"chosen log-probs must be [B] or [B, K]; got {tuple(chosen.shape)} "
-                         f"for rejected {tuple(rejected.shape)}")
+        raise ValueError(
+            f"chosen log-probs must be [B] or [B, K]; got {tuple(chosen.shape)} "
+            f"for rejected {tuple(rejected.shape)}"
+        )
     if mask is None:
         mask = torch.ones_like(rejected, dtype=torch.bool)
     if mask.shape != rejected.shape:
-        raise ValueError(f"mask shape {tuple(mask.shape)} != rejected shape {tuple(rejected.shape)}")
+        raise ValueError(
+            f"mask shape {tuple(mask.shape)} != rejected shape {tuple(rejected.shape)}"
+        )
     if not mask.any(-1).all():
         raise ValueError("every example needs at least one real negative (a mask row is all False)")
     return mask
@@ -52,9 +58,14 @@ def _masked_mean(x: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
     return (x * mask).sum(-1) / mask.sum(-1)
 
 
-def dmpo_loss(policy_chosen: torch.Tensor, policy_rejected: torch.Tensor, ref_chosen: torch.Tensor,
-              ref_rejected: torch.Tensor, beta: float = 0.1,
-              mask: torch.Tensor | None = None) -> PreferenceOutput:
+def dmpo_loss(
+    policy_chosen: torch.Tensor,
+    policy_rejected: torch.Tensor,
+    ref_chosen: torch.Tensor,
+    ref_rejected: torch.Tensor,
+    beta: float = 0.1,
+    mask: torch.Tensor | None = None,
+) -> PreferenceOutput:
     """Direct Multi-Preference Optimization (Bai et al. 2024, eq. 3), per example:
 
         L = -log sigmoid( beta * log[pi(y_w|x)/ref(y_w|x)]
@@ -74,15 +85,27 @@ def dmpo_loss(policy_chosen: torch.Tensor, policy_rejected: torch.Tensor, ref_ch
     return _output(-F.logsigmoid(logits), beta * chosen_ratio, beta * rejected_ratio, mask)
 
 
-def dpo_loss(policy_chosen: torch.Tensor, policy_rejected: torch.Tensor, ref_chosen: torch.Tensor,
-             ref_rejected: torch.Tensor, beta: float = 0.1) -> PreferenceOutput:
+def dpo_loss(
+    policy_chosen: torch.Tensor,
+    policy_rejected: torch.Tensor,
+    ref_chosen: torch.Tensor,
+    ref_rejected: torch.Tensor,
+    beta: float = 0.1,
+) -> PreferenceOutput:
     """DPO (Rafailov et al. 2023) on [B] log-probs: -log sigmoid(beta*(r_w - r_l)); DMPO with K=1."""
-    return dmpo_loss(policy_chosen, policy_rejected[:, None], ref_chosen, ref_rejected[:, None], beta)
+    return dmpo_loss(
+        policy_chosen, policy_rejected[:, None], ref_chosen, ref_rejected[:, None], beta
+    )
 
 
-def sdpo_loss(policy_chosen: torch.Tensor, policy_rejected: torch.Tensor, ref_chosen: torch.Tensor,
-              ref_rejected: torch.Tensor, beta: float = 0.1,
-              mask: torch.Tensor | None = None) -> PreferenceOutput:
+def sdpo_loss(
+    policy_chosen: torch.Tensor,
+    policy_rejected: torch.Tensor,
+    ref_chosen: torch.Tensor,
+    ref_rejected: torch.Tensor,
+    beta: float = 0.1,
+    mask: torch.Tensor | None = None,
+) -> PreferenceOutput:
     """S-DPO (Chen et al. 2024), per example, with r = log pi/ref:
 
         L = -log sigmoid( -log sum_j exp( beta*r(y_l,j) - beta*r(y_w) ) )
@@ -93,20 +116,27 @@ def sdpo_loss(policy_chosen: torch.Tensor, policy_rejected: torch.Tensor, ref_ch
     """
     mask = _check(policy_chosen, policy_rejected, mask)
     chosen_ratio = policy_chosen - ref_chosen
-    per_neg_chosen = chosen_ratio if chosen_ratio.dim() == 2 else chosen_ratio[:, None].expand_as(mask)
+    per_neg_chosen = (
+        chosen_ratio if chosen_ratio.dim() == 2 else chosen_ratio[:, None].expand_as(mask)
+    )
     rejected_ratio = policy_rejected - ref_rejected
     diffs = (beta * rejected_ratio - beta * per_neg_chosen).masked_fill(~mask, float("-inf"))
     loss = -F.logsigmoid(-torch.logsumexp(diffs, dim=-1))
-    chosen_reward = beta * (_masked_mean(per_neg_chosen, mask) if chosen_ratio.dim() == 2 else chosen_ratio)
+    chosen_reward = beta * (
+        _masked_mean(per_neg_chosen, mask) if chosen_ratio.dim() == 2 else chosen_ratio
+    )
     return _output(loss, chosen_reward, beta * rejected_ratio.masked_fill(~mask, 0.0), mask)
 
 
-def _output(loss: torch.Tensor, chosen: torch.Tensor, rejected: torch.Tensor,
-            mask: torch.Tensor) -> PreferenceOutput:
+def _output(
+    loss: torch.Tensor, chosen: torch.Tensor, rejected: torch.Tensor, mask: torch.Tensor
+) -> PreferenceOutput:
     return PreferenceOutput(loss, chosen.detach(), rejected.detach(), mask)
 
 
-def sft_loss(logps: torch.Tensor, n_tokens: torch.Tensor, mask: torch.Tensor | None = None) -> torch.Tensor:
+def sft_loss(
+    logps: torch.Tensor, n_tokens: torch.Tensor, mask: torch.Tensor | None = None
+) -> torch.Tensor:
     """Per-example SFT negative log-likelihood, averaged over answer tokens: -sum log p / n_tokens.
 
     `logps` and `n_tokens` are [B] or [B, M] (summed log-prob and token count of each answer);

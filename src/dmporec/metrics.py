@@ -54,8 +54,13 @@ def first_listed_rate(chosen: Array, rejected: Array, positive_first: Array) -> 
     return float(np.mean(prefers_positive == positive_first))
 
 
-def bootstrap_ci(metric: Callable[..., float], *arrays: Array, n_boot: int = 1000, seed: int = 0,
-                 level: float = 0.95) -> tuple[float, float]:
+def bootstrap_ci(
+    metric: Callable[..., float],
+    *arrays: Array,
+    n_boot: int = 1000,
+    seed: int = 0,
+    level: float = 0.95,
+) -> tuple[float, float]:
     """Percentile bootstrap CI of `metric(*arrays)`, resampling pairs with replacement.
 
     Resamples where the metric is NaN are dropped; (nan, nan) when none is left."""
@@ -64,8 +69,12 @@ def bootstrap_ci(metric: Callable[..., float], *arrays: Array, n_boot: int = 100
     if n == 0:
         return float("nan"), float("nan")
     rng = np.random.default_rng(seed)
-    stats = np.array([metric(*(a[idx] for a in arrays))
-                      for idx in (rng.integers(0, n, n) for _ in range(n_boot))])
+    stats = np.array(
+        [
+            metric(*(a[idx] for a in arrays))
+            for idx in (rng.integers(0, n, n) for _ in range(n_boot))
+        ]
+    )
     stats = stats[~np.isnan(stats)]
     if stats.size == 0:
         return float("nan"), float("nan")
@@ -73,8 +82,14 @@ def bootstrap_ci(metric: Callable[..., float], *arrays: Array, n_boot: int = 100
     return float(np.quantile(stats, alpha)), float(np.quantile(stats, 1 - alpha))
 
 
-def pairwise_report(chosen: Array, rejected: Array, positive_first: Array | None = None, *,
-                    seed: int = 0, n_boot: int = 1000) -> dict[str, float]:
+def pairwise_report(
+    chosen: Array,
+    rejected: Array,
+    positive_first: Array | None = None,
+    *,
+    seed: int = 0,
+    n_boot: int = 1000,
+) -> dict[str, float]:
     """Every pairwise metric with its 95% CI, as one flat dict (JSON-ready)."""
     chosen, rejected = np.asarray(chosen, float), np.asarray(rejected, float)
 
@@ -84,7 +99,9 @@ def pairwise_report(chosen: Array, rejected: Array, positive_first: Array | None
     out: dict[str, float] = {"pairs": int(chosen.size)}
     for name, fn in (("accuracy", pairwise_accuracy), ("auc", coin), ("auc_stable", stable_auc)):
         out[name] = fn(chosen, rejected)
-        out[f"{name}_ci_low"], out[f"{name}_ci_high"] = bootstrap_ci(fn, chosen, rejected, n_boot=n_boot, seed=seed)
+        out[f"{name}_ci_low"], out[f"{name}_ci_high"] = bootstrap_ci(
+            fn, chosen, rejected, n_boot=n_boot, seed=seed
+        )
     if positive_first is not None:
         pf = np.asarray(positive_first, bool)
         out["first_listed_rate"] = first_listed_rate(chosen, rejected, pf)

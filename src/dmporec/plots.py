@@ -10,7 +10,11 @@ import matplotlib
 matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
 
-CURVES = (("loss", "loss"), ("reward_margin", "reward margin"), ("reward_accuracy", "reward accuracy"))
+CURVES = (
+    ("loss", "loss"),
+    ("reward_margin", "reward margin"),
+    ("reward_accuracy", "reward accuracy"),
+)
 
 
 def plot_curves(metrics_path: Path, out_path: Path) -> Path | None:
@@ -28,7 +32,9 @@ def plot_curves(metrics_path: Path, out_path: Path) -> Path | None:
         return None
     fig, axes = plt.subplots(1, len(panels), figsize=(4.2 * len(panels), 3.2), squeeze=False)
     for ax, (key, title) in zip(axes[0], panels, strict=True):
-        ax.plot([r["step"] for r in rows if key in r], [r[key] for r in rows if key in r], marker=".")
+        ax.plot(
+            [r["step"] for r in rows if key in r], [r[key] for r in rows if key in r], marker="."
+        )
         ax.set_xlabel("optimizer step")
         ax.set_title(title)
         ax.grid(alpha=0.3)

@@ -46,18 +46,27 @@ class Instruction:
         return self.shared + self.pair
 
 
-def render_instruction(history: list[str], first: str, second: str, domain: str = "movies") -> Instruction:
+def render_instruction(
+    history: list[str], first: str, second: str, domain: str = "movies"
+) -> Instruction:
     """The paper's task input, byte for byte as in the authors' files.
 
     >>> render_instruction(["Heat"], "Up", "Jaws").text
     "You are an assistant working on movie recommendations. Here is the user's history of movies they have watched:  <Title:Heat> . Rank the likelihood of the user watching the two movies  <Title:Up>  and  <Title:Jaws> ."
     """
     w = WORDING[domain]
-    head = (f"You are an assistant working on {w.noun} recommendations. "
-            f"Here is the user's history of {w.plural} they have {w.past}: "
-            + "".join(title_tag(t) for t in history))
-    tail = (f". Rank the likelihood of the user {w.gerund} the two {w.plural} "
-            + title_tag(first) + " and " + title_tag(second) + ".")
+    head = (
+        f"You are an assistant working on {w.noun} recommendations. "
+        f"Here is the user's history of {w.plural} they have {w.past}: "
+        + "".join(title_tag(t) for t in history)
+    )
+    tail = (
+        f". Rank the likelihood of the user {w.gerund} the two {w.plural} "
+        + title_tag(first)
+        + " and "
+        + title_tag(second)
+        + "."
+    )
     # head ends with the space after the last title: move it to the pair part.
     return Instruction(head[:-1], " " + tail)
 
@@ -96,12 +105,14 @@ def render_pairs(record: Record, seed: int = 0) -> list[PairTexts]:
     for i, neg in enumerate(record.negatives):
         pos_first = positive_listed_first(record, i, seed)
         first, second = (pos, neg.title) if pos_first else (neg.title, pos)
-        out.append(PairTexts(
-            instruction=render_instruction(history, first, second, record.domain),
-            chosen=render_answer(pos, neg.title),
-            rejected=render_answer(neg.title, pos),
-            positive_first=pos_first,
-        ))
+        out.append(
+            PairTexts(
+                instruction=render_instruction(history, first, second, record.domain),
+                chosen=render_answer(pos, neg.title),
+                rejected=render_answer(neg.title, pos),
+                positive_first=pos_first,
+            )
+        )
     return out
 
 
@@ -122,15 +133,25 @@ class ChatFormat:
     answer_end: str
 
     @classmethod
-    def from_tokenizer(cls, tokenizer: Any, *, use_chat_template: bool = True,
-                       template_kwargs: dict[str, Any] | None = None) -> ChatFormat:
+    def from_tokenizer(
+        cls,
+        tokenizer: Any,
+        *,
+        use_chat_template: bool = True,
+        template_kwargs: dict[str, Any] | None = None,
+    ) -> ChatFormat:
         eos = tokenizer.eos_token or ""
         if not use_chat_template or not getattr(tokenizer, "chat_template", None):
             return cls("", "\n", eos)
         rendered = tokenizer.apply_chat_template(
-            [{"role": "user", "content": _SENTINEL}], tokenize=False, add_generation_prompt=True,
-            **(template_kwargs or {}))
+            [{"role": "user", "content": _SENTINEL}],
+            tokenize=False,
+            add_generation_prompt=True,
+            **(template_kwargs or {}),
+        )
         if rendered.count(_SENTINEL) != 1:
-            raise ValueError("the tokenizer's chat template does not render the user message verbatim")
+            raise ValueError(
+                "the tokenizer's chat template does not render the user message verbatim"
+            )
         prefix, suffix = rendered.split(_SENTINEL)
         return cls(prefix, suffix, eos)

@@ -20,8 +20,14 @@ DOMAINS = ("movies", "games", "books")
 class DataError(ValueError):
     """Bad input data; the message names the file, the record and the field."""
 
-    def __init__(self, message: str, *, file: str | os.PathLike | None = None,
-                 record: int | str | None = None, field: str | None = None) -> None:
+    def __init__(
+        self,
+        message: str,
+        *,
+        file: str | os.PathLike | None = None,
+        record: int | str | None = None,
+        field: str | None = None,
+    ) -> None:
         where = []
         if file is not None:
             where.append(str(file))
@@ -62,26 +68,49 @@ class Record:
     def k(self) -> int:
         return len(self.negatives)
 
-    def validate(self, *, file: str | os.PathLike | None = None, index: int | str | None = None) -> Record:
+    def validate(
+        self, *, file: str | os.PathLike | None = None, index: int | str | None = None
+    ) -> Record:
         """Check the invariants every stage relies on; raise DataError naming what is wrong."""
         rec = index if index is not None else self.user_id
         if not self.history:
-            raise DataError("history is empty; a record needs at least one history item",
-                            file=file, record=rec, field="history")
+            raise DataError(
+                "history is empty; a record needs at least one history item",
+                file=file,
+                record=rec,
+                field="history",
+            )
         if not self.negatives:
-            raise DataError("no negatives; a record needs at least one", file=file, record=rec,
-                            field="negatives")
-        for name, items in (("history", self.history), ("negatives", self.negatives),
-                            ("positive", [self.positive])):
+            raise DataError(
+                "no negatives; a record needs at least one",
+                file=file,
+                record=rec,
+                field="negatives",
+            )
+        for name, items in (
+            ("history", self.history),
+            ("negatives", self.negatives),
+            ("positive", [self.positive]),
+        ):
             for i, item in enumerate(items):
                 if not item.title or not item.title.strip():
-                    raise DataError(f"item {i} has an empty title", file=file, record=rec, field=name)
+                    raise DataError(
+                        f"item {i} has an empty title", file=file, record=rec, field=name
+                    )
         if self.domain not in DOMAINS:
-            raise DataError(f"unknown domain {self.domain!r}; expected one of {DOMAINS}",
-                            file=file, record=rec, field="domain")
+            raise DataError(
+                f"unknown domain {self.domain!r}; expected one of {DOMAINS}",
+                file=file,
+                record=rec,
+                field="domain",
+            )
         if self.positive_first is not None and len(self.positive_first) != len(self.negatives):
-            raise DataError(f"has {len(self.positive_first)} entries for {len(self.negatives)} negatives",
-                            file=file, record=rec, field="positive_first")
+            raise DataError(
+                f"has {len(self.positive_first)} entries for {len(self.negatives)} negatives",
+                file=file,
+                record=rec,
+                field="positive_first",
+            )
         return self
 
 
@@ -96,7 +125,9 @@ class TitleNormalization(BaseModel):
     model_config = ConfigDict(extra="forbid")
     html_entities: bool = Field(True, description="Decode HTML entities: '&amp;' -> '&'.")
     whitespace: bool = Field(True, description="Strip ends and collapse runs of whitespace.")
-    strip_year: bool = Field(False, description="Drop a trailing release year: 'Heat (1995)' -> 'Heat'.")
+    strip_year: bool = Field(
+        False, description="Drop a trailing release year: 'Heat (1995)' -> 'Heat'."
+    )
 
     @classmethod
     def none(cls) -> TitleNormalization:
@@ -121,21 +152,31 @@ def normalize_record(record: Record, norm: TitleNormalization) -> Record:
     def fix(item: Item) -> Item:
         return Item(normalize_title(item.title, norm), item.item_id)
 
-    return Record(record.user_id, [fix(i) for i in record.history], fix(record.positive),
-                  [fix(i) for i in record.negatives], record.domain, record.positive_first,
-                  dict(record.metadata))
+    return Record(
+        record.user_id,
+        [fix(i) for i in record.history],
+        fix(record.positive),
+        [fix(i) for i in record.negatives],
+        record.domain,
+        record.positive_first,
+        dict(record.metadata),
+    )
 
 
 # ---------------------------------------------------------------- JSONL I/O
+
 
 def record_to_dict(record: Record) -> dict[str, Any]:
     return asdict(record)
 
 
-def record_from_dict(obj: Any, *, file: str | os.PathLike | None = None,
-                     index: int | str | None = None) -> Record:
+def record_from_dict(
+    obj: Any, *, file: str | os.PathLike | None = None, index: int | str | None = None
+) -> Record:
     if not isinstance(obj, dict):
-        raise DataError(f"expected a JSON object, got {type(obj).__name__}", file=file, record=index)
+        raise DataError(
+            f"expected a JSON object, got {type(obj).__name__}", file=file, record=index
+        )
 
     def need(key: str) -> Any:
         if key not in obj:
@@ -148,8 +189,12 @@ def record_from_dict(obj: Any, *, file: str | os.PathLike | None = None,
         if isinstance(value, dict) and isinstance(value.get("title"), str):
             item_id = value.get("item_id")
             return Item(value["title"], None if item_id is None else str(item_id))
-        raise DataError("expected a title string or an object with a 'title'", file=file,
-                        record=index, field=key)
+        raise DataError(
+            "expected a title string or an object with a 'title'",
+            file=file,
+            record=index,
+            field=key,
+        )
 
     def items(key: str) -> list[Item]:
         value = need(key)
@@ -161,7 +206,9 @@ def record_from_dict(obj: Any, *, file: str | os.PathLike | None = None,
     if positive_first is not None and not (
         isinstance(positive_first, list) and all(isinstance(b, bool) for b in positive_first)
     ):
-        raise DataError("expected a list of booleans", file=file, record=index, field="positive_first")
+        raise DataError(
+            "expected a list of booleans", file=file, record=index, field="positive_first"
+        )
     metadata = obj.get("metadata") or {}
     if not isinstance(metadata, dict):
         raise DataError("expected an object", file=file, record=index, field="metadata")
@@ -207,8 +254,11 @@ def iter_records(path: str | os.PathLike) -> Iterator[Record]:
             try:
                 obj = json.loads(line)
             except json.JSONDecodeError as e:
-                raise DataError(f"malformed JSON ({e.msg} at column {e.colno})", file=path,
-                                record=f"on line {lineno}") from None
+                raise DataError(
+                    f"malformed JSON ({e.msg} at column {e.colno})",
+                    file=path,
+                    record=f"on line {lineno}",
+                ) from None
             yield record_from_dict(obj, file=path, index=f"on line {lineno}")
 
 

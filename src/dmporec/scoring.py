@@ -46,8 +46,12 @@ class Group:
     def tokens(self, method: Method) -> int:
         """Tokens a forward pass processes for this group under `method`."""
         if method == "shared":
-            return len(self.prefix) + sum(len(b.context) + sum(map(len, b.answers)) for b in self.branches)
-        return sum(len(self.prefix) + len(b.context) + len(a) for b in self.branches for a in b.answers)
+            return len(self.prefix) + sum(
+                len(b.context) + sum(map(len, b.answers)) for b in self.branches
+            )
+        return sum(
+            len(self.prefix) + len(b.context) + len(a) for b in self.branches for a in b.answers
+        )
 
 
 @dataclass
@@ -70,8 +74,9 @@ class _Row:
     targets: list[tuple[int, int, int]]  # (predicting position, target token, answer slot)
 
 
-def _add_segment(row: _Row, tokens: Tokens, parent: int, start_pos: int, last_pos: int | None,
-                 slot: int | None) -> tuple[int, int, int | None]:
+def _add_segment(
+    row: _Row, tokens: Tokens, parent: int, start_pos: int, last_pos: int | None, slot: int | None
+) -> tuple[int, int, int | None]:
     """Append a segment; returns (segment id, next position id, index of its last token).
 
     `last_pos` is the row index of the last token this segment continues from; when `slot` is
@@ -110,7 +115,9 @@ def _layout(groups: Sequence[Group], method: Method, width: int) -> list[_Row]:
             for branch in group.branches:
                 for answer in branch.answers:
                     row = _Row([], [], [], [], [])
-                    _, pos, last = _add_segment(row, group.prefix + branch.context, -1, 0, None, None)
+                    _, pos, last = _add_segment(
+                        row, group.prefix + branch.context, -1, 0, None, None
+                    )
                     _add_segment(row, answer, 0, pos, last, g * width + slot)
                     rows.append(row)
                     slot += 1
@@ -136,8 +143,9 @@ def _block_mask(rows: list[_Row], length: int, device: torch.device) -> torch.Te
     return torch.stack(masks)[:, None].to(device)
 
 
-def _forward_rows(model: torch.nn.Module, rows: list[_Row], method: Method,
-                  n_slots: int) -> tuple[torch.Tensor, torch.Tensor]:
+def _forward_rows(
+    model: torch.nn.Module, rows: list[_Row], method: Method, n_slots: int
+) -> tuple[torch.Tensor, torch.Tensor]:
     """Summed target log-probs and token counts per slot for one micro-batch of rows."""
     device = next(model.parameters()).device
     length = max(len(r.ids) for r in rows)
@@ -150,11 +158,20 @@ def _forward_rows(model: torch.nn.Module, rows: list[_Row], method: Method,
         if impl == "eager":
             dtype = next(model.parameters()).dtype
             attn = torch.zeros(attn.shape, dtype=dtype, device=device).masked_fill(
-                ~attn, torch.finfo(dtype).min)
+                ~attn, torch.finfo(dtype).min
+            )
     else:
-        attn = torch.tensor([[1] * len(r.ids) + [0] * (length - len(r.ids)) for r in rows], device=device)
-    out = model(input_ids=ids, attention_mask=attn, position_ids=pos, output_hidden_states=True,
-                logits_to_keep=1, use_cache=False)
+        attn = torch.tensor(
+            [[1] * len(r.ids) + [0] * (length - len(r.ids)) for r in rows], device=device
+        )
+    out = model(
+        input_ids=ids,
+        attention_mask=attn,
+        position_ids=pos,
+        output_hidden_states=True,
+        logits_to_keep=1,
+        use_cache=False,
+    )
     hidden = out.hidden_states[-1]
     row_idx, pred_idx, tgt, slots = [], [], [], []
     for r, row in enumerate(rows):
@@ -163,13 +180,16 @@ def _forward_rows(model: torch.nn.Module, rows: list[_Row], method: Method,
             pred_idx.append(pred)
             tgt.append(tok)
             slots.append(slot)
-    logits = _head(model)(hidden[torch.tensor(row_idx, device=device), torch.tensor(pred_idx, device=device)])
+    logits = _head(model)(
+        hidden[torch.tensor(row_idx, device=device), torch.tensor(pred_idx, device=device)]
+    )
     logits = _softcap(model, logits.float())
     token_logp = -F.cross_entropy(logits, torch.tensor(tgt, device=device), reduction="none")
     slot_t = torch.tensor(slots, device=device)
     sums = torch.zeros(n_slots, device=device, dtype=torch.float32).index_add(0, slot_t, token_logp)
     counts = torch.zeros(n_slots, device=device, dtype=torch.long).index_add(
-        0, slot_t, torch.ones_like(slot_t))
+        0, slot_t, torch.ones_like(slot_t)
+    )
     return sums, counts
 
 
@@ -182,8 +202,13 @@ def _softcap(model: torch.nn.Module, logits: torch.Tensor) -> torch.Tensor:
     return logits if not cap else torch.tanh(logits / cap) * cap
 
 
-def score_groups(model: torch.nn.Module, groups: Sequence[Group], *, method: Method = "shared",
-                 max_batch_tokens: int = 8192) -> AnswerLogProbs:
+def score_groups(
+    model: torch.nn.Module,
+    groups: Sequence[Group],
+    *,
+    method: Method = "shared",
+    max_batch_tokens: int = 8192,
+) -> AnswerLogProbs:
     """Summed log-prob of every answer given its prompt; [B, M] with M = max answers per group.
 
     Differentiable: call it under `torch.no_grad()` for scoring, without for training.
@@ -212,10 +237,12 @@ def score_groups(model: torch.nn.Module, groups: Sequence[Group], *, method: Met
     return _to_matrix(groups, width, torch.stack(sums_all).sum(0), torch.stack(counts_all).sum(0))
 
 
-def _to_matrix(groups: Sequence[Group], width: int, sums: torch.Tensor,
-               counts: torch.Tensor) -> AnswerLogProbs:
+def _to_matrix(
+    groups: Sequence[Group], width: int, sums: torch.Tensor, counts: torch.Tensor
+) -> AnswerLogProbs:
     mask = torch.zeros(len(groups), width, dtype=torch.bool)
     for g, group in enumerate(groups):
         mask[g, : group.n_answers] = True
-    return AnswerLogProbs(sums.view(len(groups), width), counts.view(len(groups), width),
-                          mask.to(sums.device))
+    return AnswerLogProbs(
+        sums.view(len(groups), width), counts.view(len(groups), width), mask.to(sums.device)
+    )

@@ -67,8 +67,14 @@ def append_jsonl(path: Path, row: dict[str, Any]) -> None:
         f.write(json.dumps(row) + "\n")
 
 
-def _save_checkpoint(ckpt: Path, accelerator: Accelerator, model: torch.nn.Module, optimizer: Any,
-                     scheduler: Any, position: dict[str, int]) -> None:
+def _save_checkpoint(
+    ckpt: Path,
+    accelerator: Accelerator,
+    model: torch.nn.Module,
+    optimizer: Any,
+    scheduler: Any,
+    position: dict[str, int],
+) -> None:
     """Adapter (safetensors), optimizer and scheduler state, and where the loop stands."""
     if not accelerator.is_main_process:
         return
@@ -82,21 +88,35 @@ def _save_checkpoint(ckpt: Path, accelerator: Accelerator, model: torch.nn.Modul
     tmp.rename(ckpt)
 
 
-def _load_checkpoint(ckpt: Path, accelerator: Accelerator, model: torch.nn.Module, optimizer: Any,
-                     scheduler: Any) -> dict[str, int]:
+def _load_checkpoint(
+    ckpt: Path, accelerator: Accelerator, model: torch.nn.Module, optimizer: Any, scheduler: Any
+) -> dict[str, int]:
     peft_model = accelerator.unwrap_model(model)
-    weights = load_file(ckpt / "adapter" / "adapter_model.safetensors", device=str(accelerator.device))
+    weights = load_file(
+        ckpt / "adapter" / "adapter_model.safetensors", device=str(accelerator.device)
+    )
     set_peft_model_state_dict(peft_model, weights)
-    optimizer.load_state_dict(torch.load(ckpt / "optimizer.pt", weights_only=True, map_location=accelerator.device))
+    optimizer.load_state_dict(
+        torch.load(ckpt / "optimizer.pt", weights_only=True, map_location=accelerator.device)
+    )
     scheduler.load_state_dict(torch.load(ckpt / "scheduler.pt", weights_only=True))
     return json.loads((ckpt / "position.json").read_text())
 
 
-def train_lora(model: PeftModel, examples: Sequence[Any], loss_fn: LossFn, tc: TrainConfig, out_dir: Path,
-               *, stage: str) -> dict[str, float]:
+def train_lora(
+    model: PeftModel,
+    examples: Sequence[Any],
+    loss_fn: LossFn,
+    tc: TrainConfig,
+    out_dir: Path,
+    *,
+    stage: str,
+) -> dict[str, float]:
     """Train the model's LoRA adapter on `examples`; saves `out_dir/adapter`. Returns a summary."""
-    accelerator = Accelerator(gradient_accumulation_steps=tc.grad_accum,
-                              dataloader_config=DataLoaderConfiguration(use_seedable_sampler=True))
+    accelerator = Accelerator(
+        gradient_accumulation_steps=tc.grad_accum,
+        dataloader_config=DataLoaderConfiguration(use_seedable_sampler=True),
+    )
     set_seed(tc.seed)
     if tc.gradient_checkpointing:
         model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
@@ -107,26 +127,42 @@ def train_lora(model: PeftModel, examples: Sequence[Any], loss_fn: LossFn, tc: T
     model, optimizer, loader = accelerator.prepare(model, optimizer, loader)
     steps_per_epoch = math.ceil(len(loader) / tc.grad_accum)
     total_steps = steps_per_epoch * tc.epochs
-    scheduler = accelerator.prepare(get_cosine_schedule_with_warmup(
-        optimizer, int(tc.warmup_ratio * total_steps) * accelerator.num_processes,
-        total_steps * accelerator.num_processes))
+    scheduler = accelerator.prepare(
+        get_cosine_schedule_with_warmup(
+            optimizer,
+            int(tc.warmup_ratio * total_steps) * accelerator.num_processes,
+            total_steps * accelerator.num_processes,
+        )
+    )
 
     ckpt, metrics_path = out_dir / "checkpoint", out_dir / "metrics.jsonl"
     position = {"epoch": 0, "batch": 0, "step": 0}
     if (ckpt / "position.json").is_file():
         position = _load_checkpoint(ckpt, accelerator, model, optimizer, scheduler)
-        if metrics_path.is_file() and accelerator.is_main_process:  # drop steps the checkpoint lacks
-            kept = [line for line in metrics_path.read_text().splitlines()
-                    if line.strip() and json.loads(line)["step"] <= position["step"]]
+        if (
+            metrics_path.is_file() and accelerator.is_main_process
+        ):  # drop steps the checkpoint lacks
+            kept = [
+                line
+                for line in metrics_path.read_text().splitlines()
+                if line.strip() and json.loads(line)["step"] <= position["step"]
+            ]
             atomic_write_text(metrics_path, "".join(line + "\n" for line in kept))
-        accelerator.print(f"{stage}: resuming from {ckpt} at epoch {position['epoch']}, step {position['step']}")
+        accelerator.print(
+            f"{stage}: resuming from {ckpt} at epoch {position['epoch']}, step {position['step']}"
+        )
     elif metrics_path.exists() and accelerator.is_main_process:
         metrics_path.unlink()  # a fresh start: old curves would mislead
 
     model.train()
     step, start, last_logs = position["step"], time.perf_counter(), {}
-    bar = tqdm(total=total_steps, initial=step, desc=stage, unit="step",
-               disable=not accelerator.is_local_main_process)
+    bar = tqdm(
+        total=total_steps,
+        initial=step,
+        desc=stage,
+        unit="step",
+        disable=not accelerator.is_local_main_process,
+    )
     for epoch in range(position["epoch"], tc.epochs):
         loader.set_epoch(epoch)
         skip = position["batch"] if epoch == position["epoch"] else 0
@@ -144,16 +180,36 @@ def train_lora(model: PeftModel, examples: Sequence[Any], loss_fn: LossFn, tc: T
                 continue
             step += 1
             last_logs = {"loss": loss.item(), **logs}
-            append_jsonl(metrics_path, {"stage": stage, "step": step, "epoch": epoch + (batch_index + 1) / len(loader),
-                                        "lr": scheduler.get_last_lr()[0], **last_logs,
-                                        "elapsed_s": round(time.perf_counter() - start, 2)})
+            append_jsonl(
+                metrics_path,
+                {
+                    "stage": stage,
+                    "step": step,
+                    "epoch": epoch + (batch_index + 1) / len(loader),
+                    "lr": scheduler.get_last_lr()[0],
+                    **last_logs,
+                    "elapsed_s": round(time.perf_counter() - start, 2),
+                },
+            )
             bar.update(1)
             bar.set_postfix({k: f"{v:.4g}" for k, v in last_logs.items()})
             if tc.save_every_steps and step % tc.save_every_steps == 0:
-                _save_checkpoint(ckpt, accelerator, model, optimizer, scheduler,
-                                 {"epoch": epoch, "batch": batch_index + 1, "step": step})
-        _save_checkpoint(ckpt, accelerator, model, optimizer, scheduler,
-                         {"epoch": epoch + 1, "batch": 0, "step": step})
+                _save_checkpoint(
+                    ckpt,
+                    accelerator,
+                    model,
+                    optimizer,
+                    scheduler,
+                    {"epoch": epoch, "batch": batch_index + 1, "step": step},
+                )
+        _save_checkpoint(
+            ckpt,
+            accelerator,
+            model,
+            optimizer,
+            scheduler,
+            {"epoch": epoch + 1, "batch": 0, "step": step},
+        )
     bar.close()
     accelerator.wait_for_everyone()
     if accelerator.is_main_process:

@@ -27,12 +27,17 @@ def prepare_run(cfg: RunConfig) -> RunConfig:
 
 
 def encoder(tokenizer: Any, model_cfg: ModelConfig, prompt_seed: int) -> GroupEncoder:
-    chat = ChatFormat.from_tokenizer(tokenizer, use_chat_template=model_cfg.use_chat_template,
-                                     template_kwargs=model_cfg.chat_template_kwargs)
+    chat = ChatFormat.from_tokenizer(
+        tokenizer,
+        use_chat_template=model_cfg.use_chat_template,
+        template_kwargs=model_cfg.chat_template_kwargs,
+    )
     return GroupEncoder(tokenizer, chat, prompt_seed)
 
 
-def finish_stage(stage_dir: Path, model_cfg: ModelConfig, merged: list[str], summary: dict[str, Any]) -> None:
+def finish_stage(
+    stage_dir: Path, model_cfg: ModelConfig, merged: list[str], summary: dict[str, Any]
+) -> None:
     """Mark a training stage finished: lineage (written last), curves and summary; main process only."""
     if not PartialState().is_main_process:
         return

@@ -31,20 +31,31 @@ from dmporec.training import PeakMemory, train_lora
 
 
 @torch.no_grad()
-def reference_logps(model: torch.nn.Module, groups: list[Group], width: int, *, method: str,
-                    batch_size: int, max_batch_tokens: int) -> torch.Tensor:
+def reference_logps(
+    model: torch.nn.Module,
+    groups: list[Group],
+    width: int,
+    *,
+    method: str,
+    batch_size: int,
+    max_batch_tokens: int,
+) -> torch.Tensor:
     """[N, width] summed log-probs of every answer under the reference (adapter disabled)."""
     out = torch.zeros(len(groups), width)
     model.eval()
     with model.disable_adapter():
-        for start in tqdm(range(0, len(groups), batch_size), desc="reference log-probs", unit="batch"):
-            chunk = groups[start:start + batch_size]
+        for start in tqdm(
+            range(0, len(groups), batch_size), desc="reference log-probs", unit="batch"
+        ):
+            chunk = groups[start : start + batch_size]
             scores = score_groups(model, chunk, method=method, max_batch_tokens=max_batch_tokens)
-            out[start:start + len(chunk), : scores.logps.shape[1]] = scores.logps.float().cpu()
+            out[start : start + len(chunk), : scores.logps.shape[1]] = scores.logps.float().cpu()
     return out
 
 
-def reference_cache_key(model_cfg: ModelConfig, adapters: list[Path], groups: list[Group], width: int) -> str:
+def reference_cache_key(
+    model_cfg: ModelConfig, adapters: list[Path], groups: list[Group], width: int
+) -> str:
     """Hash of what the reference log-probs depend on: base model, merged adapters, token ids."""
     h = hashlib.sha256(json.dumps([model_cfg.name, model_cfg.dtype, width]).encode())
     for adapter in adapters:
@@ -54,15 +65,31 @@ def reference_cache_key(model_cfg: ModelConfig, adapters: list[Path], groups: li
     return h.hexdigest()[:32]
 
 
-def cached_reference_logps(model: torch.nn.Module, model_cfg: ModelConfig, adapters: list[Path],
-                           groups: list[Group], width: int, tc: DMPOConfig) -> torch.Tensor:
+def cached_reference_logps(
+    model: torch.nn.Module,
+    model_cfg: ModelConfig,
+    adapters: list[Path],
+    groups: list[Group],
+    width: int,
+    tc: DMPOConfig,
+) -> torch.Tensor:
     """Reference log-probs from the on-disk cache, or computed once and stored there."""
-    path = cache_root() / "reference" / f"{reference_cache_key(model_cfg, adapters, groups, width)}.safetensors"
+    path = (
+        cache_root()
+        / "reference"
+        / f"{reference_cache_key(model_cfg, adapters, groups, width)}.safetensors"
+    )
     if path.is_file():
         print(f"dmpo: reference log-probs from cache {path}")
         return load_file(path)["logps"]
-    logps = reference_logps(model, groups, width, method=tc.scorer, batch_size=tc.batch_size,
-                            max_batch_tokens=tc.max_batch_tokens)
+    logps = reference_logps(
+        model,
+        groups,
+        width,
+        method=tc.scorer,
+        batch_size=tc.batch_size,
+        max_batch_tokens=tc.max_batch_tokens,
+    )
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = path.with_suffix(".tmp")
     save_file({"logps": logps.contiguous()}, tmp)
@@ -82,8 +109,10 @@ def run_dmpo(cfg: RunConfig, sft_dir: Path | None = None) -> Path:
     records = stage_records(cfg.data, "dmpo_train")
     short = sum(r.k < tc.k for r in records)
     if short:
-        print(f"dmpo: {short} of {len(records)} users have fewer than k={tc.k} negatives; "
-              "their missing negatives are masked out of the loss")
+        print(
+            f"dmpo: {short} of {len(records)} users have fewer than k={tc.k} negatives; "
+            "their missing negatives are masked out of the loss"
+        )
     tokenizer = load_tokenizer(cfg.model)
     enc = encoder(tokenizer, cfg.model, cfg.data.prompt_seed)
     groups = [enc.group(r, k=tc.k) for r in records]
@@ -92,13 +121,16 @@ def run_dmpo(cfg: RunConfig, sft_dir: Path | None = None) -> Path:
     start = time.perf_counter()
     with PeakMemory() as mem:
         # The SFT adapter is folded into the weights: that model is the frozen reference.
-        model = add_lora(merge_adapters(load_base_model(cfg.model), sft_adapters), cfg.model, tc.seed)
+        model = add_lora(
+            merge_adapters(load_base_model(cfg.model), sft_adapters), cfg.model, tc.seed
+        )
         ref = cached_reference_logps(model, cfg.model, sft_adapters, groups, 2 * tc.k, tc)
         examples = list(zip(groups, ref, strict=True))
 
         def loss_fn(model: torch.nn.Module, batch: list) -> tuple[torch.Tensor, dict[str, float]]:
-            scores = score_groups(model, [g for g, _ in batch], method=tc.scorer,
-                                  max_batch_tokens=tc.max_batch_tokens)
+            scores = score_groups(
+                model, [g for g, _ in batch], method=tc.scorer, max_batch_tokens=tc.max_batch_tokens
+            )
             width = scores.logps.shape[1]
             ref_logps = torch.stack([r for _, r in batch])[:, :width].to(scores.logps.device)
             chosen, rejected = scores.logps[:, 0::2], scores.logps[:, 1::2]  # [B, K] each
@@ -107,14 +139,27 @@ def run_dmpo(cfg: RunConfig, sft_dir: Path | None = None) -> Path:
             total = result.loss
             if tc.sft_weight:
                 total = total + tc.sft_weight * sft_loss(chosen, scores.n_tokens[:, 0::2], mask)
-            return total.mean(), {"reward_margin": result.margin.mean().item(),
-                                  "reward_accuracy": result.accuracy.mean().item(),
-                                  "chosen_reward": result.chosen_rewards.mean().item()}
+            return total.mean(), {
+                "reward_margin": result.margin.mean().item(),
+                "reward_accuracy": result.accuracy.mean().item(),
+                "chosen_reward": result.chosen_rewards.mean().item(),
+            }
 
         result = train_lora(model, examples, loss_fn, tc, out, stage="dmpo")
     merged = [os.path.relpath(p.resolve(), out.resolve()) for p in sft_adapters]
-    finish_stage(out, cfg.model, merged, {"stage": "dmpo", "loss": tc.loss, "k": tc.k, "users": len(groups),
-                        "wall_s": round(time.perf_counter() - start, 1),
-                        "peak_rss_mib": round(mem.peak_rss_mib), "peak_gpu_mib": round(mem.peak_gpu_mib),
-                        **{f"final_{k}": v for k, v in result.items()}})
+    finish_stage(
+        out,
+        cfg.model,
+        merged,
+        {
+            "stage": "dmpo",
+            "loss": tc.loss,
+            "k": tc.k,
+            "users": len(groups),
+            "wall_s": round(time.perf_counter() - start, 1),
+            "peak_rss_mib": round(mem.peak_rss_mib),
+            "peak_gpu_mib": round(mem.peak_gpu_mib),
+            **{f"final_{k}": v for k, v in result.items()},
+        },
+    )
     return out

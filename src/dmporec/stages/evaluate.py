@@ -24,56 +24,94 @@ from dmporec.training import PeakMemory
 
 
 @torch.no_grad()
-def score_pairs(model: torch.nn.Module, tokenizer: Any, model_cfg: ModelConfig, records: list[Record],
-                ec: EvalConfig, prompt_seed: int, desc: str = "evaluate") -> list[dict[str, Any]]:
+def score_pairs(
+    model: torch.nn.Module,
+    tokenizer: Any,
+    model_cfg: ModelConfig,
+    records: list[Record],
+    ec: EvalConfig,
+    prompt_seed: int,
+    desc: str = "evaluate",
+) -> list[dict[str, Any]]:
     """One row per (user, negative): chosen and rejected summed log-probs and the listing order."""
     enc = encoder(tokenizer, model_cfg, prompt_seed)
     model.eval()
     rows = []
     bar = tqdm(total=sum(r.k for r in records), desc=desc, unit="pair")
     for start in range(0, len(records), ec.batch_size):
-        chunk = records[start:start + ec.batch_size]
-        scores = score_groups(model, [enc.group(r) for r in chunk], method=ec.scorer,
-                              max_batch_tokens=ec.max_batch_tokens)
+        chunk = records[start : start + ec.batch_size]
+        scores = score_groups(
+            model,
+            [enc.group(r) for r in chunk],
+            method=ec.scorer,
+            max_batch_tokens=ec.max_batch_tokens,
+        )
         logps = scores.logps.float().cpu()
         for b, record in enumerate(chunk):
             for i, neg in enumerate(record.negatives):
-                rows.append({"user_id": record.user_id, "positive": record.positive.title,
-                             "negative": neg.title, "chosen_logp": logps[b, 2 * i].item(),
-                             "rejected_logp": logps[b, 2 * i + 1].item(),
-                             "positive_listed_first": positive_listed_first(record, i, prompt_seed)})
+                rows.append(
+                    {
+                        "user_id": record.user_id,
+                        "positive": record.positive.title,
+                        "negative": neg.title,
+                        "chosen_logp": logps[b, 2 * i].item(),
+                        "rejected_logp": logps[b, 2 * i + 1].item(),
+                        "positive_listed_first": positive_listed_first(record, i, prompt_seed),
+                    }
+                )
             bar.update(record.k)
     bar.close()
     return rows
 
 
 def markdown_row(name: str, m: dict[str, Any]) -> str:
-    return (f"| {name} | {m['pairs']} | {m['accuracy']:.3f} [{m['accuracy_ci_low']:.3f}, {m['accuracy_ci_high']:.3f}] "
-            f"| {m['auc']:.3f} [{m['auc_ci_low']:.3f}, {m['auc_ci_high']:.3f}] | {m['auc_stable']:.3f} "
-            f"| {m.get('first_listed_rate', float('nan')):.2f} |")
+    return (
+        f"| {name} | {m['pairs']} | {m['accuracy']:.3f} [{m['accuracy_ci_low']:.3f}, {m['accuracy_ci_high']:.3f}] "
+        f"| {m['auc']:.3f} [{m['auc_ci_low']:.3f}, {m['auc_ci_high']:.3f}] | {m['auc_stable']:.3f} "
+        f"| {m.get('first_listed_rate', float('nan')):.2f} |"
+    )
 
 
-MD_HEADER = ("| model | pairs | accuracy [95% CI] | AUC (coin flip) [95% CI] | AUC (stable) | first-listed rate |\n"
-             "|---|---|---|---|---|---|")
+MD_HEADER = (
+    "| model | pairs | accuracy [95% CI] | AUC (coin flip) [95% CI] | AUC (stable) | first-listed rate |\n"
+    "|---|---|---|---|---|---|"
+)
 
 
-def evaluate(model: torch.nn.Module, tokenizer: Any, model_cfg: ModelConfig, records: list[Record],
-             ec: EvalConfig, prompt_seed: int, out_dir: Path, name: str) -> dict[str, Any]:
+def evaluate(
+    model: torch.nn.Module,
+    tokenizer: Any,
+    model_cfg: ModelConfig,
+    records: list[Record],
+    ec: EvalConfig,
+    prompt_seed: int,
+    out_dir: Path,
+    name: str,
+) -> dict[str, Any]:
     """Score every test pair, write eval.json, predictions.jsonl and eval.md to `out_dir`."""
-    rows = score_pairs(model, tokenizer, model_cfg, records, ec, prompt_seed, desc=f"evaluate {name}")
-    metrics = pairwise_report(np.array([r["chosen_logp"] for r in rows]),
-                              np.array([r["rejected_logp"] for r in rows]),
-                              np.array([r["positive_listed_first"] for r in rows]),
-                              seed=ec.seed, n_boot=ec.n_boot)
+    rows = score_pairs(
+        model, tokenizer, model_cfg, records, ec, prompt_seed, desc=f"evaluate {name}"
+    )
+    metrics = pairwise_report(
+        np.array([r["chosen_logp"] for r in rows]),
+        np.array([r["rejected_logp"] for r in rows]),
+        np.array([r["positive_listed_first"] for r in rows]),
+        seed=ec.seed,
+        n_boot=ec.n_boot,
+    )
     atomic_write_text(out_dir / "predictions.jsonl", "".join(json.dumps(r) + "\n" for r in rows))
-    atomic_write_text(out_dir / "eval.json", json.dumps({"model": name, **metrics}, indent=2) + "\n")
+    atomic_write_text(
+        out_dir / "eval.json", json.dumps({"model": name, **metrics}, indent=2) + "\n"
+    )
     atomic_write_text(out_dir / "eval.md", f"{MD_HEADER}\n{markdown_row(name, metrics)}\n")
     return metrics
 
 
 def run_evaluate(cfg: RunConfig, stage: str) -> dict[str, Any]:
     """Evaluate 'zero_shot' (the base model) or a finished stage ('sft', 'dmpo' or a stage dir)."""
-    stage_dir = Path(cfg.output_dir) / stage if stage in ("zero_shot", "sft", "dmpo") else Path(stage)
+    stage_dir = (
+        Path(cfg.output_dir) / stage if stage in ("zero_shot", "sft", "dmpo") else Path(stage)
+    )
     out = stage_dir / "eval" if stage != "zero_shot" else stage_dir
     done = out / "eval.json"
     state = PartialState()
@@ -88,12 +126,32 @@ def run_evaluate(cfg: RunConfig, stage: str) -> dict[str, Any]:
     start = time.perf_counter()
     with PeakMemory() as mem:
         if stage == "zero_shot":
-            model, tokenizer, model_cfg = load_base_model(cfg.model), load_tokenizer(cfg.model), cfg.model
+            model, tokenizer, model_cfg = (
+                load_base_model(cfg.model),
+                load_tokenizer(cfg.model),
+                cfg.model,
+            )
         else:
             model, tokenizer, model_cfg = load_stage_model(stage_dir)
-        evaluate(model, tokenizer, model_cfg, records, cfg.eval, cfg.data.prompt_seed, out, stage_dir.name)
+        evaluate(
+            model,
+            tokenizer,
+            model_cfg,
+            records,
+            cfg.eval,
+            cfg.data.prompt_seed,
+            out,
+            stage_dir.name,
+        )
     wall = round(time.perf_counter() - start, 1)
-    write_summary(out, {"stage": f"eval {stage_dir.name}", "wall_s": wall,
-                        "peak_rss_mib": round(mem.peak_rss_mib), "peak_gpu_mib": round(mem.peak_gpu_mib)})
+    write_summary(
+        out,
+        {
+            "stage": f"eval {stage_dir.name}",
+            "wall_s": wall,
+            "peak_rss_mib": round(mem.peak_rss_mib),
+            "peak_gpu_mib": round(mem.peak_gpu_mib),
+        },
+    )
     state.wait_for_everyone()
     return json.loads(done.read_text())

@@ -21,13 +21,17 @@ def _fmt_ci(m: dict[str, Any], key: str) -> str:
 
 
 def summary_table(rows: list[dict[str, Any]]) -> str:
-    lines = ["| model | pairs | accuracy [95% CI] | AUC coin-flip [95% CI] | AUC stable | first-listed | train s | eval s | peak RSS MiB |",
-             "|---|---|---|---|---|---|---|---|---|"]
+    lines = [
+        "| model | pairs | accuracy [95% CI] | AUC coin-flip [95% CI] | AUC stable | first-listed | train s | eval s | peak RSS MiB |",
+        "|---|---|---|---|---|---|---|---|---|",
+    ]
     for r in rows:
         m = r["metrics"]
-        lines.append(f"| {r['model']} | {m['pairs']} | {_fmt_ci(m, 'accuracy')} | {_fmt_ci(m, 'auc')} "
-                     f"| {m['auc_stable']:.3f} | {m['first_listed_rate']:.2f} | {r['train_s']} | {r['eval_s']} "
-                     f"| {r['peak_rss_mib']} |")
+        lines.append(
+            f"| {r['model']} | {m['pairs']} | {_fmt_ci(m, 'accuracy')} | {_fmt_ci(m, 'auc')} "
+            f"| {m['auc_stable']:.3f} | {m['first_listed_rate']:.2f} | {r['train_s']} | {r['eval_s']} "
+            f"| {r['peak_rss_mib']} |"
+        )
     return "\n".join(lines)
 
 
@@ -43,9 +47,17 @@ def run_pipeline(cfg: RunConfig) -> str:
         eval_dir = out / "zero_shot" if stage == "zero_shot" else out / stage / "eval"
         train = read_summary(train_dir) if train_dir else None
         ev = read_summary(eval_dir) or {}
-        rows.append({"model": model_name, "metrics": metrics,
-                     "train_s": train["wall_s"] if train else "-", "eval_s": ev.get("wall_s", "-"),
-                     "peak_rss_mib": max(ev.get("peak_rss_mib", 0), (train or {}).get("peak_rss_mib", 0))})
+        rows.append(
+            {
+                "model": model_name,
+                "metrics": metrics,
+                "train_s": train["wall_s"] if train else "-",
+                "eval_s": ev.get("wall_s", "-"),
+                "peak_rss_mib": max(
+                    ev.get("peak_rss_mib", 0), (train or {}).get("peak_rss_mib", 0)
+                ),
+            }
+        )
         gc.collect()
 
     if cfg.zero_shot:
@@ -55,11 +67,17 @@ def run_pipeline(cfg: RunConfig) -> str:
     evaluate("sft", "SFT", sft_dir)
     dmpo_dir = run_dmpo(cfg, sft_dir)
     gc.collect()
-    name = "DPO (k=1)" if cfg.dmpo.k == 1 and cfg.dmpo.loss == "dmpo" else f"{cfg.dmpo.loss.upper()} (k={cfg.dmpo.k})"
+    name = (
+        "DPO (k=1)"
+        if cfg.dmpo.k == 1 and cfg.dmpo.loss == "dmpo"
+        else f"{cfg.dmpo.loss.upper()} (k={cfg.dmpo.k})"
+    )
     evaluate("dmpo", name, dmpo_dir)
 
     table = summary_table(rows)
     total = round(time.perf_counter() - start, 1)
     atomic_write_text(out / "summary.md", f"{table}\n\nTotal wall time: {total} s\n")
-    atomic_write_text(out / "summary.json", json.dumps({"rows": rows, "total_wall_s": total}, indent=2) + "\n")
+    atomic_write_text(
+        out / "summary.json", json.dumps({"rows": rows, "total_wall_s": total}, indent=2) + "\n"
+    )
     return f"{table}\n\nTotal wall time: {total} s (results in {out})"

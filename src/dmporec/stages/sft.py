@@ -29,7 +29,9 @@ def run_sft(cfg: RunConfig) -> Path:
     # The paper's SFT sees one pair per user: the first negative.
     groups = [enc.group(r, k=1, answers="chosen") for r in records]
 
-    def loss_fn(model: torch.nn.Module, batch: list[Group]) -> tuple[torch.Tensor, dict[str, float]]:
+    def loss_fn(
+        model: torch.nn.Module, batch: list[Group]
+    ) -> tuple[torch.Tensor, dict[str, float]]:
         scores = score_groups(model, batch, method=tc.scorer, max_batch_tokens=tc.max_batch_tokens)
         return sft_loss(scores.logps, scores.n_tokens, scores.mask).mean(), {}
 
@@ -37,6 +39,17 @@ def run_sft(cfg: RunConfig) -> Path:
     with PeakMemory() as mem:
         model = add_lora(load_base_model(cfg.model), cfg.model, tc.seed)
         result = train_lora(model, groups, loss_fn, tc, out, stage="sft")
-    finish_stage(out, cfg.model, [], {"stage": "sft", "users": len(groups), "wall_s": round(time.perf_counter() - start, 1),
-                        "peak_rss_mib": round(mem.peak_rss_mib), "peak_gpu_mib": round(mem.peak_gpu_mib), **result})
+    finish_stage(
+        out,
+        cfg.model,
+        [],
+        {
+            "stage": "sft",
+            "users": len(groups),
+            "wall_s": round(time.perf_counter() - start, 1),
+            "peak_rss_mib": round(mem.peak_rss_mib),
+            "peak_gpu_mib": round(mem.peak_gpu_mib),
+            **result,
+        },
+    )
     return out
