@@ -62,3 +62,12 @@ def test_report_has_everything():
     ):
         assert key in rep
     assert rep["pairs"] == 4
+
+
+def test_report_auc_uses_fixed_coins_and_matches_coin_flip_auc():
+    rng = np.random.default_rng(2)
+    c, r = rng.normal(0.3, 1, 300), rng.normal(0, 1, 300)
+    rep = pairwise_report(c, r, seed=5, n_boot=200)
+    assert rep["auc"] == coin_flip_auc(c, r, seed=5)
+    assert rep["auc_ci_low"] <= rep["auc"] <= rep["auc_ci_high"]
+    assert rep["accuracy_ci_low"] <= rep["accuracy"] <= rep["accuracy_ci_high"]

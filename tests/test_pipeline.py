@@ -47,10 +47,18 @@ def test_run_end_to_end_and_skip_finished_stages(tmp_path, capsys):
     assert len((out / "dmpo/eval/predictions.jsonl").read_text().splitlines()) == 5
 
     assert main(["run", *TINY, f"output_dir={out}"]) == 0  # everything finished: skipped
-    assert "is finished" in capsys.readouterr().out
+    rerun = capsys.readouterr().out
+    assert "is finished" in rerun and "metrics from the 5 pairs scored" in rerun
+
+    # Same SFT model, same users: the reference log-probs come from the on-disk cache.
+    again = tmp_path / "again"
+    assert main(["dmpo", "--sft-dir", str(out / "sft"), *TINY, f"output_dir={again}"]) == 0
+    assert "reference log-probs from cache" in capsys.readouterr().out
+    assert (again / "dmpo/adapter/adapter_model.safetensors").is_file()
 
     # The evaluate command alone, on a finished stage.
     (out / "sft/eval/eval.json").unlink()
+    (out / "sft/eval/predictions.jsonl").unlink()
     assert main(["evaluate", "--stage", "sft", *TINY, f"output_dir={out}"]) == 0
     assert "| sft | 5 |" in capsys.readouterr().out
 

@@ -22,12 +22,19 @@ def pairwise_accuracy(chosen: Array, rejected: Array) -> float:
     return float(np.mean((chosen > rejected) + 0.5 * (chosen == rejected)))
 
 
-def coin_flip_auc(chosen: Array, rejected: Array, seed: int = 0) -> float:
+def coin_flips(n: int, seed: int = 0) -> Array:
+    """[n] bool: the per-pair coin of the authors' AUC (True = score the chosen ordering)."""
+    return np.random.default_rng(seed).random(n) < 0.5
+
+
+def coin_flip_auc(
+    chosen: Array, rejected: Array, seed: int = 0, heads: Array | None = None
+) -> float:
     """The authors' AUC: per pair a fair coin picks label 1 with score `chosen` or label 0 with
     score `rejected`; then sklearn's roc_auc_score over the pairs. Seeded for comparability;
-    it varies with the seed. NaN when the coins give a single class (fewer than ~2 pairs)."""
+    it varies with the seed (`heads` passes the coins in). NaN when the coins give one class."""
     chosen, rejected = np.asarray(chosen, float), np.asarray(rejected, float)
-    heads = np.random.default_rng(seed).random(chosen.size) < 0.5
+    heads = coin_flips(chosen.size, seed) if heads is None else np.asarray(heads, bool)
     if heads.all() or not heads.any():
         return float("nan")
     return float(roc_auc_score(heads.astype(int), np.where(heads, chosen, rejected)))
@@ -90,17 +97,22 @@ def pairwise_report(
     seed: int = 0,
     n_boot: int = 1000,
 ) -> dict[str, float]:
-    """Every pairwise metric with its 95% CI, as one flat dict (JSON-ready)."""
+    """Every pairwise metric with its 95% CI, as one flat dict (JSON-ready).
+
+    The bootstrap resamples pairs together with their coin, so the coin-flip AUC's interval
+    reflects the test pairs, not fresh coins."""
     chosen, rejected = np.asarray(chosen, float), np.asarray(rejected, float)
-
-    def coin(c: Array, r: Array) -> float:
-        return coin_flip_auc(c, r, seed)
-
+    heads = coin_flips(chosen.size, seed)
+    metrics: dict[str, Callable[[Array, Array, Array], float]] = {
+        "accuracy": lambda c, r, h: pairwise_accuracy(c, r),
+        "auc": lambda c, r, h: coin_flip_auc(c, r, heads=h),
+        "auc_stable": lambda c, r, h: stable_auc(c, r),
+    }
     out: dict[str, float] = {"pairs": int(chosen.size)}
-    for name, fn in (("accuracy", pairwise_accuracy), ("auc", coin), ("auc_stable", stable_auc)):
-        out[name] = fn(chosen, rejected)
+    for name, fn in metrics.items():
+        out[name] = fn(chosen, rejected, heads)
         out[f"{name}_ci_low"], out[f"{name}_ci_high"] = bootstrap_ci(
-            fn, chosen, rejected, n_boot=n_boot, seed=seed
+            fn, chosen, rejected, heads, n_boot=n_boot, seed=seed
         )
     if positive_first is not None:
         pf = np.asarray(positive_first, bool)

@@ -78,20 +78,10 @@ MD_HEADER = (
 )
 
 
-def evaluate(
-    model: torch.nn.Module,
-    tokenizer: Any,
-    model_cfg: ModelConfig,
-    records: list[Record],
-    ec: EvalConfig,
-    prompt_seed: int,
-    out_dir: Path,
-    name: str,
+def write_eval(
+    rows: list[dict[str, Any]], ec: EvalConfig, out_dir: Path, name: str
 ) -> dict[str, Any]:
-    """Score every test pair, write eval.json, predictions.jsonl and eval.md to `out_dir`."""
-    rows = score_pairs(
-        model, tokenizer, model_cfg, records, ec, prompt_seed, desc=f"evaluate {name}"
-    )
+    """Metrics of scored pairs; writes predictions.jsonl, eval.json and eval.md to `out_dir`."""
     metrics = pairwise_report(
         np.array([r["chosen_logp"] for r in rows]),
         np.array([r["rejected_logp"] for r in rows]),
@@ -107,6 +97,32 @@ def evaluate(
     return metrics
 
 
+def evaluate(
+    model: torch.nn.Module,
+    tokenizer: Any,
+    model_cfg: ModelConfig,
+    records: list[Record],
+    ec: EvalConfig,
+    prompt_seed: int,
+    out_dir: Path,
+    name: str,
+) -> dict[str, Any]:
+    """Score every test pair and write the results to `out_dir` (see write_eval)."""
+    rows = score_pairs(
+        model, tokenizer, model_cfg, records, ec, prompt_seed, desc=f"evaluate {name}"
+    )
+    return write_eval(rows, ec, out_dir, name)
+
+
+def _saved_rows(path: Path, records: list[Record]) -> list[dict[str, Any]] | None:
+    """Scored pairs saved by an earlier run, if they are exactly this run's test pairs."""
+    if not path.is_file():
+        return None
+    rows = [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
+    wanted = [(r.user_id, n.title) for r in records for n in r.negatives]
+    return rows if [(r["user_id"], r["negative"]) for r in rows] == wanted else None
+
+
 def run_evaluate(cfg: RunConfig, stage: str) -> dict[str, Any]:
     """Evaluate 'zero_shot' (the base model) or a finished stage ('sft', 'dmpo' or a stage dir)."""
     stage_dir = (
@@ -116,13 +132,19 @@ def run_evaluate(cfg: RunConfig, stage: str) -> dict[str, Any]:
     done = out / "eval.json"
     state = PartialState()
     state.wait_for_everyone()
-    if done.is_file():
-        print(f"evaluate: {done} exists; delete it to evaluate again")
-        return json.loads(done.read_text())
     if not state.is_main_process:  # under `accelerate launch` one process evaluates
         state.wait_for_everyone()
         return json.loads(done.read_text())
     records = stage_records(cfg.data, "eval")
+    saved = _saved_rows(out / "predictions.jsonl", records)
+    if saved is not None:
+        print(
+            f"evaluate: metrics from the {len(saved)} pairs scored in {out / 'predictions.jsonl'} "
+            "(delete it to score again)"
+        )
+        metrics = write_eval(saved, cfg.eval, out, stage_dir.name)
+        state.wait_for_everyone()
+        return metrics
     start = time.perf_counter()
     with PeakMemory() as mem:
         if stage == "zero_shot":
