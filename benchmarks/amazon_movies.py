@@ -5,7 +5,7 @@
 Packaged SmolLM2-135M-Instruct, fp32 on CPU, settings of configs/amazon-movies-smollm2.yaml.
 DPO and DMPO start from the same SFT adapter and read the same 100 users
 (rec_Amazon_Movie_dpo_ranking_3.json: k=1 keeps each user's first negative). Prints a table and
-writes results.json after every stage, so a run cut short still reports what finished; finished
+writes results.json (OUT and benchmarks/results/amazon_movies.json) after every stage, so a run cut short still reports what finished; finished
 stages are reused when it is started again.
 """
 
@@ -16,14 +16,14 @@ import json
 import time
 from pathlib import Path
 
-from dmporec.config import load_config
+from dmporec.config import RunConfig, load_config
 from dmporec.records import atomic_write_text
-from dmporec.stages.common import read_summary
 from dmporec.stages.dmpo import run_dmpo
-from dmporec.stages.evaluate import run_evaluate
+from dmporec.stages.pipeline import evaluate_row, summary_table
 from dmporec.stages.sft import run_sft
 
 CONFIG = Path(__file__).resolve().parents[1] / "configs" / "amazon-movies-smollm2.yaml"
+RESULTS = Path(__file__).resolve().parent / "results" / "amazon_movies.json"
 
 
 def main() -> None:
@@ -47,63 +47,25 @@ def main() -> None:
     )
     rows: list[dict] = []
 
-    def record(name: str, cfg, stage: str, train_dir: Path | None) -> None:
-        t0 = time.perf_counter()
-        metrics = run_evaluate(cfg, stage)
-        eval_dir = Path(cfg.output_dir) / ("zero_shot" if stage == "zero_shot" else f"{stage}/eval")
-        train = read_summary(train_dir) if train_dir else {}
-        ev = read_summary(eval_dir) or {"wall_s": round(time.perf_counter() - t0, 1)}
-        rows.append(
-            {
-                "model": name,
-                **{
-                    k: metrics[k]
-                    for k in (
-                        "pairs",
-                        "accuracy",
-                        "accuracy_ci_low",
-                        "accuracy_ci_high",
-                        "auc",
-                        "auc_ci_low",
-                        "auc_ci_high",
-                        "auc_stable",
-                        "first_listed_rate",
-                    )
-                },
-                "train_wall_s": (train or {}).get("wall_s"),
-                "train_peak_rss_mib": (train or {}).get("peak_rss_mib"),
-                "eval_wall_s": ev.get("wall_s"),
-                "eval_peak_rss_mib": ev.get("peak_rss_mib"),
-            }
-        )
-        atomic_write_text(
-            out / "results.json",
-            json.dumps(
-                {"config": str(CONFIG), "eval_pairs": args.eval_pairs, "rows": rows}, indent=2
-            )
-            + "\n",
-        )
-        print(table(rows), flush=True)
+    def record(name: str, cfg: RunConfig, stage: str, train_dir: Path | None) -> None:
+        rows.append(evaluate_row(cfg, stage, name, train_dir))
+        result = {
+            "date": time.strftime("%Y-%m-%d"),
+            "config": str(CONFIG),
+            "eval_pairs": args.eval_pairs,
+            "overrides": args.overrides,
+            "rows": rows,
+            "table": summary_table(rows),
+        }
+        for path in (out / "results.json", RESULTS):
+            atomic_write_text(path, json.dumps(result, indent=2) + "\n")
+        print(result["table"], flush=True)
 
     record("zero-shot", main_cfg, "zero_shot", None)
     sft_dir = run_sft(main_cfg)
     record("SFT", main_cfg, "sft", sft_dir)
     record("DPO (k=1)", dpo_cfg, "dmpo", run_dmpo(dpo_cfg, sft_dir))
     record(f"DMPO (k={main_cfg.dmpo.k})", main_cfg, "dmpo", run_dmpo(main_cfg, sft_dir))
-
-
-def table(rows: list[dict]) -> str:
-    lines = [
-        "| model | pairs | accuracy [95% CI] | AUC coin-flip [95% CI] | AUC stable | first-listed | train s | train peak MiB | eval s |",
-        "|---|---|---|---|---|---|---|---|---|",
-    ]
-    for r in rows:
-        lines.append(
-            f"| {r['model']} | {r['pairs']} | {r['accuracy']:.3f} [{r['accuracy_ci_low']:.3f}, {r['accuracy_ci_high']:.3f}] "
-            f"| {r['auc']:.3f} [{r['auc_ci_low']:.3f}, {r['auc_ci_high']:.3f}] | {r['auc_stable']:.3f} "
-            f"| {r['first_listed_rate']:.2f} | {r['train_wall_s'] or '-'} | {r['train_peak_rss_mib'] or '-'} | {r['eval_wall_s']} |"
-        )
-    return "\n".join(lines)
 
 
 if __name__ == "__main__":

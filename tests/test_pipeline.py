@@ -1,6 +1,7 @@
 """End to end on the tiny random Qwen3: SFT -> DMPO -> evaluate in seconds, resumable."""
 
 import json
+from pathlib import Path
 
 import pytest
 import torch
@@ -121,7 +122,7 @@ def test_clear_errors_for_bad_input(tmp_path, capsys):
 
 
 def test_demo_config_is_the_documented_one():
-    cfg = load_config("configs/demo.yaml")
+    cfg = load_config(Path(__file__).parents[1] / "configs" / "demo.yaml")
     assert (
         cfg.model.name == "builtin:smollm2-135m" and cfg.dmpo.k == 3 and cfg.data.demo is not None
     )
@@ -137,3 +138,10 @@ def test_gradient_checkpointing_trains_the_same_adapter(tmp_path):
     b = load_file(tmp_path / "b/sft/adapter/adapter_model.safetensors")
     for key in a:
         assert torch.allclose(a[key], b[key], atol=1e-6), key
+
+
+def test_gradient_accumulation_logs_one_row_per_optimizer_step(tmp_path):
+    out = tmp_path / "acc"
+    assert main(["sft", *TINY, "sft.batch_size=1", "sft.grad_accum=3", f"output_dir={out}"]) == 0
+    rows = [json.loads(x) for x in (out / "sft/metrics.jsonl").read_text().splitlines()]
+    assert [r["step"] for r in rows] == [1, 2]  # 6 users, 1 per micro-batch, 3 per step

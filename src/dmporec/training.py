@@ -156,6 +156,7 @@ def train_lora(
 
     model.train()
     step, start, last_logs = position["step"], time.perf_counter(), {}
+    micro_logs: list[dict[str, float]] = []  # the micro-batches of the current optimizer step
     bar = tqdm(
         total=total_steps,
         initial=step,
@@ -170,6 +171,7 @@ def train_lora(
         for batch_index, batch in enumerate(epoch_loader, start=skip):
             with accelerator.accumulate(model):
                 loss, logs = loss_fn(model, batch)
+                micro_logs.append({"loss": loss.item(), **logs})
                 accelerator.backward(loss)
                 if accelerator.sync_gradients:
                     accelerator.clip_grad_norm_(params, tc.max_grad_norm)
@@ -179,7 +181,8 @@ def train_lora(
             if not accelerator.sync_gradients:
                 continue
             step += 1
-            last_logs = {"loss": loss.item(), **logs}
+            last_logs = {k: sum(m[k] for m in micro_logs) / len(micro_logs) for k in micro_logs[0]}
+            micro_logs.clear()
             append_jsonl(
                 metrics_path,
                 {

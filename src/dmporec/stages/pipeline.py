@@ -21,18 +21,39 @@ def _fmt_ci(m: dict[str, Any], key: str) -> str:
 
 
 def summary_table(rows: list[dict[str, Any]]) -> str:
+    """Markdown table of `evaluate_row` results."""
     lines = [
-        "| model | pairs | accuracy [95% CI] | AUC coin-flip [95% CI] | AUC stable | first-listed | train s | eval s | peak RSS MiB |",
+        "| model | pairs | accuracy [95% CI] | AUC coin-flip [95% CI] | AUC stable | first-listed "
+        "| train s | eval s | peak RSS MiB train / eval |",
         "|---|---|---|---|---|---|---|---|---|",
     ]
     for r in rows:
         m = r["metrics"]
         lines.append(
             f"| {r['model']} | {m['pairs']} | {_fmt_ci(m, 'accuracy')} | {_fmt_ci(m, 'auc')} "
-            f"| {m['auc_stable']:.3f} | {m['first_listed_rate']:.2f} | {r['train_s']} | {r['eval_s']} "
-            f"| {r['peak_rss_mib']} |"
+            f"| {m['auc_stable']:.3f} | {m['first_listed_rate']:.2f} | {r['train_s'] or '-'} "
+            f"| {r['eval_s'] or '-'} | {r['train_peak_rss_mib'] or '-'} / {r['eval_peak_rss_mib'] or '-'} |"
         )
     return "\n".join(lines)
+
+
+def evaluate_row(
+    cfg: RunConfig, stage: str, model_name: str, train_dir: Path | None
+) -> dict[str, Any]:
+    """Evaluate a stage and gather its metrics with the wall time and memory of its stages."""
+    metrics = run_evaluate(cfg, stage)
+    out = Path(cfg.output_dir)
+    ev = read_summary(out / "zero_shot" if stage == "zero_shot" else out / stage / "eval") or {}
+    train = (read_summary(train_dir) if train_dir else None) or {}
+    gc.collect()
+    return {
+        "model": model_name,
+        "metrics": metrics,
+        "train_s": train.get("wall_s"),
+        "train_peak_rss_mib": train.get("peak_rss_mib"),
+        "eval_s": ev.get("wall_s"),
+        "eval_peak_rss_mib": ev.get("peak_rss_mib"),
+    }
 
 
 def run_pipeline(cfg: RunConfig) -> str:
@@ -41,30 +62,11 @@ def run_pipeline(cfg: RunConfig) -> str:
     out = Path(cfg.output_dir)
     start = time.perf_counter()
     rows = []
-
-    def evaluate(stage: str, model_name: str, train_dir: Path | None) -> None:
-        metrics = run_evaluate(cfg, stage)
-        eval_dir = out / "zero_shot" if stage == "zero_shot" else out / stage / "eval"
-        train = read_summary(train_dir) if train_dir else None
-        ev = read_summary(eval_dir) or {}
-        rows.append(
-            {
-                "model": model_name,
-                "metrics": metrics,
-                "train_s": train["wall_s"] if train else "-",
-                "eval_s": ev.get("wall_s", "-"),
-                "peak_rss_mib": max(
-                    ev.get("peak_rss_mib", 0), (train or {}).get("peak_rss_mib", 0)
-                ),
-            }
-        )
-        gc.collect()
-
     if cfg.zero_shot:
-        evaluate("zero_shot", "zero-shot", None)
+        rows.append(evaluate_row(cfg, "zero_shot", "zero-shot", None))
     sft_dir = run_sft(cfg)
     gc.collect()
-    evaluate("sft", "SFT", sft_dir)
+    rows.append(evaluate_row(cfg, "sft", "SFT", sft_dir))
     dmpo_dir = run_dmpo(cfg, sft_dir)
     gc.collect()
     name = (
@@ -72,7 +74,7 @@ def run_pipeline(cfg: RunConfig) -> str:
         if cfg.dmpo.k == 1 and cfg.dmpo.loss == "dmpo"
         else f"{cfg.dmpo.loss.upper()} (k={cfg.dmpo.k})"
     )
-    evaluate("dmpo", name, dmpo_dir)
+    rows.append(evaluate_row(cfg, "dmpo", name, dmpo_dir))
 
     table = summary_table(rows)
     total = round(time.perf_counter() - start, 1)
