@@ -1,6 +1,9 @@
 """End to end on the tiny random Qwen3: SFT -> DMPO -> evaluate in seconds, resumable."""
 
 import json
+import os
+import subprocess
+import sys
 from pathlib import Path
 
 import pytest
@@ -145,3 +148,28 @@ def test_gradient_accumulation_logs_one_row_per_optimizer_step(tmp_path):
     assert main(["sft", *TINY, "sft.batch_size=1", "sft.grad_accum=3", f"output_dir={out}"]) == 0
     rows = [json.loads(x) for x in (out / "sft/metrics.jsonl").read_text().splitlines()]
     assert [r["step"] for r in rows] == [1, 2]  # 6 users, 1 per micro-batch, 3 per step
+
+
+def test_two_processes_shard_the_users(tmp_path):
+    """`torchrun` with 2 CPU processes (gloo): users are split, one process logs and evaluates."""
+    out = tmp_path / "ddp"
+    env = {**os.environ, "ACCELERATE_USE_CPU": "true"}
+    cmd = [
+        str(Path(sys.executable).with_name("torchrun")),
+        "--nproc_per_node",
+        "2",
+        "-m",
+        "dmporec",
+        "run",
+        *TINY,
+        "zero_shot=false",
+        f"output_dir={out}",
+    ]
+    proc = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=600)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    assert proc.stdout.count("| DMPO (k=2) | 5 |") == 1  # the table, printed once
+    sft_steps = [
+        json.loads(x)["step"] for x in (out / "sft/metrics.jsonl").read_text().splitlines()
+    ]
+    assert sft_steps == [1]  # 6 users, 3 per batch, split over 2 processes: one step
+    assert (out / "dmpo/eval/eval.json").is_file()

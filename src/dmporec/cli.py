@@ -5,6 +5,8 @@ from __future__ import annotations
 import argparse
 import sys
 
+from accelerate import PartialState
+
 from dmporec.config import ConfigError, load_config
 from dmporec.records import DataError
 
@@ -71,7 +73,9 @@ def main(argv: list[str] | None = None) -> int:
         if args.command == "run":
             from dmporec.stages.pipeline import run_pipeline
 
-            print(run_pipeline(cfg))
+            table = run_pipeline(cfg)
+            if PartialState().is_main_process:
+                print(table)
             return 0
         cfg = prepare_run(cfg)
         if args.command == "sft":

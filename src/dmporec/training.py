@@ -170,6 +170,7 @@ def train_lora(
         epoch_loader = accelerator.skip_first_batches(loader, skip) if skip else loader
         for batch_index, batch in enumerate(epoch_loader, start=skip):
             with accelerator.accumulate(model):
+                lr = scheduler.get_last_lr()[0]  # the rate this step uses
                 loss, logs = loss_fn(model, batch)
                 micro_logs.append({"loss": loss.item(), **logs})
                 accelerator.backward(loss)
@@ -181,21 +182,29 @@ def train_lora(
             if not accelerator.sync_gradients:
                 continue
             step += 1
-            last_logs = {k: sum(m[k] for m in micro_logs) / len(micro_logs) for k in micro_logs[0]}
+            keys = list(micro_logs[0])
+            means = torch.tensor(
+                [sum(m[k] for m in micro_logs) / len(micro_logs) for k in keys],
+                device=accelerator.device,
+            )
+            means = accelerator.reduce(means, reduction="mean")  # average over processes too
+            last_logs = dict(zip(keys, means.tolist(), strict=True))
             micro_logs.clear()
+            bar.update(1)
+            bar.set_postfix({k: f"{v:.4g}" for k, v in last_logs.items()})
+            if not accelerator.is_main_process:
+                continue
             append_jsonl(
                 metrics_path,
                 {
                     "stage": stage,
                     "step": step,
                     "epoch": epoch + (batch_index + 1) / len(loader),
-                    "lr": scheduler.get_last_lr()[0],
+                    "lr": lr,
                     **last_logs,
                     "elapsed_s": round(time.perf_counter() - start, 2),
                 },
             )
-            bar.update(1)
-            bar.set_postfix({k: f"{v:.4g}" for k, v in last_logs.items()})
             if tc.save_every_steps and step % tc.save_every_steps == 0:
                 _save_checkpoint(
                     ckpt,
