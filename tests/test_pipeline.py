@@ -56,8 +56,23 @@ def test_run_end_to_end_and_skip_finished_stages(tmp_path, capsys):
 
     # Same SFT model, same users: the reference log-probs come from the on-disk cache.
     again = tmp_path / "again"
-    assert main(["dmpo", "--sft-dir", str(out / "sft"), *TINY, f"output_dir={again}"]) == 0
+    assert (
+        main(
+            [
+                "dmpo",
+                "--sft-dir",
+                str(out / "sft"),
+                *TINY,
+                "dmpo.loss=sdpo",
+                "dmpo.sft_weight=1.0",
+                f"output_dir={again}",
+            ]
+        )
+        == 0
+    )
     assert "reference log-probs from cache" in capsys.readouterr().out
+    summary = json.loads((again / "dmpo/summary.json").read_text())
+    assert summary["loss"] == "sdpo" and summary["final_loss"] > 0
     assert (again / "dmpo/adapter/adapter_model.safetensors").is_file()
 
     # The evaluate command alone, on a finished stage.

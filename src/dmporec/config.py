@@ -33,11 +33,10 @@ class DataConfig(_Strict):
         None, description="Generate the demo data into OUTPUT_DIR/data and use it for all three."
     )
     title_normalization: TitleNormalization = Field(default_factory=TitleNormalization)
-    max_train_users: int | None = Field(
-        None, ge=1, description="Use only the first N training users."
-    )
     max_eval_pairs: int | None = Field(
-        None, ge=1, description="Evaluate on the first N test users only."
+        None,
+        ge=1,
+        description="Evaluate the first N test records only (N pairs for one-negative test files).",
     )
     prompt_seed: int = Field(
         0, description="Seed of the candidate order in prompts that do not fix it."

@@ -53,5 +53,6 @@ def stage_records(cfg: DataConfig, which: str) -> list[Record]:
     records = load_records(path, cfg.title_normalization)
     if not records:
         raise DataError("no records", file=path)
-    limit = cfg.max_eval_pairs if which == "eval" else cfg.max_train_users
-    return records[:limit] if limit else records
+    if which == "eval" and cfg.max_eval_pairs:
+        return records[: cfg.max_eval_pairs]
+    return records
