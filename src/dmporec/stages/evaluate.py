@@ -123,12 +123,17 @@ def _saved_rows(path: Path, records: list[Record]) -> list[dict[str, Any]] | Non
     return rows if [(r["user_id"], r["negative"]) for r in rows] == wanted else None
 
 
-def run_evaluate(cfg: RunConfig, stage: str) -> dict[str, Any]:
-    """Evaluate 'zero_shot' (the base model) or a finished stage ('sft', 'dmpo' or a stage dir)."""
+def stage_dirs(cfg: RunConfig, stage: str) -> tuple[Path, Path]:
+    """(the stage's directory, where its evaluation goes) for 'zero_shot', 'sft', 'dmpo' or a dir."""
     stage_dir = (
         Path(cfg.output_dir) / stage if stage in ("zero_shot", "sft", "dmpo") else Path(stage)
     )
-    out = stage_dir / "eval" if stage != "zero_shot" else stage_dir
+    return stage_dir, stage_dir if stage == "zero_shot" else stage_dir / "eval"
+
+
+def run_evaluate(cfg: RunConfig, stage: str) -> dict[str, Any]:
+    """Evaluate 'zero_shot' (the base model) or a finished stage ('sft', 'dmpo' or a stage dir)."""
+    stage_dir, out = stage_dirs(cfg, stage)
     done = out / "eval.json"
     state = PartialState()
     state.wait_for_everyone()

@@ -12,7 +12,7 @@ from dmporec.config import RunConfig
 from dmporec.records import atomic_write_text
 from dmporec.stages.common import prepare_run, read_summary
 from dmporec.stages.dmpo import run_dmpo
-from dmporec.stages.evaluate import run_evaluate
+from dmporec.stages.evaluate import run_evaluate, stage_dirs
 from dmporec.stages.sft import run_sft
 
 
@@ -42,8 +42,7 @@ def evaluate_row(
 ) -> dict[str, Any]:
     """Evaluate a stage and gather its metrics with the wall time and memory of its stages."""
     metrics = run_evaluate(cfg, stage)
-    out = Path(cfg.output_dir)
-    ev = read_summary(out / "zero_shot" if stage == "zero_shot" else out / stage / "eval") or {}
+    ev = read_summary(stage_dirs(cfg, stage)[1]) or {}
     train = (read_summary(train_dir) if train_dir else None) or {}
     gc.collect()
     return {
