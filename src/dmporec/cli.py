@@ -49,6 +49,17 @@ def _parser() -> argparse.ArgumentParser:
                 "--sft-dir", help="finished SFT stage to start from (default OUTPUT_DIR/sft)"
             )
         p.add_argument("overrides", nargs="*", metavar="key=value")
+    from dmporec.stages import prepare
+
+    text = "build few-shot datasets (records, alpaca files, stats) from a raw ratings dump"
+    p = sub.add_parser(
+        "prepare",
+        help=text,
+        description=text,
+        epilog=prepare.EXAMPLES,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    prepare.add_arguments(p)
     return parser
 
 
@@ -67,6 +78,10 @@ def main(argv: list[str] | None = None) -> int:
     args = _parser().parse_args(argv)
     _quiet_libraries()
     try:
+        if args.command == "prepare":
+            from dmporec.stages import prepare
+
+            return prepare.run(args)
         cfg = load_config(args.config, args.overrides)
         from dmporec.stages.common import prepare_run
 

@@ -1,0 +1,304 @@
+"""Streaming readers for raw rating dumps: Amazon 2014/2018/2023, MovieLens-1M and a generic CSV.
+
+Every reader yields `(user, item, rating, timestamp)` one line at a time and counts the lines it
+cannot use in a `LineErrors`, with a few examples by line number, so a 10M-line dump is read in
+bounded memory and a handful of broken lines never stops a build. Title readers return
+`{item id: title}`; items without a title are left out (the builder counts what that drops).
+"""
+
+from __future__ import annotations
+
+import ast
+import csv
+import gzip
+import io
+import json
+import os
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, TextIO
+
+from tqdm import tqdm
+
+from dmporec.records import DataError
+
+SOURCES = ("amazon2014", "amazon2018", "amazon2023", "movielens", "csv")
+
+Interaction = tuple[str, str, float, int]  # user, item, rating, unix time (seconds)
+
+
+@dataclass
+class LineErrors:
+    """Unusable lines of one file: how many, why, and the first few by line number."""
+
+    file: str
+    lines: int = 0
+    bad: int = 0
+    reasons: dict[str, int] = field(default_factory=dict)
+    examples: list[str] = field(default_factory=list)
+
+    def add(self, line_no: int, reason: str, max_examples: int = 5) -> None:
+        self.bad += 1
+        self.reasons[reason] = self.reasons.get(reason, 0) + 1
+        if len(self.examples) < max_examples:
+            self.examples.append(f"line {line_no}: {reason}")
+
+    def check(self, max_bad_fraction: float) -> None:
+        """Raise DataError when no line was usable or the bad share exceeds the user's limit."""
+        if self.lines and self.bad == self.lines:
+            raise DataError(
+                f"none of its {self.lines} lines could be read; first problems: "
+                + "; ".join(self.examples),
+                file=self.file,
+            )
+        if self.lines and self.bad / self.lines > max_bad_fraction:
+            raise DataError(
+                f"{self.bad} of {self.lines} lines are unusable "
+                f"({self.bad / self.lines:.1%} > max_bad_fraction {max_bad_fraction:.1%}); "
+                "first problems: " + "; ".join(self.examples),
+                file=self.file,
+            )
+
+    def summary(self) -> dict[str, Any]:
+        return {
+            "file": self.file,
+            "lines": self.lines,
+            "bad": self.bad,
+            "reasons": dict(sorted(self.reasons.items())),
+            "examples": self.examples,
+        }
+
+
+def open_text(path: str | os.PathLike, encoding: str = "utf-8") -> TextIO:
+    """Open plain or gzip text (told apart by magic bytes, not the name), with a byte progress bar
+    when the console is a terminal."""
+    path = Path(path)
+    if not path.is_file():
+        raise FileNotFoundError(f"{path}: no such file")
+    raw: Any = open(path, "rb")  # noqa: SIM115 - closed through the returned wrapper
+    gz = raw.read(2) == b"\x1f\x8b"
+    raw.seek(0)
+    # The bar follows compressed bytes read, which is what the file size measures.
+    bar = tqdm(total=path.stat().st_size, unit="B", unit_scale=True, desc=path.name, disable=None)
+    raw = _ProgressReader(raw, bar)
+    stream = gzip.GzipFile(fileobj=raw, mode="rb") if gz else raw
+    return io.TextIOWrapper(stream, encoding=encoding, errors="replace", newline="")
+
+
+class _ProgressReader(io.RawIOBase):
+    """A binary file that advances a tqdm bar by the bytes read and closes it with the file."""
+
+    def __init__(self, f: Any, bar: tqdm) -> None:
+        self.f, self.bar = f, bar
+
+    def readable(self) -> bool:
+        return True
+
+    def readinto(self, buffer: Any) -> int:
+        n = self.f.readinto(buffer)
+        self.bar.update(n)
+        return n
+
+    def seek(self, offset: int, whence: int = 0) -> int:
+        return self.f.seek(offset, whence)
+
+    def tell(self) -> int:
+        return self.f.tell()
+
+    def seekable(self) -> bool:
+        return True
+
+    def close(self) -> None:
+        self.bar.close()
+        self.f.close()
+        super().close()
+
+
+def _parse_object(line: str) -> dict[str, Any]:
+    """A JSON object, or a Python dict literal (the 2014 metadata dumps are written that way)."""
+    try:
+        obj = json.loads(line)
+    except json.JSONDecodeError:
+        obj = ast.literal_eval(line)
+    if not isinstance(obj, dict):
+        raise ValueError("not an object")
+    return obj
+
+
+def _json_lines(
+    path: str | os.PathLike,
+    errors: LineErrors,
+    fields: tuple[str, str, str, str],
+    time_scale: float,
+) -> Iterator[Interaction]:
+    user_key, item_key, rating_key, time_key = fields
+    with open_text(path) as f:
+        for line_no, line in enumerate(f, 1):
+            if not line.strip():
+                continue
+            errors.lines += 1
+            try:
+                obj = _parse_object(line)
+            except (ValueError, SyntaxError, MemoryError, RecursionError):
+                errors.add(line_no, "not a JSON object")
+                continue
+            parsed = _interaction(
+                obj.get(user_key), obj.get(item_key), obj.get(rating_key), obj.get(time_key)
+            )
+            if isinstance(parsed, str):
+                missing = [k for k in fields if k not in obj]
+                errors.add(line_no, f"missing field '{missing[0]}'" if missing else parsed)
+                continue
+            user, item, rating, t = parsed
+            yield user, item, rating, int(t / time_scale)
+
+
+def _interaction(user: Any, item: Any, rating: Any, t: Any) -> Interaction | str:
+    """The parsed interaction, or the reason it cannot be used."""
+    if user is None or item is None or rating is None or t is None:
+        return "missing field"
+    user, item = str(user).strip(), str(item).strip()
+    if not user or not item:
+        return "empty user or item id"
+    try:
+        rating, t = float(rating), float(t)
+    except (TypeError, ValueError):
+        return "non-numeric rating or timestamp"
+    if rating != rating or t != t:  # NaN
+        return "non-numeric rating or timestamp"
+    return user, item, rating, int(t)
+
+
+def read_amazon_reviews(
+    path: str | os.PathLike, source: str, errors: LineErrors
+) -> Iterator[Interaction]:
+    """Amazon reviews JSON lines: 2014/2018 `reviewerID, asin, overall, unixReviewTime`;
+    2023 `user_id, parent_asin, rating, timestamp` (milliseconds)."""
+    if source == "amazon2023":
+        yield from _json_lines(path, errors, ("user_id", "parent_asin", "rating", "timestamp"), 1e3)
+    else:
+        yield from _json_lines(path, errors, ("reviewerID", "asin", "overall", "unixReviewTime"), 1)
+
+
+def read_amazon_titles(path: str | os.PathLike, source: str, errors: LineErrors) -> dict[str, str]:
+    """`{asin: title}` from a metadata dump (JSON or Python-literal lines); untitled items left out."""
+    key = "parent_asin" if source == "amazon2023" else "asin"
+    titles: dict[str, str] = {}
+    with open_text(path) as f:
+        for line_no, line in enumerate(f, 1):
+            if not line.strip():
+                continue
+            errors.lines += 1
+            try:
+                obj = _parse_object(line)
+            except (ValueError, SyntaxError, MemoryError, RecursionError):
+                errors.add(line_no, "not a JSON object or Python dict literal")
+                continue
+            item = obj.get(key)
+            if item is None:
+                errors.add(line_no, f"missing field '{key}'")
+                continue
+            title = obj.get("title")
+            if isinstance(title, str) and title.strip():
+                titles[str(item).strip()] = title
+    return titles
+
+
+def _separated(
+    path: str | os.PathLike, sep: str, encoding: str, errors: LineErrors
+) -> Iterator[tuple[int, list[str]]]:
+    with open_text(path, encoding=encoding) as f:
+        for line_no, line in enumerate(f, 1):
+            line = line.rstrip("\r\n")
+            if not line.strip():
+                continue
+            errors.lines += 1
+            yield line_no, line.split(sep)
+
+
+def read_movielens_ratings(path: str | os.PathLike, errors: LineErrors) -> Iterator[Interaction]:
+    """MovieLens-1M `ratings.dat`: `UserID::MovieID::Rating::Timestamp`, latin-1."""
+    for line_no, parts in _separated(path, "::", "latin-1", errors):
+        if len(parts) != 4:
+            errors.add(line_no, f"expected 4 '::'-separated fields, got {len(parts)}")
+            continue
+        parsed = _interaction(*parts)
+        if isinstance(parsed, str):
+            errors.add(line_no, parsed)
+        else:
+            yield parsed
+
+
+def read_movielens_titles(path: str | os.PathLike, errors: LineErrors) -> dict[str, str]:
+    """MovieLens-1M `movies.dat`: `MovieID::Title::Genres`, latin-1."""
+    titles = {}
+    for line_no, parts in _separated(path, "::", "latin-1", errors):
+        if len(parts) < 2:
+            errors.add(line_no, f"expected 'MovieID::Title::Genres', got {len(parts)} field(s)")
+            continue
+        if parts[1].strip():
+            titles[parts[0].strip()] = parts[1]
+    return titles
+
+
+def _csv_rows(
+    path: str | os.PathLike, columns: tuple[str, ...], errors: LineErrors
+) -> Iterator[tuple[int, list[str]]]:
+    with open_text(path) as f:
+        reader = csv.reader(f)
+        header = [h.strip() for h in next(reader, [])]
+        missing = [c for c in columns if c not in header]
+        if missing:
+            raise DataError(
+                f"the header {header} lacks column(s) {missing}; expected {list(columns)}",
+                file=path,
+                record="header",
+            )
+        index = [header.index(c) for c in columns]
+        for row in reader:
+            if not row:
+                continue
+            errors.lines += 1
+            if len(row) < len(header):
+                errors.add(reader.line_num, f"expected {len(header)} fields, got {len(row)}")
+                continue
+            yield reader.line_num, [row[i] for i in index]
+
+
+def read_csv_ratings(path: str | os.PathLike, errors: LineErrors) -> Iterator[Interaction]:
+    """A CSV with a header naming `user,item,rating,timestamp` (any order, extra columns ignored)."""
+    for line_no, values in _csv_rows(path, ("user", "item", "rating", "timestamp"), errors):
+        parsed = _interaction(*values)
+        if isinstance(parsed, str):
+            errors.add(line_no, parsed)
+        else:
+            yield parsed
+
+
+def read_csv_titles(path: str | os.PathLike, errors: LineErrors) -> dict[str, str]:
+    """A CSV with a header naming `item,title`."""
+    return {
+        item.strip(): title
+        for _, (item, title) in _csv_rows(path, ("item", "title"), errors)
+        if title.strip()
+    }
+
+
+def readers(
+    source: str,
+) -> tuple[
+    Callable[[str | os.PathLike, LineErrors], Iterator[Interaction]],
+    Callable[[str | os.PathLike, LineErrors], dict[str, str]],
+]:
+    """The (ratings reader, titles reader) pair for a source name."""
+    if source.startswith("amazon"):
+        return (
+            lambda p, e: read_amazon_reviews(p, source, e),
+            lambda p, e: read_amazon_titles(p, source, e),
+        )
+    if source == "movielens":
+        return read_movielens_ratings, read_movielens_titles
+    if source == "csv":
+        return read_csv_ratings, read_csv_titles
+    raise DataError(f"unknown source {source!r}; expected one of {SOURCES}")
