@@ -14,6 +14,7 @@ sees exactly the same token ids.
 
 from __future__ import annotations
 
+from dataclasses import replace
 from functools import lru_cache
 from typing import Any
 
@@ -32,10 +33,26 @@ class GroupEncoder:
     def _encode_uncached(self, text: str) -> Tokens:
         return tuple(self.tokenizer(text, add_special_tokens=False)["input_ids"])
 
-    def group(self, record: Record, *, k: int | None = None, answers: str = "both") -> Group:
+    def group(
+        self,
+        record: Record,
+        *,
+        k: int | None = None,
+        answers: str = "both",
+        orders: str = "listed",
+    ) -> Group:
+        """One branch per negative; with `orders='both'` a second k branches list each pair the
+        other way round (same history prefix), for order-debiased scoring."""
         pairs = render_pairs(record, self.seed)[: k or None]
         if not pairs:
             raise ValueError(f"record {record.user_id} has no negatives")
+        if orders == "both":
+            swapped = replace(
+                record,
+                negatives=record.negatives[: len(pairs)],
+                positive_first=[not p.positive_first for p in pairs],
+            )
+            pairs += render_pairs(swapped, self.seed)
         prefix = self._encode(self.chat.prefix + pairs[0].instruction.shared)
         branches = []
         for pair in pairs:

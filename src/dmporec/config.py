@@ -101,6 +101,11 @@ class EvalConfig(_Strict):
     batch_size: int = Field(16, ge=1, description="Test users scored per call.")
     scorer: Literal["shared", "naive"] = "shared"
     max_batch_tokens: int = Field(8192, ge=64)
+    orders: Literal["listed", "both"] = Field(
+        "listed",
+        description="'both' scores each pair in both listing orders and adds the log-probs, so "
+        "the model's position bias cancels; the history is still encoded once per user.",
+    )
     n_boot: int = Field(1000, ge=10, description="Bootstrap resamples for the 95% CIs.")
     seed: int = Field(0, description="Seed of the coin-flip AUC and the bootstrap.")
 

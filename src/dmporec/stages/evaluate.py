@@ -33,7 +33,8 @@ def score_pairs(
     prompt_seed: int,
     desc: str = "evaluate",
 ) -> list[dict[str, Any]]:
-    """One row per (user, negative): chosen and rejected summed log-probs and the listing order."""
+    """One row per (user, negative): chosen and rejected summed log-probs and the listing order;
+    with `ec.orders == 'both'` also `*_swapped`: the same answers with the pair listed the other way."""
     enc = encoder(tokenizer, model_cfg, prompt_seed)
     model.eval()
     rows = []
@@ -42,23 +43,25 @@ def score_pairs(
         chunk = records[start : start + ec.batch_size]
         scores = score_groups(
             model,
-            [enc.group(r) for r in chunk],
+            [enc.group(r, orders=ec.orders) for r in chunk],
             method=ec.scorer,
             max_batch_tokens=ec.max_batch_tokens,
         )
         logps = scores.logps.float().cpu()
         for b, record in enumerate(chunk):
             for i, neg in enumerate(record.negatives):
-                rows.append(
-                    {
-                        "user_id": record.user_id,
-                        "positive": record.positive.title,
-                        "negative": neg.title,
-                        "chosen_logp": logps[b, 2 * i].item(),
-                        "rejected_logp": logps[b, 2 * i + 1].item(),
-                        "positive_listed_first": positive_listed_first(record, i, prompt_seed),
-                    }
-                )
+                row = {
+                    "user_id": record.user_id,
+                    "positive": record.positive.title,
+                    "negative": neg.title,
+                    "chosen_logp": logps[b, 2 * i].item(),
+                    "rejected_logp": logps[b, 2 * i + 1].item(),
+                    "positive_listed_first": positive_listed_first(record, i, prompt_seed),
+                }
+                if ec.orders == "both":  # the swapped branches follow the k listed ones
+                    row["chosen_logp_swapped"] = logps[b, 2 * (record.k + i)].item()
+                    row["rejected_logp_swapped"] = logps[b, 2 * (record.k + i) + 1].item()
+                rows.append(row)
             bar.update(record.k)
     bar.close()
     return rows
@@ -81,14 +84,33 @@ MD_HEADER = (
 def write_eval(
     rows: list[dict[str, Any]], ec: EvalConfig, out_dir: Path, name: str
 ) -> dict[str, Any]:
-    """Metrics of scored pairs; writes predictions.jsonl, eval.json and eval.md to `out_dir`."""
-    metrics = pairwise_report(
+    """Metrics of scored pairs; writes predictions.jsonl, eval.json and eval.md to `out_dir`.
+
+    With both orders scored, a pair's chosen score is the sum of its two chosen log-probs (the
+    log of the product of the probabilities), likewise rejected; the position diagnostics
+    (first-listed rate, accuracy by position) always describe the model's listed-order answers.
+    """
+    both = ec.orders == "both"
+    chosen = np.array([r["chosen_logp"] + (r["chosen_logp_swapped"] if both else 0) for r in rows])
+    rejected = np.array(
+        [r["rejected_logp"] + (r["rejected_logp_swapped"] if both else 0) for r in rows]
+    )
+    metrics = pairwise_report(chosen, rejected, seed=ec.seed, n_boot=ec.n_boot)
+    listed = pairwise_report(
         np.array([r["chosen_logp"] for r in rows]),
         np.array([r["rejected_logp"] for r in rows]),
         np.array([r["positive_listed_first"] for r in rows]),
-        seed=ec.seed,
-        n_boot=ec.n_boot,
+        n_boot=10,
     )
+    metrics["orders"] = ec.orders
+    for key in (
+        "first_listed_rate",
+        "accuracy_positive_listed_first",
+        "accuracy_positive_listed_second",
+    ):
+        metrics[key] = listed[key]
+    if both:
+        metrics["accuracy_listed_order"] = listed["accuracy"]
     atomic_write_text(out_dir / "predictions.jsonl", "".join(json.dumps(r) + "\n" for r in rows))
     atomic_write_text(
         out_dir / "eval.json", json.dumps({"model": name, **metrics}, indent=2) + "\n"
@@ -114,13 +136,15 @@ def evaluate(
     return write_eval(rows, ec, out_dir, name)
 
 
-def _saved_rows(path: Path, records: list[Record]) -> list[dict[str, Any]] | None:
-    """Scored pairs saved by an earlier run, if they are exactly this run's test pairs."""
+def _saved_rows(path: Path, records: list[Record], orders: str) -> list[dict[str, Any]] | None:
+    """Scored pairs saved by an earlier run, if they are exactly this run's test pairs and orders."""
     if not path.is_file():
         return None
     rows = [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
     wanted = [(r.user_id, n.title) for r in records for n in r.negatives]
-    return rows if [(r["user_id"], r["negative"]) for r in rows] == wanted else None
+    if [(r["user_id"], r["negative"]) for r in rows] != wanted:
+        return None
+    return rows if orders == "listed" or all("chosen_logp_swapped" in r for r in rows) else None
 
 
 def stage_dirs(cfg: RunConfig, stage: str) -> tuple[Path, Path]:
@@ -141,7 +165,7 @@ def run_evaluate(cfg: RunConfig, stage: str) -> dict[str, Any]:
         state.wait_for_everyone()
         return json.loads(done.read_text())
     records = stage_records(cfg.data, "eval")
-    saved = _saved_rows(out / "predictions.jsonl", records)
+    saved = _saved_rows(out / "predictions.jsonl", records, cfg.eval.orders)
     if saved is not None:
         print(
             f"evaluate: metrics from the {len(saved)} pairs scored in {out / 'predictions.jsonl'} "
