@@ -37,3 +37,47 @@ def test_both_orders_add_the_swapped_listing(tiny, tiny_cfg, demo, tmp_path):
     # The position diagnostics describe the listed order either way.
     assert m["first_listed_rate"] == listed_m["first_listed_rate"]
     assert m["accuracy_listed_order"] == listed_m["accuracy"]
+
+
+def test_valid_split_holds_users_out_of_training(tmp_path):
+    from dmporec.config import DataConfig
+    from dmporec.data import resolve_data, stage_records
+    from dmporec.demo_data import DemoDataConfig
+    from dmporec.records import DataError
+
+    demo = DemoDataConfig(train_users=8, valid_users=0, test_users=3, negatives=3)
+    data = resolve_data(DataConfig(demo=demo, valid_users=3), tmp_path)
+    train = stage_records(data, "sft_train")
+    valid = stage_records(data, "valid")
+    assert len(train) == 5 and len(valid) == 3
+    assert not {r.user_id for r in train} & {r.user_id for r in valid}
+    assert all(r.k == 3 for r in valid)  # every negative of dmpo_train is a validation pair
+    assert [r.user_id for r in stage_records(data, "valid")] == [r.user_id for r in valid]
+    assert len(stage_records(data, "eval")) == 3  # the test file is untouched
+    with pytest.raises(DataError, match="valid_users=8 leaves no training users"):
+        stage_records(data.model_copy(update={"valid_users": 8}), "sft_train")
+
+
+def test_pipeline_on_the_valid_split(tmp_path, capsys):
+    from dmporec.cli import main
+
+    out = tmp_path / "run"
+    args = [
+        "model.name=builtin:tiny-qwen3",
+        "data.demo={train_users: 6, valid_users: 0, test_users: 2, negatives: 2}",
+        "data.valid_users=2",
+        "eval.split=valid",
+        "eval.orders=both",
+        "eval.n_boot=20",
+        "sft.epochs=1",
+        "dmpo.epochs=1",
+        "dmpo.k=2",
+        "sft.batch_size=2",
+        "dmpo.batch_size=2",
+        f"output_dir={out}",
+    ]
+    assert main(["run", *args]) == 0
+    assert "| DMPO (k=2) | 4 |" in capsys.readouterr().out  # 2 held-out users x 2 negatives
+    assert (out / "zero_shot/valid/eval.json").is_file()
+    assert (out / "dmpo/eval-valid/eval.json").is_file()
+    assert not (out / "dmpo/eval").exists()

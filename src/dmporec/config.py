@@ -41,6 +41,12 @@ class DataConfig(_Strict):
     prompt_seed: int = Field(
         0, description="Seed of the candidate order in prompts that do not fix it."
     )
+    valid_users: int = Field(
+        0,
+        ge=0,
+        description="Hold out this many training users (a fixed seeded draw) from sft_train and "
+        "dmpo_train; `eval.split=valid` scores their pairs. For choosing settings without the test file.",
+    )
 
     @model_validator(mode="after")
     def _one_source(self) -> DataConfig:
@@ -101,6 +107,9 @@ class EvalConfig(_Strict):
     batch_size: int = Field(16, ge=1, description="Test users scored per call.")
     scorer: Literal["shared", "naive"] = "shared"
     max_batch_tokens: int = Field(8192, ge=64)
+    split: Literal["test", "valid"] = Field(
+        "test", description="test: data.eval; valid: the users held out by data.valid_users."
+    )
     orders: Literal["listed", "both"] = Field(
         "listed",
         description="'both' scores each pair in both listing orders and adds the log-probs, so "

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import random
 from pathlib import Path
 
 from dmporec.alpaca import read_alpaca
@@ -45,14 +46,48 @@ def resolve_data(cfg: DataConfig, output_dir: str | os.PathLike) -> DataConfig:
     )
 
 
-def stage_records(cfg: DataConfig, which: str) -> list[Record]:
-    """The records of one split ('sft_train', 'dmpo_train' or 'eval'), trimmed as configured."""
+def _user_key(record: Record) -> tuple[tuple[str, ...], str]:
+    """Who a training record belongs to: the authors' SFT and DPO files share users, not ids."""
+    return tuple(item.title for item in record.history), record.positive.title
+
+
+def held_out_keys(cfg: DataConfig) -> set[tuple[tuple[str, ...], str]]:
+    """The `valid_users` training users held out for validation: a fixed draw from sft_train, so
+    every run of a sweep holds out the same users."""
+    if not cfg.valid_users:
+        return set()
+    keys = sorted({_user_key(r) for r in _read(cfg, "sft_train")})
+    if cfg.valid_users >= len(keys):
+        raise DataError(
+            f"data.valid_users={cfg.valid_users} leaves no training users ({len(keys)} in all)",
+            file=cfg.sft_train,
+        )
+    return set(random.Random("dmporec-valid").sample(keys, cfg.valid_users))
+
+
+def _read(cfg: DataConfig, which: str) -> list[Record]:
     path = getattr(cfg, which)
     if path is None:
         raise DataError(f"data.{which} is not set in the config")
     records = load_records(path, cfg.title_normalization)
     if not records:
         raise DataError("no records", file=path)
+    return records
+
+
+def stage_records(cfg: DataConfig, which: str) -> list[Record]:
+    """The records of 'sft_train', 'dmpo_train', 'eval' or 'valid', trimmed as configured.
+
+    'valid' is the held-out users' records from dmpo_train (all their negatives), else sft_train;
+    the training splits leave those users out."""
+    if which == "valid":
+        source = "dmpo_train" if cfg.dmpo_train else "sft_train"
+        held = held_out_keys(cfg)
+        if not held:
+            raise DataError("eval.split=valid needs data.valid_users > 0")
+        return [r for r in _read(cfg, source) if _user_key(r) in held]
+    records = _read(cfg, which)
     if which == "eval" and cfg.max_eval_pairs:
         return records[: cfg.max_eval_pairs]
-    return records
+    held = held_out_keys(cfg) if which != "eval" else set()
+    return [r for r in records if _user_key(r) not in held]

@@ -148,11 +148,15 @@ def _saved_rows(path: Path, records: list[Record], orders: str) -> list[dict[str
 
 
 def stage_dirs(cfg: RunConfig, stage: str) -> tuple[Path, Path]:
-    """(the stage's directory, where its evaluation goes) for 'zero_shot', 'sft', 'dmpo' or a dir."""
+    """(the stage's directory, where its evaluation goes) for 'zero_shot', 'sft', 'dmpo' or a dir;
+    validation results go beside the test ones (`eval-valid`, `zero_shot/valid`)."""
     stage_dir = (
         Path(cfg.output_dir) / stage if stage in ("zero_shot", "sft", "dmpo") else Path(stage)
     )
-    return stage_dir, stage_dir if stage == "zero_shot" else stage_dir / "eval"
+    valid = cfg.eval.split == "valid"
+    if stage == "zero_shot":
+        return stage_dir, stage_dir / "valid" if valid else stage_dir
+    return stage_dir, stage_dir / ("eval-valid" if valid else "eval")
 
 
 def run_evaluate(cfg: RunConfig, stage: str) -> dict[str, Any]:
@@ -164,7 +168,7 @@ def run_evaluate(cfg: RunConfig, stage: str) -> dict[str, Any]:
     if not state.is_main_process:  # under `accelerate launch` one process evaluates
         state.wait_for_everyone()
         return json.loads(done.read_text())
-    records = stage_records(cfg.data, "eval")
+    records = stage_records(cfg.data, "eval" if cfg.eval.split == "test" else "valid")
     saved = _saved_rows(out / "predictions.jsonl", records, cfg.eval.orders)
     if saved is not None:
         print(
