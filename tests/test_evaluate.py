@@ -1,5 +1,6 @@
 """Order-debiased evaluation: both listing orders scored with one history prefix, summed."""
 
+import json
 from dataclasses import replace
 
 import pytest
@@ -68,6 +69,8 @@ def test_pipeline_on_the_valid_split(tmp_path, capsys):
         "data.valid_users=2",
         "eval.split=valid",
         "eval.orders=both",
+        "sft.orders=both",
+        "dmpo.orders=both",
         "eval.n_boot=20",
         "sft.epochs=1",
         "dmpo.epochs=1",
@@ -81,3 +84,5 @@ def test_pipeline_on_the_valid_split(tmp_path, capsys):
     assert (out / "zero_shot/valid/eval.json").is_file()
     assert (out / "dmpo/eval-valid/eval.json").is_file()
     assert not (out / "dmpo/eval").exists()
+    summary = json.loads((out / "dmpo/summary.json").read_text())
+    assert summary["users"] == 4 and summary["final_loss"] > 0  # 6 - 2 held out

@@ -75,6 +75,11 @@ class TrainConfig(_Strict):
     max_batch_tokens: int = Field(
         8192, ge=64, description="Rows x padded length per forward pass; lower it to save memory."
     )
+    orders: Literal["listed", "both"] = Field(
+        "listed",
+        description="listed: each pair as the data lists it; both: also the other listing order "
+        "(twice the pairs, one history prefix), so the listing position carries no signal.",
+    )
     gradient_checkpointing: bool = Field(
         False,
         description="Recompute activations in backward: less memory, ~30% slower (for big models on GPU).",

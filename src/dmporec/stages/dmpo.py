@@ -115,7 +115,8 @@ def run_dmpo(cfg: RunConfig, sft_dir: Path | None = None) -> Path:
         )
     tokenizer = load_tokenizer(cfg.model)
     enc = encoder(tokenizer, cfg.model, cfg.data.prompt_seed)
-    groups = [enc.group(r, k=tc.k) for r in records]
+    groups = [enc.group(r, k=tc.k, orders=tc.orders) for r in records]
+    pairs = tc.k * (2 if tc.orders == "both" else 1)  # each its own (chosen, rejected) in the loss
     loss = LOSSES[tc.loss]
 
     start = time.perf_counter()
@@ -124,7 +125,7 @@ def run_dmpo(cfg: RunConfig, sft_dir: Path | None = None) -> Path:
         model = add_lora(
             merge_adapters(load_base_model(cfg.model), sft_adapters), cfg.model, tc.seed
         )
-        ref = cached_reference_logps(model, cfg.model, sft_adapters, groups, 2 * tc.k, tc)
+        ref = cached_reference_logps(model, cfg.model, sft_adapters, groups, 2 * pairs, tc)
         examples = list(zip(groups, ref, strict=True))
 
         def loss_fn(model: torch.nn.Module, batch: list) -> tuple[torch.Tensor, dict[str, float]]:

@@ -26,8 +26,8 @@ def run_sft(cfg: RunConfig) -> Path:
     records = stage_records(cfg.data, "sft_train")
     tokenizer = load_tokenizer(cfg.model)
     enc = encoder(tokenizer, cfg.model, cfg.data.prompt_seed)
-    # The paper's SFT sees one pair per user: the first negative.
-    groups = [enc.group(r, k=1, answers="chosen") for r in records]
+    # The paper's SFT sees one pair per user: the first negative (in both orders if asked).
+    groups = [enc.group(r, k=1, answers="chosen", orders=tc.orders) for r in records]
 
     def loss_fn(
         model: torch.nn.Module, batch: list[Group]
