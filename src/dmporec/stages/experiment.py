@@ -1,0 +1,134 @@
+"""`dmporec experiment`: a list of runs (a grid, a sweep, cross-domain) with one results table.
+
+An experiment file names a base run config, overrides shared by every cell, and the cells:
+
+    # dmporec experiment --config configs/sweep-ml-1m.yaml
+    base: configs/ml-1m-smollm2.yaml
+    output_dir: runs/sweep-ml-1m
+    overrides: [data.valid_users=20, eval.split=valid]
+    cells:
+      - {name: zero-shot, stages: [zero_shot]}
+      - {name: sft-lr2e-4, stages: [sft], overrides: [sft.learning_rate=2e-4]}
+      - {name: dmpo-k3, overrides: [dmpo.k=3]}            # stages default: [sft, dmpo]
+      - {name: dmpo-k5, overrides: [dmpo.k=5], sft_from: dmpo-k3}   # reuse that cell's SFT
+
+Each cell runs in OUTPUT_DIR/NAME and appends one JSON line per evaluated stage to
+OUTPUT_DIR/results.jsonl; a cell already there is skipped, so a stopped experiment resumes.
+"""
+
+from __future__ import annotations
+
+import gc
+import json
+from pathlib import Path
+from typing import Any, Literal
+
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, ValidationError
+
+from dmporec.config import ConfigError, RunConfig, load_config
+from dmporec.records import atomic_write_text
+from dmporec.stages.common import prepare_run
+from dmporec.stages.dmpo import run_dmpo
+from dmporec.stages.pipeline import evaluate_row, summary_table
+from dmporec.stages.sft import run_sft
+
+
+class Cell(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+    name: str = Field(pattern=r"^[A-Za-z0-9._+-]+$", description="Also the cell's directory.")
+    overrides: list[str] = Field(default_factory=list, description="On top of the shared ones.")
+    stages: list[Literal["zero_shot", "sft", "dmpo"]] = Field(
+        default_factory=lambda: ["sft", "dmpo"], description="What to train and evaluate."
+    )
+    sft_from: str | None = Field(None, description="Start DMPO from this earlier cell's SFT.")
+
+
+class Experiment(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+    base: str = Field(description="Run config every cell starts from.")
+    output_dir: str
+    overrides: list[str] = Field(default_factory=list, description="Applied to every cell.")
+    cells: list[Cell] = Field(min_length=1)
+
+
+def load_experiment(path: str) -> Experiment:
+    if not Path(path).is_file():
+        raise ConfigError(f"{path}: experiment file not found")
+    try:
+        exp = Experiment(**(yaml.safe_load(Path(path).read_text(encoding="utf-8")) or {}))
+    except (yaml.YAMLError, TypeError) as e:
+        raise ConfigError(f"{path}: not a valid experiment file: {e}") from None
+    except ValidationError as e:
+        problems = "; ".join(f"{'.'.join(map(str, x['loc']))}: {x['msg']}" for x in e.errors())
+        raise ConfigError(f"{path}: {problems}") from None
+    names = [c.name for c in exp.cells]
+    if len(set(names)) != len(names):
+        raise ConfigError(f"{path}: cell names must be unique, got {names}")
+    for i, cell in enumerate(exp.cells):
+        if cell.sft_from is not None and cell.sft_from not in names[:i]:
+            raise ConfigError(
+                f"{path}: cell {cell.name}: sft_from {cell.sft_from!r} is not an earlier cell"
+            )
+    return exp
+
+
+def cell_config(exp: Experiment, cell: Cell, extra: list[str] | None = None) -> RunConfig:
+    out = Path(exp.output_dir) / cell.name
+    return load_config(
+        exp.base, [*exp.overrides, *cell.overrides, *(extra or []), f"output_dir={out}"]
+    )
+
+
+def _stage_name(cfg: RunConfig, stage: str) -> str:
+    if stage == "zero_shot":
+        return "zero-shot"
+    if stage == "sft":
+        return "SFT"
+    k, loss = cfg.dmpo.k, cfg.dmpo.loss
+    return "DPO (k=1)" if k == 1 and loss == "dmpo" else f"{loss.upper()} (k={k})"
+
+
+def run_cell(exp: Experiment, cell: Cell, extra: list[str] | None = None) -> list[dict[str, Any]]:
+    """Train and evaluate one cell; one result row per evaluated stage."""
+    cfg = prepare_run(cell_config(exp, cell, extra))
+    rows = []
+    if "zero_shot" in cell.stages:
+        rows.append(evaluate_row(cfg, "zero_shot", "zero-shot", None))
+    if "sft" in cell.stages or "dmpo" in cell.stages:
+        sft_dir = Path(exp.output_dir) / cell.sft_from / "sft" if cell.sft_from else run_sft(cfg)
+        gc.collect()
+        if "sft" in cell.stages and not cell.sft_from:
+            rows.append(evaluate_row(cfg, "sft", "SFT", sft_dir))
+        if "dmpo" in cell.stages:
+            dmpo_dir = run_dmpo(cfg, sft_dir)
+            gc.collect()
+            rows.append(evaluate_row(cfg, "dmpo", _stage_name(cfg, "dmpo"), dmpo_dir))
+    return [
+        {"cell": cell.name, "overrides": cell.overrides, "split": cfg.eval.split, **row}
+        for row in rows
+    ]
+
+
+def run_experiment(path: str, extra: list[str] | None = None) -> str:
+    """Run every cell not yet in results.jsonl; return the table of all cells."""
+    exp = load_experiment(path)
+    out = Path(exp.output_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    results = out / "results.jsonl"
+    done = {
+        json.loads(line)["cell"]
+        for line in (results.read_text().splitlines() if results.is_file() else [])
+    }
+    for cell in exp.cells:
+        if cell.name in done:
+            print(f"experiment: cell {cell.name} is in {results}; skipped")
+            continue
+        print(f"experiment: cell {cell.name} ({' '.join(cell.overrides) or 'base settings'})")
+        rows = run_cell(exp, cell, extra)
+        with results.open("a") as f:  # one append per finished cell: a crash loses no cell
+            f.write("".join(json.dumps(r) + "\n" for r in rows))
+    rows = [json.loads(line) for line in results.read_text().splitlines() if line.strip()]
+    table = summary_table([{**r, "model": f"{r['cell']}: {r['model']}"} for r in rows])
+    atomic_write_text(out / "results.md", table + "\n")
+    return f"{table}\n\n(results in {results})"

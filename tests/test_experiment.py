@@ -1,0 +1,63 @@
+"""The experiment runner: cells with their own overrides, a shared SFT, resume, one table."""
+
+import json
+from pathlib import Path
+
+import pytest
+
+from dmporec.cli import main
+from dmporec.config import ConfigError
+from dmporec.stages.experiment import load_experiment
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def write(tmp_path: Path, text: str) -> str:
+    path = tmp_path / "exp.yaml"
+    path.write_text(text.replace("ROOT", str(ROOT)).replace("OUT", str(tmp_path / "exp")))
+    return str(path)
+
+
+def test_cells_run_once_and_share_an_sft(tmp_path, capsys):
+    path = write(
+        tmp_path,
+        """
+base: ROOT/configs/tiny.yaml
+output_dir: OUT
+overrides: [data.valid_users=3, eval.split=valid, eval.n_boot=20]
+cells:
+  - {name: zero, stages: [zero_shot]}
+  - {name: k2, overrides: [dmpo.k=2]}
+  - {name: k3-beta, overrides: [dmpo.k=3, dmpo.beta=0.5], stages: [dmpo], sft_from: k2}
+""",
+    )
+    assert main(["experiment", "--config", path]) == 0
+    table = capsys.readouterr().out
+    for row in (
+        "| zero: zero-shot | 9 |",
+        "| k2: SFT | 9 |",
+        "| k2: DMPO (k=2) | 9 |",
+        "| k3-beta: DMPO (k=3) | 9 |",
+    ):
+        assert row in table, row
+    rows = [json.loads(x) for x in (tmp_path / "exp/results.jsonl").read_text().splitlines()]
+    assert [r["cell"] for r in rows] == ["zero", "k2", "k2", "k3-beta"]
+    assert rows[-1]["overrides"] == ["dmpo.k=3", "dmpo.beta=0.5"] and rows[-1]["split"] == "valid"
+    assert not (tmp_path / "exp/k3-beta/sft").exists()  # its DMPO started from k2's SFT
+    lineage = json.loads((tmp_path / "exp/k3-beta/dmpo/lineage.json").read_text())
+    assert any("k2" in p for p in lineage["merged_adapters"])
+
+    assert main(["experiment", "--config", path]) == 0  # everything done: skipped
+    assert capsys.readouterr().out.count("skipped") == 3
+    assert len((tmp_path / "exp/results.jsonl").read_text().splitlines()) == 4
+
+
+def test_bad_experiment_files_are_named(tmp_path, capsys):
+    path = write(
+        tmp_path, "base: ROOT/configs/tiny.yaml\noutput_dir: OUT\ncells: [{name: a, sft_from: b}]\n"
+    )
+    with pytest.raises(ConfigError, match="sft_from 'b' is not an earlier cell"):
+        load_experiment(path)
+    path = write(tmp_path, "base: x\noutput_dir: OUT\ncells: [{name: a, stage: [sft]}]\n")
+    assert main(["experiment", "--config", path]) == 2
+    assert "cells.0.stage: Extra inputs are not permitted" in capsys.readouterr().err
