@@ -1,4 +1,4 @@
-"""The `dmporec` command: sft | dmpo | evaluate | run, each with --config and key=value overrides."""
+"""The `dmporec` command: prepare | sft | dmpo | evaluate | run | experiment | recommend | serve | export."""
 
 from __future__ import annotations
 
@@ -60,7 +60,56 @@ def _parser() -> argparse.ArgumentParser:
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
     prepare.add_arguments(p)
+    text = "run the cells of an experiment file (grid, sweep, cross-domain); one results table"
+    p = sub.add_parser(
+        "experiment",
+        help=text,
+        description=text,
+        epilog="example: dmporec experiment --config configs/sweep-ml-1m.yaml\n"
+        "overrides (key=value) apply to every cell, after the file's own.",
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    p.add_argument("--config", "-c", required=True, help="experiment YAML (see configs/sweep-*)")
+    p.add_argument("overrides", nargs="*", metavar="key=value")
+    _add_model_commands(sub)
     return parser
+
+
+# Commands that use a trained model (run dir, stage dir or model name) rather than a run config.
+MODEL_COMMANDS = {
+    "recommend": "rank candidate titles for a user's history (or a JSON file of users)",
+    "serve": "HTTP service: POST /v1/rank, POST /v1/explain, GET /healthz, docs at /docs",
+    "export": "merge a run's adapters into its base model; write safetensors, tokenizer, card",
+}
+
+
+def _add_model_commands(sub: argparse._SubParsersAction) -> None:
+    from dmporec import export, recommend, serve
+
+    modules = {"recommend": recommend, "serve": serve, "export": export}
+    for name, text in MODEL_COMMANDS.items():
+        p = sub.add_parser(
+            name,
+            help=text,
+            description=modules[name].__doc__,
+            formatter_class=argparse.RawDescriptionHelpFormatter,
+        )
+        modules[name].add_arguments(p)
+
+
+def _run_model_command(args: argparse.Namespace) -> int:
+    from dmporec import export, recommend, serve
+
+    commands = {
+        "recommend": recommend.run_recommend,
+        "serve": serve.run_serve,
+        "export": export.run_export,
+    }
+    try:
+        return commands[args.command](args)
+    except FileExistsError as e:  # export to a non-empty --out without --force
+        print(f"dmporec: error: {e}", file=sys.stderr)
+        return 2
 
 
 def _quiet_libraries() -> None:
@@ -82,6 +131,15 @@ def main(argv: list[str] | None = None) -> int:
             from dmporec.stages import prepare
 
             return prepare.run(args)
+        if args.command == "experiment":
+            from dmporec.stages.experiment import run_experiment
+
+            table = run_experiment(args.config, args.overrides)
+            if PartialState().is_main_process:
+                print(table)
+            return 0
+        if args.command in MODEL_COMMANDS:
+            return _run_model_command(args)
         cfg = load_config(args.config, args.overrides)
         from dmporec.stages.common import prepare_run
 

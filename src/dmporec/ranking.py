@@ -1,0 +1,193 @@
+"""Rank N candidates for one user history with the pairwise model: round robin, both listing orders.
+
+The model was trained on one question: "rank these two candidates". To rank a list we ask it
+about every unordered pair {a, b}, once in each listing order: the packaged small model ranks
+the first-listed candidate first 82-95% of the time, and asking both ways cancels the position. For one listing order (a listed first, b second):
+
+    P(a before b) = sigmoid( logp(" <Title:a> ,  <Title:b> ") - logp(" <Title:b> ,  <Title:a> ") )
+
+with logp the summed answer log-prob, and P(b before a) = 1 - P(a before b). A candidate's score
+is the mean, over its N-1 opponents and both listing orders, of its probability of being ranked
+first. So scores lie in [0, 1]; for N >= 2 they sum to N/2 (each of the N(N-1) ordered
+prompts hands out exactly 1 between its two candidates, and scores divide by 2(N-1)); a
+candidate that surely beats every opponent scores 1; a model with pure position bias gives
+every candidate 0.5; and the candidates' input order does not matter (every pair is asked in
+both orders anyway). A lone candidate scores 1.0 without a forward pass.
+
+Cost: N(N-1) prompts and 2N(N-1) answers per request (3 candidates: 6 prompts; 20: 380).
+With the shared layout all prompts of a request hang off the history as one scoring.Group
+(prefix = chat header, role line, history; one Branch per (pair, order): the line naming the
+two candidates, then its two answers), so the history is encoded once and each pair adds only
+its ~30-token pair line and two answers. A packed row's attention is quadratic in its length,
+so a request whose tree would exceed `max_group_tokens` is split into several groups that each
+repeat the history (history tokens x number of groups, instead of x N(N-1) in the naive layout).
+"""
+
+from __future__ import annotations
+
+import itertools
+import os
+from collections.abc import Sequence
+from dataclasses import dataclass
+from functools import lru_cache
+from typing import Any
+
+import torch
+
+from dmporec.prompts import ChatFormat, render_answer, render_instruction
+from dmporec.records import DOMAINS, DataError
+from dmporec.scoring import Branch, Group, Method, Tokens, score_groups
+
+
+@dataclass(frozen=True)
+class RankRequest:
+    """One ranking question: a user's history and the candidates to order (titles as the model
+    reads them, i.e. already normalized)."""
+
+    history: tuple[str, ...]
+    candidates: tuple[str, ...]
+    domain: str = "movies"
+
+
+def check_request(
+    request: RankRequest,
+    *,
+    file: str | os.PathLike | None = None,
+    record: int | str | None = None,
+) -> RankRequest:
+    """Raise DataError (naming the file and record if given, and the field) unless the request
+    can be ranked: a known domain, non-empty titles, at least one of each, distinct candidates."""
+
+    def fail(message: str, name: str) -> DataError:
+        return DataError(message, file=file, record=record, field=name)
+
+    if request.domain not in DOMAINS:
+        raise fail(f"unknown domain {request.domain!r}; expected one of {DOMAINS}", "domain")
+    for name, titles in (("history", request.history), ("candidates", request.candidates)):
+        if not titles:
+            raise fail("needs at least one title", name)
+        for i, title in enumerate(titles):
+            if not isinstance(title, str) or not title.strip():
+                raise fail(f"title {i} is empty", name)
+    seen: dict[str, int] = {}
+    for i, title in enumerate(request.candidates):
+        if title in seen:
+            raise fail(
+                f"duplicate candidate {title!r} (positions {seen[title]} and {i})", "candidates"
+            )
+        seen[title] = i
+    return request
+
+
+class PairEncoder:
+    """Tokenizes ranking requests into scoring Groups, the way collate.GroupEncoder does records:
+    each text segment is tokenized on its own and the pieces are concatenated."""
+
+    def __init__(self, tokenizer: Any, chat: ChatFormat) -> None:
+        self.tokenizer, self.chat = tokenizer, chat
+        self._encode = lru_cache(maxsize=65536)(self._encode_uncached)
+
+    def _encode_uncached(self, text: str) -> Tokens:
+        return tuple(self.tokenizer(text, add_special_tokens=False)["input_ids"])
+
+    def branch(self, request: RankRequest, first: str, second: str) -> Branch:
+        """The pair line with `first` listed first; answers (first ranked first, second first)."""
+        pair = render_instruction(list(request.history), first, second, request.domain).pair
+        return Branch(
+            context=self._encode(pair + self.chat.suffix),
+            answers=(
+                self._encode(render_answer(first, second) + self.chat.answer_end),
+                self._encode(render_answer(second, first) + self.chat.answer_end),
+            ),
+        )
+
+    def prefix(self, request: RankRequest) -> Tokens:
+        # The shared part does not depend on the candidates; any pair renders it.
+        shared = render_instruction(list(request.history), "", "", request.domain).shared
+        return self._encode(self.chat.prefix + shared)
+
+    def groups(self, request: RankRequest, max_group_tokens: int) -> list[Group]:
+        """Groups holding every ordered pair of the request, in `ordered_pairs` order."""
+        prefix = self.prefix(request)
+        groups, branches, size = [], [], len(prefix)
+        for i, j in ordered_pairs(len(request.candidates)):
+            branch = self.branch(request, request.candidates[i], request.candidates[j])
+            cost = len(branch.context) + sum(map(len, branch.answers))
+            if branches and size + cost > max_group_tokens:
+                groups.append(Group(prefix, tuple(branches)))
+                branches, size = [], len(prefix)
+            branches.append(branch)
+            size += cost
+        if branches:
+            groups.append(Group(prefix, tuple(branches)))
+        return groups
+
+
+def ordered_pairs(n: int) -> list[tuple[int, int]]:
+    """(listed first, listed second) for every unordered pair, in both orders: n(n-1) pairs."""
+    return [order for i, j in itertools.combinations(range(n), 2) for order in ((i, j), (j, i))]
+
+
+def pair_scores(n: int, first_logps: torch.Tensor, second_logps: torch.Tensor) -> list[float]:
+    """Candidate scores from the answers of the `ordered_pairs(n)` prompts.
+
+    first_logps[p] / second_logps[p]: summed log-prob of the answer ranking the first-listed /
+    second-listed candidate of prompt p first. Returns each candidate's mean probability of being
+    ranked first over its opponents and both listing orders.
+    """
+    if n == 1:
+        return [1.0]
+    p_first = torch.sigmoid(first_logps.double() - second_logps.double())
+    pairs = torch.tensor(ordered_pairs(n))
+    wins = torch.zeros(n, dtype=torch.float64)
+    wins.index_add_(0, pairs[:, 0], p_first).index_add_(0, pairs[:, 1], 1 - p_first)
+    return (wins / (2 * (n - 1))).tolist()
+
+
+@torch.no_grad()
+def rank_candidates(
+    model: torch.nn.Module,
+    encoder: PairEncoder,
+    requests: Sequence[RankRequest],
+    *,
+    method: Method = "shared",
+    max_batch_tokens: int = 8192,
+    max_group_tokens: int = 2048,
+) -> list[list[float]]:
+    """Scores of every request's candidates (aligned with `request.candidates`), one forward
+    pass series for all requests together (the server batches concurrent requests this way).
+
+    See the module docstring for the rule and its cost. `method` and `max_batch_tokens` are
+    passed to scoring.score_groups; `max_group_tokens` bounds one packed prompt tree.
+    """
+    for request in requests:
+        check_request(request)
+    groups: list[Group] = []
+    spans: list[tuple[int, int]] = []  # each request's groups: groups[start:end]
+    for request in requests:
+        start = len(groups)
+        if len(request.candidates) > 1:
+            groups.extend(encoder.groups(request, max_group_tokens))
+        spans.append((start, len(groups)))
+    if not groups:  # every request has one candidate
+        return [[1.0] for _ in requests]
+    logps = score_groups(model, groups, method=method, max_batch_tokens=max_batch_tokens)
+    out = []
+    for request, (start, end) in zip(requests, spans, strict=True):
+        n = len(request.candidates)
+        if n == 1:
+            out.append([1.0])
+            continue
+        # Answers are (first-listed first, second-listed first) per branch, in pair order.
+        rows = [logps.logps[g, logps.mask[g]].float().cpu() for g in range(start, end)]
+        flat = torch.cat(rows)
+        out.append(pair_scores(n, flat[0::2], flat[1::2]))
+    return out
+
+
+def top_k(
+    candidates: Sequence[str], scores: Sequence[float], k: int | None = None
+) -> list[tuple[int, float]]:
+    """(candidate index, score) best first; ties keep the input order; the first k if given."""
+    order = sorted(range(len(candidates)), key=lambda i: -scores[i])
+    return [(i, scores[i]) for i in order[: k or None]]

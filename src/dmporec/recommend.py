@@ -1,0 +1,296 @@
+"""Rank candidates for users with a trained run: load it once, clean titles as training did, answer.
+
+`dmporec recommend --model RUN_DIR --history "A" "B" --candidates "X" "Y" "Z" [--top-k 2] [--json]`
+or `--users FILE.json` (a JSON list of {"user", "history", "candidates"[, "domain"]}).
+
+--model is a run directory (its dmpo stage, else its sft stage), a stage directory (has
+lineage.json: the base model plus the adapters to merge), a plain model directory (config.json,
+e.g. what `dmporec export` writes), or a model name (`builtin:smollm2-135m`, a hub id) for the
+untrained zero-shot model. Titles go through the run's `data.title_normalization`, so
+"Am&eacute;lie" reads as the model saw it in training. A score is the candidate's mean
+probability of being ranked first against each other candidate, asked in both listing orders
+(ranking.py has the rule and its cost).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import threading
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from dmporec.config import ConfigError, EvalConfig, RunConfig, load_config
+from dmporec.model import (
+    LINEAGE,
+    ModelConfig,
+    load_base_model,
+    load_stage_model,
+    load_tokenizer,
+)
+from dmporec.prompts import WORDING, ChatFormat, title_tag
+from dmporec.ranking import PairEncoder, RankRequest, check_request, rank_candidates, top_k
+from dmporec.records import DataError, TitleNormalization, normalize_title
+
+# A short answer is all the explanation needs; it also bounds a request's generation time.
+EXPLAIN_MAX_NEW_TOKENS = 64
+
+
+def explain_instruction(history: Sequence[str], title: str, domain: str = "movies") -> str:
+    """The question behind /v1/explain, in the paper's wording up to the history.
+
+    >>> explain_instruction(["Heat"], "Up")
+    "You are an assistant working on movie recommendations. Here is the user's history of movies they have watched:  <Title:Heat> . In one or two sentences, explain why the user would enjoy watching the movie  <Title:Up> ."
+
+    The adapters were trained on ranking answers only, so the explanation comes from what the
+    base model already knows; a heavily trained adapter may answer in the ranking format.
+    """
+    w = WORDING[domain]
+    return (
+        f"You are an assistant working on {w.noun} recommendations. "
+        f"Here is the user's history of {w.plural} they have {w.past}: "
+        + "".join(title_tag(t) for t in history)
+        + f". In one or two sentences, explain why the user would enjoy {w.gerund} the {w.noun} "
+        + title_tag(title)
+        + "."
+    )
+
+
+@dataclass
+class Ranker:
+    """A loaded model with everything needed to rank and explain; safe to share between threads
+    (model calls are serialized: they would only compete for the same cores)."""
+
+    model: torch.nn.Module
+    tokenizer: Any
+    chat: ChatFormat
+    norm: TitleNormalization
+    name: str
+    eval_cfg: EvalConfig = field(default_factory=EvalConfig)
+    encoder: PairEncoder = field(init=False)
+    _lock: threading.Lock = field(init=False, default_factory=threading.Lock)
+
+    def __post_init__(self) -> None:
+        self.encoder = PairEncoder(self.tokenizer, self.chat)
+
+    @classmethod
+    def create(
+        cls,
+        model: torch.nn.Module,
+        tokenizer: Any,
+        model_cfg: ModelConfig,
+        name: str,
+        run_cfg: RunConfig | None = None,
+    ) -> Ranker:
+        """Wire a loaded model; the run config (if any) supplies title cleaning and scorer settings."""
+        chat = ChatFormat.from_tokenizer(
+            tokenizer,
+            use_chat_template=model_cfg.use_chat_template,
+            template_kwargs=model_cfg.chat_template_kwargs,
+        )
+        norm = run_cfg.data.title_normalization if run_cfg else TitleNormalization()
+        eval_cfg = run_cfg.eval if run_cfg else EvalConfig()
+        return cls(model.eval(), tokenizer, chat, norm, name, eval_cfg)
+
+    def request(
+        self,
+        history: Sequence[str],
+        candidates: Sequence[str],
+        domain: str = "movies",
+        *,
+        file: str | Path | None = None,
+        record: int | str | None = None,
+    ) -> RankRequest:
+        """A checked request with titles cleaned as in training (DataError names the field)."""
+
+        def clean(titles: Sequence[str]) -> tuple[str, ...]:
+            return tuple(normalize_title(t, self.norm) for t in titles)
+
+        request = RankRequest(clean(history), clean(candidates), domain)
+        return check_request(request, file=file, record=record)
+
+    def rank(self, requests: Sequence[RankRequest]) -> list[list[float]]:
+        """Scores of each request's candidates, all requests in one scoring call."""
+        with self._lock:
+            return rank_candidates(
+                self.model,
+                self.encoder,
+                requests,
+                method=self.eval_cfg.scorer,
+                max_batch_tokens=self.eval_cfg.max_batch_tokens,
+            )
+
+    @torch.no_grad()
+    def explain(
+        self,
+        history: Sequence[str],
+        title: str,
+        domain: str = "movies",
+        max_new_tokens: int = EXPLAIN_MAX_NEW_TOKENS,
+    ) -> str:
+        """A greedy, bounded answer to `explain_instruction` (titles cleaned as in training)."""
+        text = explain_instruction(
+            [normalize_title(t, self.norm) for t in history],
+            normalize_title(title, self.norm),
+            domain,
+        )
+        prompt = self.chat.prefix + text + self.chat.suffix
+        device = next(self.model.parameters()).device
+        ids = self.tokenizer(prompt, add_special_tokens=False, return_tensors="pt").input_ids
+        ids = ids.to(device)
+        with self._lock:
+            out = self.model.generate(
+                input_ids=ids,
+                attention_mask=torch.ones_like(ids),
+                max_new_tokens=max_new_tokens,
+                do_sample=False,
+                pad_token_id=self.tokenizer.pad_token_id,
+                eos_token_id=self.tokenizer.eos_token_id,
+            )
+        return self.tokenizer.decode(out[0, ids.shape[1] :], skip_special_tokens=True).strip()
+
+
+def find_stage(path: Path) -> Path | None:
+    """The stage to load from a stage dir or a run dir (dmpo, else sft); None if neither."""
+    if (path / LINEAGE).is_file():
+        return path
+    for stage in ("dmpo", "sft"):
+        if (path / stage / LINEAGE).is_file():
+            return path / stage
+    return None
+
+
+def run_config(stage_dir: Path) -> RunConfig | None:
+    """The config a stage was trained with (its run directory's config.yaml), if there is one."""
+    path = stage_dir.parent / "config.yaml"
+    return load_config(path) if path.is_file() else None
+
+
+def load_ranker(spec: str, device: torch.device | None = None) -> Ranker:
+    """A Ranker for a run dir, stage dir, model dir or model name (see the module docstring)."""
+    path = Path(spec).expanduser()
+    if path.is_dir() and (stage := find_stage(path)) is not None:
+        model, tokenizer, model_cfg = load_stage_model(stage, device)
+        return Ranker.create(model, tokenizer, model_cfg, str(stage), run_config(stage))
+    if path.is_dir() and not (path / "config.json").is_file():
+        raise FileNotFoundError(
+            f"{spec}: not a run dir (with dmpo/ or sft/), a stage dir (with {LINEAGE}) "
+            "or a model dir (with config.json)"
+        )
+    if not path.is_dir() and spec.startswith(("/", ".", "~")):
+        raise FileNotFoundError(f"{spec}: no such directory")
+    model_cfg = ModelConfig(name=spec)
+    try:
+        tokenizer = load_tokenizer(model_cfg)  # fails fast (and cheaply) for a bad name
+    except ValueError as e:  # an unknown builtin or a malformed hub id
+        raise ConfigError(f"--model {spec}: {e}") from None
+    except OSError as e:
+        raise FileNotFoundError(f"{spec}: cannot load a model from it ({e})") from None
+    model = load_base_model(model_cfg, device)
+    return Ranker.create(model, tokenizer, model_cfg, spec)
+
+
+def ranked_items(
+    titles: Sequence[str], scores: Sequence[float], k: int | None = None
+) -> list[dict[str, Any]]:
+    """[{rank, title, score}] best first (ties keep the input order), the first k if given."""
+    return [
+        {"rank": r, "title": titles[i], "score": round(s, 6)}
+        for r, (i, s) in enumerate(top_k(titles, scores, k), 1)
+    ]
+
+
+@dataclass(frozen=True)
+class UserQuery:
+    user: str
+    candidates: list[str]  # as given, for display
+    request: RankRequest  # cleaned titles, for the model
+
+
+def _titles(value: Any, file: Path, index: int, key: str) -> list[str]:
+    if not isinstance(value, list) or not all(isinstance(t, str) for t in value):
+        raise DataError("expected a list of title strings", file=file, record=index, field=key)
+    return value
+
+
+def read_users(path: Path, ranker: Ranker, domain: str) -> list[UserQuery]:
+    """The --users file: a JSON list of {"user", "history", "candidates"[, "domain"]}."""
+    if not path.is_file():
+        raise FileNotFoundError(f"{path}: file not found")
+    try:
+        entries = json.loads(path.read_text(encoding="utf-8"))
+    except json.JSONDecodeError as e:
+        raise DataError(f"malformed JSON ({e.msg} at line {e.lineno})", file=path) from None
+    if not isinstance(entries, list) or not entries:
+        raise DataError("expected a non-empty JSON list of users", file=path)
+    queries = []
+    for i, entry in enumerate(entries):
+        if not isinstance(entry, dict):
+            raise DataError(f"expected an object, got {type(entry).__name__}", file=path, record=i)
+        for key in ("history", "candidates"):
+            if key not in entry:
+                raise DataError("missing", file=path, record=i, field=key)
+        history = _titles(entry["history"], path, i, "history")
+        candidates = _titles(entry["candidates"], path, i, "candidates")
+        request = ranker.request(
+            history, candidates, str(entry.get("domain", domain)), file=path, record=i
+        )
+        queries.append(UserQuery(str(entry.get("user", i)), candidates, request))
+    return queries
+
+
+def format_table(items: list[dict[str, Any]]) -> str:
+    lines = [f"{'rank':>4}  {'score':>6}  title"]
+    lines += [f"{it['rank']:>4}  {it['score']:.4f}  {it['title']}" for it in items]
+    return "\n".join(lines)
+
+
+def run_recommend(args: argparse.Namespace) -> int:
+    """The `recommend` command: rank, then print a table per user or one JSON document."""
+    if args.users and (args.history or args.candidates):
+        raise ConfigError("give either --users FILE or --history and --candidates, not both")
+    if not args.users and not (args.history and args.candidates):
+        raise ConfigError("give --history and --candidates (one or more titles each), or --users")
+    if args.top_k is not None and args.top_k < 1:
+        raise ConfigError(f"--top-k must be at least 1, got {args.top_k}")
+    ranker = load_ranker(args.model)
+    if args.users:
+        queries = read_users(Path(args.users), ranker, args.domain)
+    else:
+        request = ranker.request(args.history, args.candidates, args.domain)
+        queries = [UserQuery("-", list(args.candidates), request)]
+    results = []
+    step = ranker.eval_cfg.batch_size
+    for start in range(0, len(queries), step):
+        chunk = queries[start : start + step]
+        for query, scores in zip(chunk, ranker.rank([q.request for q in chunk]), strict=True):
+            results.append(
+                {"user": query.user, "ranked": ranked_items(query.candidates, scores, args.top_k)}
+            )
+    if args.json:
+        doc: dict[str, Any] = {"model": ranker.name}
+        doc.update({"users": results} if args.users else {"ranked": results[0]["ranked"]})
+        print(json.dumps(doc, ensure_ascii=False, indent=2))
+    else:
+        print(f"model: {ranker.name}")
+        for r in results:
+            print(("" if not args.users else f"\nuser {r['user']}\n") + format_table(r["ranked"]))
+    return 0
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument(
+        "--model", required=True, help="run dir, stage dir, model dir or model name"
+    )
+    parser.add_argument("--history", nargs="+", metavar="TITLE", help="the user's history")
+    parser.add_argument("--candidates", nargs="+", metavar="TITLE", help="titles to rank")
+    parser.add_argument("--users", metavar="FILE.json", help="rank a JSON list of users instead")
+    parser.add_argument("--top-k", type=int, help="print only the best K")
+    parser.add_argument(
+        "--domain", default="movies", choices=sorted(WORDING), help="prompt wording"
+    )
+    parser.add_argument("--json", action="store_true", help="print JSON instead of a table")

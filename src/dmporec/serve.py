@@ -1,0 +1,368 @@
+"""HTTP service over a loaded Ranker (FastAPI): POST /v1/rank, POST /v1/explain, GET /healthz.
+
+`dmporec serve --model RUN_DIR [--host 127.0.0.1] [--port 8000] [--max-batch 8] [--batch-wait-ms 5]`
+loads the base model and merges the run's adapters once, then serves; OpenAPI docs at /docs.
+
+Batching: every /v1/rank request goes on one asyncio queue; a single worker takes the first
+waiting request, waits up to `batch_wait_ms` for more (unless `max_batch` are already there),
+and scores up to `max_batch` requests in one rank_candidates call, in a thread so the event
+loop keeps accepting requests meanwhile. `max_batch=1` (`--no-batching`) scores one at a time.
+
+Limits: history length, candidate count, title length, blank and duplicate titles are refused
+with 422 and a one-line `error` naming the field; a body over `max_body_bytes` with 413.
+"""
+
+# No `from __future__ import annotations`: FastAPI reads the request models, which are built
+# per app (their limits are the app's), from the endpoint annotations at runtime.
+
+import argparse
+import asyncio
+import contextlib
+import time
+from collections.abc import AsyncIterator, Awaitable, Callable, MutableMapping
+from typing import Annotated, Any, Literal
+
+from fastapi import FastAPI
+from fastapi.encoders import jsonable_encoder
+from fastapi.exceptions import RequestValidationError
+from fastapi.responses import JSONResponse
+from pydantic import (
+    AfterValidator,
+    BaseModel,
+    ConfigDict,
+    Field,
+    StringConstraints,
+    model_validator,
+)
+from starlette.requests import Request
+
+from dmporec.ranking import RankRequest
+from dmporec.recommend import EXPLAIN_MAX_NEW_TOKENS, Ranker, ranked_items
+from dmporec.records import DataError, normalize_title
+
+Domain = Literal["movies", "games", "books"]
+Scope = MutableMapping[str, Any]
+Message = MutableMapping[str, Any]
+Receive = Callable[[], Awaitable[Message]]
+Send = Callable[[Message], Awaitable[None]]
+
+
+class Limits(BaseModel):
+    """What one request may ask for; larger requests are refused, not truncated."""
+
+    model_config = ConfigDict(extra="forbid")
+    max_history: int = Field(50, ge=1, description="Titles in a history.")
+    max_candidates: int = Field(
+        20, ge=1, description="Candidates per request (cost grows as N(N-1) prompts)."
+    )
+    max_title_chars: int = Field(200, ge=1, description="Characters in one title.")
+    max_body_bytes: int = Field(64 * 1024, ge=1, description="Request body size (413 above).")
+    max_new_tokens: int = Field(
+        EXPLAIN_MAX_NEW_TOKENS, ge=1, description="Longest explanation, in tokens."
+    )
+
+
+class RankedItem(BaseModel):
+    rank: int
+    title: str
+    score: float = Field(description="Mean probability of being ranked first, over opponents.")
+
+
+class RankResponse(BaseModel):
+    ranked: list[RankedItem]
+    model: str
+    elapsed_ms: float
+
+
+class ExplainResponse(BaseModel):
+    title: str = Field(description="The candidate explained: the given one or the top ranked.")
+    explanation: str
+    ranked: list[RankedItem] | None = Field(None, description="The ranking, if one was needed.")
+    model: str
+    elapsed_ms: float
+
+
+class Health(BaseModel):
+    status: str
+    model: str
+    batches: int = Field(description="Scoring calls so far.")
+    requests: int = Field(description="Ranking requests scored so far.")
+
+
+def _not_blank(title: str) -> str:
+    if not title.strip():
+        raise ValueError("title is empty")
+    return title
+
+
+def request_models(limits: Limits, ranker: Ranker) -> tuple[type[BaseModel], type[BaseModel]]:
+    """The /v1/rank and /v1/explain bodies, with the app's limits in their schema."""
+    Title = Annotated[
+        str, StringConstraints(max_length=limits.max_title_chars), AfterValidator(_not_blank)
+    ]
+
+    def distinct(candidates: list[str]) -> list[str]:
+        # Compared after title cleaning: "Heat" and "Heat " are the same item to the model.
+        seen: dict[str, int] = {}
+        for i, title in enumerate(candidates):
+            clean = normalize_title(title, ranker.norm)
+            if clean in seen:
+                raise ValueError(f"duplicate candidate {title!r} (positions {seen[clean]} and {i})")
+            seen[clean] = i
+        return candidates
+
+    History = Annotated[list[Title], Field(min_length=1, max_length=limits.max_history)]
+    Candidates = Annotated[
+        list[Title],
+        Field(min_length=1, max_length=limits.max_candidates),
+        AfterValidator(distinct),
+    ]
+
+    class RankBody(BaseModel):
+        model_config = ConfigDict(extra="forbid")
+        history: History = Field(description="Titles from the user's history.")
+        candidates: Candidates = Field(description="Distinct titles to rank.")
+        top_k: int | None = Field(None, ge=1, description="Return only the best K.")
+        domain: Domain = "movies"
+
+    class ExplainBody(BaseModel):
+        model_config = ConfigDict(extra="forbid")
+        history: History
+        candidates: Candidates | None = Field(
+            None, description="Ranked first; the top is explained."
+        )
+        candidate: Title | None = Field(None, description="Or: the one title to explain.")
+        domain: Domain = "movies"
+        max_new_tokens: int = Field(limits.max_new_tokens, ge=1, le=limits.max_new_tokens)
+
+        @model_validator(mode="after")
+        def _one_target(self) -> "ExplainBody":
+            if (self.candidates is None) == (self.candidate is None):
+                raise ValueError("give either 'candidates' or 'candidate'")
+            return self
+
+    return RankBody, ExplainBody
+
+
+class Batcher:
+    """One queue, one worker: concurrent ranking requests are scored together (module docstring)."""
+
+    def __init__(self, ranker: Ranker, max_batch: int, batch_wait_ms: float) -> None:
+        self.ranker, self.max_batch, self.wait_s = ranker, max_batch, batch_wait_ms / 1000
+        self.batches = self.requests = 0
+        self._queue: asyncio.Queue[tuple[RankRequest, asyncio.Future]] | None = None
+        self._task: asyncio.Task | None = None
+
+    def start(self) -> None:
+        self._queue = asyncio.Queue()
+        self._task = asyncio.create_task(self._work())
+
+    async def stop(self) -> None:
+        if self._task is not None:
+            self._task.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._task
+
+    async def rank(self, request: RankRequest) -> list[float]:
+        if self._queue is None:
+            raise RuntimeError("the batcher is not running (app started without its lifespan?)")
+        future = asyncio.get_running_loop().create_future()
+        await self._queue.put((request, future))
+        return await future
+
+    async def _next_batch(self) -> list[tuple[RankRequest, asyncio.Future]]:
+        assert self._queue is not None
+        batch = [await self._queue.get()]
+        if self.max_batch > 1 and self._queue.qsize() < self.max_batch - 1 and self.wait_s > 0:
+            await asyncio.sleep(self.wait_s)  # let concurrent requests join this forward pass
+        while len(batch) < self.max_batch and not self._queue.empty():
+            batch.append(self._queue.get_nowait())
+        return [(r, f) for r, f in batch if not f.cancelled()]  # skip clients that left
+
+    async def _work(self) -> None:
+        while True:
+            batch = await self._next_batch()
+            if not batch:
+                continue
+            try:
+                scores = await asyncio.to_thread(self.ranker.rank, [r for r, _ in batch])
+            except Exception as e:  # every waiting request gets the error, the worker goes on
+                for _, future in batch:
+                    if not future.done():
+                        future.set_exception(e)
+                continue
+            self.batches += 1
+            self.requests += len(batch)
+            for (_, future), s in zip(batch, scores, strict=True):
+                if not future.done():
+                    future.set_result(s)
+
+
+class BodyLimit:
+    """ASGI middleware: 413 for a body over `max_bytes`, by its Content-Length header or, when
+    that is missing or wrong (chunked uploads), by the bytes actually received."""
+
+    def __init__(self, app: Callable, max_bytes: int) -> None:
+        self.app, self.max_bytes = app, max_bytes
+
+    async def _too_large(self, scope: Scope, receive: Receive, send: Send) -> None:
+        response = JSONResponse(
+            {"error": f"request body larger than {self.max_bytes} bytes"}, status_code=413
+        )
+        await response(scope, receive, send)
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http":
+            return await self.app(scope, receive, send)
+        length = dict(scope["headers"]).get(b"content-length")
+        if length is not None and (not length.isdigit() or int(length) > self.max_bytes):
+            return await self._too_large(scope, receive, send)
+        body, more = b"", True
+        while more:
+            message = await receive()
+            if message["type"] != "http.request":  # the client went away
+                return
+            body += message.get("body", b"")
+            more = message.get("more_body", False)
+            if len(body) > self.max_bytes:
+                return await self._too_large(scope, receive, send)
+        replayed = False
+
+        async def replay() -> Message:
+            nonlocal replayed
+            if not replayed:
+                replayed = True
+                return {"type": "http.request", "body": body, "more_body": False}
+            return await receive()
+
+        await self.app(scope, replay, send)
+
+
+def _describe(error: dict[str, Any]) -> str:
+    """'candidates[2]: String should have at most 200 characters' from a pydantic error."""
+    where = ""
+    for part in error["loc"][1:] if error["loc"][:1] == ("body",) else error["loc"]:
+        where += f"[{part}]" if isinstance(part, int) else f"{'.' if where else ''}{part}"
+    message = error["msg"].removeprefix("Value error, ")
+    return f"{where}: {message}" if where else message
+
+
+def create_app(
+    ranker: Ranker,
+    limits: Limits | None = None,
+    *,
+    max_batch: int = 8,
+    batch_wait_ms: float = 5.0,
+) -> FastAPI:
+    """The service around an already loaded ranker (tests inject the tiny model here)."""
+    limits = limits or Limits()
+    if max_batch < 1 or batch_wait_ms < 0:
+        raise ValueError("max_batch must be >= 1 and batch_wait_ms >= 0")
+    batcher = Batcher(ranker, max_batch, batch_wait_ms)
+    RankBody, ExplainBody = request_models(limits, ranker)
+
+    @contextlib.asynccontextmanager
+    async def lifespan(app: FastAPI) -> AsyncIterator[None]:
+        batcher.start()
+        yield
+        await batcher.stop()
+
+    app = FastAPI(
+        title="dmporec",
+        summary="Rank candidate items for a user's history with a DMPO-trained LLM.",
+        lifespan=lifespan,
+    )
+    app.add_middleware(BodyLimit, max_bytes=limits.max_body_bytes)
+    app.state.batcher = batcher
+
+    @app.exception_handler(RequestValidationError)
+    async def invalid(request: Request, exc: RequestValidationError) -> JSONResponse:
+        errors = exc.errors()
+        return JSONResponse(
+            {"error": "; ".join(map(_describe, errors)), "detail": jsonable_encoder(errors)},
+            status_code=422,
+        )
+
+    @app.exception_handler(DataError)
+    async def bad_data(request: Request, exc: DataError) -> JSONResponse:
+        return JSONResponse({"error": str(exc)}, status_code=422)
+
+    @app.get("/healthz")
+    async def healthz() -> Health:
+        return Health(
+            status="ok", model=ranker.name, batches=batcher.batches, requests=batcher.requests
+        )
+
+    @app.post("/v1/rank")
+    async def rank(body: RankBody) -> RankResponse:
+        """Rank the candidates for the history: best first, with scores in [0, 1]."""
+        start = time.perf_counter()
+        request = ranker.request(body.history, body.candidates, body.domain)
+        scores = await batcher.rank(request)
+        return RankResponse(
+            ranked=ranked_items(body.candidates, scores, body.top_k),
+            model=ranker.name,
+            elapsed_ms=round((time.perf_counter() - start) * 1000, 2),
+        )
+
+    @app.post("/v1/explain")
+    async def explain(body: ExplainBody) -> ExplainResponse:
+        """A short greedy explanation of why the top candidate (or the given one) fits the
+        history; the prompt is recommend.explain_instruction."""
+        start = time.perf_counter()
+        ranked = None
+        title = body.candidate
+        if body.candidates is not None:
+            scores = await batcher.rank(ranker.request(body.history, body.candidates, body.domain))
+            ranked = ranked_items(body.candidates, scores)
+            title = ranked[0]["title"]
+        text = await asyncio.to_thread(
+            ranker.explain, body.history, title, body.domain, body.max_new_tokens
+        )
+        return ExplainResponse(
+            title=title,
+            explanation=text,
+            ranked=ranked,
+            model=ranker.name,
+            elapsed_ms=round((time.perf_counter() - start) * 1000, 2),
+        )
+
+    return app
+
+
+def run_serve(args: argparse.Namespace) -> int:
+    """The `serve` command: load the model once, then serve until interrupted."""
+    import uvicorn
+
+    from dmporec.recommend import load_ranker
+
+    ranker = load_ranker(args.model)
+    max_batch = 1 if args.no_batching else args.max_batch
+    app = create_app(ranker, max_batch=max_batch, batch_wait_ms=args.batch_wait_ms)
+    print(
+        f"dmporec: serving {ranker.name} on http://{args.host}:{args.port} "
+        f"(docs at /docs, batches of up to {max_batch})",
+        flush=True,
+    )
+    uvicorn.run(app, host=args.host, port=args.port, log_level="warning", access_log=False)
+    return 0
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument(
+        "--model", required=True, help="run dir, stage dir, model dir or model name"
+    )
+    parser.add_argument("--host", default="127.0.0.1", help="interface to listen on")
+    parser.add_argument("--port", type=int, default=8000)
+    parser.add_argument(
+        "--max-batch", type=int, default=8, help="ranking requests scored together (default 8)"
+    )
+    parser.add_argument(
+        "--batch-wait-ms",
+        type=float,
+        default=5.0,
+        help="how long the first request waits for others to join its batch (default 5)",
+    )
+    parser.add_argument(
+        "--no-batching", action="store_true", help="score one request at a time (max-batch 1)"
+    )

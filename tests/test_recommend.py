@@ -1,0 +1,182 @@
+"""`dmporec recommend` on a tiny trained run: run/stage/model resolution, titles, users files, errors."""
+
+import json
+import shutil
+
+import pytest
+
+from dmporec.cli import main
+from dmporec.config import dump_config, load_config
+from dmporec.model import load_stage_model
+from dmporec.ranking import rank_candidates
+from dmporec.recommend import Ranker, explain_instruction, load_ranker
+
+TINY_RUN = [
+    "model.name=builtin:tiny-qwen3",
+    "data.demo={train_users: 4, valid_users: 0, test_users: 3, negatives: 2}",
+    "sft.epochs=1",
+    "sft.batch_size=4",
+    "sft.learning_rate=1e-2",
+    "dmpo.epochs=1",
+    "dmpo.batch_size=4",
+    "dmpo.k=2",
+    "eval.n_boot=10",
+    "zero_shot=false",
+]
+HISTORY = ["Haunted Manor", "Cursed Crypt II"]
+CANDIDATES = ["Wicked Asylum", "Sweet Kiss", "Quantum Nebula"]
+
+
+@pytest.fixture(scope="module")
+def run_dir(tmp_path_factory):
+    out = tmp_path_factory.mktemp("recommend") / "run"
+    assert main(["run", *TINY_RUN, f"output_dir={out}"]) == 0
+    return out
+
+
+def recommend(capsys, *args: str) -> tuple[int, str, str]:
+    code = main(["recommend", *args])
+    captured = capsys.readouterr()
+    return code, captured.out, captured.err
+
+
+def test_table_from_a_run_dir_uses_its_dmpo_stage(run_dir, capsys):
+    code, out, _ = recommend(
+        capsys,
+        "--model",
+        str(run_dir),
+        "--history",
+        *HISTORY,
+        "--candidates",
+        *CANDIDATES,
+        "--top-k",
+        "2",
+    )
+    lines = out.strip().splitlines()
+    assert code == 0 and lines[0] == f"model: {run_dir / 'dmpo'}"
+    assert lines[1].split() == ["rank", "score", "title"] and len(lines) == 4
+    assert [line.split()[0] for line in lines[2:]] == ["1", "2"]
+
+
+def test_json_scores_equal_the_stage_model(run_dir, capsys):
+    args = ["--history", *HISTORY, "--candidates", *CANDIDATES, "--json"]
+    code, out, _ = recommend(capsys, "--model", str(run_dir / "sft"), *args)
+    doc = json.loads(out)
+    assert code == 0 and doc["model"] == str(run_dir / "sft")
+    model, tok, cfg = load_stage_model(run_dir / "sft")
+    ranker = Ranker.create(model, tok, cfg, "sft")
+    expected = rank_candidates(model, ranker.encoder, [ranker.request(HISTORY, CANDIDATES)])[0]
+    got = {x["title"]: x["score"] for x in doc["ranked"]}
+    for title, score in zip(CANDIDATES, expected, strict=True):
+        assert got[title] == pytest.approx(score, abs=1e-5)
+    assert [x["rank"] for x in doc["ranked"]] == [1, 2, 3]
+
+
+def test_a_bare_model_name_ranks_zero_shot(capsys):
+    code, out, _ = recommend(
+        capsys, "--model", "builtin:tiny-qwen3", "--history", "A", "--candidates", "B", "C"
+    )
+    assert code == 0 and out.startswith("model: builtin:tiny-qwen3")
+
+
+def test_titles_are_cleaned_as_the_run_cleaned_them(run_dir, tmp_path):
+    # Default cleaning decodes HTML entities: both spellings are the same item to the model.
+    ranker = load_ranker(str(run_dir))
+    a = ranker.rank([ranker.request(HISTORY, ["Am&eacute;lie", "Up"])])[0]
+    b = ranker.rank([ranker.request(HISTORY, ["Amélie", "Up"])])[0]
+    assert a == pytest.approx(b, abs=1e-6)
+    # A run trained with strip_year: requests drop the year too.
+    copy = tmp_path / "run"
+    shutil.copytree(run_dir, copy)
+    cfg = load_config(copy / "config.yaml", ["data.title_normalization.strip_year=true"])
+    (copy / "config.yaml").write_text(dump_config(cfg))
+    request = load_ranker(str(copy)).request(["Heat (1995)"], ["Up (2009)", "Jaws"])
+    assert request.history == ("Heat",) and request.candidates == ("Up", "Jaws")
+
+
+def test_users_file(run_dir, tmp_path, capsys):
+    users = [
+        {"user": "ann", "history": HISTORY, "candidates": CANDIDATES},
+        {"user": "bob", "history": ["Sweet Kiss"], "candidates": ["Up", "Jaws"], "domain": "games"},
+        {"history": ["Up"], "candidates": ["Lonely"]},
+    ]
+    path = tmp_path / "users.json"
+    path.write_text(json.dumps(users))
+    code, out, _ = recommend(capsys, "--model", str(run_dir), "--users", str(path), "--json")
+    doc = json.loads(out)
+    assert code == 0 and [u["user"] for u in doc["users"]] == ["ann", "bob", "2"]
+    assert doc["users"][2]["ranked"] == [{"rank": 1, "title": "Lonely", "score": 1.0}]
+    _, single, _ = recommend(
+        capsys,
+        "--model",
+        str(run_dir),
+        "--history",
+        *HISTORY,
+        "--candidates",
+        *CANDIDATES,
+        "--json",
+    )
+    batched = {x["title"]: x["score"] for x in doc["users"][0]["ranked"]}
+    alone = {x["title"]: x["score"] for x in json.loads(single)["ranked"]}
+    assert batched.keys() == alone.keys()
+    for title, score in alone.items():
+        assert batched[title] == pytest.approx(score, abs=1e-5)
+    code, table, _ = recommend(capsys, "--model", str(run_dir), "--users", str(path))
+    assert code == 0 and "user ann" in table and "user bob" in table
+
+
+BAD_USERS = [
+    ('{"user": "a"}', "expected a non-empty JSON list of users"),
+    ("[1, 2", "malformed JSON"),
+    ('[{"history": ["A"], "candidates": ["B"]}, 7]', "record 1: expected an object"),
+    ('[{"history": ["A"]}]', "record 0, field 'candidates': missing"),
+    ('[{"history": "A", "candidates": ["B"]}]', "record 0, field 'history': expected a list"),
+    (
+        '[{"history": ["A"], "candidates": ["B", 3]}]',
+        "field 'candidates': expected a list of title",
+    ),
+    (
+        '[{"history": ["A"], "candidates": ["B"]}, {"history": ["A"], "candidates": ["B", "B"]}]',
+        "record 1, field 'candidates': duplicate candidate 'B'",
+    ),
+    ('[{"history": [], "candidates": ["B"]}]', "record 0, field 'history': needs at least one"),
+    ('[{"history": ["A"], "candidates": ["B"], "domain": "music"}]', "field 'domain'"),
+]
+
+
+@pytest.mark.parametrize(("text", "message"), BAD_USERS, ids=[m for _, m in BAD_USERS])
+def test_bad_users_files_name_file_entry_and_field(run_dir, tmp_path, capsys, text, message):
+    path = tmp_path / "users.json"
+    path.write_text(text)
+    code, _, err = recommend(capsys, "--model", str(run_dir), "--users", str(path))
+    assert code == 2 and "users.json" in err and message in err, err
+    assert "Traceback" not in err and len(err.strip().splitlines()) == 1
+
+
+def test_usage_errors_are_one_line(run_dir, tmp_path, capsys):
+    cases = [
+        (["--model", str(run_dir), "--history", "A"], "give --history and --candidates"),
+        (
+            ["--model", str(run_dir), "--users", "u.json", "--history", "A", "--candidates", "B"],
+            "not both",
+        ),
+        (["--model", str(tmp_path), "--history", "A", "--candidates", "B"], "not a run dir"),
+        (["--model", "/no/such/run", "--history", "A", "--candidates", "B"], "no such directory"),
+        (["--model", "builtin:nope", "--history", "A", "--candidates", "B"], "unknown builtin"),
+        (["--model", str(run_dir), "--users", str(tmp_path / "u.json")], "file not found"),
+        (
+            ["--model", str(run_dir), "--history", "A", "--candidates", "B", "--top-k", "0"],
+            "--top-k",
+        ),
+    ]
+    for args, message in cases:
+        code, _, err = recommend(capsys, *args)
+        assert code == 2 and message in err and "Traceback" not in err, (args, err)
+
+
+def test_explain_instruction_wording():
+    assert explain_instruction(["Heat"], "Up", "games") == (
+        "You are an assistant working on game recommendations. Here is the user's history of "
+        "games they have played:  <Title:Heat> . In one or two sentences, explain why the user "
+        "would enjoy playing the game  <Title:Up> ."
+    )

@@ -1,0 +1,208 @@
+"""The HTTP service on the tiny random model: answers, every refusal, batching, body limits."""
+
+import threading
+
+import pytest
+from fastapi.testclient import TestClient
+
+from dmporec.recommend import Ranker
+from dmporec.serve import Limits, create_app
+
+HISTORY = ["Haunted Manor", "Cursed Crypt II", "Galactic Starship"]
+CANDIDATES = ["Wicked Asylum", "Sweet Kiss", "Quantum Nebula"]
+
+
+@pytest.fixture(scope="module")
+def ranker(tiny, tiny_cfg):
+    return Ranker.create(tiny[0], tiny[1], tiny_cfg, "tiny")
+
+
+@pytest.fixture(scope="module")
+def client(ranker):
+    # A long batch wait, so the concurrent requests of one test do meet in a batch.
+    app = create_app(ranker, Limits(max_body_bytes=4096), max_batch=8, batch_wait_ms=100)
+    with TestClient(app) as c:
+        yield c
+
+
+def direct(ranker, history, candidates, domain="movies"):
+    """Unbatched reference: the ranker on this one request."""
+    return ranker.rank([ranker.request(history, candidates, domain)])[0]
+
+
+def test_rank_happy_path(client, ranker):
+    r = client.post("/v1/rank", json={"history": HISTORY, "candidates": CANDIDATES})
+    assert r.status_code == 200, r.text
+    body = r.json()
+    assert body["model"] == "tiny" and body["elapsed_ms"] > 0
+    ranked = body["ranked"]
+    assert [x["rank"] for x in ranked] == [1, 2, 3]
+    assert sorted(x["title"] for x in ranked) == sorted(CANDIDATES)
+    scores = [x["score"] for x in ranked]
+    assert scores == sorted(scores, reverse=True)
+    assert sum(scores) == pytest.approx(len(CANDIDATES) / 2, abs=1e-5)
+    expected = dict(zip(CANDIDATES, direct(ranker, HISTORY, CANDIDATES), strict=True))
+    for x in ranked:
+        assert x["score"] == pytest.approx(expected[x["title"]], abs=1e-4)
+
+    top = client.post(
+        "/v1/rank",
+        json={"history": HISTORY, "candidates": CANDIDATES, "top_k": 1, "domain": "games"},
+    )
+    assert top.status_code == 200 and len(top.json()["ranked"]) == 1
+    one = client.post("/v1/rank", json={"history": HISTORY, "candidates": ["Up"]}).json()
+    assert one["ranked"] == [{"rank": 1, "title": "Up", "score": 1.0}]
+
+
+def test_unicode_titles_come_back_as_sent(client, ranker):
+    cands = ["Amélie", "千と千尋の神隠し", "Pokémon ✨ Édition", "Ça 🎬"]
+    r = client.post("/v1/rank", json={"history": ["Léon", "Солярис"], "candidates": cands})
+    assert r.status_code == 200, r.text
+    got = {x["title"]: x["score"] for x in r.json()["ranked"]}
+    assert set(got) == set(cands)
+    for title, score in zip(cands, direct(ranker, ["Léon", "Солярис"], cands), strict=True):
+        assert got[title] == pytest.approx(score, abs=1e-4)
+
+
+LONG = "x" * 201
+REFUSED = [
+    ({"history": [], "candidates": ["A"]}, "history: List should have at least 1 item"),
+    ({"history": ["h"] * 51, "candidates": ["A"]}, "history: List should have at most 50 items"),
+    ({"history": ["h"], "candidates": []}, "candidates: List should have at least 1 item"),
+    (
+        {"history": ["h"], "candidates": [f"c{i}" for i in range(21)]},
+        "candidates: List should have at most 20 items",
+    ),
+    (
+        {"history": ["h"], "candidates": ["A", LONG]},
+        "candidates[1]: String should have at most 200",
+    ),
+    ({"history": [LONG], "candidates": ["A"]}, "history[0]: String should have at most 200"),
+    ({"history": ["h", ""], "candidates": ["A"]}, "history[1]: title is empty"),
+    ({"history": ["h"], "candidates": ["A", "  "]}, "candidates[1]: title is empty"),
+    (
+        {"history": ["h"], "candidates": ["Up", "B", "Up"]},
+        "candidates: duplicate candidate 'Up' (positions 0 and 2)",
+    ),
+    # The same title once cleaned (whitespace, HTML entities), as training cleaned them.
+    ({"history": ["h"], "candidates": ["Up", " Up  "]}, "duplicate candidate ' Up  '"),
+    ({"history": ["h"], "candidates": ["Amélie", "Am&eacute;lie"]}, "duplicate candidate"),
+    ({"history": ["h"], "candidates": ["A"], "domain": "music"}, "domain: Input should be"),
+    ({"history": ["h"], "candidates": ["A"], "top_k": 0}, "top_k: Input should be greater than"),
+    ({"history": ["h"]}, "candidates: Field required"),
+    ({"history": "h", "candidates": ["A"]}, "history: Input should be a valid list"),
+    ({"history": ["h"], "candidates": [3]}, "candidates[0]: Input should be a valid string"),
+    ({"history": ["h"], "candidates": ["A"], "user": "u"}, "user: Extra inputs are not permitted"),
+]
+
+
+@pytest.mark.parametrize(("body", "message"), REFUSED, ids=[m for _, m in REFUSED])
+def test_every_validation_error_is_a_clear_422(client, body, message):
+    r = client.post("/v1/rank", json=body)
+    assert r.status_code == 422, r.text
+    assert message in r.json()["error"]
+    assert "\n" not in r.json()["error"]
+
+
+def test_malformed_json_is_a_422(client):
+    r = client.post(
+        "/v1/rank", content=b'{"history": [', headers={"content-type": "application/json"}
+    )
+    assert r.status_code == 422 and "JSON decode error" in r.json()["error"]
+
+
+def test_limits_are_configurable(ranker):
+    app = create_app(ranker, Limits(max_candidates=2, max_history=1, max_title_chars=5))
+    with TestClient(app) as c:
+        r = c.post("/v1/rank", json={"history": ["a", "b"], "candidates": ["A", "B", "C"]})
+        error = r.json()["error"]
+        assert r.status_code == 422
+        assert "history: List should have at most 1 item" in error
+        assert "candidates: List should have at most 2 items" in error
+        r = c.post("/v1/rank", json={"history": ["abcdef"], "candidates": ["A"]})
+        assert "history[0]: String should have at most 5 characters" in r.json()["error"]
+
+
+def test_bodies_over_the_limit_are_413(client):
+    big = {"history": ["h" * 150] * 30, "candidates": ["A"]}  # ~4.6 KB > 4096
+    r = client.post("/v1/rank", json=big)
+    assert r.status_code == 413 and "4096 bytes" in r.json()["error"]
+    # Chunked upload: no Content-Length, the bytes received are counted.
+    chunks = iter([b'{"history": ["' + b"h" * 3000, b"h" * 3000 + b'"], "candidates": ["A"]}'])
+    r = client.post("/v1/rank", content=chunks, headers={"content-type": "application/json"})
+    assert r.status_code == 413
+    r = client.post(
+        "/v1/rank",
+        content=b"{}",
+        headers={"content-type": "application/json", "content-length": "999999"},
+    )
+    assert r.status_code == 413
+    # A chunked body under the limit goes through.
+    ok = iter([b'{"history": ["Heat"], ', b'"candidates": ["Up"]}'])
+    r = client.post("/v1/rank", content=ok, headers={"content-type": "application/json"})
+    assert r.status_code == 200, r.text
+
+
+def test_healthz_and_docs(client):
+    health = client.get("/healthz").json()
+    assert health["status"] == "ok" and health["model"] == "tiny"
+    assert client.get("/docs").status_code == 200
+    paths = client.get("/openapi.json").json()["paths"]
+    assert {"/v1/rank", "/v1/explain", "/healthz"} <= set(paths)
+
+
+def test_explain(client, ranker):
+    r = client.post(
+        "/v1/explain", json={"history": HISTORY, "candidates": CANDIDATES, "max_new_tokens": 8}
+    )
+    assert r.status_code == 200, r.text
+    body = r.json()
+    assert body["title"] == body["ranked"][0]["title"] and isinstance(body["explanation"], str)
+    assert len(ranker.tokenizer(body["explanation"])["input_ids"]) <= 8 + 2
+    single = client.post("/v1/explain", json={"history": HISTORY, "candidate": "Sweet Kiss"})
+    assert single.status_code == 200 and single.json()["title"] == "Sweet Kiss"
+    assert single.json()["ranked"] is None
+    for bad, message in (
+        ({"history": HISTORY}, "give either 'candidates' or 'candidate'"),
+        ({"history": HISTORY, "candidate": "A", "candidates": ["B"]}, "give either"),
+        ({"history": HISTORY, "candidate": "A", "max_new_tokens": 10_000}, "max_new_tokens"),
+        ({"history": HISTORY, "candidates": ["A", "A"]}, "duplicate candidate 'A'"),
+    ):
+        r = client.post("/v1/explain", json=bad)
+        assert r.status_code == 422 and message in r.json()["error"], r.text
+
+
+def test_concurrent_requests_are_batched_and_equal_unbatched_scores(client, ranker):
+    users = [
+        (HISTORY[: 1 + i % 3], [f"{c} {i}" for c in CANDIDATES[: 2 + i % 2]]) for i in range(12)
+    ]
+    before = client.get("/healthz").json()
+    results: dict[int, dict] = {}
+
+    def ask(i: int) -> None:
+        history, cands = users[i]
+        results[i] = client.post("/v1/rank", json={"history": history, "candidates": cands}).json()
+
+    threads = [threading.Thread(target=ask, args=(i,)) for i in range(len(users))]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    for i, (history, cands) in enumerate(users):
+        got = {x["title"]: x["score"] for x in results[i]["ranked"]}
+        for title, score in zip(cands, direct(ranker, history, cands), strict=True):
+            assert got[title] == pytest.approx(score, abs=1e-4)
+    after = client.get("/healthz").json()
+    assert after["requests"] - before["requests"] == len(users)
+    assert after["batches"] - before["batches"] < len(users)  # some requests shared a forward
+
+
+def test_no_batching_scores_one_request_per_call(ranker):
+    with TestClient(create_app(ranker, max_batch=1)) as c:
+        for _ in range(3):
+            assert (
+                c.post("/v1/rank", json={"history": HISTORY, "candidates": CANDIDATES}).status_code
+                == 200
+            )
+        health = c.get("/healthz").json()
+        assert health["batches"] == health["requests"] == 3
