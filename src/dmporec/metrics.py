@@ -1,14 +1,19 @@
-"""Pairwise ranking metrics on (chosen, rejected) scores, with bootstrap confidence intervals.
+"""Ranking metrics: pairwise, per-user, paired model comparison and listwise, with bootstrap CIs.
 
-For each test pair, `chosen` is the model's score (summed log-prob) of the answer that ranks the
-positive first and `rejected` the score of the reversed answer.
+Pairwise: for each test pair, `chosen` is the model's score (summed log-prob) of the answer that
+ranks the positive first and `rejected` the score of the reversed answer; a scorer of single
+items (the baselines) gives chosen = score(positive), rejected = score(negative).
+Listwise: each user's positive is ranked among N candidates (see dmporec.listwise); the metrics
+take the positive's 1-based rank.
 """
 
 from __future__ import annotations
 
 from collections.abc import Callable
+from typing import Literal
 
 import numpy as np
+from scipy.stats import binom
 from sklearn.metrics import roc_auc_score
 
 Array = np.ndarray
@@ -119,4 +124,183 @@ def pairwise_report(
         out["first_listed_rate"] = first_listed_rate(chosen, rejected, pf)
         out["accuracy_positive_listed_first"] = pairwise_accuracy(chosen[pf], rejected[pf])
         out["accuracy_positive_listed_second"] = pairwise_accuracy(chosen[~pf], rejected[~pf])
+    return out
+
+
+# ---------------------------------------------------------------- per user, and two models compared
+
+
+def pair_correct(chosen: Array, rejected: Array) -> Array:
+    """[n] per-pair correctness: 1.0 where chosen > rejected, 0.5 on a tie, 0.0 otherwise (a NaN
+    score compares as a loss). Its mean is `pairwise_accuracy`; it is the input of `paired_test`."""
+    chosen, rejected = np.asarray(chosen, float), np.asarray(rejected, float)
+    return (chosen > rejected) + 0.5 * (chosen == rejected)
+
+
+def grouped_auc(users: Array, chosen: Array, rejected: Array) -> float:
+    """Per-user AUC averaged over users (RecBole's GAUC, on pairwise data).
+
+    A user's AUC is the share of their pairs ranked right, mean over the user's pairs of
+    1[chosen > rejected] + 1/2 * 1[chosen == rejected]; the result is the plain mean of those
+    per-user values, so each user weighs the same however many pairs they have (RecBole weights
+    a user by their number of positives; with one positive per user, as in our records, the two
+    agree). Users with no pairs do not appear and are ignored. A NaN score loses its pair, as in
+    `pairwise_accuracy`. NaN for no pairs. With one pair per user it equals `pairwise_accuracy`.
+    """
+    right = pair_correct(chosen, rejected)
+    if right.size == 0:
+        return float("nan")
+    _, group = np.unique(np.asarray(users), return_inverse=True)
+    return float(np.mean(np.bincount(group, weights=right) / np.bincount(group)))
+
+
+def mcnemar_exact(a_better: int, b_better: int) -> float:
+    """Two-sided exact McNemar p-value on the discordant pairs: under H0 each favours A or B
+    with probability 1/2, so p = min(1, 2 * P[Binomial(n, 1/2) <= min(a_better, b_better)]),
+    n = a_better + b_better. 1.0 when no pair is discordant."""
+    n = a_better + b_better
+    if n == 0:
+        return 1.0
+    return float(min(1.0, 2 * binom.cdf(min(a_better, b_better), n, 0.5)))
+
+
+def paired_test(
+    correct_a: Array, correct_b: Array, *, n_boot: int = 1000, seed: int = 0, level: float = 0.95
+) -> dict[str, float]:
+    """Two models on the same pairs: exact McNemar test and paired bootstrap CI of the difference.
+
+    `correct_a[i]`, `correct_b[i]` say how right each model was on pair i: 1 right, 0 wrong,
+    0.5 tie (`pair_correct`). A pair is discordant when the two differ; `a_better` counts those
+    where A's value is the higher (a tie against a wrong answer counts for the tie), and
+    `p_value = mcnemar_exact(a_better, b_better)`. `difference` = accuracy A - accuracy B; its CI
+    is the percentile bootstrap over pairs, each resample taking both models' values of a pair
+    together (seeded), so it keeps the pairing. For no pairs: NaN accuracies, difference and CI,
+    p = 1. Raises ValueError when the shapes differ.
+    """
+    a, b = np.asarray(correct_a, float), np.asarray(correct_b, float)
+    if a.shape != b.shape:
+        raise ValueError(f"correct_a has shape {a.shape}, correct_b {b.shape}")
+    nan = float("nan")
+    a_better, b_better = int(np.sum(a > b)), int(np.sum(a < b))
+    low, high = bootstrap_ci(
+        lambda x, y: float(np.mean(x - y)), a, b, n_boot=n_boot, seed=seed, level=level
+    )
+    return {
+        "pairs": int(a.size),
+        "accuracy_a": float(a.mean()) if a.size else nan,
+        "accuracy_b": float(b.mean()) if b.size else nan,
+        "difference": float(np.mean(a - b)) if a.size else nan,
+        "difference_ci_low": low,
+        "difference_ci_high": high,
+        "a_better": a_better,
+        "b_better": b_better,
+        "p_value": mcnemar_exact(a_better, b_better),
+    }
+
+
+# ---------------------------------------------------------------- listwise
+
+Tie = Literal["mean", "optimistic", "pessimistic"]
+
+
+def rank_of_positive(scores: Array, positive_index: int, tie: Tie = "mean") -> float:
+    """1-based rank of the positive among N candidate scores, higher score = better.
+
+    With h candidates scoring higher than the positive and t others scoring the same:
+    "mean" gives 1 + h + t/2, the expected rank when ties are broken uniformly at random;
+    "optimistic" gives 1 + h and "pessimistic" 1 + h + t. Raises ValueError on a NaN score: a
+    scorer that cannot score a candidate should say so rather than have it ranked silently.
+    """
+    scores = np.asarray(scores, float)
+    if np.isnan(scores).any():
+        raise ValueError("NaN in candidate scores")
+    higher = int(np.sum(scores > scores[positive_index]))
+    ties = ties_with_positive(scores, positive_index)
+    offsets = {"mean": ties / 2, "optimistic": 0, "pessimistic": ties}
+    if tie not in offsets:
+        raise ValueError(f"tie must be one of {list(offsets)}, got {tie!r}")
+    return 1 + higher + offsets[tie]
+
+
+def ties_with_positive(scores: Array, positive_index: int) -> int:
+    """How many other candidates score exactly the positive's score."""
+    scores = np.asarray(scores, float)
+    return int(np.sum(scores == scores[positive_index])) - 1
+
+
+def _expected_gain(gain: Callable[[Array], Array], ranks: Array, ties: Array | None) -> float:
+    """Mean over users of gain(rank), or of its expectation over the tied positions."""
+    ranks = np.asarray(ranks, float)
+    if ranks.size == 0:
+        return float("nan")
+    if np.isnan(ranks).any():
+        return float("nan")
+    if ties is None:
+        return float(np.mean(gain(ranks)))
+    ties = np.asarray(ties, float)
+    first, last = ranks - ties / 2, ranks + ties / 2
+    if (first < 1).any() or not np.allclose(first, np.round(first)):
+        raise ValueError("with ties, ranks must be expected ranks: rank_of_positive(tie='mean')")
+    first, last = np.round(first).astype(int), np.round(last).astype(int)
+    cumulative = np.r_[0.0, np.cumsum(gain(np.arange(1, last.max() + 1, dtype=float)))]
+    return float(np.mean((cumulative[last] - cumulative[first - 1]) / (ties + 1)))
+
+
+def hit_ratio_at_k(ranks: Array, k: int, ties: Array | None = None) -> float:
+    """HR@k: mean over users of 1[rank <= k] (one positive per user, so also recall@k).
+
+    `ranks[u]` is the 1-based rank of user u's positive among their candidates. Without `ties`
+    the ranks are used as given. With `ties[u]`, the number of candidates scored equal to the
+    positive, the ranks must be expected ranks (`rank_of_positive(tie="mean")`): the positive's
+    rank is then taken as uniform over the ties+1 positions centred on ranks[u], and the metric
+    is the expectation, i.e. the average over all random tie-breaks. (Plugging the expected rank
+    into 1[rank <= k] instead would be biased: 20 tied candidates give rank 10.5, HR@1 = 0, while
+    random tie-breaking gives 1/20.) NaN for no users; a NaN rank makes the result NaN.
+    """
+    return _expected_gain(lambda r: (r <= k).astype(float), ranks, ties)
+
+
+def ndcg_at_k(ranks: Array, k: int, ties: Array | None = None) -> float:
+    """NDCG@k with one relevant item: mean over users of 1[rank <= k] / log2(rank + 1) (the
+    ideal DCG is 1/log2(2) = 1). `ranks`, `ties` and NaN as in `hit_ratio_at_k`."""
+    return _expected_gain(lambda r: (r <= k) / np.log2(r + 1), ranks, ties)
+
+
+def mrr(ranks: Array, ties: Array | None = None) -> float:
+    """MRR: mean over users of 1 / rank. `ranks`, `ties` and NaN as in `hit_ratio_at_k`."""
+    return _expected_gain(lambda r: 1.0 / r, ranks, ties)
+
+
+def listwise_report(
+    ranks: Array,
+    ties: Array | None = None,
+    *,
+    hr_ks: tuple[int, ...] = (1, 5),
+    ndcg_ks: tuple[int, ...] = (5, 10),
+    seed: int = 0,
+    n_boot: int = 1000,
+) -> dict[str, float]:
+    """HR@k, NDCG@k, MRR and the mean rank, each with its 95% bootstrap CI (users resampled with
+    their ties), as one flat dict (JSON-ready). `ranks` and `ties` as in `hit_ratio_at_k`."""
+    arrays = [np.asarray(ranks, float)]
+    if ties is not None:
+        arrays.append(np.asarray(ties, float))
+
+    def with_ties(fn: Callable[[Array, Array | None], float]) -> Callable[..., float]:
+        # bootstrap_ci passes (ranks,) or (ranks, ties), resampled together
+        return lambda *a: fn(a[0], a[1] if len(a) > 1 else None)
+
+    metrics: dict[str, Callable[..., float]] = {}
+    for k in hr_ks:
+        metrics[f"hr@{k}"] = with_ties(lambda r, t, k=k: hit_ratio_at_k(r, k, t))
+    for k in ndcg_ks:
+        metrics[f"ndcg@{k}"] = with_ties(lambda r, t, k=k: ndcg_at_k(r, k, t))
+    metrics["mrr"] = with_ties(mrr)
+    metrics["mean_rank"] = with_ties(lambda r, t: float(np.mean(r)) if r.size else float("nan"))
+    out: dict[str, float] = {"users": int(arrays[0].size)}
+    for name, fn in metrics.items():
+        out[name] = fn(*arrays)
+        out[f"{name}_ci_low"], out[f"{name}_ci_high"] = bootstrap_ci(
+            fn, *arrays, n_boot=n_boot, seed=seed
+        )
     return out

@@ -1,0 +1,189 @@
+"""Classic baselines on the authors' files: random, popularity, BPR-MF, MiniLM embedding similarity.
+
+    .venv/bin/python benchmarks/baselines.py [--n 20] [--seed 0] [--n-boot 1000]
+
+For each dataset (rec_Amazon_Movie_*, rec_data_ml_1m_* in ../shared/data/dmpo, or --data):
+- Titles: HTML entities decoded, whitespace collapsed; for MovieLens-1M also strip_year=True,
+  because the authors' train files drop the release year that the test file keeps.
+- Fit: popularity and BPR-MF read the histories of the 100 training users (*_sft_ranking.json)
+  and of the 1000 test users (*_eval_ranking.json): a test history is the model's input at test
+  time, never a label, and 100 histories alone leave most test titles unseen. No positive or
+  negative target is ever read by a fit. Random and the embedding model need no fit.
+- Pairwise: the 1000 test pairs; chosen = score(positive), rejected = score(negative);
+  metrics.pairwise_report (95% bootstrap CIs) and grouped AUC (each test user has one pair
+  in these files, so it equals accuracy). Each model is compared with popularity on the same
+  pairs (metrics.paired_test: difference in accuracy with its paired-bootstrap CI, McNemar p).
+- Listwise: each test user's positive among N=20 candidates, listwise.candidate_sets: 19 titles
+  sampled uniformly from the catalog (every title of the training and test records: histories,
+  positives, negatives) that the user never rated, seeded per user. Sampled-negative metrics, not
+  full-catalog ranking (see dmporec.listwise). Ties are averaged over random tie-breaks.
+- Times: "fit s" of the embedding model is loading it and encoding every title it will score
+  once (cached); "score s" is scoring the pairs and the candidate sets.
+Prints a markdown table per dataset and writes benchmarks/results/baselines.json.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import platform
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+
+from dmporec.baselines import (
+    BPRMF,
+    EmbeddingSimilarity,
+    Popularity,
+    RandomScorer,
+    Scorer,
+    minilm_encoder,
+    pair_scores,
+    positive_ranks,
+)
+from dmporec.data import load_records
+from dmporec.listwise import CandidateSet, candidate_sets, default_catalog
+from dmporec.metrics import (
+    grouped_auc,
+    listwise_report,
+    pair_correct,
+    paired_test,
+    pairwise_report,
+)
+from dmporec.records import Record, TitleNormalization, atomic_write_text
+
+ROOT = Path(__file__).resolve().parents[1]
+RESULTS = ROOT / "benchmarks" / "results" / "baselines.json"
+DATASETS = {
+    "Amazon Movies and TV": ("rec_Amazon_Movie", TitleNormalization()),
+    "MovieLens-1M": ("rec_data_ml_1m", TitleNormalization(strip_year=True)),
+}
+
+
+def evaluate(
+    scorer: Scorer, test: list[Record], sets: list[CandidateSet], seed: int, n_boot: int
+) -> tuple[dict, np.ndarray]:
+    """Pairwise and listwise metrics of one scorer, and its per-pair correctness."""
+    start = time.perf_counter()
+    users, chosen, rejected = pair_scores(scorer, test)
+    ranks, ties = positive_ranks(scorer, test, sets)
+    score_s = time.perf_counter() - start
+    metrics = pairwise_report(chosen, rejected, seed=seed, n_boot=n_boot)
+    metrics["grouped_auc"] = grouped_auc(users, chosen, rejected)
+    metrics.update(listwise_report(ranks, ties, seed=seed, n_boot=n_boot))
+    metrics["score_s"] = round(score_s, 1)
+    return metrics, pair_correct(chosen, rejected)
+
+
+def run_dataset(
+    data: Path, prefix: str, norm: TitleNormalization, args: argparse.Namespace
+) -> dict:
+    train = load_records(data / f"{prefix}_sft_ranking.json", norm)
+    test = load_records(data / f"{prefix}_eval_ranking.json", norm)
+    catalog = default_catalog([*train, *test])
+    sets = candidate_sets(test, n=args.n, seed=args.seed, catalog=catalog)
+
+    def fit_embedding() -> EmbeddingSimilarity:
+        emb = EmbeddingSimilarity(minilm_encoder())  # every title it will score, in big batches
+        histories = {i.title for r in test for i in r.history}
+        pairs = {t for r in test for t in (r.positive.title, *(n.title for n in r.negatives))}
+        emb.embed(sorted(histories | pairs | {t for titles, _ in sets for t in titles}))
+        return emb
+
+    fits = {
+        "random": lambda: RandomScorer(args.seed),
+        "popularity": lambda: Popularity.fit([*train, *test]),
+        "BPR-MF": lambda: BPRMF.fit([*train, *test], seed=args.seed),
+        "embedding (MiniLM)": fit_embedding,
+    }
+    rows, correct = [], {}
+    for name, fit in fits.items():
+        start = time.perf_counter()
+        scorer = fit()
+        fit_s = time.perf_counter() - start
+        metrics, correct[name] = evaluate(scorer, test, sets, args.seed, args.n_boot)
+        metrics["fit_s"] = round(fit_s, 1)
+        rows.append({"model": name, "metrics": metrics})
+        print(f"  {name}: fit {fit_s:.1f} s, score {metrics['score_s']} s", flush=True)
+    for row in rows:
+        row["vs_popularity"] = paired_test(
+            correct[row["model"]], correct["popularity"], seed=args.seed, n_boot=args.n_boot
+        )
+    return {
+        "train_users": len(train),
+        "test_pairs": len(test),
+        "catalog_titles": len(catalog),
+        "normalization": norm.model_dump(),
+        "rows": rows,
+        "table": table(rows),
+    }
+
+
+def table(rows: list[dict]) -> str:
+    def ci(m: dict, key: str) -> str:
+        return f"{m[key]:.3f} [{m[f'{key}_ci_low']:.3f}, {m[f'{key}_ci_high']:.3f}]"
+
+    head = (
+        "| model | pairs | accuracy [95% CI] | AUC coin-flip | AUC stable | GAUC | "
+        "acc - popularity [95% CI], McNemar p | HR@1 | HR@5 [95% CI] | NDCG@5 | NDCG@10 | MRR "
+        "| fit s | score s |\n" + "|---" * 14 + "|"
+    )
+    lines = [head]
+    for row in rows:
+        m, vs = row["metrics"], row["vs_popularity"]
+        diff = (
+            "-"
+            if row["model"] == "popularity"
+            else f"{vs['difference']:+.3f} [{vs['difference_ci_low']:+.3f}, "
+            f"{vs['difference_ci_high']:+.3f}], p={vs['p_value']:.2g}"
+        )
+        cells = [
+            row["model"],
+            str(m["pairs"]),
+            ci(m, "accuracy"),
+            f"{m['auc']:.3f}",
+            f"{m['auc_stable']:.3f}",
+            f"{m['grouped_auc']:.3f}",
+            diff,
+            f"{m['hr@1']:.3f}",
+            ci(m, "hr@5"),
+            f"{m['ndcg@5']:.3f}",
+            f"{m['ndcg@10']:.3f}",
+            f"{m['mrr']:.3f}",
+            f"{m['fit_s']}",
+            f"{m['score_s']}",
+        ]
+        lines.append("| " + " | ".join(cells) + " |")
+    return "\n".join(lines)
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
+    parser.add_argument("--data", type=Path, default=ROOT.parent / "shared" / "data" / "dmpo")
+    parser.add_argument("--n", type=int, default=20, help="candidates per listwise set")
+    parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--n-boot", type=int, default=1000)
+    args = parser.parse_args()
+    start = time.perf_counter()
+    result = {
+        "date": time.strftime("%Y-%m-%d"),
+        "command": " ".join(["python", "benchmarks/baselines.py", *sys.argv[1:]]),
+        "machine": f"{platform.machine()}, Python {platform.python_version()}",
+        "args": {k: str(v) for k, v in vars(args).items()},
+        "datasets": {},
+    }
+    for name, (prefix, norm) in DATASETS.items():
+        print(f"{name}:", flush=True)
+        result["datasets"][name] = run_dataset(args.data, prefix, norm, args)
+        print(f"\n### {name}\n\n{result['datasets'][name]['table']}\n", flush=True)
+    result["wall_s"] = round(time.perf_counter() - start, 1)
+    atomic_write_text(RESULTS, json.dumps(result, indent=2) + "\n")
+    print(f"{result['wall_s']} s in all; wrote {RESULTS}")
+
+
+if __name__ == "__main__":
+    main()
