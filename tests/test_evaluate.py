@@ -86,3 +86,27 @@ def test_pipeline_on_the_valid_split(tmp_path, capsys):
     assert not (out / "dmpo/eval").exists()
     summary = json.loads((out / "dmpo/summary.json").read_text())
     assert summary["users"] == 4 and summary["final_loss"] > 0  # 6 - 2 held out
+
+
+def test_listwise_evaluation_ranks_sampled_candidate_sets(tmp_path, capsys):
+    from dmporec.cli import main
+
+    out = tmp_path / "run"
+    args = [
+        "model.name=builtin:tiny-qwen3",
+        "data.demo={train_users: 2, valid_users: 0, test_users: 4, negatives: 1}",
+        "eval.listwise=4",
+        "eval.n_boot=20",
+        f"output_dir={out}",
+    ]
+    assert main(["evaluate", "--stage", "zero_shot", *args]) == 0
+    ev = json.loads((out / "zero_shot/eval.json").read_text())
+    assert ev["list4_users"] == 4 and 0 <= ev["list4_hr@1"] <= ev["list4_hr@5"] == 1.0
+    assert 1 <= ev["list4_mean_rank"] <= 4 and 0 <= ev["grouped_auc"] <= 1
+    lists = [json.loads(x) for x in (out / "zero_shot/lists.jsonl").read_text().splitlines()]
+    for row in lists:
+        assert len(row["candidates"]) == 4 and len(set(row["candidates"])) == 4
+        assert sum(row["scores"]) == pytest.approx(2.0)  # N/2: every prompt hands out 1
+    capsys.readouterr()
+    assert main(["evaluate", "--stage", "zero_shot", *args]) == 0  # reused, not rescored
+    assert "metrics from the 4 pairs scored" in capsys.readouterr().out

@@ -14,9 +14,17 @@ from tqdm.auto import tqdm
 
 from dmporec.config import EvalConfig, RunConfig
 from dmporec.data import stage_records
-from dmporec.metrics import pairwise_report
+from dmporec.listwise import candidate_sets
+from dmporec.metrics import (
+    grouped_auc,
+    listwise_report,
+    pairwise_report,
+    rank_of_positive,
+    ties_with_positive,
+)
 from dmporec.model import ModelConfig, load_base_model, load_stage_model, load_tokenizer
 from dmporec.prompts import positive_listed_first
+from dmporec.ranking import PairEncoder, RankRequest, rank_candidates
 from dmporec.records import Record, atomic_write_text
 from dmporec.scoring import score_groups
 from dmporec.stages.common import encoder, write_summary
@@ -67,6 +75,41 @@ def score_pairs(
     return rows
 
 
+@torch.no_grad()
+def score_lists(
+    model: torch.nn.Module,
+    tokenizer: Any,
+    model_cfg: ModelConfig,
+    records: list[Record],
+    ec: EvalConfig,
+    desc: str = "rank lists",
+) -> list[dict[str, Any]]:
+    """One row per test user: `ec.listwise` candidates (listwise.candidate_sets: the positive and
+    sampled titles the user never rated), their scores from ranking.rank_candidates (every pair
+    asked in both listing orders) and the positive's index."""
+    chat = encoder(tokenizer, model_cfg, 0).chat
+    pair_encoder = PairEncoder(tokenizer, chat)
+    model.eval()
+    rows = []
+    sets = candidate_sets(records, n=ec.listwise, seed=ec.seed)
+    for record, (titles, pos) in tqdm(
+        list(zip(records, sets, strict=True)), desc=desc, unit="user"
+    ):
+        request = RankRequest(tuple(i.title for i in record.history), tuple(titles), record.domain)
+        (scores,) = rank_candidates(
+            model, pair_encoder, [request], method=ec.scorer, max_batch_tokens=ec.max_batch_tokens
+        )
+        rows.append(
+            {
+                "user_id": record.user_id,
+                "candidates": titles,
+                "positive_index": pos,
+                "scores": scores,
+            }
+        )
+    return rows
+
+
 def markdown_row(name: str, m: dict[str, Any]) -> str:
     return (
         f"| {name} | {m['pairs']} | {m['accuracy']:.3f} [{m['accuracy_ci_low']:.3f}, {m['accuracy_ci_high']:.3f}] "
@@ -82,7 +125,11 @@ MD_HEADER = (
 
 
 def write_eval(
-    rows: list[dict[str, Any]], ec: EvalConfig, out_dir: Path, name: str
+    rows: list[dict[str, Any]],
+    ec: EvalConfig,
+    out_dir: Path,
+    name: str,
+    lists: list[dict[str, Any]] | None = None,
 ) -> dict[str, Any]:
     """Metrics of scored pairs; writes predictions.jsonl, eval.json and eval.md to `out_dir`.
 
@@ -102,6 +149,7 @@ def write_eval(
         np.array([r["positive_listed_first"] for r in rows]),
         n_boot=10,
     )
+    metrics["grouped_auc"] = grouped_auc(np.array([r["user_id"] for r in rows]), chosen, rejected)
     metrics["orders"] = ec.orders
     for key in (
         "first_listed_rate",
@@ -111,6 +159,12 @@ def write_eval(
         metrics[key] = listed[key]
     if both:
         metrics["accuracy_listed_order"] = listed["accuracy"]
+    if lists:
+        ranks = [rank_of_positive(r["scores"], r["positive_index"]) for r in lists]
+        ties = [ties_with_positive(r["scores"], r["positive_index"]) for r in lists]
+        report = listwise_report(ranks, ties, seed=ec.seed, n_boot=ec.n_boot)
+        metrics.update({f"list{len(lists[0]['candidates'])}_{k}": v for k, v in report.items()})
+        atomic_write_text(out_dir / "lists.jsonl", "".join(json.dumps(r) + "\n" for r in lists))
     atomic_write_text(out_dir / "predictions.jsonl", "".join(json.dumps(r) + "\n" for r in rows))
     atomic_write_text(
         out_dir / "eval.json", json.dumps({"model": name, **metrics}, indent=2) + "\n"
@@ -133,7 +187,10 @@ def evaluate(
     rows = score_pairs(
         model, tokenizer, model_cfg, records, ec, prompt_seed, desc=f"evaluate {name}"
     )
-    return write_eval(rows, ec, out_dir, name)
+    lists = None
+    if ec.listwise:
+        lists = score_lists(model, tokenizer, model_cfg, records, ec, desc=f"rank lists {name}")
+    return write_eval(rows, ec, out_dir, name, lists)
 
 
 def _saved_rows(path: Path, records: list[Record], orders: str) -> list[dict[str, Any]] | None:
@@ -145,6 +202,15 @@ def _saved_rows(path: Path, records: list[Record], orders: str) -> list[dict[str
     if [(r["user_id"], r["negative"]) for r in rows] != wanted:
         return None
     return rows if orders == "listed" or all("chosen_logp_swapped" in r for r in rows) else None
+
+
+def _saved_lists(path: Path, records: list[Record], ec: EvalConfig) -> list[dict[str, Any]] | None:
+    """Ranked lists saved by an earlier run, if they are this run's users and candidate sets."""
+    if not ec.listwise or not path.is_file():
+        return None
+    rows = [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
+    wanted = [titles for titles, _ in candidate_sets(records, n=ec.listwise, seed=ec.seed)]
+    return rows if [r["candidates"] for r in rows] == wanted else None
 
 
 def stage_dirs(cfg: RunConfig, stage: str) -> tuple[Path, Path]:
@@ -170,12 +236,13 @@ def run_evaluate(cfg: RunConfig, stage: str) -> dict[str, Any]:
         return json.loads(done.read_text())
     records = stage_records(cfg.data, "eval" if cfg.eval.split == "test" else "valid")
     saved = _saved_rows(out / "predictions.jsonl", records, cfg.eval.orders)
-    if saved is not None:
+    saved_lists = _saved_lists(out / "lists.jsonl", records, cfg.eval)
+    if saved is not None and (saved_lists is not None or not cfg.eval.listwise):
         print(
             f"evaluate: metrics from the {len(saved)} pairs scored in {out / 'predictions.jsonl'} "
             "(delete it to score again)"
         )
-        metrics = write_eval(saved, cfg.eval, out, stage_dir.name)
+        metrics = write_eval(saved, cfg.eval, out, stage_dir.name, saved_lists)
         state.wait_for_everyone()
         return metrics
     start = time.perf_counter()
