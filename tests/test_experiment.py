@@ -47,12 +47,22 @@ cells:
     lineage = json.loads((tmp_path / "exp/k3-beta/dmpo/lineage.json").read_text())
     assert any("k2" in p for p in lineage["merged_adapters"])
 
+    assert main(["report", str(tmp_path / "exp")]) == 0
+    report = (tmp_path / "exp/report.md").read_text()
+    assert "| k2: DMPO (k=2) | 9 |" in report and "Evaluated on the valid split." in report
+    for png in ("report_models.png", "report_k.png", "report_training.png"):
+        assert (tmp_path / "exp" / png).stat().st_size > 1000, png
+        assert f"]({png})" in report
+    capsys.readouterr()
+
     assert main(["experiment", "--config", path]) == 0  # everything done: skipped
     assert capsys.readouterr().out.count("skipped") == 3
     assert len((tmp_path / "exp/results.jsonl").read_text().splitlines()) == 4
 
 
 def test_bad_experiment_files_are_named(tmp_path, capsys):
+    assert main(["report", str(tmp_path)]) == 2
+    assert "neither results.jsonl" in capsys.readouterr().err
     path = write(
         tmp_path, "base: ROOT/configs/tiny.yaml\noutput_dir: OUT\ncells: [{name: a, sft_from: b}]\n"
     )

@@ -1,4 +1,4 @@
-"""The `dmporec` command: prepare | sft | dmpo | evaluate | run | experiment | recommend | serve | export."""
+"""The `dmporec` command: prepare | sft | dmpo | evaluate | run | experiment | report | recommend | serve | export."""
 
 from __future__ import annotations
 
@@ -71,6 +71,9 @@ def _parser() -> argparse.ArgumentParser:
     )
     p.add_argument("--config", "-c", required=True, help="experiment YAML (see configs/sweep-*)")
     p.add_argument("overrides", nargs="*", metavar="key=value")
+    text = "write RUN_DIR/report.md with tables and plots of a run or an experiment"
+    p = sub.add_parser("report", help=text, description=text)
+    p.add_argument("run_dir", metavar="RUN_DIR", help="a `run` or `experiment` output directory")
     _add_model_commands(sub)
     return parser
 
@@ -131,6 +134,11 @@ def main(argv: list[str] | None = None) -> int:
             from dmporec.stages import prepare
 
             return prepare.run(args)
+        if args.command == "report":
+            from dmporec.report import write_report
+
+            print(f"report: {write_report(args.run_dir)}")
+            return 0
         if args.command == "experiment":
             from dmporec.stages.experiment import run_experiment
 
