@@ -169,6 +169,10 @@ def run_cell(exp: Experiment, cell: Cell, extra: list[str] | None = None) -> lis
 def run_experiment(path: str, extra: list[str] | None = None) -> str:
     """Run every cell not yet in results.jsonl; return the table of all cells."""
     exp = load_experiment(path)
+    extra = list(extra or [])
+    for item in [x for x in extra if x.startswith("output_dir=")]:  # moves the whole experiment
+        exp.output_dir = item.split("=", 1)[1]
+        extra.remove(item)
     out = Path(exp.output_dir)
     out.mkdir(parents=True, exist_ok=True)
     results = out / "results.jsonl"
