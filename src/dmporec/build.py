@@ -34,6 +34,7 @@ from pydantic import BaseModel, ConfigDict, Field, model_validator
 from tqdm import tqdm
 
 from dmporec.alpaca import write_alpaca
+from dmporec.listwise import sample_unrated
 from dmporec.raw import SOURCES, LineErrors, readers
 from dmporec.records import (
     DOMAINS,
@@ -148,24 +149,6 @@ def _coin(seed: int, user: str, i: int) -> bool:
     return random.Random(f"{seed}:order:{user}:{i}").random() < 0.5
 
 
-def _sample_list(catalog: list[str], exclude: set[str], n: int, seed: int, user: str) -> list[str]:
-    """`n` distinct catalog titles the user never rated, seeded per user."""
-    if len(catalog) - len(exclude) < n:
-        raise DataError(
-            f"the catalog has {len(catalog)} titles; too few to sample {n} unseen ones per user "
-            "(lower list_negatives)"
-        )
-    rng = random.Random(f"{seed}:list:{user}")
-    picked: list[str] = []
-    seen = set(exclude)
-    while len(picked) < n:
-        title = catalog[rng.randrange(len(catalog))]
-        if title not in seen:
-            seen.add(title)
-            picked.append(title)
-    return picked
-
-
 def user_record(
     user: str,
     rows: list[tuple[str, float, int]],
@@ -202,7 +185,9 @@ def user_record(
         domain=cfg.domain,
         positive_first=[_coin(cfg.seed, user, i) for i in range(len(negatives))],
         metadata={
-            "list_negatives": _sample_list(catalog, rated, cfg.list_negatives, cfg.seed, user),
+            "list_negatives": sample_unrated(
+                catalog, rated, cfg.list_negatives, random.Random(f"{cfg.seed}:list:{user}")
+            ),
         },
     )
 

@@ -126,6 +126,21 @@ def _parse_object(line: str) -> dict[str, Any]:
     return obj
 
 
+def _objects(
+    path: str | os.PathLike, errors: LineErrors, what: str
+) -> Iterator[tuple[int, dict[str, Any]]]:
+    """(line number, object) of every non-blank line that parses; the others are counted."""
+    with open_text(path) as f:
+        for line_no, line in enumerate(f, 1):
+            if not line.strip():
+                continue
+            errors.lines += 1
+            try:
+                yield line_no, _parse_object(line)
+            except (ValueError, SyntaxError, MemoryError, RecursionError):
+                errors.add(line_no, f"not {what}")
+
+
 def _json_lines(
     path: str | os.PathLike,
     errors: LineErrors,
@@ -133,25 +148,16 @@ def _json_lines(
     time_scale: float,
 ) -> Iterator[Interaction]:
     user_key, item_key, rating_key, time_key = fields
-    with open_text(path) as f:
-        for line_no, line in enumerate(f, 1):
-            if not line.strip():
-                continue
-            errors.lines += 1
-            try:
-                obj = _parse_object(line)
-            except (ValueError, SyntaxError, MemoryError, RecursionError):
-                errors.add(line_no, "not a JSON object")
-                continue
-            parsed = _interaction(
-                obj.get(user_key), obj.get(item_key), obj.get(rating_key), obj.get(time_key)
-            )
-            if isinstance(parsed, str):
-                missing = [k for k in fields if k not in obj]
-                errors.add(line_no, f"missing field '{missing[0]}'" if missing else parsed)
-                continue
-            user, item, rating, t = parsed
-            yield user, item, rating, int(t / time_scale)
+    for line_no, obj in _objects(path, errors, "a JSON object"):
+        parsed = _interaction(
+            obj.get(user_key), obj.get(item_key), obj.get(rating_key), obj.get(time_key)
+        )
+        if isinstance(parsed, str):
+            missing = [k for k in fields if k not in obj]
+            errors.add(line_no, f"missing field '{missing[0]}'" if missing else parsed)
+            continue
+        user, item, rating, t = parsed
+        yield user, item, rating, int(t / time_scale)
 
 
 def _interaction(user: Any, item: Any, rating: Any, t: Any) -> Interaction | str:
@@ -185,23 +191,14 @@ def read_amazon_titles(path: str | os.PathLike, source: str, errors: LineErrors)
     """`{asin: title}` from a metadata dump (JSON or Python-literal lines); untitled items left out."""
     key = "parent_asin" if source == "amazon2023" else "asin"
     titles: dict[str, str] = {}
-    with open_text(path) as f:
-        for line_no, line in enumerate(f, 1):
-            if not line.strip():
-                continue
-            errors.lines += 1
-            try:
-                obj = _parse_object(line)
-            except (ValueError, SyntaxError, MemoryError, RecursionError):
-                errors.add(line_no, "not a JSON object or Python dict literal")
-                continue
-            item = obj.get(key)
-            if item is None:
-                errors.add(line_no, f"missing field '{key}'")
-                continue
-            title = obj.get("title")
-            if isinstance(title, str) and title.strip():
-                titles[str(item).strip()] = title
+    for line_no, obj in _objects(path, errors, "a JSON object or Python dict literal"):
+        item = obj.get(key)
+        if item is None:
+            errors.add(line_no, f"missing field '{key}'")
+            continue
+        title = obj.get("title")
+        if isinstance(title, str) and title.strip():
+            titles[str(item).strip()] = title
     return titles
 
 
