@@ -66,6 +66,9 @@ cells:
 def test_bad_experiment_files_are_named(tmp_path, capsys):
     assert main(["report", str(tmp_path)]) == 2
     assert "neither results.jsonl" in capsys.readouterr().err
+    path = write(tmp_path, "base: ROOT/configs/tiny.yaml\noutput_dir: OUT\ncells: [{name: a}]\n")
+    assert main(["experiment", "--config", path, "--cells", "b"]) == 2
+    assert "no cell named b" in capsys.readouterr().err
     path = write(
         tmp_path, "base: ROOT/configs/tiny.yaml\noutput_dir: OUT\ncells: [{name: a, sft_from: b}]\n"
     )

@@ -70,6 +70,7 @@ def _parser() -> argparse.ArgumentParser:
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
     p.add_argument("--config", "-c", required=True, help="experiment YAML (see configs/sweep-*)")
+    p.add_argument("--cells", nargs="+", metavar="NAME", help="run only these cells")
     p.add_argument("overrides", nargs="*", metavar="key=value")
     text = "write RUN_DIR/report.md with tables and plots of a run or an experiment"
     p = sub.add_parser("report", help=text, description=text)
@@ -142,7 +143,7 @@ def main(argv: list[str] | None = None) -> int:
         if args.command == "experiment":
             from dmporec.stages.experiment import run_experiment
 
-            table = run_experiment(args.config, args.overrides)
+            table = run_experiment(args.config, args.overrides, args.cells)
             if PartialState().is_main_process:
                 print(table)
             return 0

@@ -166,9 +166,12 @@ def run_cell(exp: Experiment, cell: Cell, extra: list[str] | None = None) -> lis
     ]
 
 
-def run_experiment(path: str, extra: list[str] | None = None) -> str:
-    """Run every cell not yet in results.jsonl; return the table of all cells."""
+def run_experiment(path: str, extra: list[str] | None = None, only: list[str] | None = None) -> str:
+    """Run every cell (or the `only` ones) not yet in results.jsonl; return the table of all."""
     exp = load_experiment(path)
+    unknown = sorted(set(only or []) - {c.name for c in exp.cells})
+    if unknown:
+        raise ConfigError(f"{path}: no cell named {', '.join(unknown)}")
     extra = list(extra or [])
     for item in [x for x in extra if x.startswith("output_dir=")]:  # moves the whole experiment
         exp.output_dir = item.split("=", 1)[1]
@@ -181,6 +184,8 @@ def run_experiment(path: str, extra: list[str] | None = None) -> str:
         for line in (results.read_text().splitlines() if results.is_file() else [])
     }
     for cell in exp.cells:
+        if only and cell.name not in only:
+            continue
         if cell.name in done:
             print(f"experiment: cell {cell.name} is in {results}; skipped")
             continue
