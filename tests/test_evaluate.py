@@ -14,12 +14,14 @@ def test_both_orders_add_the_swapped_listing(tiny, tiny_cfg, demo, tmp_path):
     model, tokenizer = tiny
     records = demo.test[:3]
     both = score_pairs(model, tokenizer, tiny_cfg, records, EvalConfig(orders="both"), 0)
-    listed = score_pairs(model, tokenizer, tiny_cfg, records, EvalConfig(), 0)
+    listed = score_pairs(model, tokenizer, tiny_cfg, records, EvalConfig(orders="listed"), 0)
     swapped_records = [
         replace(r, positive_first=[not positive_listed_first(r, i, 0) for i in range(r.k)])
         for r in records
     ]
-    swapped = score_pairs(model, tokenizer, tiny_cfg, swapped_records, EvalConfig(), 0)
+    swapped = score_pairs(
+        model, tokenizer, tiny_cfg, swapped_records, EvalConfig(orders="listed"), 0
+    )
     assert len(both) == len(listed) == sum(r.k for r in records)
     for b, a, s in zip(both, listed, swapped, strict=True):
         assert b["chosen_logp"] == pytest.approx(a["chosen_logp"], abs=1e-4)
@@ -34,7 +36,7 @@ def test_both_orders_add_the_swapped_listing(tiny, tiny_cfg, demo, tmp_path):
         for r in both
     ]
     assert m["orders"] == "both" and m["accuracy"] == pytest.approx(sum(wins) / len(wins))
-    listed_m = write_eval(listed, EvalConfig(n_boot=20), tmp_path, "tiny")
+    listed_m = write_eval(listed, EvalConfig(orders="listed", n_boot=20), tmp_path, "tiny")
     # The position diagnostics describe the listed order either way.
     assert m["first_listed_rate"] == listed_m["first_listed_rate"]
     assert m["accuracy_listed_order"] == listed_m["accuracy"]
