@@ -70,7 +70,7 @@ def _parser() -> argparse.ArgumentParser:
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
     p.add_argument("--config", "-c", required=True, help="experiment YAML (see configs/sweep-*)")
-    p.add_argument("--cells", nargs="+", metavar="NAME", help="run only these cells")
+    p.add_argument("--cells", metavar="A,B", help="run only these cells (comma-separated names)")
     p.add_argument("overrides", nargs="*", metavar="key=value")
     text = "write RUN_DIR/report.md with tables and plots of a run or an experiment"
     p = sub.add_parser("report", help=text, description=text)
@@ -143,7 +143,8 @@ def main(argv: list[str] | None = None) -> int:
         if args.command == "experiment":
             from dmporec.stages.experiment import run_experiment
 
-            table = run_experiment(args.config, args.overrides, args.cells)
+            only = [c for c in (args.cells or "").split(",") if c]
+            table = run_experiment(args.config, args.overrides, only)
             if PartialState().is_main_process:
                 print(table)
             return 0
