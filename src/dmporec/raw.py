@@ -214,17 +214,27 @@ def _separated(
             yield line_no, line.split(sep)
 
 
-def read_movielens_ratings(path: str | os.PathLike, errors: LineErrors) -> Iterator[Interaction]:
-    """MovieLens-1M `ratings.dat`: `UserID::MovieID::Rating::Timestamp`, latin-1."""
-    for line_no, parts in _separated(path, "::", "latin-1", errors):
-        if len(parts) != 4:
-            errors.add(line_no, f"expected 4 '::'-separated fields, got {len(parts)}")
-            continue
-        parsed = _interaction(*parts)
+def _valid(rows: Iterator[tuple[int, list[str]]], errors: LineErrors) -> Iterator[Interaction]:
+    """The interactions of (line number, [user, item, rating, time]) rows; the others counted."""
+    for line_no, values in rows:
+        parsed = _interaction(*values)
         if isinstance(parsed, str):
             errors.add(line_no, parsed)
         else:
             yield parsed
+
+
+def read_movielens_ratings(path: str | os.PathLike, errors: LineErrors) -> Iterator[Interaction]:
+    """MovieLens-1M `ratings.dat`: `UserID::MovieID::Rating::Timestamp`, latin-1."""
+
+    def four_fields() -> Iterator[tuple[int, list[str]]]:
+        for line_no, parts in _separated(path, "::", "latin-1", errors):
+            if len(parts) == 4:
+                yield line_no, parts
+            else:
+                errors.add(line_no, f"expected 4 '::'-separated fields, got {len(parts)}")
+
+    yield from _valid(four_fields(), errors)
 
 
 def read_movielens_titles(path: str | os.PathLike, errors: LineErrors) -> dict[str, str]:
@@ -265,12 +275,7 @@ def _csv_rows(
 
 def read_csv_ratings(path: str | os.PathLike, errors: LineErrors) -> Iterator[Interaction]:
     """A CSV with a header naming `user,item,rating,timestamp` (any order, extra columns ignored)."""
-    for line_no, values in _csv_rows(path, ("user", "item", "rating", "timestamp"), errors):
-        parsed = _interaction(*values)
-        if isinstance(parsed, str):
-            errors.add(line_no, parsed)
-        else:
-            yield parsed
+    yield from _valid(_csv_rows(path, ("user", "item", "rating", "timestamp"), errors), errors)
 
 
 def read_csv_titles(path: str | os.PathLike, errors: LineErrors) -> dict[str, str]:
