@@ -29,12 +29,11 @@ import itertools
 import os
 from collections.abc import Sequence
 from dataclasses import dataclass
-from functools import lru_cache
-from typing import Any
 
 import torch
 
-from dmporec.prompts import ChatFormat, render_answer, render_instruction
+from dmporec.collate import GroupEncoder
+from dmporec.prompts import render_answer, render_instruction
 from dmporec.records import DOMAINS, DataError
 from dmporec.scoring import Branch, Group, Method, Tokens, score_groups
 
@@ -79,16 +78,9 @@ def check_request(
     return request
 
 
-class PairEncoder:
-    """Tokenizes ranking requests into scoring Groups, the way collate.GroupEncoder does records:
+class PairEncoder(GroupEncoder):
+    """Tokenizes ranking requests into scoring Groups with GroupEncoder's cached tokenization:
     each text segment is tokenized on its own and the pieces are concatenated."""
-
-    def __init__(self, tokenizer: Any, chat: ChatFormat) -> None:
-        self.tokenizer, self.chat = tokenizer, chat
-        self._encode = lru_cache(maxsize=65536)(self._encode_uncached)
-
-    def _encode_uncached(self, text: str) -> Tokens:
-        return tuple(self.tokenizer(text, add_special_tokens=False)["input_ids"])
 
     def branch(self, request: RankRequest, first: str, second: str) -> Branch:
         """The pair line with `first` listed first; answers (first ranked first, second first)."""
