@@ -16,8 +16,10 @@ from dmporec.config import EvalConfig, RunConfig
 from dmporec.data import stage_records
 from dmporec.listwise import candidate_sets
 from dmporec.metrics import (
+    first_listed_rate,
     grouped_auc,
     listwise_report,
+    pairwise_accuracy,
     pairwise_report,
     rank_of_positive,
     ties_with_positive,
@@ -143,22 +145,17 @@ def write_eval(
         [r["rejected_logp"] + (r["rejected_logp_swapped"] if both else 0) for r in rows]
     )
     metrics = pairwise_report(chosen, rejected, seed=ec.seed, n_boot=ec.n_boot)
-    listed = pairwise_report(
-        np.array([r["chosen_logp"] for r in rows]),
-        np.array([r["rejected_logp"] for r in rows]),
-        np.array([r["positive_listed_first"] for r in rows]),
-        n_boot=10,
-    )
+    # The position diagnostics use the listed-order scores alone, without a bootstrap.
+    listed_c = np.array([r["chosen_logp"] for r in rows])
+    listed_r = np.array([r["rejected_logp"] for r in rows])
+    pf = np.array([r["positive_listed_first"] for r in rows], bool)
     metrics["grouped_auc"] = grouped_auc(np.array([r["user_id"] for r in rows]), chosen, rejected)
     metrics["orders"] = ec.orders
-    for key in (
-        "first_listed_rate",
-        "accuracy_positive_listed_first",
-        "accuracy_positive_listed_second",
-    ):
-        metrics[key] = listed[key]
+    metrics["first_listed_rate"] = first_listed_rate(listed_c, listed_r, pf)
+    metrics["accuracy_positive_listed_first"] = pairwise_accuracy(listed_c[pf], listed_r[pf])
+    metrics["accuracy_positive_listed_second"] = pairwise_accuracy(listed_c[~pf], listed_r[~pf])
     if both:
-        metrics["accuracy_listed_order"] = listed["accuracy"]
+        metrics["accuracy_listed_order"] = pairwise_accuracy(listed_c, listed_r)
     if lists:
         ranks = [rank_of_positive(r["scores"], r["positive_index"]) for r in lists]
         ties = [ties_with_positive(r["scores"], r["positive_index"]) for r in lists]
