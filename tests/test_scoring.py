@@ -61,6 +61,60 @@ def test_empty_context_and_handmade_groups(tiny):
     assert a.n_tokens.tolist() == [[2, 1, 3], [1, 0, 0]]
 
 
+@torch.no_grad()
+def test_common_leading_tokens_are_encoded_once(tiny):
+    model, _ = tiny
+    # Contexts share (7, 8); answers share leading tokens, one answer is a prefix of another,
+    # and two answers are identical: each shared token is encoded once and counted for all.
+    group = Group(
+        (5, 6),
+        (
+            Branch((7, 8, 9), ((20, 21, 22), (20, 21), (20, 23))),
+            Branch((7, 8, 10), ((20, 21, 22), (20, 21, 22))),
+        ),
+    )
+    distinct = {
+        seq[:i]
+        for b in group.branches
+        for a in b.answers
+        for seq in [group.prefix + b.context + a]
+        for i in range(1, len(seq) + 1)
+    }
+    assert group.tokens("shared") == len(distinct) == 13
+    a = score_groups(model, [group], method="naive")
+    b = score_groups(model, [group], method="shared")
+    assert torch.allclose(a.logps, b.logps, atol=1e-4, rtol=0)
+    assert b.n_tokens.tolist() == [[3, 2, 2, 3, 3]]
+    assert b.logps[0, 3] == b.logps[0, 4]
+
+
+@torch.no_grad()
+@pytest.mark.parametrize("attention", ["sdpa", "eager"])
+def test_sliding_window_layers_see_only_their_window(tiny, demo, attention):
+    # A Qwen3 whose first layer attends to the last 8 positions only (as Gemma 3's local
+    # layers do with 512): the shared layout must window by depth, not by packed row index.
+    from transformers import AutoModelForCausalLM
+
+    _, tok = tiny
+    config = tiny[0].config.__class__.from_dict(
+        {
+            **tiny[0].config.to_dict(),
+            "use_sliding_window": True,
+            "sliding_window": 8,
+            "layer_types": ["sliding_attention", "full_attention"],
+        }
+    )
+    config._attn_implementation = attention
+    model = AutoModelForCausalLM.from_config(config).eval()
+    model.load_state_dict(tiny[0].state_dict())
+    groups = groups_for(tok, demo.train[:3], [3, 1, 2])
+    a = score_groups(model, groups, method="naive")
+    b = score_groups(model, groups, method="shared")
+    assert torch.allclose(a.logps, b.logps, atol=1e-4, rtol=0)
+    unwindowed = score_groups(tiny[0], groups, method="naive")
+    assert not torch.allclose(a.logps, unwindowed.logps, atol=1e-2)  # the window matters
+
+
 def test_dmpo_gradients_agree(tiny_cfg, demo):
     tok = load_tokenizer(tiny_cfg)
     grads = {}
@@ -99,3 +153,27 @@ def test_rejects_bad_calls(tiny):
         score_groups(model, [])
     with pytest.raises(ValueError, match="method"):
         score_groups(model, [Group((1,), (Branch((), ((2,),)),))], method="fast")
+
+
+@torch.no_grad()
+def test_flex_attention_block_mask_equals_naive(tiny_cfg, demo):
+    # The GPU path (model.attention=auto picks FlexAttention on CUDA), checked on the CPU, where
+    # FlexAttention runs without gradients.
+    pytest.importorskip("torch.nn.attention.flex_attention")
+    cfg = tiny_cfg.model_copy(update={"attention": "flex_attention"})
+    model, tok = load_base_model(cfg, torch.device("cpu")), load_tokenizer(cfg)
+    assert model.config._attn_implementation == "flex_attention"
+    groups = groups_for(tok, demo.train[:3], [3, 1, 2])
+    want = score_groups(load_base_model(tiny_cfg), groups, method="naive")
+    got = score_groups(model, groups, method="shared")
+    assert torch.allclose(want.logps, got.logps, atol=1e-4, rtol=0)
+
+
+def test_auto_attention_is_flex_on_cuda_only():
+    from dmporec.model import resolve_attention
+
+    assert resolve_attention("auto", torch.device("cpu")) == "sdpa"
+    assert resolve_attention("auto", torch.device("cuda")) == "flex_attention"
+    assert resolve_attention("eager", torch.device("cuda")) == "eager"
+    with pytest.raises(ValueError, match="attention"):
+        ModelConfig(attention="flash")

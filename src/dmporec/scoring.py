@@ -8,17 +8,21 @@ log-prob of every answer, shape [B, M] with M = answers per group in branch orde
 Two layouts compute the same numbers:
 - "naive": one row per answer holding prefix + context + answer, as the peers do
   (LLaMA-Factory, TRL): the prefix is encoded once per answer.
-- "shared": one packed row per group: prefix, then each branch's context and answers, with a
-  block attention mask (each token sees its ancestors and the earlier tokens of its own
-  segment) and per-branch position ids, so every token is encoded once and gradients flow
-  through the shared prefix as usual.
+- "shared": one packed row per group holding the token trie of its sequences (prefix +
+  context + answer): every distinct prompt prefix is encoded once, so the prefix is shared by
+  all branches, and the leading tokens that branches' contexts or a branch's answers have in
+  common (" . Rank the likelihood ...  <Title:", " <Title:") are shared too. A block attention
+  mask (each token sees its ancestors and the earlier tokens of its own segment) and position
+  ids equal to each token's depth give every answer token exactly the context it has in the
+  naive row; gradients flow through every shared token as usual. An answer token shared by
+  several answers is scored once and added to each of them.
 """
 
 from __future__ import annotations
 
 from collections.abc import Sequence
 from dataclasses import dataclass
-from typing import Literal
+from typing import Any, Literal
 
 import torch
 import torch.nn.functional as F
@@ -46,9 +50,7 @@ class Group:
     def tokens(self, method: Method) -> int:
         """Tokens a forward pass processes for this group under `method`."""
         if method == "shared":
-            return len(self.prefix) + sum(
-                len(b.context) + sum(map(len, b.answers)) for b in self.branches
-            )
+            return sum(len(tokens) for tokens, _, _ in _segments(self))
         return sum(
             len(self.prefix) + len(b.context) + len(a) for b in self.branches for a in b.answers
         )
@@ -74,73 +76,164 @@ class _Row:
     targets: list[tuple[int, int, int]]  # (predicting position, target token, answer slot)
 
 
-def _add_segment(
-    row: _Row, tokens: Tokens, parent: int, start_pos: int, last_pos: int | None, slot: int | None
-) -> tuple[int, int, int | None]:
-    """Append a segment; returns (segment id, next position id, index of its last token).
+class _Node:
+    """A token of the trie: its children and the answer slots it is a target token of."""
 
-    `last_pos` is the row index of the last token this segment continues from; when `slot` is
-    set, each of the segment's tokens is a target predicted from the token before it.
-    """
-    seg_id = len(row.parents)
-    row.parents.append(parent)
-    for j, tok in enumerate(tokens):
-        if slot is not None:
-            pred = last_pos if j == 0 else len(row.ids) - 1
-            if pred is None:
-                raise ValueError("an answer needs at least one prompt token before it")
-            row.targets.append((pred, tok, slot))
-        row.ids.append(tok)
-        row.pos.append(start_pos + j)
-        row.seg.append(seg_id)
-    end = len(row.ids) - 1 if tokens else last_pos
-    return seg_id, start_pos + len(tokens), end
+    __slots__ = ("children", "slots")
+
+    def __init__(self) -> None:
+        self.children: dict[int, _Node] = {}
+        self.slots: list[int] = []
+
+
+def _segments(group: Group) -> list[tuple[list[int], list[list[int]], int]]:
+    """The group's token trie as segments in depth-first order: (tokens, target slots of each
+    token, parent segment index or -1); a segment is a maximal run of tokens without a fork."""
+    root = _Node()
+    slot = 0
+    for branch in group.branches:
+        prompt = group.prefix + branch.context
+        for answer in branch.answers:
+            node = root
+            for j, tok in enumerate(prompt + answer):
+                node = node.children.setdefault(tok, _Node())
+                if j >= len(prompt):
+                    node.slots.append(slot)
+            slot += 1
+    segments: list[tuple[list[int], list[list[int]], int]] = []
+    stack = [(tok, child, -1) for tok, child in reversed(root.children.items())]
+    while stack:
+        tok, node, parent = stack.pop()
+        tokens, slots = [tok], [node.slots]
+        while len(node.children) == 1:
+            ((tok, node),) = node.children.items()
+            tokens.append(tok)
+            slots.append(node.slots)
+        segments.append((tokens, slots, parent))
+        seg = len(segments) - 1
+        stack.extend((t, c, seg) for t, c in reversed(node.children.items()))
+    return segments
 
 
 def _layout(groups: Sequence[Group], method: Method, width: int) -> list[_Row]:
     """Rows for `method`; answer m of group g gets slot g * width + m."""
     rows: list[_Row] = []
     for g, group in enumerate(groups):
-        slot = 0
         if method == "shared":
             row = _Row([], [], [], [], [])
-            root, pos0, last0 = _add_segment(row, group.prefix, -1, 0, None, None)
-            for branch in group.branches:
-                ctx, pos1, last1 = _add_segment(row, branch.context, root, pos0, last0, None)
-                for answer in branch.answers:
-                    _add_segment(row, answer, ctx, pos1, last1, g * width + slot)
-                    slot += 1
+            ends: list[int] = []  # row index of each segment's last token
+            for seg_id, (tokens, slots, parent) in enumerate(_segments(group)):
+                row.parents.append(parent)
+                start = row.pos[ends[parent]] + 1 if parent >= 0 else 0
+                for j, (tok, tok_slots) in enumerate(zip(tokens, slots, strict=True)):
+                    pred = len(row.ids) - 1 if j else (ends[parent] if parent >= 0 else None)
+                    if tok_slots and pred is None:
+                        raise ValueError("an answer needs at least one prompt token before it")
+                    row.targets.extend((pred, tok, g * width + s) for s in tok_slots)
+                    row.ids.append(tok)
+                    row.pos.append(start + j)
+                    row.seg.append(seg_id)
+                ends.append(len(row.ids) - 1)
             rows.append(row)
         else:
+            slot = 0
             for branch in group.branches:
+                prompt = group.prefix + branch.context
                 for answer in branch.answers:
-                    row = _Row([], [], [], [], [])
-                    _, pos, last = _add_segment(
-                        row, group.prefix + branch.context, -1, 0, None, None
+                    if answer and not prompt:
+                        raise ValueError("an answer needs at least one prompt token before it")
+                    n = len(prompt)
+                    rows.append(
+                        _Row(
+                            list(prompt + answer),
+                            list(range(n + len(answer))),
+                            [0] * (n + len(answer)),
+                            [-1],
+                            [(n - 1 + j, tok, g * width + slot) for j, tok in enumerate(answer)],
+                        )
                     )
-                    _add_segment(row, answer, 0, pos, last, g * width + slot)
-                    rows.append(row)
                     slot += 1
     return rows
 
 
-def _block_mask(rows: list[_Row], length: int, device: torch.device) -> torch.Tensor:
-    """[R, 1, L, L] bool: query q sees key k iff k <= q and k's segment is q's or an ancestor."""
-    masks = []
-    for row in rows:
-        n_seg = len(row.parents)
-        anc = torch.eye(n_seg, dtype=torch.bool)
+def _ancestry(rows: list[_Row], length: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """seg [R, L] (padding gets a segment of its own) and anc [R, S, S]: anc[r, a, b] is True
+    iff segment b is a or one of its ancestors in row r."""
+    n_seg = max(len(r.parents) for r in rows) + 1
+    seg = torch.full((len(rows), length), n_seg - 1, dtype=torch.long)
+    anc = torch.eye(n_seg, dtype=torch.bool).repeat(len(rows), 1, 1)
+    for r, row in enumerate(rows):
+        seg[r, : len(row.seg)] = torch.tensor(row.seg, dtype=torch.long)
         for s, p in enumerate(row.parents):  # parents precede children in the layout
             if p >= 0:
-                anc[s] |= anc[p]
-        seg = torch.tensor(row.seg, dtype=torch.long)
-        n = len(row.ids)
-        m = torch.zeros(length, length, dtype=torch.bool)
-        m[:n, :n] = anc[seg][:, seg] & torch.ones(n, n, dtype=torch.bool).tril()
-        idx = torch.arange(n, length)
-        m[idx, idx] = True  # padding attends to itself, so no softmax row is empty
-        masks.append(m)
-    return torch.stack(masks)[:, None].to(device)
+                anc[r, s] |= anc[r, p]
+    return seg, anc
+
+
+def _block_mask(rows: list[_Row], length: int, device: torch.device) -> torch.Tensor:
+    """[R, 1, L, L] bool: query q sees key k iff k <= q and k's segment is q's or an ancestor
+    (padding sees the padding before it, so no softmax row is empty)."""
+    seg, anc = _ancestry(rows, length)
+    seen = anc[torch.arange(len(rows))[:, None, None], seg[:, :, None], seg[:, None, :]]
+    return (seen & torch.ones(length, length, dtype=torch.bool).tril())[:, None].to(device)
+
+
+def _flex_block_mask(rows: list[_Row], length: int, pos: torch.Tensor, window: int | None) -> Any:
+    """The same mask as a FlexAttention BlockMask (blocks no query sees are skipped); with
+    `window`, keys `window` or more positions behind the query are hidden too."""
+    from torch.nn.attention.flex_attention import create_block_mask
+
+    seg, anc = (t.to(pos.device) for t in _ancestry(rows, length))
+
+    def sees(b: Any, h: Any, q: Any, k: Any) -> Any:
+        seen = (k <= q) & anc[b, seg[b, q], seg[b, k]]
+        return seen if window is None else seen & (pos[b, q] - pos[b, k] < window)
+
+    return create_block_mask(sees, len(rows), None, length, length, device=pos.device)
+
+
+def _sliding_window(config: Any) -> tuple[int | None, bool]:
+    """(window, per layer type): the attention window the model's config asks for, if any, and
+    whether only its "sliding_attention" layers use it (Gemma 3) or every layer (Mistral)."""
+    window = getattr(config, "sliding_window", None)
+    layer_types = getattr(config, "layer_types", None)
+    if not window:
+        return None, False
+    if layer_types is not None:
+        return (window, True) if "sliding_attention" in layer_types else (None, False)
+    return (window, False) if getattr(config, "use_sliding_window", True) else (None, False)
+
+
+def _shared_mask(
+    config: Any, rows: list[_Row], length: int, pos: torch.Tensor, dtype: torch.dtype
+) -> Any:
+    """The block mask in the form the attention implementation takes. Windowed layers measure
+    distance in position ids (a token's depth in the trie, its distance in the naive row)."""
+    impl = getattr(config, "_attn_implementation", "sdpa")
+    window, per_layer_type = _sliding_window(config)
+    if impl == "flex_attention":
+        full = _flex_block_mask(rows, length, pos, None if per_layer_type else window)
+        if not per_layer_type:
+            return full
+        return {
+            "full_attention": full,
+            "sliding_attention": _flex_block_mask(rows, length, pos, window),
+        }
+    full = _block_mask(rows, length, pos.device)
+    near = None if window is None else (pos[:, None, :, None] - pos[:, None, None, :]) < window
+    masks = (
+        {"full_attention": full, "sliding_attention": full & near}
+        if per_layer_type
+        else {"full_attention": full if near is None else full & near}
+    )
+    if impl == "eager":
+        masks = {
+            k: torch.zeros(m.shape, dtype=dtype, device=m.device).masked_fill(
+                ~m, torch.finfo(dtype).min
+            )
+            for k, m in masks.items()
+        }
+    return masks if per_layer_type else masks["full_attention"]
 
 
 def _forward_rows(
@@ -153,13 +246,8 @@ def _forward_rows(
     ids = torch.tensor([r.ids + [pad] * (length - len(r.ids)) for r in rows], device=device)
     pos = torch.tensor([r.pos + [0] * (length - len(r.pos)) for r in rows], device=device)
     if method == "shared":
-        attn = _block_mask(rows, length, device)
-        impl = getattr(extract_model_from_parallel(model).config, "_attn_implementation", "sdpa")
-        if impl == "eager":
-            dtype = next(model.parameters()).dtype
-            attn = torch.zeros(attn.shape, dtype=dtype, device=device).masked_fill(
-                ~attn, torch.finfo(dtype).min
-            )
+        config = extract_model_from_parallel(model).config
+        attn = _shared_mask(config, rows, length, pos, next(model.parameters()).dtype)
     else:
         attn = torch.tensor(
             [[1] * len(r.ids) + [0] * (length - len(r.ids)) for r in rows], device=device
@@ -173,24 +261,23 @@ def _forward_rows(
         use_cache=False,
     )
     hidden = out.hidden_states[-1]
-    row_idx, pred_idx, tgt, slots = [], [], [], []
+    unique: dict[tuple[int, int, int], int] = {}  # (row, position, token) -> scored target
+    which, slots = [], []
     for r, row in enumerate(rows):
         for pred, tok, slot in row.targets:
-            row_idx.append(r)
-            pred_idx.append(pred)
-            tgt.append(tok)
+            which.append(unique.setdefault((r, pred, tok), len(unique)))
             slots.append(slot)
-    logits = _head(model)(
-        hidden[torch.tensor(row_idx, device=device), torch.tensor(pred_idx, device=device)]
-    )
-    logits = _softcap(model, logits.float())
-    token_logp = -F.cross_entropy(logits, torch.tensor(tgt, device=device), reduction="none")
+    sums = torch.zeros(n_slots, device=device, dtype=torch.float32)
+    counts = torch.zeros(n_slots, device=device, dtype=torch.long)
+    if not unique:  # only empty answers
+        return sums + hidden.sum() * 0, counts  # still attached to the graph
+    row_idx, pred_idx, tgt = (torch.tensor(c, device=device) for c in zip(*unique, strict=True))
+    logits = _softcap(model, _head(model)(hidden[row_idx, pred_idx]).float())
+    token_logp = -F.cross_entropy(logits, tgt, reduction="none")[torch.tensor(which, device=device)]
     slot_t = torch.tensor(slots, device=device)
-    sums = torch.zeros(n_slots, device=device, dtype=torch.float32).index_add(0, slot_t, token_logp)
-    counts = torch.zeros(n_slots, device=device, dtype=torch.long).index_add(
+    return sums.index_add(0, slot_t, token_logp), counts.index_add(
         0, slot_t, torch.ones_like(slot_t)
     )
-    return sums, counts
 
 
 def _head(model: torch.nn.Module) -> torch.nn.Module:
