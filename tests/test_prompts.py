@@ -101,3 +101,18 @@ def test_group_tokens_concatenate_to_the_rendered_text(tiny):
     )
     chosen_only = GroupEncoder(tok, chat).group(rec, answers="chosen")
     assert [len(b.answers) for b in chosen_only.branches] == [1, 1, 1]
+
+
+def test_no_template_starts_with_bos_only_where_the_tokenizer_adds_one():
+    class Plain:  # a base model's tokenizer: no chat template
+        chat_template = None
+        eos_token, bos_token, bos_token_id = "<eos>", "<bos>", 2
+
+        def __init__(self, adds_bos):
+            self.adds_bos = adds_bos
+
+        def __call__(self, text):
+            return type("Enc", (), {"input_ids": [2, 9] if self.adds_bos else [9]})
+
+    assert ChatFormat.from_tokenizer(Plain(True)) == ChatFormat("<bos>", "\n", "<eos>")
+    assert ChatFormat.from_tokenizer(Plain(False)) == ChatFormat("", "\n", "<eos>")

@@ -125,7 +125,9 @@ class ChatFormat:
 
     `prefix + instruction + suffix` is exactly what `apply_chat_template(..., add_generation_prompt=True)`
     renders; `answer_end` is appended to every answer (the end-of-turn token) so the model also learns
-    to stop. Without a chat template, the instruction is followed by a newline.
+    to stop. Without a chat template, the instruction is followed by a newline, and starts with
+    the tokenizer's BOS token when the tokenizer adds one to plain text (Gemma does: a base model
+    scores text without its BOS far worse).
     """
 
     prefix: str
@@ -142,7 +144,9 @@ class ChatFormat:
     ) -> ChatFormat:
         eos = tokenizer.eos_token or ""
         if not use_chat_template or not getattr(tokenizer, "chat_template", None):
-            return cls("", "\n", eos)
+            bos = tokenizer.bos_token
+            adds_bos = bos is not None and tokenizer("a").input_ids[:1] == [tokenizer.bos_token_id]
+            return cls(bos if adds_bos else "", "\n", eos)
         rendered = tokenizer.apply_chat_template(
             [{"role": "user", "content": _SENTINEL}],
             tokenize=False,
