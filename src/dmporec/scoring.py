@@ -289,6 +289,12 @@ def _softcap(model: torch.nn.Module, logits: torch.Tensor) -> torch.Tensor:
     return logits if not cap else torch.tanh(logits / cap) * cap
 
 
+def length_order(groups: Sequence[Group]) -> list[int]:
+    """Indices of `groups`, shortest first: callers that score a long list in chunks (for a
+    progress bar) chunk in this order so each chunk pads little, then put results back."""
+    return sorted(range(len(groups)), key=lambda i: groups[i].tokens("naive"))
+
+
 def score_groups(
     model: torch.nn.Module,
     groups: Sequence[Group],
@@ -306,7 +312,9 @@ def score_groups(
     if method not in ("naive", "shared"):
         raise ValueError(f"method must be 'naive' or 'shared', got {method!r}")
     n_groups, width = len(groups), max(g.n_answers for g in groups)
-    rows = _layout(groups, method, width)
+    # Longest first: rows of similar length share a micro-batch (little padding), and the
+    # largest one comes first, so a batch too big for memory fails at once.
+    rows = sorted(_layout(groups, method, width), key=lambda r: len(r.ids), reverse=True)
     sums_all, counts_all = [], []
     start = 0
     while start < len(rows):

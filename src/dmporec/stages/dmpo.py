@@ -25,7 +25,7 @@ from dmporec.model import (
     merge_adapters,
     read_lineage,
 )
-from dmporec.scoring import Group, score_groups
+from dmporec.scoring import Group, length_order, score_groups
 from dmporec.stages.common import encoder, finish_stage
 from dmporec.training import PeakMemory, train_lora
 
@@ -44,12 +44,15 @@ def reference_logps(
     out = torch.zeros(len(groups), width)
     model.eval()
     with model.disable_adapter():
+        order = length_order(groups)  # chunks of similar lengths pad little
         for start in tqdm(
-            range(0, len(groups), batch_size), desc="reference log-probs", unit="batch"
+            range(0, len(order), batch_size), desc="reference log-probs", unit="batch"
         ):
-            chunk = groups[start : start + batch_size]
-            scores = score_groups(model, chunk, method=method, max_batch_tokens=max_batch_tokens)
-            out[start : start + len(chunk), : scores.logps.shape[1]] = scores.logps.float().cpu()
+            chunk = order[start : start + batch_size]
+            scores = score_groups(
+                model, [groups[i] for i in chunk], method=method, max_batch_tokens=max_batch_tokens
+            )
+            out[chunk, : scores.logps.shape[1]] = scores.logps.float().cpu()
     return out
 
 

@@ -28,7 +28,7 @@ from dmporec.model import ModelConfig, load_base_model, load_stage_model, load_t
 from dmporec.prompts import positive_listed_first
 from dmporec.ranking import PairEncoder, RankRequest, rank_candidates
 from dmporec.records import Record, atomic_write_text
-from dmporec.scoring import score_groups
+from dmporec.scoring import length_order, score_groups
 from dmporec.stages.common import encoder, write_summary
 from dmporec.training import PeakMemory
 
@@ -47,33 +47,36 @@ def score_pairs(
     with `ec.orders == 'both'` also `*_swapped`: the same answers with the pair listed the other way."""
     enc = encoder(tokenizer, model_cfg, prompt_seed)
     model.eval()
+    groups = [enc.group(r, orders=ec.orders) for r in records]
+    user_logps: list[torch.Tensor] = [torch.empty(0)] * len(records)
+    with tqdm(total=sum(r.k for r in records), desc=desc, unit="pair") as bar:
+        order = length_order(groups)
+        for start in range(0, len(order), ec.batch_size):
+            chunk = order[start : start + ec.batch_size]
+            scores = score_groups(
+                model,
+                [groups[u] for u in chunk],
+                method=ec.scorer,
+                max_batch_tokens=ec.max_batch_tokens,
+            )
+            for b, u in enumerate(chunk):
+                user_logps[u] = scores.logps[b].float().cpu()
+            bar.update(sum(records[u].k for u in chunk))
     rows = []
-    bar = tqdm(total=sum(r.k for r in records), desc=desc, unit="pair")
-    for start in range(0, len(records), ec.batch_size):
-        chunk = records[start : start + ec.batch_size]
-        scores = score_groups(
-            model,
-            [enc.group(r, orders=ec.orders) for r in chunk],
-            method=ec.scorer,
-            max_batch_tokens=ec.max_batch_tokens,
-        )
-        logps = scores.logps.float().cpu()
-        for b, record in enumerate(chunk):
-            for i, neg in enumerate(record.negatives):
-                row = {
-                    "user_id": record.user_id,
-                    "positive": record.positive.title,
-                    "negative": neg.title,
-                    "chosen_logp": logps[b, 2 * i].item(),
-                    "rejected_logp": logps[b, 2 * i + 1].item(),
-                    "positive_listed_first": positive_listed_first(record, i, prompt_seed),
-                }
-                if ec.orders == "both":  # the swapped branches follow the k listed ones
-                    row["chosen_logp_swapped"] = logps[b, 2 * (record.k + i)].item()
-                    row["rejected_logp_swapped"] = logps[b, 2 * (record.k + i) + 1].item()
-                rows.append(row)
-            bar.update(record.k)
-    bar.close()
+    for record, logps in zip(records, user_logps, strict=True):
+        for i, neg in enumerate(record.negatives):
+            row = {
+                "user_id": record.user_id,
+                "positive": record.positive.title,
+                "negative": neg.title,
+                "chosen_logp": logps[2 * i].item(),
+                "rejected_logp": logps[2 * i + 1].item(),
+                "positive_listed_first": positive_listed_first(record, i, prompt_seed),
+            }
+            if ec.orders == "both":  # the swapped branches follow the k listed ones
+                row["chosen_logp_swapped"] = logps[2 * (record.k + i)].item()
+                row["rejected_logp_swapped"] = logps[2 * (record.k + i) + 1].item()
+            rows.append(row)
     return rows
 
 
