@@ -1,7 +1,7 @@
 """Shared-prefix scoring vs the peers' naive pairwise rows: DMPO training steps and evaluation.
 
     .venv/bin/python benchmarks/shared_prefix.py [--users 4] [--steps 2] [--eval-pairs 200]
-        [--ks 1,3,5] [--orders listed,both]
+        [--ks 1,3,5] [--orders listed,both] [--eval-methods shared,cached]
 
 Data: the authors' rec_Amazon_Movie_dpo_ranking_{1,3,5}.json and eval file (../shared/data/dmpo);
 model: packaged SmolLM2-135M-Instruct, fp32, 2 threads. Every cell runs in a fresh process so
@@ -11,7 +11,8 @@ its peak RSS is its own. Training cells do the same DMPO steps (same users, same
 - shared: one packed row per user (block attention mask), reference log-probs computed once
   before training (their cost is reported separately, and cached across runs).
 Evaluation scores each test pair in the listed candidate order, and in both orders (the
-default of `dmporec evaluate`: 2 prompts per pair, 4 answers).
+default of `dmporec evaluate`: 2 prompts per pair, 4 answers), naive against the packed trie
+("shared") and against the trie behind a KV-cached prefix ("cached", `eval.scorer=cached`).
 Both take one backward pass per user and one optimizer step per batch (bounded memory).
 Prints a table and writes benchmarks/results/shared_prefix.json.
 """
@@ -74,6 +75,7 @@ def cell(
         return {
             "kind": kind,
             "method": method,
+            "k": k,
             "pairs": len(groups),
             "wall_s": wall,
             "pairs_per_s": len(groups) / wall,
@@ -153,6 +155,9 @@ def main() -> None:
     parser.add_argument("--eval-pairs", type=int, default=200)
     parser.add_argument("--ks", default="1,3,5")
     parser.add_argument("--orders", default="listed,both", help="evaluation listings to time")
+    parser.add_argument(
+        "--eval-methods", default="shared,cached", help="evaluation layouts to time against naive"
+    )
     parser.add_argument("--cell", help=argparse.SUPPRESS)
     args = parser.parse_args()
     if args.cell:
@@ -165,7 +170,8 @@ def main() -> None:
         sys.exit(f"needs the authors' files in {DATA}")
     ks = [int(k) for k in args.ks.split(",") if k]
     cells = [("train", m, k, "listed") for k in ks for m in ("naive", "shared")]
-    cells += [("eval", m, 1, o) for o in args.orders.split(",") if o for m in ("naive", "shared")]
+    eval_methods = ["naive", *(m for m in args.eval_methods.split(",") if m)]
+    cells += [("eval", m, 1, o) for o in args.orders.split(",") if o for m in eval_methods]
     results = []
     for kind, method, k, orders in cells:
         cmd = [
@@ -195,8 +201,13 @@ def main() -> None:
         "| workload | k | naive | shared | speed-up | tokens naive / shared | peak RSS MiB naive / shared | max loss diff |",
         "|---|---|---|---|---|---|---|---|",
     ]
-    for i in range(0, len(results), 2):
-        a, b = results[i], results[i + 1]
+    naive = {}  # (kind, k, orders) -> the naive cell every other layout is compared with
+    for b in results:
+        key = (b["kind"], b["k"], b["orders"])
+        if b["method"] == "naive":
+            naive[key] = b
+            continue
+        a = naive[key]
         if a["kind"] == "train":
             diff = max(abs(x - y) for x, y in zip(a["losses"], b["losses"], strict=True))
             rows.append(
@@ -205,8 +216,10 @@ def main() -> None:
                 f"| {a['peak_rss_mib']:.0f} / {b['peak_rss_mib']:.0f} | {diff:.1e} |"
             )
         else:
+            listing = "both orders" if a["orders"] == "both" else "listed order"
+            layout = ", KV-cached prefix" if b["method"] == "cached" else ""
             rows.append(
-                f"| evaluation ({a['pairs']} pairs, {a['orders']} order{'s' if a['orders'] == 'both' else ''}) | - | {a['pairs_per_s']:.2f} pairs/s | {b['pairs_per_s']:.2f} pairs/s "
+                f"| evaluation ({a['pairs']} pairs, {listing}{layout}) | - | {a['pairs_per_s']:.2f} pairs/s | {b['pairs_per_s']:.2f} pairs/s "
                 f"| {b['pairs_per_s'] / a['pairs_per_s']:.2f}x | {a['tokens']} / {b['tokens']} "
                 f"| {a['peak_rss_mib']:.0f} / {b['peak_rss_mib']:.0f} | acc {a['accuracy']:.3f} / {b['accuracy']:.3f} |"
             )

@@ -16,6 +16,12 @@ Two layouts compute the same numbers:
   ids equal to each token's depth give every answer token exactly the context it has in the
   naive row; gradients flow through every shared token as usual. An answer token shared by
   several answers is scored once and added to each of them.
+- "cached": the shared layout in two passes. Each row's first segment (the prefix all its
+  sequences start with: chat template, role line, history) is encoded alone with plain causal
+  attention and its keys and values kept in a KV cache; the rest of the trie (pair lines,
+  answers) then attends to that cache under the block mask. The same tokens as "shared", but
+  the prompt-sized attention is causal (the fast kernels skip the masked half) instead of a
+  dense block mask over the whole row. Meant for inference; it also differentiates.
 """
 
 from __future__ import annotations
@@ -28,7 +34,7 @@ import torch
 import torch.nn.functional as F
 from accelerate.utils import extract_model_from_parallel
 
-Method = Literal["naive", "shared"]
+Method = Literal["naive", "shared", "cached"]
 _LOGIT_ELEMENTS = 1 << 24  # logits computed at once (64 MiB in fp32)
 Tokens = tuple[int, ...]
 
@@ -50,7 +56,7 @@ class Group:
 
     def tokens(self, method: Method) -> int:
         """Tokens a forward pass processes for this group under `method`."""
-        if method == "shared":
+        if method != "naive":
             return sum(len(tokens) for tokens, _, _ in _segments(self))
         return sum(
             len(self.prefix) + len(b.context) + len(a) for b in self.branches for a in b.answers
@@ -75,6 +81,7 @@ class _Row:
     seg: list[int]
     parents: list[int]  # parent segment of each segment (-1 for a root)
     targets: list[tuple[int, int, int]]  # (predicting position, target token, answer slot)
+    first: int = 0  # tokens in the row's first segment (the prefix "cached" encodes first)
 
 
 class _Node:
@@ -120,7 +127,7 @@ def _layout(groups: Sequence[Group], method: Method, width: int) -> list[_Row]:
     """Rows for `method`; answer m of group g gets slot g * width + m."""
     rows: list[_Row] = []
     for g, group in enumerate(groups):
-        if method == "shared":
+        if method != "naive":
             row = _Row([], [], [], [], [])
             ends: list[int] = []  # row index of each segment's last token
             for seg_id, (tokens, slots, parent) in enumerate(_segments(group)):
@@ -135,6 +142,7 @@ def _layout(groups: Sequence[Group], method: Method, width: int) -> list[_Row]:
                     row.pos.append(start + j)
                     row.seg.append(seg_id)
                 ends.append(len(row.ids) - 1)
+            row.first = ends[0] + 1 if ends else 0
             rows.append(row)
         else:
             slot = 0
@@ -171,26 +179,57 @@ def _ancestry(rows: list[_Row], length: int) -> tuple[torch.Tensor, torch.Tensor
     return seg, anc
 
 
-def _block_mask(rows: list[_Row], length: int, device: torch.device) -> torch.Tensor:
-    """[R, 1, L, L] bool: query q sees key k iff k <= q and k's segment is q's or an ancestor
+@dataclass
+class _View:
+    """Which row positions a mask's queries and keys are: the whole row for "shared"; for the
+    second pass of "cached", the queries are the tokens after the cached prefix and the keys
+    are the cache (with holes where a shorter prefix was padded) followed by those tokens."""
+
+    q: torch.Tensor  # [R, Q] row position of each query
+    k: torch.Tensor  # [R, K] row position of each key
+    k_ok: torch.Tensor  # [R, K] False for the padding holes of the cache
+    whole_row: bool = False
+
+    @staticmethod
+    def whole(n_rows: int, length: int) -> _View:
+        idx = torch.arange(length).expand(n_rows, -1)
+        return _View(idx, idx, torch.ones(n_rows, length, dtype=torch.bool), whole_row=True)
+
+
+def _block_mask(rows: list[_Row], length: int, view: _View) -> torch.Tensor:
+    """[R, 1, Q, K] bool: query q sees key k iff k <= q and k's segment is q's or an ancestor
     (padding sees the padding before it, so no softmax row is empty)."""
     seg, anc = _ancestry(rows, length)
-    seen = anc[torch.arange(len(rows))[:, None, None], seg[:, :, None], seg[:, None, :]]
-    return (seen & torch.ones(length, length, dtype=torch.bool).tril())[:, None].to(device)
+    sq, sk = seg.gather(1, view.q), seg.gather(1, view.k)
+    seen = anc[torch.arange(len(rows))[:, None, None], sq[:, :, None], sk[:, None, :]]
+    seen &= view.k[:, None, :] <= view.q[:, :, None]
+    return (seen & view.k_ok[:, None, :])[:, None]
 
 
-def _flex_block_mask(rows: list[_Row], length: int, pos: torch.Tensor, window: int | None) -> Any:
+def _flex_block_mask(
+    rows: list[_Row], length: int, pos: torch.Tensor, window: int | None, view: _View
+) -> Any:
     """The same mask as a FlexAttention BlockMask (blocks no query sees are skipped); with
     `window`, keys `window` or more positions behind the query are hidden too."""
     from torch.nn.attention.flex_attention import create_block_mask
 
     seg, anc = (t.to(pos.device) for t in _ancestry(rows, length))
+    if view.whole_row:
 
-    def sees(b: Any, h: Any, q: Any, k: Any) -> Any:
-        seen = (k <= q) & anc[b, seg[b, q], seg[b, k]]
-        return seen if window is None else seen & (pos[b, q] - pos[b, k] < window)
+        def sees(b: Any, h: Any, q: Any, k: Any) -> Any:
+            seen = (k <= q) & anc[b, seg[b, q], seg[b, k]]
+            return seen if window is None else seen & (pos[b, q] - pos[b, k] < window)
 
-    return create_block_mask(sees, len(rows), None, length, length, device=pos.device)
+    else:  # look the queries' and keys' row positions up once, outside the mask function
+        vq, vk, ok = (t.to(pos.device) for t in (view.q, view.k, view.k_ok))
+        sq, sk, pq, pk = seg.gather(1, vq), seg.gather(1, vk), pos.gather(1, vq), pos.gather(1, vk)
+
+        def sees(b: Any, h: Any, q: Any, k: Any) -> Any:
+            seen = (vk[b, k] <= vq[b, q]) & anc[b, sq[b, q], sk[b, k]] & ok[b, k]
+            return seen if window is None else seen & (pq[b, q] - pk[b, k] < window)
+
+    n_q, n_k = view.q.shape[1], view.k.shape[1]
+    return create_block_mask(sees, len(rows), None, n_q, n_k, device=pos.device)
 
 
 def _sliding_window(config: Any) -> tuple[int | None, bool]:
@@ -206,26 +245,30 @@ def _sliding_window(config: Any) -> tuple[int | None, bool]:
 
 
 def _shared_mask(
-    config: Any, rows: list[_Row], length: int, pos: torch.Tensor, dtype: torch.dtype
+    config: Any, rows: list[_Row], pos: torch.Tensor, dtype: torch.dtype, view: _View
 ) -> Any:
     """The block mask in the form the attention implementation takes. Windowed layers measure
-    distance in position ids (a token's depth in the trie, its distance in the naive row)."""
+    distance in position ids (a token's depth in the trie, its distance in the naive row);
+    `pos` [R, L] holds every row position's id."""
     impl = getattr(config, "_attn_implementation", "sdpa")
     window, per_layer_type = _sliding_window(config)
+    length = pos.shape[1]
     if impl == "flex_attention":
-        full = _flex_block_mask(rows, length, pos, None if per_layer_type else window)
+        full = _flex_block_mask(rows, length, pos, None if per_layer_type else window, view)
         if not per_layer_type:
             return full
         return {
             "full_attention": full,
-            "sliding_attention": _flex_block_mask(rows, length, pos, window),
+            "sliding_attention": _flex_block_mask(rows, length, pos, window, view),
         }
-    full = _block_mask(rows, length, pos.device)
-    near = None if window is None else (pos[:, None, :, None] - pos[:, None, None, :]) < window
+    full = _block_mask(rows, length, view).to(pos.device)
+    if window is not None:
+        pq, pk = pos.gather(1, view.q.to(pos.device)), pos.gather(1, view.k.to(pos.device))
+        near = (pq[:, None, :, None] - pk[:, None, None, :]) < window
     masks = (
         {"full_attention": full, "sliding_attention": full & near}
         if per_layer_type
-        else {"full_attention": full if near is None else full & near}
+        else {"full_attention": full if window is None else full & near}
     )
     if impl == "eager":
         masks = {
@@ -237,31 +280,87 @@ def _shared_mask(
     return masks if per_layer_type else masks["full_attention"]
 
 
+def _padded(seqs: list[list[int]], length: int, device: torch.device) -> torch.Tensor:
+    return torch.tensor([s + [0] * (length - len(s)) for s in seqs], device=device)
+
+
+def _hidden_states(
+    model: torch.nn.Module, rows: list[_Row], method: Method
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """Last-layer hidden states of the rows' tokens, [R, L, H], and the column of each row
+    position in it, [R, L] (the identity but for "cached", whose two passes are concatenated)."""
+    device = next(model.parameters()).device
+    length = max(len(r.ids) for r in rows)
+    pos = _padded([r.pos for r in rows], length, device)
+    kw: dict[str, Any] = {"output_hidden_states": True, "logits_to_keep": 1}
+    if method == "naive":
+        attn = _padded([[1] * len(r.ids) for r in rows], length, device)
+        out = model(
+            input_ids=_padded([r.ids for r in rows], length, device),
+            attention_mask=attn,
+            position_ids=pos,
+            use_cache=False,
+            **kw,
+        )
+        return out.hidden_states[-1], torch.arange(length, device=device).expand(len(rows), -1)
+    config = extract_model_from_parallel(model).config
+    dtype = next(model.parameters()).dtype
+    if method == "shared":
+        attn = _shared_mask(config, rows, pos, dtype, _View.whole(len(rows), length))
+        out = model(
+            input_ids=_padded([r.ids for r in rows], length, device),
+            attention_mask=attn,
+            position_ids=pos,
+            use_cache=False,
+            **kw,
+        )
+        return out.hidden_states[-1], torch.arange(length, device=device).expand(len(rows), -1)
+    # "cached": pass 1 encodes each row's first segment with plain causal attention (right
+    # padding needs no mask: no real token looks ahead), keeping its keys and values.
+    from transformers import DynamicCache
+
+    cut = [r.first for r in rows]
+    n_pre, n_rest = max(cut), max(len(r.ids) - c for r, c in zip(rows, cut, strict=True))
+    cache = DynamicCache()  # no config: full-length layers, so the mask's key columns line up
+    first = model(
+        input_ids=_padded([r.ids[:c] for r, c in zip(rows, cut, strict=True)], n_pre, device),
+        position_ids=torch.arange(n_pre, device=device).expand(len(rows), -1),
+        past_key_values=cache,
+        use_cache=True,
+        **kw,
+    )
+    cut_t = torch.tensor(cut, device=device)[:, None]
+    rest = torch.arange(n_rest, device=device)[None, :]
+    where = torch.arange(length, device=device).expand(len(rows), -1)
+    where = torch.where(where < cut_t, where, where - cut_t + n_pre)
+    if n_rest == 0:
+        return first.hidden_states[-1], where
+    # Pass 2: the rest of each row, its queries against the cache and itself under the block mask.
+    span = n_pre + n_rest  # row positions the mask needs: every cut + n_rest
+    pos_all = _padded([r.pos for r in rows], span, device)
+    k_pre = torch.arange(n_pre).expand(len(rows), -1)
+    view = _View(
+        q=(cut_t.cpu() + rest.cpu()),
+        k=torch.cat([k_pre, cut_t.cpu() + rest.cpu()], 1),
+        k_ok=torch.cat([k_pre < cut_t.cpu(), torch.ones(len(rows), n_rest, dtype=torch.bool)], 1),
+    )
+    second = model(
+        input_ids=_padded([r.ids[c:] for r, c in zip(rows, cut, strict=True)], n_rest, device),
+        attention_mask=_shared_mask(config, rows, pos_all, dtype, view),
+        position_ids=pos_all.gather(1, view.q.to(device)),
+        past_key_values=first.past_key_values,
+        use_cache=True,
+        **kw,
+    )
+    return torch.cat([first.hidden_states[-1], second.hidden_states[-1]], 1), where
+
+
 def _forward_rows(
     model: torch.nn.Module, rows: list[_Row], method: Method, n_slots: int
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """Summed target log-probs and token counts per slot for one micro-batch of rows."""
-    device = next(model.parameters()).device
-    length = max(len(r.ids) for r in rows)
-    pad = 0
-    ids = torch.tensor([r.ids + [pad] * (length - len(r.ids)) for r in rows], device=device)
-    pos = torch.tensor([r.pos + [0] * (length - len(r.pos)) for r in rows], device=device)
-    if method == "shared":
-        config = extract_model_from_parallel(model).config
-        attn = _shared_mask(config, rows, length, pos, next(model.parameters()).dtype)
-    else:
-        attn = torch.tensor(
-            [[1] * len(r.ids) + [0] * (length - len(r.ids)) for r in rows], device=device
-        )
-    out = model(
-        input_ids=ids,
-        attention_mask=attn,
-        position_ids=pos,
-        output_hidden_states=True,
-        logits_to_keep=1,
-        use_cache=False,
-    )
-    hidden = out.hidden_states[-1]
+    hidden, where = _hidden_states(model, rows, method)
+    device = hidden.device
     unique: dict[tuple[int, int, int], int] = {}  # (row, position, token) -> scored target
     which, slots = [], []
     for r, row in enumerate(rows):
@@ -273,7 +372,7 @@ def _forward_rows(
     if not unique:  # only empty answers
         return sums + hidden.sum() * 0, counts  # still attached to the graph
     row_idx, pred_idx, tgt = (torch.tensor(c, device=device) for c in zip(*unique, strict=True))
-    head, states = _head(model), hidden[row_idx, pred_idx]
+    head, states = _head(model), hidden[row_idx, where[row_idx, pred_idx]]
     # Logits of a bounded number of targets at a time: [targets, vocab] in fp32 is 1.7 GB for
     # 1,600 targets of Gemma's 262k vocabulary.
     step = max(1, _LOGIT_ELEMENTS // head.weight.shape[0])
@@ -322,8 +421,8 @@ def score_groups(
     """
     if not groups:
         raise ValueError("score_groups needs at least one group")
-    if method not in ("naive", "shared"):
-        raise ValueError(f"method must be 'naive' or 'shared', got {method!r}")
+    if method not in ("naive", "shared", "cached"):
+        raise ValueError(f"method must be 'naive', 'shared' or 'cached', got {method!r}")
     n_groups, width = len(groups), max(g.n_answers for g in groups)
     # Longest first: rows of similar length share a micro-batch (little padding), and the
     # largest one comes first, so a batch too big for memory fails at once.
