@@ -192,6 +192,7 @@ def main() -> None:
                 f"cell {kind}:{method}:{k}:{orders} failed (exit {proc.returncode}):\n{proc.stderr[-2000:]}"
             )
         results.append(json.loads(proc.stdout.strip().splitlines()[-1]))
+        _write(args, results, table=None)  # a cell's numbers survive a later failure
         print(
             f"done: {kind} {method} k={k} {orders}: {results[-1]['wall_s']:.1f} s",
             file=sys.stderr,
@@ -203,7 +204,7 @@ def main() -> None:
     ]
     naive = {}  # (kind, k, orders) -> the naive cell every other layout is compared with
     for b in results:
-        key = (b["kind"], b["k"], b["orders"])
+        key = (b["kind"], b["k"], b.get("orders"))
         if b["method"] == "naive":
             naive[key] = b
             continue
@@ -225,19 +226,17 @@ def main() -> None:
             )
     table = "\n".join(rows)
     print(table)
+    _write(args, results, table)
+
+
+def _write(args: argparse.Namespace, results: list[dict], table: str | None) -> None:
     RESULTS.parent.mkdir(parents=True, exist_ok=True)
-    RESULTS.write_text(
-        json.dumps(
-            {
-                "date": time.strftime("%Y-%m-%d"),
-                "args": vars(args),
-                "cells": results,
-                "table": table,
-            },
-            indent=2,
-        )
-        + "\n"
-    )
+    record = {"date": time.strftime("%Y-%m-%d"), "args": vars(args), "cells": results}
+    if table is None:
+        record["unfinished"] = True
+    else:
+        record["table"] = table
+    RESULTS.write_text(json.dumps(record, indent=2) + "\n")
 
 
 if __name__ == "__main__":
