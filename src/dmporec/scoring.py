@@ -293,20 +293,14 @@ def _hidden_states(
     length = max(len(r.ids) for r in rows)
     pos = _padded([r.pos for r in rows], length, device)
     kw: dict[str, Any] = {"output_hidden_states": True, "logits_to_keep": 1}
-    if method == "naive":
-        attn = _padded([[1] * len(r.ids) for r in rows], length, device)
-        out = model(
-            input_ids=_padded([r.ids for r in rows], length, device),
-            attention_mask=attn,
-            position_ids=pos,
-            use_cache=False,
-            **kw,
-        )
-        return out.hidden_states[-1], torch.arange(length, device=device).expand(len(rows), -1)
     config = extract_model_from_parallel(model).config
     dtype = next(model.parameters()).dtype
-    if method == "shared":
-        attn = _shared_mask(config, rows, pos, dtype, _View.whole(len(rows), length))
+    if method != "cached":
+        attn = (
+            _padded([[1] * len(r.ids) for r in rows], length, device)
+            if method == "naive"
+            else _shared_mask(config, rows, pos, dtype, _View.whole(len(rows), length))
+        )
         out = model(
             input_ids=_padded([r.ids for r in rows], length, device),
             attention_mask=attn,
@@ -321,28 +315,26 @@ def _hidden_states(
 
     cut = [r.first for r in rows]
     n_pre, n_rest = max(cut), max(len(r.ids) - c for r, c in zip(rows, cut, strict=True))
-    cache = DynamicCache()  # no config: full-length layers, so the mask's key columns line up
     first = model(
         input_ids=_padded([r.ids[:c] for r, c in zip(rows, cut, strict=True)], n_pre, device),
         position_ids=torch.arange(n_pre, device=device).expand(len(rows), -1),
-        past_key_values=cache,
+        past_key_values=DynamicCache(),  # no config: full-length layers, as the mask's keys are
         use_cache=True,
         **kw,
     )
-    cut_t = torch.tensor(cut, device=device)[:, None]
-    rest = torch.arange(n_rest, device=device)[None, :]
-    where = torch.arange(length, device=device).expand(len(rows), -1)
-    where = torch.where(where < cut_t, where, where - cut_t + n_pre)
+    cut_t = torch.tensor(cut)[:, None]
+    where = torch.arange(length).expand(len(rows), -1)
+    where = torch.where(where < cut_t, where, where - cut_t + n_pre).to(device)
     if n_rest == 0:
         return first.hidden_states[-1], where
     # Pass 2: the rest of each row, its queries against the cache and itself under the block mask.
     span = n_pre + n_rest  # row positions the mask needs: every cut + n_rest
     pos_all = _padded([r.pos for r in rows], span, device)
-    k_pre = torch.arange(n_pre).expand(len(rows), -1)
+    k_pre, rest = torch.arange(n_pre).expand(len(rows), -1), cut_t + torch.arange(n_rest)
     view = _View(
-        q=(cut_t.cpu() + rest.cpu()),
-        k=torch.cat([k_pre, cut_t.cpu() + rest.cpu()], 1),
-        k_ok=torch.cat([k_pre < cut_t.cpu(), torch.ones(len(rows), n_rest, dtype=torch.bool)], 1),
+        q=rest,
+        k=torch.cat([k_pre, rest], 1),
+        k_ok=torch.cat([k_pre < cut_t, torch.ones(len(rows), n_rest, dtype=torch.bool)], 1),
     )
     second = model(
         input_ids=_padded([r.ids[c:] for r, c in zip(rows, cut, strict=True)], n_rest, device),
