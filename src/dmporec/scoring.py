@@ -188,12 +188,11 @@ class _View:
     q: torch.Tensor  # [R, Q] row position of each query
     k: torch.Tensor  # [R, K] row position of each key
     k_ok: torch.Tensor  # [R, K] False for the padding holes of the cache
-    whole_row: bool = False
 
     @staticmethod
     def whole(n_rows: int, length: int) -> _View:
         idx = torch.arange(length).expand(n_rows, -1)
-        return _View(idx, idx, torch.ones(n_rows, length, dtype=torch.bool), whole_row=True)
+        return _View(idx, idx, torch.ones(n_rows, length, dtype=torch.bool))
 
 
 def _block_mask(rows: list[_Row], length: int, view: _View) -> torch.Tensor:
@@ -214,19 +213,13 @@ def _flex_block_mask(
     from torch.nn.attention.flex_attention import create_block_mask
 
     seg, anc = (t.to(pos.device) for t in _ancestry(rows, length))
-    if view.whole_row:
+    # The queries' and keys' row positions, segments and position ids, looked up once here.
+    vq, vk, ok = (t.to(pos.device) for t in (view.q, view.k, view.k_ok))
+    sq, sk, pq, pk = seg.gather(1, vq), seg.gather(1, vk), pos.gather(1, vq), pos.gather(1, vk)
 
-        def sees(b: Any, h: Any, q: Any, k: Any) -> Any:
-            seen = (k <= q) & anc[b, seg[b, q], seg[b, k]]
-            return seen if window is None else seen & (pos[b, q] - pos[b, k] < window)
-
-    else:  # look the queries' and keys' row positions up once, outside the mask function
-        vq, vk, ok = (t.to(pos.device) for t in (view.q, view.k, view.k_ok))
-        sq, sk, pq, pk = seg.gather(1, vq), seg.gather(1, vk), pos.gather(1, vq), pos.gather(1, vk)
-
-        def sees(b: Any, h: Any, q: Any, k: Any) -> Any:
-            seen = (vk[b, k] <= vq[b, q]) & anc[b, sq[b, q], sk[b, k]] & ok[b, k]
-            return seen if window is None else seen & (pq[b, q] - pk[b, k] < window)
+    def sees(b: Any, h: Any, q: Any, k: Any) -> Any:
+        seen = (vk[b, k] <= vq[b, q]) & anc[b, sq[b, q], sk[b, k]] & ok[b, k]
+        return seen if window is None else seen & (pq[b, q] - pk[b, k] < window)
 
     n_q, n_k = view.q.shape[1], view.k.shape[1]
     return create_block_mask(sees, len(rows), None, n_q, n_k, device=pos.device)
