@@ -75,6 +75,32 @@ def test_empty_context_and_handmade_groups(tiny, method):
 
 @torch.no_grad()
 @pytest.mark.parametrize("method", SHARED)
+def test_the_users_common_stem_is_encoded_once_per_call(tiny, demo, method):
+    model, tok = tiny
+    groups = [
+        Group((5, 6, 7, 8), (Branch((9,), ((10,), (11,))),)),
+        Group((5, 6, 7), (Branch((), ((12,),)),)),  # one sequence: its first segment is all of it
+        Group((5, 6), (Branch((), ((7,), (8,))),)),  # its first segment is the stem (5, 6) itself
+    ]
+    for batch in (groups, groups[:2], groups[1:2]):  # stems of 2, 3 and 4 tokens
+        for max_batch_tokens in (8192, 4):  # one micro-batch, or one row each
+            a = score_groups(model, batch, method="naive")
+            b = score_groups(model, batch, method=method, max_batch_tokens=max_batch_tokens)
+            assert torch.allclose(a.logps, b.logps, atol=1e-4, rtol=0)
+    assert [g.tokens(method) for g in groups] == [7, 4, 4]
+    assert score_groups(model, groups, method=method).encoded == 15 - 2 * 2
+    # The demo prompts share the chat template and the instruction's first words.
+    real = groups_for(tok, demo.train[:4], [2, 2, 2, 2])
+    a = score_groups(model, real, method="naive")
+    b = score_groups(model, real, method=method, max_batch_tokens=600)
+    assert torch.allclose(a.logps, b.logps, atol=1e-4, rtol=0)
+    stem = next(i for i in range(99) if len({g.prefix[i] for g in real}) > 1)
+    assert stem > 10 and b.encoded == sum(g.tokens(method) for g in real) - 3 * stem
+    assert a.encoded == sum(g.tokens("naive") for g in real)
+
+
+@torch.no_grad()
+@pytest.mark.parametrize("method", SHARED)
 def test_common_leading_tokens_are_encoded_once(tiny, method):
     model, _ = tiny
     # Contexts share (7, 8); answers share leading tokens, one answer is a prefix of another,

@@ -16,12 +16,14 @@ Two layouts compute the same numbers:
   ids equal to each token's depth give every answer token exactly the context it has in the
   naive row; gradients flow through every shared token as usual. An answer token shared by
   several answers is scored once and added to each of them.
-- "cached": the shared layout in two passes. Each row's first segment (the prefix all its
-  sequences start with: chat template, role line, history) is encoded alone with plain causal
-  attention and its keys and values kept in a KV cache; the rest of the trie (pair lines,
-  answers) then attends to that cache under the block mask. The same tokens as "shared", but
-  the prompt-sized attention is causal (the fast kernels skip the masked half) instead of a
-  dense block mask over the whole row. Meant for inference; it also differentiates.
+- "cached": the shared layout behind a KV cache, and a prefix common to every user encoded
+  once per call. The stem (the leading tokens all rows of the call start with: chat template,
+  system prompt, the instruction's first words) is encoded once and its keys and values
+  copied to every row; each row's first segment (the rest of its history) is then encoded
+  with plain causal attention against it; the rest of the trie (pair lines, answers) attends
+  to that cache under the block mask. Fewer tokens than "shared" (the stem once per call, not
+  once per user), and the prompt-sized attention is causal rather than a dense block mask. It
+  differentiates too (the stem's gradient is the sum over the rows that share it).
 """
 
 from __future__ import annotations
@@ -70,6 +72,7 @@ class AnswerLogProbs:
     logps: torch.Tensor  # [B, M] float32
     n_tokens: torch.Tensor  # [B, M] long
     mask: torch.Tensor  # [B, M] bool
+    encoded: int = 0  # tokens the forward passes encoded, padding excluded (for benchmarks)
 
 
 @dataclass
@@ -181,18 +184,13 @@ def _ancestry(rows: list[_Row], length: int) -> tuple[torch.Tensor, torch.Tensor
 
 @dataclass
 class _View:
-    """Which row positions a mask's queries and keys are: the whole row for "shared"; for the
-    second pass of "cached", the queries are the tokens after the cached prefix and the keys
-    are the cache (with holes where a shorter prefix was padded) followed by those tokens."""
+    """Which row positions a pass's mask covers: the queries are the tokens after the cached
+    prefix (the stem for "shared", each row's first segment for "cached") and the keys are the
+    cache (with holes where a shorter prefix was padded) followed by those tokens."""
 
     q: torch.Tensor  # [R, Q] row position of each query
     k: torch.Tensor  # [R, K] row position of each key
     k_ok: torch.Tensor  # [R, K] False for the padding holes of the cache
-
-    @staticmethod
-    def whole(n_rows: int, length: int) -> _View:
-        idx = torch.arange(length).expand(n_rows, -1)
-        return _View(idx, idx, torch.ones(n_rows, length, dtype=torch.bool))
 
 
 def _block_mask(rows: list[_Row], length: int, view: _View) -> torch.Tensor:
@@ -277,74 +275,119 @@ def _padded(seqs: list[list[int]], length: int, device: torch.device) -> torch.T
     return torch.tensor([s + [0] * (length - len(s)) for s in seqs], device=device)
 
 
+_KW: dict[str, Any] = {"output_hidden_states": True, "logits_to_keep": 1}
+
+
+@dataclass
+class _Stem:
+    """The leading tokens every row of a "cached" call starts with, encoded once: their
+    last-layer hidden states [1, n, H] and each layer's keys and values [1, heads, n, d]."""
+
+    n: int
+    hidden: torch.Tensor
+    kv: list[tuple[torch.Tensor, torch.Tensor]]
+
+    @staticmethod
+    def encode(model: torch.nn.Module, rows: list[_Row]) -> _Stem | None:
+        """The stem of `rows` (the longest prefix their first segments have in common)."""
+        from transformers import DynamicCache
+
+        n = min(r.first for r in rows)
+        for row in rows[1:]:
+            n = next((i for i in range(n) if row.ids[i] != rows[0].ids[i]), n)
+        if n == 0:
+            return None
+        device = next(model.parameters()).device
+        out = model(
+            input_ids=torch.tensor([rows[0].ids[:n]], device=device),
+            position_ids=torch.arange(n, device=device)[None],
+            past_key_values=DynamicCache(),  # no config: full-length layers, as the mask's keys are
+            use_cache=True,
+            **_KW,
+        )
+        kv = [(layer.keys, layer.values) for layer in out.past_key_values.layers]
+        return _Stem(n, out.hidden_states[-1], kv)
+
+    def cache(self, n_rows: int) -> Any:
+        """A KV cache holding the stem for each of `n_rows` rows."""
+        from transformers import DynamicCache
+
+        cache = DynamicCache()
+        for i, (k, v) in enumerate(self.kv):
+            cache.update(k.expand(n_rows, -1, -1, -1), v.expand(n_rows, -1, -1, -1), i)
+        return cache
+
+
 def _hidden_states(
-    model: torch.nn.Module, rows: list[_Row], method: Method
+    model: torch.nn.Module, rows: list[_Row], method: Method, stem: _Stem | None = None
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """Last-layer hidden states of the rows' tokens, [R, L, H], and the column of each row
-    position in it, [R, L] (the identity but for "cached", whose two passes are concatenated)."""
+    position in it, [R, L] (the identity but for "cached", whose passes are concatenated)."""
     device = next(model.parameters()).device
     length = max(len(r.ids) for r in rows)
-    pos = _padded([r.pos for r in rows], length, device)
-    kw: dict[str, Any] = {"output_hidden_states": True, "logits_to_keep": 1}
-    config = extract_model_from_parallel(model).config
-    dtype = next(model.parameters()).dtype
-    if method != "cached":
-        attn = (
-            _padded([[1] * len(r.ids) for r in rows], length, device)
-            if method == "naive"
-            else _shared_mask(config, rows, pos, dtype, _View.whole(len(rows), length))
-        )
+    if method == "naive":
         out = model(
             input_ids=_padded([r.ids for r in rows], length, device),
-            attention_mask=attn,
-            position_ids=pos,
+            attention_mask=_padded([[1] * len(r.ids) for r in rows], length, device),
+            position_ids=_padded([r.pos for r in rows], length, device),
             use_cache=False,
-            **kw,
+            **_KW,
         )
         return out.hidden_states[-1], torch.arange(length, device=device).expand(len(rows), -1)
-    # "cached": pass 1 encodes each row's first segment with plain causal attention (right
-    # padding needs no mask: no real token looks ahead), keeping its keys and values.
+    # The stem's keys and values, copied to every row. "cached": pass 1 encodes the rest of each
+    # row's first segment with plain causal attention (right padding needs no mask: no real
+    # token looks ahead), adding its keys and values to the cache. "shared" has no pass 1.
     from transformers import DynamicCache
 
-    cut = [r.first for r in rows]
+    config = extract_model_from_parallel(model).config
+    dtype = next(model.parameters()).dtype
+    n_stem = stem.n if stem is not None else 0
+    cache = stem.cache(len(rows)) if stem is not None else DynamicCache()
+    hidden = [stem.hidden.expand(len(rows), -1, -1)] if stem is not None else []
+    cut = [r.first if method == "cached" else n_stem for r in rows]
     n_pre, n_rest = max(cut), max(len(r.ids) - c for r, c in zip(rows, cut, strict=True))
-    first = model(
-        input_ids=_padded([r.ids[:c] for r, c in zip(rows, cut, strict=True)], n_pre, device),
-        position_ids=torch.arange(n_pre, device=device).expand(len(rows), -1),
-        past_key_values=DynamicCache(),  # no config: full-length layers, as the mask's keys are
-        use_cache=True,
-        **kw,
-    )
+    if n_pre > n_stem:
+        first = model(
+            input_ids=_padded(
+                [r.ids[n_stem:c] for r, c in zip(rows, cut, strict=True)], n_pre - n_stem, device
+            ),
+            position_ids=torch.arange(n_stem, n_pre, device=device).expand(len(rows), -1),
+            past_key_values=cache,
+            use_cache=True,
+            **_KW,
+        )
+        hidden.append(first.hidden_states[-1])
     cut_t = torch.tensor(cut)[:, None]
     where = torch.arange(length).expand(len(rows), -1)
     where = torch.where(where < cut_t, where, where - cut_t + n_pre).to(device)
-    if n_rest == 0:
-        return first.hidden_states[-1], where
-    # Pass 2: the rest of each row, its queries against the cache and itself under the block mask.
-    span = n_pre + n_rest  # row positions the mask needs: every cut + n_rest
-    pos_all = _padded([r.pos for r in rows], span, device)
-    k_pre, rest = torch.arange(n_pre).expand(len(rows), -1), cut_t + torch.arange(n_rest)
-    view = _View(
-        q=rest,
-        k=torch.cat([k_pre, rest], 1),
-        k_ok=torch.cat([k_pre < cut_t, torch.ones(len(rows), n_rest, dtype=torch.bool)], 1),
-    )
-    second = model(
-        input_ids=_padded([r.ids[c:] for r, c in zip(rows, cut, strict=True)], n_rest, device),
-        attention_mask=_shared_mask(config, rows, pos_all, dtype, view),
-        position_ids=pos_all.gather(1, view.q.to(device)),
-        past_key_values=first.past_key_values,
-        use_cache=True,
-        **kw,
-    )
-    return torch.cat([first.hidden_states[-1], second.hidden_states[-1]], 1), where
+    if n_rest > 0:
+        # Pass 2: the rest of each row, its queries against the cache and itself under the
+        # block mask (for "shared", all of the row after the stem).
+        span = n_pre + n_rest  # row positions the mask needs: every cut + n_rest
+        pos_all = _padded([r.pos for r in rows], span, device)
+        k_pre, rest = torch.arange(n_pre).expand(len(rows), -1), cut_t + torch.arange(n_rest)
+        view = _View(
+            q=rest,
+            k=torch.cat([k_pre, rest], 1),
+            k_ok=torch.cat([k_pre < cut_t, torch.ones(len(rows), n_rest, dtype=torch.bool)], 1),
+        )
+        second = model(
+            input_ids=_padded([r.ids[c:] for r, c in zip(rows, cut, strict=True)], n_rest, device),
+            attention_mask=_shared_mask(config, rows, pos_all, dtype, view),
+            position_ids=pos_all.gather(1, view.q.to(device)),
+            past_key_values=cache,
+            use_cache=True,
+            **_KW,
+        )
+        hidden.append(second.hidden_states[-1])
+    return torch.cat(hidden, 1), where
 
 
 def _forward_rows(
-    model: torch.nn.Module, rows: list[_Row], method: Method, n_slots: int
+    model: torch.nn.Module, rows: list[_Row], method: Method, n_slots: int, stem: _Stem | None
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """Summed target log-probs and token counts per slot for one micro-batch of rows."""
-    hidden, where = _hidden_states(model, rows, method)
+    hidden, where = _hidden_states(model, rows, method, stem)
     device = hidden.device
     unique: dict[tuple[int, int, int], int] = {}  # (row, position, token) -> scored target
     which, slots = [], []
@@ -412,6 +455,9 @@ def score_groups(
     # Longest first: rows of similar length share a micro-batch (little padding), and the
     # largest one comes first, so a batch too big for memory fails at once.
     rows = sorted(_layout(groups, method, width), key=lambda r: len(r.ids), reverse=True)
+    stem = _Stem.encode(model, rows) if method != "naive" else None
+    n_stem = stem.n if stem is not None else 0
+    encoded = n_stem + sum(len(r.ids) - n_stem for r in rows)
     sums_all, counts_all = [], []
     start = 0
     while start < len(rows):
@@ -422,19 +468,14 @@ def score_groups(
             if end > start and longest_next * (end - start + 1) > max_batch_tokens:
                 break
             longest, end = longest_next, end + 1
-        sums, counts = _forward_rows(model, rows[start:end], method, n_groups * width)
+        sums, counts = _forward_rows(model, rows[start:end], method, n_groups * width, stem)
         sums_all.append(sums)
         counts_all.append(counts)
         start = end
-    return _to_matrix(groups, width, torch.stack(sums_all).sum(0), torch.stack(counts_all).sum(0))
-
-
-def _to_matrix(
-    groups: Sequence[Group], width: int, sums: torch.Tensor, counts: torch.Tensor
-) -> AnswerLogProbs:
+    sums, counts = torch.stack(sums_all).sum(0), torch.stack(counts_all).sum(0)
     mask = torch.zeros(len(groups), width, dtype=torch.bool)
     for g, group in enumerate(groups):
         mask[g, : group.n_answers] = True
     return AnswerLogProbs(
-        sums.view(len(groups), width), counts.view(len(groups), width), mask.to(sums.device)
+        sums.view(n_groups, width), counts.view(n_groups, width), mask.to(sums.device), encoded
     )
