@@ -2,18 +2,22 @@
 
     .venv/bin/python benchmarks/shared_prefix.py [--users 4] [--steps 2] [--eval-pairs 200]
         [--ks 1,3,5] [--orders listed,both] [--eval-methods shared,cached]
+        [--max-batch-tokens 8192] [--repeats 1] [--out FILE]
 
 Data: the authors' rec_Amazon_Movie_dpo_ranking_{1,3,5}.json and eval file (../shared/data/dmpo);
 model: packaged SmolLM2-135M-Instruct, fp32, 2 threads. Every cell runs in a fresh process so
 its peak RSS is its own. Training cells do the same DMPO steps (same users, same LoRA init):
 - naive: one row per answer with its full prompt, and the reference forward in every step
-  (how LLaMA-Factory and TRL's DPOTrainer do it by default);
-- shared: one packed row per user (block attention mask), reference log-probs computed once
-  before training (their cost is reported separately, and cached across runs).
+  (how LLaMA-Factory and TRL's DPOTrainer do it by default), one user per forward and
+  backward (a batch of users' naive rows does not fit in memory at k=5);
+- shared: one packed row per user (block attention mask) after the stem all users share, the
+  step's users in one call as `dmporec train` scores a micro-batch; reference log-probs
+  computed once before training (their cost is reported separately, and cached across runs).
 Evaluation scores each test pair in the listed candidate order, and in both orders (the
 default of `dmporec evaluate`: 2 prompts per pair, 4 answers), naive against the packed trie
 ("shared") and against the trie behind a KV-cached prefix ("cached", `eval.scorer=cached`).
-Both take one backward pass per user and one optimizer step per batch (bounded memory).
+Every layout runs with the same `max_batch_tokens` (the library's default, 8192). Tokens are those the forward passes encode, padding excluded. With
+`--repeats N` every cell runs N times, all cells once per round, and the table gives the median.
 Prints a table and writes benchmarks/results/shared_prefix.json.
 """
 
@@ -22,6 +26,7 @@ from __future__ import annotations
 import argparse
 import json
 import resource
+import statistics
 import subprocess
 import sys
 import time
@@ -33,7 +38,14 @@ RESULTS = Path(__file__).resolve().parent / "results" / "shared_prefix.json"
 
 
 def cell(
-    kind: str, method: str, k: int, users: int, steps: int, eval_pairs: int, orders: str = "listed"
+    kind: str,
+    method: str,
+    k: int,
+    users: int,
+    steps: int,
+    eval_pairs: int,
+    orders: str = "listed",
+    budget: int = 8192,
 ) -> dict:
     import torch
 
@@ -62,6 +74,7 @@ def cell(
             enc.group(r, orders=orders)
             for r in read_alpaca(DATA / "rec_Amazon_Movie_eval_ranking.json", norm)[:eval_pairs]
         ]
+        tokens = 0
         with torch.no_grad():
             score_groups(model, groups[:2], method=method)  # warm-up
             start = time.perf_counter()
@@ -70,7 +83,10 @@ def cell(
             logps = torch.zeros(len(groups), groups[0].n_answers)
             for i in range(0, len(order), 16):
                 chunk = order[i : i + 16]
-                logps[chunk] = score_groups(model, [groups[u] for u in chunk], method=method).logps
+                scores = score_groups(
+                    model, [groups[u] for u in chunk], method=method, max_batch_tokens=budget
+                )
+                logps[chunk], tokens = scores.logps, tokens + scores.encoded
         wall = time.perf_counter() - start
         return {
             "kind": kind,
@@ -79,7 +95,7 @@ def cell(
             "pairs": len(groups),
             "wall_s": wall,
             "pairs_per_s": len(groups) / wall,
-            "tokens": sum(g.tokens(method) for g in groups),
+            "tokens": tokens,
             "orders": orders,
             # chosen answers are the even columns: sum over the listings, then compare
             "accuracy": (logps[:, 0::2].sum(1) > logps[:, 1::2].sum(1)).float().mean().item(),
@@ -99,11 +115,12 @@ def cell(
 
     def reference(batch):
         with torch.no_grad(), model.disable_adapter():
-            return score_groups(model, batch, method=method).logps
+            out = score_groups(model, batch, method=method, max_batch_tokens=budget)
+            return out.logps, out.encoded
 
     ref_start = time.perf_counter()
     precomputed = (
-        [reference(groups[i : i + users]) for i in range(0, len(groups), users)]
+        [reference(groups[i : i + users])[0] for i in range(0, len(groups), users)]
         if method == "shared"
         else None
     )
@@ -113,9 +130,16 @@ def cell(
         batch = groups[s * users : (s + 1) * users]
         start = time.perf_counter()
         step_loss = 0.0
-        for u, group in enumerate(batch):  # one user per backward: memory stays bounded for both
-            ref = precomputed[s][u : u + 1] if precomputed is not None else reference([group])
-            scores = score_groups(model, [group], method=method)
+        # naive: one user per forward and backward; shared: the step's users in one call
+        calls = [batch[u : u + 1] for u in range(len(batch))] if precomputed is None else [batch]
+        for call in calls:
+            if precomputed is None:
+                ref, ref_tokens = reference(call)
+                tokens += ref_tokens
+            else:
+                ref = precomputed[s]
+            scores = score_groups(model, call, method=method, max_batch_tokens=budget)
+            tokens += scores.encoded
             out = dmpo_loss(
                 scores.logps[:, 0::2],
                 scores.logps[:, 1::2],
@@ -130,7 +154,6 @@ def cell(
         optimizer.zero_grad()
         step_times.append(time.perf_counter() - start)
         losses.append(step_loss)
-        tokens += sum(g.tokens(method) for g in batch) * (2 if precomputed is None else 1)
     wall = sum(step_times)
     return {
         "kind": kind,
@@ -158,13 +181,26 @@ def main() -> None:
     parser.add_argument(
         "--eval-methods", default="shared,cached", help="evaluation layouts to time against naive"
     )
+    parser.add_argument(
+        "--max-batch-tokens", type=int, default=8192, help="micro-batch budget of every layout"
+    )
+    parser.add_argument("--repeats", type=int, default=1, help="rounds over all cells (median)")
+    parser.add_argument("--out", type=Path, default=RESULTS, help="where the JSON goes")
     parser.add_argument("--cell", help=argparse.SUPPRESS)
     args = parser.parse_args()
     if args.cell:
         kind, method, k, orders = args.cell.split(":")
-        print(
-            json.dumps(cell(kind, method, int(k), args.users, args.steps, args.eval_pairs, orders))
+        result = cell(
+            kind,
+            method,
+            int(k),
+            args.users,
+            args.steps,
+            args.eval_pairs,
+            orders,
+            args.max_batch_tokens,
         )
+        print(json.dumps(result))
         return
     if not DATA.is_dir():
         sys.exit(f"needs the authors' files in {DATA}")
@@ -173,70 +209,87 @@ def main() -> None:
     eval_methods = ["naive", *(m for m in args.eval_methods.split(",") if m)]
     cells += [("eval", m, 1, o) for o in args.orders.split(",") if o for m in eval_methods]
     results = []
-    for kind, method, k, orders in cells:
-        cmd = [
-            sys.executable,
-            __file__,
-            "--cell",
-            f"{kind}:{method}:{k}:{orders}",
-            "--users",
-            str(args.users),
-            "--steps",
-            str(args.steps),
-            "--eval-pairs",
-            str(args.eval_pairs),
-        ]
-        proc = subprocess.run(cmd, capture_output=True, text=True)
-        if proc.returncode != 0:
-            sys.exit(
-                f"cell {kind}:{method}:{k}:{orders} failed (exit {proc.returncode}):\n{proc.stderr[-2000:]}"
+    for round_ in range(args.repeats):
+        for kind, method, k, orders in cells:
+            cmd = [
+                sys.executable,
+                __file__,
+                "--cell",
+                f"{kind}:{method}:{k}:{orders}",
+                "--users",
+                str(args.users),
+                "--steps",
+                str(args.steps),
+                "--eval-pairs",
+                str(args.eval_pairs),
+                "--max-batch-tokens",
+                str(args.max_batch_tokens),
+            ]
+            proc = subprocess.run(cmd, capture_output=True, text=True)
+            if proc.returncode != 0:
+                sys.exit(
+                    f"cell {kind}:{method}:{k}:{orders} failed (exit {proc.returncode}):\n{proc.stderr[-2000:]}"
+                )
+            results.append({**json.loads(proc.stdout.strip().splitlines()[-1]), "round": round_})
+            _write(args, results, table=None)  # a cell's numbers survive a later failure
+            print(
+                f"done: {kind} {method} k={k} {orders}: {results[-1]['wall_s']:.1f} s",
+                file=sys.stderr,
+                flush=True,
             )
-        results.append(json.loads(proc.stdout.strip().splitlines()[-1]))
-        _write(args, results, table=None)  # a cell's numbers survive a later failure
-        print(
-            f"done: {kind} {method} k={k} {orders}: {results[-1]['wall_s']:.1f} s",
-            file=sys.stderr,
-            flush=True,
-        )
-    rows = [
-        "| workload | k | naive | shared | speed-up | tokens naive / shared | peak RSS MiB naive / shared | max loss diff |",
-        "|---|---|---|---|---|---|---|---|",
-    ]
-    naive = {}  # (kind, k, orders) -> the naive cell every other layout is compared with
-    for b in results:
-        key = (b["kind"], b["k"], b.get("orders"))
-        if b["method"] == "naive":
-            naive[key] = b
-            continue
-        a = naive[key]
-        if a["kind"] == "train":
-            diff = max(abs(x - y) for x, y in zip(a["losses"], b["losses"], strict=True))
-            rows.append(
-                f"| DMPO train step | {a['k']} | {a['users_per_s']:.3f} users/s | {b['users_per_s']:.3f} users/s "
-                f"| {b['users_per_s'] / a['users_per_s']:.2f}x | {a['tokens']} / {b['tokens']} "
-                f"| {a['peak_rss_mib']:.0f} / {b['peak_rss_mib']:.0f} | {diff:.1e} |"
-            )
-        else:
-            listing = "both orders" if a["orders"] == "both" else "listed order"
-            layout = ", KV-cached prefix" if b["method"] == "cached" else ""
-            rows.append(
-                f"| evaluation ({a['pairs']} pairs, {listing}{layout}) | - | {a['pairs_per_s']:.2f} pairs/s | {b['pairs_per_s']:.2f} pairs/s "
-                f"| {b['pairs_per_s'] / a['pairs_per_s']:.2f}x | {a['tokens']} / {b['tokens']} "
-                f"| {a['peak_rss_mib']:.0f} / {b['peak_rss_mib']:.0f} | acc {a['accuracy']:.3f} / {b['accuracy']:.3f} |"
-            )
-    table = "\n".join(rows)
+    table = _table(results)
     print(table)
     _write(args, results, table)
 
 
+def _table(results: list[dict]) -> str:
+    """Each layout against the naive cell of its workload: median throughputs over the rounds,
+    and the median of the per-round speed-ups (their range in brackets with several rounds)."""
+    rounds: dict[tuple, list[dict]] = {}  # (kind, k, orders, method) -> its cells, round order
+    for r in results:
+        rounds.setdefault((r["kind"], r["k"], r.get("orders"), r["method"]), []).append(r)
+    rows = [
+        "| workload | k | naive | shared | speed-up | tokens naive / shared | peak RSS MiB naive / shared | max loss diff |",
+        "|---|---|---|---|---|---|---|---|",
+    ]
+    for (kind, k, orders, method), bs in rounds.items():
+        if method == "naive":
+            continue
+        as_ = rounds[(kind, k, orders, "naive")]
+        rate, unit = ("users_per_s", "users/s") if kind == "train" else ("pairs_per_s", "pairs/s")
+        ratios = sorted(y[rate] / x[rate] for x, y in zip(as_, bs, strict=False))
+        a, b = (sorted(cs, key=lambda c: c["wall_s"])[(len(cs) - 1) // 2] for cs in (as_, bs))
+        speedup = f"{statistics.median(ratios):.2f}x" + (
+            f" ({ratios[0]:.2f}-{ratios[-1]:.2f})" if len(ratios) > 1 else ""
+        )
+        if kind == "train":
+            workload = "DMPO train step"
+            last = max(abs(x - y) for x, y in zip(a["losses"], b["losses"], strict=True))
+            last = f"{last:.1e}"
+        else:
+            listing = "both orders" if orders == "both" else "listed order"
+            layout = ", KV-cached prefix" if method == "cached" else ""
+            workload, k = f"evaluation ({a['pairs']} pairs, {listing}{layout})", "-"
+            last = f"acc {a['accuracy']:.3f} / {b['accuracy']:.3f}"
+        rows.append(
+            f"| {workload} | {k} | {a[rate]:.3f} {unit} | {b[rate]:.3f} {unit} | {speedup} "
+            f"| {a['tokens']} / {b['tokens']} | {a['peak_rss_mib']:.0f} / {b['peak_rss_mib']:.0f} "
+            f"| {last} |"
+        )
+    return "\n".join(rows)
+
+
 def _write(args: argparse.Namespace, results: list[dict], table: str | None) -> None:
-    RESULTS.parent.mkdir(parents=True, exist_ok=True)
-    record = {"date": time.strftime("%Y-%m-%d"), "args": vars(args), "cells": results}
+    args.out.parent.mkdir(parents=True, exist_ok=True)
+    record = {"date": time.strftime("%Y-%m-%d"), "args": vars(args) | {"out": str(args.out)}}
+    record["cells"] = results
     if table is None:
         record["unfinished"] = True
     else:
         record["table"] = table
-    RESULTS.write_text(json.dumps(record, indent=2) + "\n")
+    tmp = args.out.with_suffix(".tmp")
+    tmp.write_text(json.dumps(record, indent=2) + "\n")
+    tmp.replace(args.out)
 
 
 if __name__ == "__main__":

@@ -154,8 +154,10 @@ def test_gradient_checkpointing_trains_the_same_adapter(tmp_path):
     )
     a = load_file(tmp_path / "a/sft/adapter/adapter_model.safetensors")
     b = load_file(tmp_path / "b/sft/adapter/adapter_model.safetensors")
+    # Without checkpointing the users' common stem is encoded once behind a KV cache; with it
+    # (layers replayed without a cache) in each row: the same numbers up to float rounding.
     for key in a:
-        assert torch.allclose(a[key], b[key], atol=1e-6), key
+        assert (a[key] - b[key]).norm() <= 1e-4 * a[key].norm(), key
 
 
 def test_gradient_accumulation_logs_one_row_per_optimizer_step(tmp_path):

@@ -178,6 +178,22 @@ def test_dmpo_gradients_agree(tiny_cfg, demo):
         assert rel < 1e-4, method
 
 
+def test_gradient_checkpointing_encodes_the_stem_in_every_row(tiny_cfg, demo):
+    # Checkpointed layers are replayed without their KV cache, so "shared" keeps no stem then.
+    tok = load_tokenizer(tiny_cfg)
+    model = add_lora(load_base_model(tiny_cfg), tiny_cfg)
+    groups = groups_for(tok, demo.train[:3], [3, 1, 2])
+    a = score_groups(model.eval(), groups, method="naive")
+    model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
+    model.enable_input_require_grads()
+    b = score_groups(model.train(), groups, method="shared")
+    assert b.encoded == sum(g.tokens("shared") for g in groups)
+    assert torch.allclose(a.logps, b.logps.detach(), atol=1e-4, rtol=0)
+    b.logps.sum().backward()  # the replay runs without errors
+    with pytest.raises(ValueError, match="gradient checkpointing"):
+        score_groups(model, groups, method="cached")
+
+
 @torch.no_grad()
 def test_packaged_model_shared_equals_naive(demo):
     cfg = ModelConfig(name=BUILTIN_SMOLLM2)
