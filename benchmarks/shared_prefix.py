@@ -16,8 +16,9 @@ its peak RSS is its own. Training cells do the same DMPO steps (same users, same
 Evaluation scores each test pair in the listed candidate order, and in both orders (the
 default of `dmporec evaluate`: 2 prompts per pair, 4 answers), naive against the packed trie
 ("shared") and against the trie behind a KV-cached prefix ("cached", `eval.scorer=cached`).
-Every layout runs with the same `max_batch_tokens` (the library's default, 8192). Tokens are those the forward passes encode, padding excluded. With
-`--repeats N` every cell runs N times, all cells once per round, and the table gives the median.
+Every layout runs with the same `max_batch_tokens` (the library's default, 8192). Tokens are
+those the forward passes encode, padding excluded. With `--repeats N` every cell runs N times,
+all cells once per round, and the table gives the median.
 Prints a table and writes benchmarks/results/shared_prefix.json.
 """
 
