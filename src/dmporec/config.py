@@ -112,9 +112,10 @@ class EvalConfig(_Strict):
     batch_size: int = Field(16, ge=1, description="Test users scored per call.")
     scorer: Literal["shared", "naive", "cached"] = Field(
         "shared",
-        description="shared: one packed row per user (prompt tree under a block mask); cached: "
-        "the same tokens in two passes, the history encoded causally into a KV cache that the "
-        "pair lines and answers then attend to; naive: one row per answer (debugging, benchmarks).",
+        description="shared: the prefix all users share once per call (KV cache), then one packed "
+        "row per user (prompt tree under a block mask); cached: the same tokens, the history "
+        "encoded causally into the KV cache that the pair lines and answers then attend to (one "
+        "more pass; slower on a CPU); naive: one row per answer (debugging, benchmarks).",
     )
     max_batch_tokens: int = Field(8192, ge=64)
     split: Literal["test", "valid"] = Field(

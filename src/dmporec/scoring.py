@@ -5,7 +5,7 @@ branches (one per candidate pair: the line naming the two candidates and the tem
 assistant header), each with its answers (chosen, rejected). `score_groups` returns the summed
 log-prob of every answer, shape [B, M] with M = answers per group in branch order.
 
-Two layouts compute the same numbers:
+Three layouts compute the same numbers:
 - "naive": one row per answer holding prefix + context + answer, as the peers do
   (LLaMA-Factory, TRL): the prefix is encoded once per answer.
 - "shared": one packed row per group holding the token trie of its sequences (prefix +
@@ -15,15 +15,15 @@ Two layouts compute the same numbers:
   mask (each token sees its ancestors and the earlier tokens of its own segment) and position
   ids equal to each token's depth give every answer token exactly the context it has in the
   naive row; gradients flow through every shared token as usual. An answer token shared by
-  several answers is scored once and added to each of them.
-- "cached": the shared layout behind a KV cache, and a prefix common to every user encoded
-  once per call. The stem (the leading tokens all rows of the call start with: chat template,
-  system prompt, the instruction's first words) is encoded once and its keys and values
-  copied to every row; each row's first segment (the rest of its history) is then encoded
-  with plain causal attention against it; the rest of the trie (pair lines, answers) attends
-  to that cache under the block mask. Fewer tokens than "shared" (the stem once per call, not
-  once per user), and the prompt-sized attention is causal rather than a dense block mask. It
-  differentiates too (the stem's gradient is the sum over the rows that share it).
+  several answers is scored once and added to each of them. The stem, the leading tokens all
+  rows of a call start with (chat template, system prompt, the instruction's first words), is
+  encoded once per call and its keys and values copied into each row's KV cache; the rows
+  hold the trie after it (the stem's gradient is the sum over the rows that share it). Under
+  gradient checkpointing, whose replay drops the KV cache, each row encodes the stem itself.
+- "cached": "shared" with the rest of each row's first segment (the user's history) encoded
+  in a pass of its own with plain causal attention into the KV cache (no mask: the attention
+  kernels skip the masked half); the rest of the trie (pair lines, answers) then attends to
+  that cache under the block mask. The same tokens as "shared", one more forward pass.
 """
 
 from __future__ import annotations
@@ -283,7 +283,7 @@ _KW: dict[str, Any] = {"output_hidden_states": True, "logits_to_keep": 1}
 
 @dataclass
 class _Stem:
-    """The leading tokens every row of a "cached" call starts with, encoded once: their
+    """The leading tokens every row of a call starts with, encoded once: their
     last-layer hidden states [1, n, H] and each layer's keys and values [1, heads, n, d]."""
 
     n: int
