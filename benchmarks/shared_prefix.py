@@ -189,6 +189,8 @@ def main() -> None:
     parser.add_argument("--out", type=Path, default=RESULTS, help="where the JSON goes")
     parser.add_argument("--cell", help=argparse.SUPPRESS)
     args = parser.parse_args()
+    if args.repeats < 1:
+        parser.error("--repeats must be at least 1")
     if args.cell:
         kind, method, k, orders = args.cell.split(":")
         result = cell(
@@ -265,8 +267,8 @@ def _table(results: list[dict]) -> str:
         )
         if kind == "train":
             workload = "DMPO train step"
-            last = max(abs(x - y) for x, y in zip(a["losses"], b["losses"], strict=True))
-            last = f"{last:.1e}"
+            diff = max(abs(x - y) for x, y in zip(a["losses"], b["losses"], strict=True))
+            last = f"{diff:.1e}"
         else:
             listing = "both orders" if orders == "both" else "listed order"
             layout = ", KV-cached prefix" if method == "cached" else ""
