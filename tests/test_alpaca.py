@@ -1,10 +1,12 @@
 import json
+from dataclasses import replace
 from pathlib import Path
 
 import pytest
 
 from dmporec.alpaca import read_alpaca, to_alpaca_rows, write_alpaca
-from dmporec.records import DataError, TitleNormalization
+from dmporec.records import DataError, TitleNormalization, read_records, write_records
+from dmporec.wording import WORDINGS, resolve_wording
 
 SHARED = Path(__file__).resolve().parents[2] / "shared" / "data" / "dmpo"
 
@@ -22,6 +24,67 @@ def test_round_trip_through_alpaca(tmp_path, demo):
             [i.title for i in r.negatives] for r in demo.train
         ]
         assert [r.positive.title for r in back] == [r.positive.title for r in demo.train]
+
+
+@pytest.mark.parametrize("wording", ["movies", "games", "books", "music,songs,heard,hearing,songs"])
+def test_every_file_kind_round_trips_for_every_wording(tmp_path, demo, wording):
+    """sft rows, dpo_ranking_k rows and eval rows (list and string output) of any wording read
+    back to the same records and write back to the same rows."""
+    records = [replace(r, wording=resolve_wording(wording)) for r in demo.train]
+    for kind in ("sft", "dpo", "eval"):
+        path = tmp_path / f"{kind}.json"
+        write_alpaca(path, records, kind, seed=1)
+        back = read_alpaca(path, TitleNormalization.none())
+        assert to_alpaca_rows(back, kind) == json.loads(path.read_text())
+        assert {r.wording for r in back} == {resolve_wording(wording)}
+        assert [(r.history, r.positive) for r in back] == [(r.history, r.positive) for r in records]
+        if kind != "sft":
+            assert [r.negatives for r in back] == [r.negatives for r in records]
+
+
+# Two rows of the authors' rec_Amazon_Game_dpo_ranking_2.json layout (real wording; a title with a
+# leading space and one with a comma, as their files have).
+GAMES_ROWS = [
+    {
+        "instruction": "You are an assistant working on Video Games recommendations. Here is the "
+        "user's history of Video Games they have shopped:  <Title:Halo 3 - Xbox 360>  <Title: "
+        "Microsoft SideWinder X5 Mouse> . Rank the likelihood of the user shopping the two Video "
+        "Games  <Title:Burnout Paradise - Playstation 3>  and  <Title:Crazy Taxi> .",
+        "input": "",
+        "output": [
+            " <Title:Crazy Taxi> ,  <Title:Burnout Paradise - Playstation 3> ",
+            " <Title:Burnout Paradise - Playstation 3> ,  <Title:Crazy Taxi> ",
+        ],
+    },
+    {
+        "instruction": "You are an assistant working on Video Games recommendations. Here is the "
+        "user's history of Video Games they have shopped:  <Title:Halo 3 - Xbox 360>  <Title: "
+        "Microsoft SideWinder X5 Mouse> . Rank the likelihood of the user shopping the two Video "
+        "Games  <Title:Crazy Taxi>  and  <Title:Cable for Xbox 360, Wii, PS3> .",
+        "input": "",
+        "output": [
+            " <Title:Crazy Taxi> ,  <Title:Cable for Xbox 360, Wii, PS3> ",
+            " <Title:Cable for Xbox 360, Wii, PS3> ,  <Title:Crazy Taxi> ",
+        ],
+    },
+]
+
+
+def test_video_games_rows_read_as_one_user_and_write_back_byte_exact(tmp_path):
+    path = tmp_path / "rec_Amazon_Game_dpo_ranking_2.json"
+    path.write_text(json.dumps(GAMES_ROWS))
+    (record,) = read_alpaca(path, TitleNormalization.none())
+    assert record.wording == WORDINGS["games"] and record.wording.name == "games"
+    assert [i.title for i in record.history] == [
+        "Halo 3 - Xbox 360",
+        " Microsoft SideWinder X5 Mouse",
+    ]
+    assert record.positive.title == "Crazy Taxi" and record.positive_first == [False, True]
+    assert to_alpaca_rows([record], "dpo") == GAMES_ROWS
+    # As canonical JSON lines the wording travels as its name.
+    write_records(tmp_path / "r.jsonl", [record])
+    assert json.loads((tmp_path / "r.jsonl").read_text())["domain"] == "games"
+    assert read_records(tmp_path / "r.jsonl") == [record]
 
 
 def test_string_output_eval_rows_like_ml1m(tmp_path, demo):
@@ -59,7 +122,12 @@ GOOD = {
             "instruction",
             "history",
         ),
-        ({**GOOD, "instruction": "Rank these."}, "instruction", "role line"),
+        ({**GOOD, "instruction": "Rank these."}, "instruction", "paper's prompt template"),
+        (
+            {**GOOD, "instruction": GOOD["instruction"].replace("watched:", "watched: ok:")},
+            "instruction",
+            "expected '<Title:...>' items, got 'ok:  <Title:A> '",
+        ),
         (
             {**GOOD, "output": [" <Title:Y> ,  <Title:X> ", " <Title:Y> ,  <Title:X> "]},
             "output[1]",

@@ -4,14 +4,18 @@ import json
 import os
 import subprocess
 import sys
+from dataclasses import replace
 from pathlib import Path
 
 import pytest
 import torch
 from safetensors.torch import load_file
 
+from dmporec.alpaca import write_alpaca
 from dmporec.cli import main
 from dmporec.config import load_config
+from dmporec.demo_data import DemoDataConfig, make_demo_data
+from dmporec.wording import WORDINGS
 
 TINY = [
     "model.name=builtin:tiny-qwen3",
@@ -116,6 +120,34 @@ def test_training_resumes_from_a_checkpoint(tmp_path, monkeypatch):
         json.loads(x)["step"] for x in (tmp_path / "b/sft/metrics.jsonl").read_text().splitlines()
     ]
     assert steps == [1, 2, 3, 4, 5, 6]
+
+
+def test_video_games_files_run_like_the_movies_files(tmp_path, capsys):
+    """Alpaca files in the authors' Video Games wording (sft, dpo_ranking_3, eval) through `run`."""
+    demo = make_demo_data(DemoDataConfig(train_users=6, valid_users=0, test_users=4, negatives=3))
+    games = WORDINGS["games"]
+    data = tmp_path / "data"
+    data.mkdir()
+    train = [replace(r, wording=games) for r in demo.train]
+    write_alpaca(data / "rec_Amazon_Game_sft_ranking.json", train, "sft")
+    write_alpaca(data / "rec_Amazon_Game_dpo_ranking_3.json", train, "dpo")
+    write_alpaca(
+        data / "rec_Amazon_Game_eval_ranking.json",
+        [replace(r, wording=games) for r in demo.test],
+        "eval",
+    )
+    out = tmp_path / "run"
+    overrides = [o for o in TINY if not o.startswith("data.demo")] + [
+        f"data.sft_train={data / 'rec_Amazon_Game_sft_ranking.json'}",
+        f"data.dmpo_train={data / 'rec_Amazon_Game_dpo_ranking_3.json'}",
+        f"data.eval={data / 'rec_Amazon_Game_eval_ranking.json'}",
+        "dmpo.k=3",
+        f"output_dir={out}",
+    ]
+    assert main(["run", *overrides]) == 0, capsys.readouterr().err
+    predictions = (out / "dmpo/eval/predictions.jsonl").read_text().splitlines()
+    assert len(predictions) == 4
+    assert json.loads((out / "dmpo/summary.json").read_text())["users"] == 6
 
 
 def test_clear_errors_for_bad_input(tmp_path, capsys):

@@ -1,3 +1,5 @@
+import re
+
 import pytest
 
 from dmporec.collate import GroupEncoder
@@ -9,6 +11,7 @@ from dmporec.prompts import (
     render_pairs,
 )
 from dmporec.records import Item, Record
+from dmporec.wording import WORDINGS, resolve_wording
 
 # Row 0 of the authors' rec_Amazon_Movie_sft_ranking.json, shortened to three history items
 # (the template is the same for any length; tests/test_alpaca.py checks whole files when present).
@@ -37,16 +40,55 @@ def test_instruction_splits_before_a_space():
     assert ins.shared.endswith("<Title:B>") and ins.pair.startswith(" . Rank")
 
 
+# The authors' Video Games wording, byte for byte as in their rec_Amazon_Game_*.json files.
+GAMES_INSTRUCTION = (
+    "You are an assistant working on Video Games recommendations. Here is the user's history of "
+    "Video Games they have shopped:  <Title:Halo 3 - Xbox 360>  <Title: Microsoft SideWinder X5 "
+    "Mouse> . Rank the likelihood of the user shopping the two Video Games  <Title:Crazy Taxi>  "
+    "and  <Title:Dirt - Playstation 3> ."
+)
+
+
+def test_video_games_wording_byte_for_byte():
+    history = [
+        "Halo 3 - Xbox 360",
+        " Microsoft SideWinder X5 Mouse",
+    ]  # their titles keep edge spaces
+    text = render_instruction(history, "Crazy Taxi", "Dirt - Playstation 3", WORDINGS["games"])
+    assert text.text == GAMES_INSTRUCTION
+    assert render_answer("Crazy Taxi", "Dirt - Playstation 3") == (
+        " <Title:Crazy Taxi> ,  <Title:Dirt - Playstation 3> "
+    )
+
+
+def test_books_and_custom_wordings():
+    books = render_instruction(["A"], "X", "Y", WORDINGS["books"]).text
+    assert "book recommendations" in books and "have read:" in books
+    assert "user reading the two books  <Title:X>" in books
+    music = resolve_wording("music,songs,listened to,listening to,songs")
+    text = render_instruction(["A"], "X", "Y", music).text
+    assert text == (
+        "You are an assistant working on music recommendations. Here is the user's history of "
+        "songs they have listened to:  <Title:A> . Rank the likelihood of the user listening to "
+        "the two songs  <Title:X>  and  <Title:Y> ."
+    )
+    assert music.name is None and WORDINGS["games"].name == "games"
+
+
 @pytest.mark.parametrize(
-    "domain,words",
+    "spec,message",
     [
-        ("games", ("game recommendations", "have played", "user playing the two games")),
-        ("books", ("book recommendations", "have read", "user reading the two books")),
+        ("music", "unknown wording 'music'"),
+        ("a,b,c,d", "five comma-separated words"),
+        ("a,b,c: d,e,f", "contains the template's ': '"),
+        ("a, ,c,d,e", "must be non-empty"),
+        ({"role": "a"}, "missing"),
+        (3, "not int"),
     ],
 )
-def test_domain_wording(domain, words):
-    text = render_instruction(["A"], "X", "Y", domain).text
-    assert all(w in text for w in words)
+def test_bad_wordings_say_what_is_wrong(spec, message):
+    with pytest.raises(ValueError, match=re.escape(message)):
+        resolve_wording(spec)
 
 
 def record(pos_first=None):

@@ -10,6 +10,7 @@ from dmporec.config import dump_config, load_config
 from dmporec.model import load_stage_model
 from dmporec.ranking import rank_candidates
 from dmporec.recommend import Ranker, explain_instruction, load_ranker
+from dmporec.wording import WORDINGS
 
 TINY_RUN = [
     "model.name=builtin:tiny-qwen3",
@@ -175,8 +176,8 @@ def test_usage_errors_are_one_line(run_dir, tmp_path, capsys):
 
 
 def test_explain_instruction_wording():
-    assert explain_instruction(["Heat"], "Up", "games") == (
-        "You are an assistant working on game recommendations. Here is the user's history of "
-        "games they have played:  <Title:Heat> . In one or two sentences, explain why the user "
-        "would enjoy playing the game  <Title:Up> ."
+    assert explain_instruction(["Heat"], "Up", WORDINGS["games"]) == (
+        "You are an assistant working on Video Games recommendations. Here is the user's history "
+        "of Video Games they have shopped:  <Title:Heat> . In one or two sentences, explain why "
+        "the user would enjoy shopping the Video Games  <Title:Up> ."
     )

@@ -11,6 +11,7 @@ from dmporec.records import (
     read_records,
     write_records,
 )
+from dmporec.wording import WORDINGS, resolve_wording
 
 
 def test_title_normalization_choices():
@@ -31,10 +32,20 @@ def test_title_normalization_choices():
 def test_jsonl_round_trip(tmp_path):
     recs = [
         Record(
-            "u1", [Item("A", "i1"), Item("B")], Item("P"), [Item("N")], "books", [False], {"x": 1}
-        )
+            "u1",
+            [Item("A", "i1"), Item("B")],
+            Item("P"),
+            [Item("N")],
+            WORDINGS["books"],
+            [False],
+            {"x": 1},
+        ),
+        Record("u2", [Item("A")], Item("P"), [Item("N")], resolve_wording("a,b,c,d,e")),
     ]
     write_records(tmp_path / "r.jsonl", recs)
+    lines = [json.loads(line) for line in (tmp_path / "r.jsonl").read_text().splitlines()]
+    assert lines[0]["domain"] == "books"
+    assert lines[1]["domain"] == dict(role="a", history="b", past="c", gerund="d", candidates="e")
     assert read_records(tmp_path / "r.jsonl") == recs
 
 

@@ -11,10 +11,11 @@ from __future__ import annotations
 
 import json
 import os
+import re
 from pathlib import Path
 from typing import Any
 
-from dmporec.prompts import WORDING, render_pairs
+from dmporec.prompts import render_instruction, render_pairs
 from dmporec.records import (
     DataError,
     Item,
@@ -23,11 +24,17 @@ from dmporec.records import (
     atomic_write_text,
     normalize_record,
 )
+from dmporec.wording import Wording, resolve_wording
 
-_ROLE = "You are an assistant working on "
-_RANK = "> . Rank the likelihood of the user "
 _OPEN = " <Title:"
-_DOMAIN_BY_NOUN = {w.noun: d for d, w in WORDING.items()}
+# The template up to the history, and from the history's end to the first candidate: the five
+# words of a Wording are the groups (each without the template's seams, see dmporec.wording).
+_HEAD = re.compile(
+    r"You are an assistant working on (?P<role>.+?) recommendations\. "
+    r"Here is the user's history of (?P<history>.+?) they have (?P<past>.+?): "
+)
+_RANK = "> . Rank the likelihood of the user "
+_LEAD = re.compile(r"(?P<gerund>.+?) the two (?P<candidates>.+?) (?= <Title:)")
 
 
 def _titles(text: str, sep: str, end: str, *, where: dict[str, Any]) -> list[str]:
@@ -37,36 +44,33 @@ def _titles(text: str, sep: str, end: str, *, where: dict[str, Any]) -> list[str
     return text[len(_OPEN) : len(text) - len(end)].split(sep)
 
 
-def parse_instruction(text: str, *, where: dict[str, Any]) -> tuple[str, list[str], list[str]]:
-    """(domain, history titles, the two candidates in listed order) from an authors' instruction."""
-    if not text.startswith(_ROLE):
-        raise DataError(f"does not start with the paper's role line {_ROLE!r}", **where)
-    noun = text[len(_ROLE) :].split(" ", 1)[0]
-    domain = _DOMAIN_BY_NOUN.get(noun)
-    if domain is None:
+def parse_instruction(text: str, *, where: dict[str, Any]) -> tuple[Wording, list[str], list[str]]:
+    """(wording, history titles, the two candidates in listed order) from an instruction of the
+    paper's template, whatever its nouns and verbs; rendering them back gives `text` again."""
+    head = _HEAD.match(text)
+    if head is None:
         raise DataError(
-            f"unknown domain noun {noun!r}; expected one of {sorted(_DOMAIN_BY_NOUN)}", **where
+            "does not follow the paper's prompt template (\"You are an assistant working on "
+            "... recommendations. Here is the user's history of ... they have ...: \")",
+            **where,
         )
-    w = WORDING[domain]
-    head = (
-        f"{_ROLE}{w.noun} recommendations. Here is the user's history of {w.plural} "
-        f"they have {w.past}: "
-    )
-    if not text.startswith(head):
-        raise DataError("does not follow the paper's prompt template", **where)
-    if text[len(head) :].lstrip().startswith(". Rank the likelihood"):
+    if text[head.end() :].lstrip().startswith(". Rank the likelihood"):
         raise DataError("history is empty", **{**where, "field": "instruction (history)"})
     cut = text.rfind(_RANK)
-    if cut < 0:
+    if cut < head.end():
         raise DataError("does not follow the paper's prompt template", **where)
-    history_text = text[len(head) : cut + 2]  # keep the '> ' that closes the last title
+    history_text = text[head.end() : cut + 2]  # keep the '> ' that closes the last title
     history = _titles(history_text, ">  <Title:", "> ", where=where)
     tail = text[cut + len(_RANK) :]
-    lead = f"{w.gerund} the two {w.plural} "
-    if not tail.startswith(lead):
+    lead = _LEAD.match(tail)
+    if lead is None:
         raise DataError("does not follow the paper's prompt template", **where)
+    try:
+        wording = resolve_wording({**head.groupdict(), **lead.groupdict()})
+    except ValueError as e:
+        raise DataError(str(e), **where) from None
     candidates = _titles(
-        tail[len(lead) :],
+        tail[lead.end() :],
         ">  and  <Title:",
         "> .",
         where={**where, "field": "instruction (candidates)"},
@@ -76,7 +80,9 @@ def parse_instruction(text: str, *, where: dict[str, Any]) -> tuple[str, list[st
             f"expected two candidates, found {len(candidates)}",
             **{**where, "field": "instruction (candidates)"},
         )
-    return domain, history, candidates
+    if render_instruction(history, *candidates, wording).text != text:
+        raise DataError("does not render back to itself from the paper's template", **where)
+    return wording, history, candidates
 
 
 def parse_answer(text: Any, *, where: dict[str, Any]) -> tuple[str, str]:
@@ -89,8 +95,8 @@ def parse_answer(text: Any, *, where: dict[str, Any]) -> tuple[str, str]:
     return titles[0], titles[1]
 
 
-def _row_to_pair(row: Any, index: int, path: Path) -> tuple[str, list[str], str, str, bool]:
-    """(domain, history, positive, negative, positive listed first) of one alpaca row."""
+def _row_to_pair(row: Any, index: int, path: Path) -> tuple[Wording, list[str], str, str, bool]:
+    """(wording, history, positive, negative, positive listed first) of one alpaca row."""
     where: dict[str, Any] = {"file": path, "record": index}
     if not isinstance(row, dict):
         raise DataError(f"expected an object, got {type(row).__name__}", **where)
@@ -99,7 +105,7 @@ def _row_to_pair(row: Any, index: int, path: Path) -> tuple[str, list[str], str,
             raise DataError("missing", **where, field=key)
     if not isinstance(row["instruction"], str):
         raise DataError("expected a string", **where, field="instruction")
-    domain, history, candidates = parse_instruction(
+    wording, history, candidates = parse_instruction(
         row["instruction"], where={**where, "field": "instruction"}
     )
     output = row["output"]
@@ -120,7 +126,7 @@ def _row_to_pair(row: Any, index: int, path: Path) -> tuple[str, list[str], str,
             f"answer title(s) {missing} are not among the prompt's candidates {candidates}",
             **out_where,
         )
-    return domain, history, positive, negative, candidates[0] == positive
+    return wording, history, positive, negative, candidates[0] == positive
 
 
 def read_alpaca(path: str | os.PathLike, norm: TitleNormalization | None = None) -> list[Record]:
@@ -143,8 +149,8 @@ def read_alpaca(path: str | os.PathLike, norm: TitleNormalization | None = None)
     records: list[Record] = []
     last_key: tuple | None = None
     for index, row in enumerate(rows):
-        domain, history, positive, negative, pos_first = _row_to_pair(row, index, path)
-        key = (domain, tuple(history), positive)
+        wording, history, positive, negative, pos_first = _row_to_pair(row, index, path)
+        key = (wording, tuple(history), positive)
         if key == last_key:
             rec = records[-1]
             rec.negatives.append(Item(negative))
@@ -158,7 +164,7 @@ def read_alpaca(path: str | os.PathLike, norm: TitleNormalization | None = None)
                 history=[Item(t) for t in history],
                 positive=Item(positive),
                 negatives=[Item(negative)],
-                domain=domain,
+                wording=wording,
                 positive_first=[pos_first],
                 metadata={"source": path.name, "rows": [index]},
             ).validate(file=path, index=index)

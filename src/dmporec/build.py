@@ -1,22 +1,35 @@
 """Build the paper's few-shot datasets from raw ratings: the rules, the splits and the output files.
 
-Rules (defaults are the paper's; each is a `BuildConfig` field):
-1. Interactions whose item has no title are dropped (counted). A user who rated the same item more
-   than once keeps the latest rating.
-2. A rating above `positive_above` (3) is positive, otherwise negative. Users are kept with at least
-   `min_positives` (5) positives, `min_negatives` (5) negatives and at most `max_interactions` (40)
-   interactions.
-3. In time order, the target positive is the user's latest positive and the `negatives` (5) targets
-   are the latest negatives (most recent first) whose titles differ from the positive's and from
-   each other. The history is every other interaction, in time order, minus any item sharing a
-   target's title, so no target ever appears in its user's history. A user left without enough
-   distinct negatives or with an empty history is dropped (counted).
-4. The kept users, sorted by id and shuffled with `seed`, are split into train / valid / test.
-5. Each user also gets `list_negatives` (19) titles sampled uniformly from the catalog (every titled
+Two rule sets (`BuildConfig.rules`); both share steps 1, 2, 5 and 6:
+
+1. Interactions whose item has no title are dropped (counted). Each user's ratings are put in
+   order (`window_order`: the ratings file's own order, or time with ties in file order); a user
+   who rated the same item more than once keeps the last rating in that order.
+2. A rating above `positive_above` (3) is positive, otherwise negative. Each user's **window** is
+   their last `window` (40) ratings in that order; users qualify with at least `min_positives` (5)
+   positives and `min_negatives` (5) negatives inside it. Ratings outside the window are not used.
+3. `authors` (the default; what the authors' released files show, measured on real MovieLens-1M
+   ratings: it reproduces 929 of their 1000 test records exactly): the target positive is the
+   window's **first** positive, the `negatives` (5) targets its **first** negatives, and the
+   history the window's **other positives** in order. Negatives never enter a history.
+4. `temporal` (leakage-free; always time order): the target positive is the window's **last**
+   positive, the negative targets its **last** negatives (most recent first), and the history the
+   window's positives rated strictly **before** the earliest target, so nothing in a prompt
+   happened after what it asks about.
+   In both, negative targets whose titles repeat the positive's or each other's are passed over;
+   a user left without enough distinct negatives or with an empty history is dropped (counted).
+5. The split (`split`): `id` (the authors': users in id order, numeric when every id is a
+   number; train = the first `train_users`, test = the next `test_users`, validation = the next
+   `valid_users`, so the test users stay the authors' whatever validation is asked for) or
+   `shuffle` (sorted by id, shuffled with `seed`: train, valid, test). Qualifying users in no split
+   are written to `rest.jsonl` in split order (more training users for a learning curve).
+6. Each user also gets `list_negatives` (19) titles sampled uniformly from the catalog (every titled
    item in the data), none of which the user rated, for listwise metrics (HR@k, NDCG@k): the
    positive plus these is a sampled-candidate ranking, not a full-catalog one.
 The listing order of each candidate pair is a seeded coin stored in the record, so the records and
-the alpaca files agree and the same seed gives the same bytes.
+the alpaca files agree and the same seed gives the same bytes. Titles are cleaned the same way in
+every split (the authors' MovieLens-1M training files cut titles at the first comma and drop the
+year while their test file keeps both; our builds do not).
 """
 
 from __future__ import annotations
@@ -37,7 +50,6 @@ from dmporec.alpaca import write_alpaca
 from dmporec.listwise import sample_unrated
 from dmporec.raw import SOURCES, LineErrors, readers
 from dmporec.records import (
-    DOMAINS,
     DataError,
     Item,
     Record,
@@ -46,27 +58,47 @@ from dmporec.records import (
     normalize_title,
     write_records,
 )
+from dmporec.wording import resolve_wording
 
 SPLITS = ("train", "valid", "test")
+# Sources whose ratings file lists each user's ratings together, in the order they were made
+# (MovieLens-1M's ratings.dat): their window is taken in file order by default.
+_FILE_ORDERED = ("movielens", "csv")
 
 
 class BuildConfig(BaseModel):
-    """How raw ratings become few-shot records. Defaults follow the paper."""
+    """How raw ratings become few-shot records. Defaults reproduce the authors' files."""
 
     model_config = ConfigDict(extra="forbid")
-    source: Literal["amazon2014", "amazon2018", "amazon2023", "movielens", "csv"] = Field(
-        description="Raw format: " + ", ".join(SOURCES) + "."
+    source: Literal[
+        "amazon2014", "amazon2018", "amazon2023", "movielens", "movielens100k", "csv"
+    ] = Field(description="Raw format: " + ", ".join(SOURCES) + ".")
+    rules: Literal["authors", "temporal"] = Field(
+        "authors",
+        description="authors: first positive and negatives of the window, the other positives "
+        "as history (the authors' files); temporal: last ones, history strictly before them.",
     )
-    domain: Literal["movies", "games", "books"] = Field(
-        "movies", description="Prompt wording: " + ", ".join(DOMAINS) + "."
+    split: Literal["id", "shuffle"] | None = Field(
+        None,
+        description="id: train, test, valid in user-id order (the authors'); shuffle: seeded. "
+        "Default: id for authors, shuffle for temporal.",
+    )
+    window_order: Literal["file", "time"] | None = Field(
+        None,
+        description="Order of each user's ratings for the window and 'first': file (needs each "
+        "user's lines together) or time. Default: file for movielens and csv with the authors' "
+        "rules, else time; temporal needs time.",
+    )
+    domain: str = Field(
+        "movies",
+        description="Prompt wording: movies, games (the authors' Video Games wording), books, or "
+        "five comma-separated words role,history,past,gerund,candidates.",
     )
     name: str = Field("rec", description="Prefix of the alpaca files: NAME_sft_ranking.json, ...")
     positive_above: float = Field(3.0, description="A rating above this is positive.")
-    min_positives: int = Field(5, ge=1, description="Keep users with at least this many positives.")
-    min_negatives: int = Field(5, ge=1, description="Keep users with at least this many negatives.")
-    max_interactions: int = Field(
-        40, ge=2, description="Keep users with at most this many interactions."
-    )
+    window: int = Field(40, ge=2, description="Each user's last N ratings are the window.")
+    min_positives: int = Field(5, ge=1, description="Users need this many positives in the window.")
+    min_negatives: int = Field(5, ge=1, description="Users need this many negatives in the window.")
     negatives: int = Field(5, ge=1, description="Negative targets per user (DMPO's largest k).")
     list_negatives: int = Field(
         19, ge=1, description="Sampled negatives per listwise candidate set."
@@ -74,20 +106,34 @@ class BuildConfig(BaseModel):
     train_users: int = Field(100, ge=1, description="Users for SFT and DMPO training.")
     valid_users: int = Field(100, ge=0, description="Users for validation (settings sweeps).")
     test_users: int = Field(1000, ge=1, description="Users for the test pairs.")
-    seed: int = Field(0, description="Seeds the split, the listing order and the sampled lists.")
+    seed: int = Field(0, description="Seeds the shuffle, the listing order and the sampled lists.")
     title_normalization: TitleNormalization = Field(default_factory=TitleNormalization)
     max_bad_fraction: float = Field(
         0.05, ge=0, le=1, description="Fail when a larger share of a file's lines is unusable."
     )
 
     @model_validator(mode="after")
-    def _targets_fit(self) -> BuildConfig:
+    def _consistent(self) -> BuildConfig:
         if self.negatives > self.min_negatives:
             raise ValueError(
                 f"negatives ({self.negatives}) must not exceed min_negatives ({self.min_negatives})"
             )
-        if self.min_positives + self.min_negatives > self.max_interactions:
-            raise ValueError("min_positives + min_negatives exceeds max_interactions")
+        if self.min_positives + self.min_negatives > self.window:
+            raise ValueError(
+                f"min_positives + min_negatives ({self.min_positives + self.min_negatives}) "
+                f"exceeds the window ({self.window})"
+            )
+        try:
+            resolve_wording(self.domain)
+        except ValueError as e:
+            raise ValueError(f"domain: {e}") from None
+        if self.split is None:
+            self.split = "id" if self.rules == "authors" else "shuffle"
+        if self.window_order is None:
+            by_file = self.rules == "authors" and self.source in _FILE_ORDERED
+            self.window_order = "file" if by_file else "time"
+        if self.rules == "temporal" and self.window_order != "time":
+            raise ValueError("the temporal rules order ratings by time (window_order=time)")
         return self
 
 
@@ -132,57 +178,99 @@ def collect(
     return cols, {"items_without_title": len(untitled)}
 
 
-def latest_per_item(cols: Columns) -> np.ndarray:
-    """Row indices keeping each (user, item)'s latest rating, sorted by user, time, file order.
+def check_contiguous(cols: Columns, file: str | os.PathLike | None = None) -> None:
+    """Raise DataError unless each user's lines stand together (file order means something then)."""
+    changes = np.flatnonzero(cols.user[1:] != cols.user[:-1]) + 1
+    if len(changes) + 1 == len(cols.users):
+        return
+    seen: set[int] = set()
+    for uid in cols.user[np.concatenate(([0], changes))] if len(cols.user) else []:
+        if uid in seen:
+            raise DataError(
+                f"the ratings of user {cols.users[uid]!r} are not on consecutive lines, so 'their "
+                "last ratings in file order' is not defined; pass --window-order time to order "
+                "each user's ratings by timestamp (or sort the file by user, keeping line order)",
+                file=file,
+                record=f"user {cols.users[uid]}",
+                field="user",
+            )
+        seen.add(int(uid))
 
-    np.lexsort is stable, so equal timestamps keep file order and 'latest' means the later line.
+
+def ordered_rows(cols: Columns, order: str) -> np.ndarray:
+    """Row indices grouped by user, each user's rows in `order` ('file', or 'time' with ties in
+    file order), an item rated again keeping only its last rating in that order.
+
+    np.lexsort is stable, so equal keys keep file order.
     """
-    order = np.lexsort((cols.time, cols.item, cols.user))
-    u, i = cols.user[order], cols.item[order]
-    last = np.ones(len(order), dtype=bool)
-    last[:-1] = (u[1:] != u[:-1]) | (i[1:] != i[:-1])
-    keep = np.sort(order[last])  # back to file order, so ties below break by line
-    return keep[np.lexsort((cols.time[keep], cols.user[keep]))]
+    line = np.arange(len(cols.user))
+    rows = np.lexsort((line, cols.time if order == "time" else line, cols.user))
+    u, i = cols.user[rows], cols.item[rows]
+    by_item = np.lexsort((np.arange(len(rows)), i, u))  # (user, item) groups, in order
+    last = np.ones(len(rows), dtype=bool)
+    last[:-1] = (u[by_item][1:] != u[by_item][:-1]) | (i[by_item][1:] != i[by_item][:-1])
+    return rows[np.sort(by_item[last])]
 
 
 def _coin(seed: int, user: str, i: int) -> bool:
     return random.Random(f"{seed}:order:{user}:{i}").random() < 0.5
 
 
+def _distinct(indices: Any, titles: list[str], taken: set[str], k: int) -> list[int]:
+    """The first k of `indices` whose titles are not taken yet (each taken as it is picked)."""
+    picked: list[int] = []
+    for i in indices:
+        if len(picked) == k:
+            break
+        if titles[i] not in taken:
+            taken.add(titles[i])
+            picked.append(i)
+    return picked
+
+
+def select_targets(
+    window: list[tuple[str, float, int]], cfg: BuildConfig
+) -> tuple[int, list[int], list[int]] | str:
+    """(positive, negatives, history) as indices into a user's window under `cfg.rules`, or the
+    reason the user is dropped ('collisions' or 'empty history')."""
+    titles = [title for title, _, _ in window]
+    pos = [i for i, (_, r, _) in enumerate(window) if r > cfg.positive_above]
+    neg = [i for i, (_, r, _) in enumerate(window) if r <= cfg.positive_above]
+    if cfg.rules == "authors":
+        positive, neg_order = pos[0], neg
+    else:
+        positive, neg_order = pos[-1], neg[::-1]
+    taken = {titles[positive]}
+    negatives = _distinct(neg_order, titles, taken, cfg.negatives)
+    if len(negatives) < cfg.negatives:
+        return "collisions"
+    if cfg.rules == "authors":
+        history = [i for i in pos if titles[i] not in taken]
+    else:
+        first = min(window[i][2] for i in [positive, *negatives])
+        history = [i for i in pos if window[i][2] < first and titles[i] not in taken]
+    return (positive, negatives, history) if history else "empty history"
+
+
 def user_record(
     user: str,
-    rows: list[tuple[str, float, int]],
+    window: list[tuple[str, float, int]],
+    rated: set[str],
     cfg: BuildConfig,
     catalog: list[str],
-) -> Record | None:
-    """The record of one kept user from (title, rating, time) in time order; None if rule 3 fails."""
-    positive = next(
-        (i for i in range(len(rows) - 1, -1, -1) if rows[i][1] > cfg.positive_above), None
-    )
-    if positive is None:
-        return None
-    pos_title = rows[positive][0]
-    taken = {pos_title}
-    negatives: list[int] = []
-    for i in range(len(rows) - 1, -1, -1):
-        if len(negatives) == cfg.negatives:
-            break
-        title, rating, _ = rows[i]
-        if rating <= cfg.positive_above and title not in taken:
-            taken.add(title)
-            negatives.append(i)
-    if len(negatives) < cfg.negatives:
-        return None
-    history = [Item(title) for title, _, _ in rows if title not in taken]
-    if not history:
-        return None
-    rated = {title for title, _, _ in rows}
+) -> Record | str:
+    """The record of one qualifying user from their window of (title, rating, time), or the
+    reason they are dropped; `rated` (every title they rated) keeps listwise samples unseen."""
+    picked = select_targets(window, cfg)
+    if isinstance(picked, str):
+        return picked
+    positive, negatives, history = picked
     return Record(
         user_id=user,
-        history=history,
-        positive=Item(pos_title),
-        negatives=[Item(rows[i][0]) for i in negatives],
-        domain=cfg.domain,
+        history=[Item(window[i][0]) for i in history],
+        positive=Item(window[positive][0]),
+        negatives=[Item(window[i][0]) for i in negatives],
+        wording=resolve_wording(cfg.domain),
         positive_first=[_coin(cfg.seed, user, i) for i in range(len(negatives))],
         metadata={
             "list_negatives": sample_unrated(
@@ -192,37 +280,68 @@ def user_record(
     )
 
 
+def _id_key(users: list[str]) -> Any:
+    """Sort key for user ids: numeric when every id is an integer, else the text."""
+    if all(u.isdigit() for u in users):
+        return int
+    return str
+
+
+def split_records(
+    records: list[Record], cfg: BuildConfig
+) -> tuple[dict[str, list[Record]], list[Record]]:
+    """{train, valid, test} and the qualifying users left over, by `cfg.split`."""
+    key = _id_key([r.user_id for r in records])
+    records = sorted(records, key=lambda rec: key(rec.user_id))
+    a = cfg.train_users
+    if cfg.split == "id":
+        b = a + cfg.test_users
+        c = b + cfg.valid_users
+        return {"train": records[:a], "valid": records[b:c], "test": records[a:b]}, records[c:]
+    random.Random(cfg.seed).shuffle(records)
+    b = a + cfg.valid_users
+    c = b + cfg.test_users
+    return {"train": records[:a], "valid": records[a:b], "test": records[b:c]}, records[c:]
+
+
 def build_records(
     cols: Columns, cfg: BuildConfig, progress: bool = True
 ) -> tuple[dict[str, list[Record]], dict[str, Any]]:
-    """Apply rules 1-5 to collected interactions: records per split and the counts of each rule."""
-    rows = latest_per_item(cols)
+    """Apply rules 1-6 to collected interactions: records per split (and 'rest') and the counts."""
+    rows = ordered_rows(cols, cfg.window_order or "time")
     n_users = len(cols.users)
-    user, rating = cols.user[rows], cols.rating[rows]
-    positive = rating > cfg.positive_above
-    n_pos = np.bincount(user, weights=positive, minlength=n_users).astype(np.int64)
-    n_all = np.bincount(user, minlength=n_users)
-    n_neg = n_all - n_pos
+    user = cols.user[rows]
+    starts = np.searchsorted(user, np.arange(n_users + 1))
+    from_end = starts[user + 1] - 1 - np.arange(len(rows))
+    in_window = from_end < cfg.window
+    positive = cols.rating[rows] > cfg.positive_above
+    n_pos = np.bincount(user, weights=in_window & positive, minlength=n_users).astype(np.int64)
+    n_neg = np.bincount(user, weights=in_window & ~positive, minlength=n_users).astype(np.int64)
     few_pos = n_pos < cfg.min_positives
     few_neg = ~few_pos & (n_neg < cfg.min_negatives)
-    too_many = ~few_pos & ~few_neg & (n_all > cfg.max_interactions)
-    keep = ~(few_pos | few_neg | too_many)
+    keep = ~(few_pos | few_neg)
 
     titles = [normalize_title(t, cfg.title_normalization) for t in cols.titles]
     catalog = sorted(set(titles))
-    starts = np.searchsorted(user, np.arange(n_users + 1))
     records: list[Record] = []
-    collisions = 0
-    kept_ids = np.flatnonzero(keep)
-    for uid in tqdm(kept_ids, desc="users", unit="user", disable=not progress, leave=False):
+    dropped = {"collisions": 0, "empty history": 0}
+    for uid in tqdm(
+        np.flatnonzero(keep), desc="users", unit="user", disable=not progress, leave=False
+    ):
         span = rows[starts[uid] : starts[uid + 1]]
-        user_rows = [
+        window = [
             (titles[i], float(r), int(t))
-            for i, r, t in zip(cols.item[span], cols.rating[span], cols.time[span], strict=True)
+            for i, r, t in zip(
+                cols.item[span[-cfg.window :]],
+                cols.rating[span[-cfg.window :]],
+                cols.time[span[-cfg.window :]],
+                strict=True,
+            )
         ]
-        record = user_record(cols.users[uid], user_rows, cfg, catalog)
-        if record is None:
-            collisions += 1
+        rated = {titles[i] for i in cols.item[span]}
+        record = user_record(cols.users[uid], window, rated, cfg, catalog)
+        if isinstance(record, str):
+            dropped[record] += 1
         else:
             records.append(record)
 
@@ -232,20 +351,17 @@ def build_records(
             f"only {len(records)} users pass the rules; train_users + valid_users + 1 test user "
             f"need {need}; relax the rules or lower the split sizes"
         )
-    records.sort(key=lambda rec: rec.user_id)
-    random.Random(cfg.seed).shuffle(records)
-    a, b = cfg.train_users, cfg.train_users + cfg.valid_users
-    splits = {"train": records[:a], "valid": records[a:b], "test": records[b : b + cfg.test_users]}
+    splits, rest = split_records(records, cfg)
     counts = {
         "interactions_after_duplicates": len(rows),
         "duplicates_collapsed": len(cols.user) - len(rows),
         "users_seen": n_users,
         "users_dropped_few_positives": int(few_pos.sum()),
         "users_dropped_few_negatives": int(few_neg.sum()),
-        "users_dropped_too_many_interactions": int(too_many.sum()),
-        "users_dropped_title_collisions": collisions,
+        "users_dropped_title_collisions": dropped["collisions"],
+        "users_dropped_empty_history": dropped["empty history"],
         "users_kept": len(records),
-        "users_unused": max(0, len(records) - b - cfg.test_users),
+        "users_unused": len(rest),
         "catalog_titles": len(catalog),
         **{f"{s}_users": len(v) for s, v in splits.items()},
     }
@@ -253,7 +369,7 @@ def build_records(
         counts["warning"] = (
             f"only {len(splits['test'])} test users instead of {cfg.test_users}: too few users pass"
         )
-    return splits, counts
+    return {**splits, "rest": rest}, counts
 
 
 def _first_k(records: list[Record], k: int) -> list[Record]:
@@ -317,6 +433,8 @@ def prepare(
             f"none of the {counts['read']} interactions has an item with a title in {meta}",
             file=reviews,
         )
+    if cfg.window_order == "file":
+        check_contiguous(cols, reviews)
     splits, rules = build_records(cols, cfg, progress)
     stats = {
         "config": cfg.model_dump(mode="json"),

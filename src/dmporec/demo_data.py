@@ -112,7 +112,6 @@ def make_demo_data(cfg: DemoDataConfig | None = None) -> DemoData:
             history=[Item(t) for t in history],
             positive=Item(chosen[0]),
             negatives=[Item(t) for t in rng.sample(disliked_pool, negatives)],
-            domain="movies",
             metadata={"liked": liked, "disliked": disliked},
         )
 

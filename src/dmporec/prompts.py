@@ -7,22 +7,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from dmporec.records import Record
-
-
-@dataclass(frozen=True)
-class Wording:
-    noun: str  # "movie recommendations"
-    plural: str  # "history of movies"
-    past: str  # "they have watched"
-    gerund: str  # "the user watching"
-
-
-# The paper's wording is the movies row (the authors' files); games and books follow its pattern.
-WORDING = {
-    "movies": Wording("movie", "movies", "watched", "watching"),
-    "games": Wording("game", "games", "played", "playing"),
-    "books": Wording("book", "books", "read", "reading"),
-}
+from dmporec.wording import WORDINGS, Wording
 
 
 def title_tag(title: str) -> str:
@@ -46,22 +31,28 @@ class Instruction:
         return self.shared + self.pair
 
 
+def history_text(history: list[str], wording: Wording) -> str:
+    """The role line and the history: what every candidate pair of a user shares."""
+    return (
+        f"You are an assistant working on {wording.role} recommendations. "
+        f"Here is the user's history of {wording.history} they have {wording.past}: "
+        + "".join(title_tag(t) for t in history)
+    )
+
+
 def render_instruction(
-    history: list[str], first: str, second: str, domain: str = "movies"
+    history: list[str], first: str, second: str, wording: Wording = WORDINGS["movies"]
 ) -> Instruction:
     """The paper's task input, byte for byte as in the authors' files.
 
     >>> render_instruction(["Heat"], "Up", "Jaws").text
     "You are an assistant working on movie recommendations. Here is the user's history of movies they have watched:  <Title:Heat> . Rank the likelihood of the user watching the two movies  <Title:Up>  and  <Title:Jaws> ."
+    >>> render_instruction(["Halo 3"], "Up", "Jaws", WORDINGS["games"]).text
+    "You are an assistant working on Video Games recommendations. Here is the user's history of Video Games they have shopped:  <Title:Halo 3> . Rank the likelihood of the user shopping the two Video Games  <Title:Up>  and  <Title:Jaws> ."
     """
-    w = WORDING[domain]
-    head = (
-        f"You are an assistant working on {w.noun} recommendations. "
-        f"Here is the user's history of {w.plural} they have {w.past}: "
-        + "".join(title_tag(t) for t in history)
-    )
+    head = history_text(history, wording)
     tail = (
-        f". Rank the likelihood of the user {w.gerund} the two {w.plural} "
+        f". Rank the likelihood of the user {wording.gerund} the two {wording.candidates} "
         + title_tag(first)
         + " and "
         + title_tag(second)
@@ -107,7 +98,7 @@ def render_pairs(record: Record, seed: int = 0) -> list[PairTexts]:
         first, second = (pos, neg.title) if pos_first else (neg.title, pos)
         out.append(
             PairTexts(
-                instruction=render_instruction(history, first, second, record.domain),
+                instruction=render_instruction(history, first, second, record.wording),
                 chosen=render_answer(pos, neg.title),
                 rejected=render_answer(neg.title, pos),
                 positive_first=pos_first,

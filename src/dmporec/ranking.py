@@ -34,8 +34,9 @@ import torch
 
 from dmporec.collate import GroupEncoder
 from dmporec.prompts import render_answer, render_instruction
-from dmporec.records import DOMAINS, DataError
+from dmporec.records import DataError
 from dmporec.scoring import Branch, Group, Method, Tokens, score_groups
+from dmporec.wording import WORDINGS, Wording
 
 
 @dataclass(frozen=True)
@@ -45,7 +46,7 @@ class RankRequest:
 
     history: tuple[str, ...]
     candidates: tuple[str, ...]
-    domain: str = "movies"
+    wording: Wording = WORDINGS["movies"]
 
 
 def check_request(
@@ -55,13 +56,11 @@ def check_request(
     record: int | str | None = None,
 ) -> RankRequest:
     """Raise DataError (naming the file and record if given, and the field) unless the request
-    can be ranked: a known domain, non-empty titles, at least one of each, distinct candidates."""
+    can be ranked: non-empty titles, at least one of each, distinct candidates."""
 
     def fail(message: str, name: str) -> DataError:
         return DataError(message, file=file, record=record, field=name)
 
-    if request.domain not in DOMAINS:
-        raise fail(f"unknown domain {request.domain!r}; expected one of {DOMAINS}", "domain")
     for name, titles in (("history", request.history), ("candidates", request.candidates)):
         if not titles:
             raise fail("needs at least one title", name)
@@ -84,7 +83,7 @@ class PairEncoder(GroupEncoder):
 
     def branch(self, request: RankRequest, first: str, second: str) -> Branch:
         """The pair line with `first` listed first; answers (first ranked first, second first)."""
-        pair = render_instruction(list(request.history), first, second, request.domain).pair
+        pair = render_instruction(list(request.history), first, second, request.wording).pair
         return Branch(
             context=self._encode(pair + self.chat.suffix),
             answers=(
@@ -95,7 +94,7 @@ class PairEncoder(GroupEncoder):
 
     def prefix(self, request: RankRequest) -> Tokens:
         # The shared part does not depend on the candidates; any pair renders it.
-        shared = render_instruction(list(request.history), "", "", request.domain).shared
+        shared = render_instruction(list(request.history), "", "", request.wording).shared
         return self._encode(self.chat.prefix + shared)
 
     def groups(self, request: RankRequest, max_group_tokens: int) -> list[Group]:

@@ -1,4 +1,4 @@
-"""Streaming readers for raw rating dumps: Amazon 2014/2018/2023, MovieLens-1M and a generic CSV.
+"""Streaming readers for raw rating dumps: Amazon 2014/2018/2023, MovieLens-1M and -100K, and a CSV.
 
 Every reader yields `(user, item, rating, timestamp)` one line at a time and counts the lines it
 cannot use in a `LineErrors`, with a few examples by line number, so a 10M-line dump is read in
@@ -23,7 +23,7 @@ from tqdm import tqdm
 
 from dmporec.records import DataError
 
-SOURCES = ("amazon2014", "amazon2018", "amazon2023", "movielens", "csv")
+SOURCES = ("amazon2014", "amazon2018", "amazon2023", "movielens", "movielens100k", "csv")
 
 Interaction = tuple[str, str, float, int]  # user, item, rating, unix time (seconds)
 
@@ -224,17 +224,24 @@ def _valid(rows: Iterator[tuple[int, list[str]]], errors: LineErrors) -> Iterato
             yield parsed
 
 
-def read_movielens_ratings(path: str | os.PathLike, errors: LineErrors) -> Iterator[Interaction]:
-    """MovieLens-1M `ratings.dat`: `UserID::MovieID::Rating::Timestamp`, latin-1."""
+def _ratings(
+    path: str | os.PathLike, sep: str, what: str, errors: LineErrors
+) -> Iterator[Interaction]:
+    """The interactions of a latin-1 file of `user<sep>item<sep>rating<sep>time` lines."""
 
     def four_fields() -> Iterator[tuple[int, list[str]]]:
-        for line_no, parts in _separated(path, "::", "latin-1", errors):
+        for line_no, parts in _separated(path, sep, "latin-1", errors):
             if len(parts) == 4:
                 yield line_no, parts
             else:
-                errors.add(line_no, f"expected 4 '::'-separated fields, got {len(parts)}")
+                errors.add(line_no, f"expected 4 {what}-separated fields, got {len(parts)}")
 
     yield from _valid(four_fields(), errors)
+
+
+def read_movielens_ratings(path: str | os.PathLike, errors: LineErrors) -> Iterator[Interaction]:
+    """MovieLens-1M `ratings.dat`: `UserID::MovieID::Rating::Timestamp`, latin-1, by user."""
+    yield from _ratings(path, "::", "'::'", errors)
 
 
 def read_movielens_titles(path: str | os.PathLike, errors: LineErrors) -> dict[str, str]:
@@ -243,6 +250,25 @@ def read_movielens_titles(path: str | os.PathLike, errors: LineErrors) -> dict[s
     for line_no, parts in _separated(path, "::", "latin-1", errors):
         if len(parts) < 2:
             errors.add(line_no, f"expected 'MovieID::Title::Genres', got {len(parts)} field(s)")
+            continue
+        if parts[1].strip():
+            titles[parts[0].strip()] = parts[1]
+    return titles
+
+
+def read_movielens100k_ratings(
+    path: str | os.PathLike, errors: LineErrors
+) -> Iterator[Interaction]:
+    """MovieLens-100K `u.data`: `user item rating timestamp`, tab-separated, in random order."""
+    yield from _ratings(path, "\t", "tab", errors)
+
+
+def read_movielens100k_titles(path: str | os.PathLike, errors: LineErrors) -> dict[str, str]:
+    """MovieLens-100K `u.item`: `movie id|title|release date|...`, latin-1."""
+    titles = {}
+    for line_no, parts in _separated(path, "|", "latin-1", errors):
+        if len(parts) < 2:
+            errors.add(line_no, f"expected 'movie id|title|...', got {len(parts)} field(s)")
             continue
         if parts[1].strip():
             titles[parts[0].strip()] = parts[1]
@@ -301,6 +327,8 @@ def readers(
         )
     if source == "movielens":
         return read_movielens_ratings, read_movielens_titles
+    if source == "movielens100k":
+        return read_movielens100k_ratings, read_movielens100k_titles
     if source == "csv":
         return read_csv_ratings, read_csv_titles
     raise DataError(f"unknown source {source!r}; expected one of {SOURCES}")

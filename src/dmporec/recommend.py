@@ -32,15 +32,18 @@ from dmporec.model import (
     load_stage_model,
     load_tokenizer,
 )
-from dmporec.prompts import WORDING, ChatFormat, title_tag
+from dmporec.prompts import ChatFormat, history_text, title_tag
 from dmporec.ranking import PairEncoder, RankRequest, check_request, rank_candidates, top_k
 from dmporec.records import DataError, TitleNormalization, normalize_title
+from dmporec.wording import WORDINGS, Wording, resolve_wording
 
 # A short answer is all the explanation needs; it also bounds a request's generation time.
 EXPLAIN_MAX_NEW_TOKENS = 64
 
 
-def explain_instruction(history: Sequence[str], title: str, domain: str = "movies") -> str:
+def explain_instruction(
+    history: Sequence[str], title: str, wording: Wording = WORDINGS["movies"]
+) -> str:
     """The question behind /v1/explain, in the paper's wording up to the history.
 
     >>> explain_instruction(["Heat"], "Up")
@@ -49,12 +52,10 @@ def explain_instruction(history: Sequence[str], title: str, domain: str = "movie
     The adapters were trained on ranking answers only, so the explanation comes from what the
     base model already knows; a heavily trained adapter may answer in the ranking format.
     """
-    w = WORDING[domain]
     return (
-        f"You are an assistant working on {w.noun} recommendations. "
-        f"Here is the user's history of {w.plural} they have {w.past}: "
-        + "".join(title_tag(t) for t in history)
-        + f". In one or two sentences, explain why the user would enjoy {w.gerund} the {w.noun} "
+        history_text(list(history), wording)
+        + f". In one or two sentences, explain why the user would enjoy {wording.gerund} the "
+        + f"{wording.role} "
         + title_tag(title)
         + "."
     )
@@ -100,17 +101,22 @@ class Ranker:
         self,
         history: Sequence[str],
         candidates: Sequence[str],
-        domain: str = "movies",
+        domain: Any = "movies",
         *,
         file: str | Path | None = None,
         record: int | str | None = None,
     ) -> RankRequest:
-        """A checked request with titles cleaned as in training (DataError names the field)."""
+        """A checked request with titles cleaned as in training (DataError names the field).
+        `domain` is a wording: a built-in name, five comma-separated words or an object."""
 
         def clean(titles: Sequence[str]) -> tuple[str, ...]:
             return tuple(normalize_title(t, self.norm) for t in titles)
 
-        request = RankRequest(clean(history), clean(candidates), domain)
+        try:
+            wording = resolve_wording(domain)
+        except ValueError as e:
+            raise DataError(str(e), file=file, record=record, field="domain") from None
+        request = RankRequest(clean(history), clean(candidates), wording)
         return check_request(request, file=file, record=record)
 
     def rank(self, requests: Sequence[RankRequest]) -> list[list[float]]:
@@ -129,14 +135,14 @@ class Ranker:
         self,
         history: Sequence[str],
         title: str,
-        domain: str = "movies",
+        domain: Any = "movies",
         max_new_tokens: int = EXPLAIN_MAX_NEW_TOKENS,
     ) -> str:
         """A greedy, bounded answer to `explain_instruction` (titles cleaned as in training)."""
         text = explain_instruction(
             [normalize_title(t, self.norm) for t in history],
             normalize_title(title, self.norm),
-            domain,
+            resolve_wording(domain),
         )
         prompt = self.chat.prefix + text + self.chat.suffix
         device = next(self.model.parameters()).device
@@ -237,7 +243,7 @@ def read_users(path: Path, ranker: Ranker, domain: str) -> list[UserQuery]:
         history = _titles(entry["history"], path, i, "history")
         candidates = _titles(entry["candidates"], path, i, "candidates")
         request = ranker.request(
-            history, candidates, str(entry.get("domain", domain)), file=path, record=i
+            history, candidates, entry.get("domain", domain), file=path, record=i
         )
         queries.append(UserQuery(str(entry.get("user", i)), candidates, request))
     return queries
@@ -291,6 +297,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--users", metavar="FILE.json", help="rank a JSON list of users instead")
     parser.add_argument("--top-k", type=int, help="print only the best K")
     parser.add_argument(
-        "--domain", default="movies", choices=sorted(WORDING), help="prompt wording"
+        "--domain",
+        default="movies",
+        help=f"prompt wording: {', '.join(WORDINGS)}, or five comma-separated words "
+        "role,history,past,gerund,candidates (e.g. 'music,songs,listened to,listening to,songs')",
     )
     parser.add_argument("--json", action="store_true", help="print JSON instead of a table")

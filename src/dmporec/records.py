@@ -14,7 +14,7 @@ from typing import Any
 
 from pydantic import BaseModel, ConfigDict, Field
 
-DOMAINS = ("movies", "games", "books")
+from dmporec.wording import WORDINGS, Wording, resolve_wording
 
 
 class DataError(ValueError):
@@ -54,13 +54,15 @@ class Record:
     `positive_first[i]` says whether the positive is listed before negative i in the prompt; it
     keeps a source's own candidate order (the authors' files) so prompts are reproduced exactly.
     When None, the order is drawn from the prompt seed, so position gives nothing away.
+    `wording` holds the prompt's nouns and verbs (`dmporec.wording`); JSON lines write it as
+    `"domain"`: a built-in name or an object of the five words.
     """
 
     user_id: str
     history: list[Item]
     positive: Item
     negatives: list[Item]
-    domain: str = "movies"
+    wording: Wording = WORDINGS["movies"]
     positive_first: list[bool] | None = None
     metadata: dict[str, Any] = field(default_factory=dict)
 
@@ -97,9 +99,9 @@ class Record:
                     raise DataError(
                         f"item {i} has an empty title", file=file, record=rec, field=name
                     )
-        if self.domain not in DOMAINS:
+        if not isinstance(self.wording, Wording):
             raise DataError(
-                f"unknown domain {self.domain!r}; expected one of {DOMAINS}",
+                f"expected a Wording, got {type(self.wording).__name__}",
                 file=file,
                 record=rec,
                 field="domain",
@@ -157,7 +159,7 @@ def normalize_record(record: Record, norm: TitleNormalization) -> Record:
         [fix(i) for i in record.history],
         fix(record.positive),
         [fix(i) for i in record.negatives],
-        record.domain,
+        record.wording,
         record.positive_first,
         dict(record.metadata),
     )
@@ -167,7 +169,10 @@ def normalize_record(record: Record, norm: TitleNormalization) -> Record:
 
 
 def record_to_dict(record: Record) -> dict[str, Any]:
-    return asdict(record)
+    out = asdict(record)
+    del out["wording"]
+    out["domain"] = record.wording.to_json()
+    return out
 
 
 def record_from_dict(
@@ -212,12 +217,16 @@ def record_from_dict(
     metadata = obj.get("metadata") or {}
     if not isinstance(metadata, dict):
         raise DataError("expected an object", file=file, record=index, field="metadata")
+    try:
+        wording = resolve_wording(obj.get("domain", "movies"))
+    except ValueError as e:
+        raise DataError(str(e), file=file, record=index, field="domain") from None
     record = Record(
         user_id=str(need("user_id")),
         history=items("history"),
         positive=item(need("positive"), "positive"),
         negatives=items("negatives"),
-        domain=str(obj.get("domain", "movies")),
+        wording=wording,
         positive_first=positive_first,
         metadata=metadata,
     )

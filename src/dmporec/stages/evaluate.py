@@ -100,7 +100,7 @@ def score_lists(
     for record, (titles, pos) in tqdm(
         list(zip(records, sets, strict=True)), desc=desc, unit="user"
     ):
-        request = RankRequest(tuple(i.title for i in record.history), tuple(titles), record.domain)
+        request = RankRequest(tuple(i.title for i in record.history), tuple(titles), record.wording)
         (scores,) = rank_candidates(
             model, pair_encoder, [request], method=ec.scorer, max_batch_tokens=ec.max_batch_tokens
         )

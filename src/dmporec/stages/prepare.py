@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 import time
 from pathlib import Path
+from typing import Any, Literal, get_args, get_origin
 
 from pydantic import ValidationError
 
@@ -14,22 +15,46 @@ from dmporec.raw import SOURCES
 from dmporec.records import TitleNormalization
 
 EXAMPLES = """examples:
-  dmporec prepare --source amazon2018 --reviews Movies_and_TV.json.gz \\
-      --meta meta_Movies_and_TV.json.gz --out data/amazon-movies --name rec_Amazon_Movie
-  dmporec prepare --source movielens --reviews ml-1m/ratings.dat --meta ml-1m/movies.dat \\
-      --out data/ml-1m --name rec_data_ml_1m
-  dmporec prepare --source csv --reviews ratings.csv --meta items.csv --out data/mine
+  dmporec prepare --source movielens --ratings ml-1m/ratings.dat --movies ml-1m/movies.dat \\
+      --out data/ml-1m --name rec_data_ml_1m          # the authors' rules and split (default)
+  dmporec prepare --source movielens100k --ratings ml-100k/u.data --movies ml-100k/u.item \\
+      --out data/ml-100k --name rec_ml_100k
+  dmporec prepare --source amazon2018 --reviews Video_Games.json.gz --meta meta_Video_Games.json.gz \\
+      --out data/games --name rec_Amazon_Game --domain games
+  dmporec prepare --source csv --reviews ratings.csv --meta items.csv --out data/music \\
+      --rules temporal --domain "music,songs,listened to,listening to,songs"
+
+rules: authors (default) = each user's last --window ratings (file order for movielens and csv,
+else time), the window's first positive and first negatives as targets, its other positives as
+history, split by user id (train, then test, then valid); temporal = the window in time order, the
+last positive and negatives as targets, history strictly before them, a seeded shuffle split.
+Details: the docstring of dmporec.build.
 
 inputs: amazon2014/2018 reviews (reviewerID, asin, overall, unixReviewTime) + metadata (asin, title;
 JSON or Python-literal lines); amazon2023 reviews (user_id, parent_asin, rating, timestamp in ms) +
-meta (parent_asin, title); movielens ratings.dat + movies.dat; csv with headers
-user,item,rating,timestamp and item,title. Plain or gzip.
+meta (parent_asin, title); movielens ratings.dat + movies.dat (MovieLens-1M); movielens100k u.data +
+u.item; csv with headers user,item,rating,timestamp and item,title. Plain or gzip.
 """
+
+
+def _choices(annotation: Any) -> list[str]:
+    """The values of a Literal field, optional or not."""
+    literal = next(a for a in (annotation, *get_args(annotation)) if get_origin(a) is Literal)
+    return list(get_args(literal))
 
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
     fields = BuildConfig.model_fields
     p.add_argument("--source", required=True, choices=SOURCES)
+    for name in ("rules", "split", "window_order"):
+        info = fields[name]
+        p.add_argument(
+            "--" + name.replace("_", "-"),
+            dest=name,
+            choices=_choices(info.annotation),
+            default=info.default,
+            help=info.description,
+        )
     p.add_argument("--reviews", "--ratings", required=True, help="interactions file (plain or .gz)")
     p.add_argument(
         "--meta", "--movies", "--items", required=True, help="titles file (plain or .gz)"
@@ -39,9 +64,9 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
         "name",
         "domain",
         "positive_above",
+        "window",
         "min_positives",
         "min_negatives",
-        "max_interactions",
         "negatives",
         "list_negatives",
         "train_users",
@@ -88,7 +113,8 @@ def run(args: argparse.Namespace) -> int:
         f"read {stats['interactions_read']:,} interactions "
         f"({stats['files']['reviews']['bad']:,} unusable lines, "
         f"{stats['interactions_dropped_no_title']:,} without a title); "
-        f"{stats['users_kept']:,} of {stats['users_seen']:,} users pass the rules; "
+        f"{stats['users_kept']:,} of {stats['users_seen']:,} users pass the {cfg.rules} rules "
+        f"(window of {cfg.window} in {cfg.window_order} order); {cfg.split} split: "
         f"train {stats['train_users']} / valid {stats['valid_users']} / test {stats['test_users']} "
         f"in {time.perf_counter() - start:.1f} s"
     )
