@@ -31,9 +31,17 @@ TINY = [
 
 def test_run_end_to_end_and_skip_finished_stages(tmp_path, capsys):
     out = tmp_path / "run"
-    assert main(["run", *TINY, f"output_dir={out}"]) == 0
+    assert main(["run", *TINY, "eval.generate=true", f"output_dir={out}"]) == 0
     table = capsys.readouterr().out
     assert "| zero-shot | 5 |" in table and "| SFT | 5 |" in table and "| DMPO (k=2) | 5 |" in table
+    assert "ValidRatio" in table and "| DMPO (k=2) vs SFT |" in table and "McNemar p" in table
+    assert len((out / "dmpo/eval/generations.jsonl").read_text().splitlines()) == 5
+    tests = json.loads((out / "summary.json").read_text())["paired_tests"]
+    assert [(t["a"], t["b"]) for t in tests] == [
+        ("SFT", "zero-shot"),
+        ("DMPO (k=2)", "zero-shot"),
+        ("DMPO (k=2)", "SFT"),
+    ]
     for path in (
         "config.yaml",
         "data/train.jsonl",
@@ -54,7 +62,7 @@ def test_run_end_to_end_and_skip_finished_stages(tmp_path, capsys):
     assert ev["pairs"] == 5 and 0 <= ev["accuracy"] <= 1
     assert len((out / "dmpo/eval/predictions.jsonl").read_text().splitlines()) == 5
 
-    assert main(["run", *TINY, f"output_dir={out}"]) == 0  # everything finished: skipped
+    assert main(["run", *TINY, "eval.generate=true", f"output_dir={out}"]) == 0  # all skipped
     rerun = capsys.readouterr().out
     assert "is finished" in rerun and "metrics from the 5 pairs scored" in rerun
 

@@ -133,6 +133,11 @@ class EvalConfig(_Strict):
         description="Also rank N candidates per test user (the positive and N-1 sampled titles "
         "the user never rated) for HR@k, NDCG@k, MRR; 0 = off. Costs N(N-1) prompts per user.",
     )
+    generate: bool = Field(
+        False,
+        description="Also generate each pair's answer greedily (listed order) and parse it back: "
+        "ValidRatio and the accuracy of the generated order, as S-DPO and LLaRA report them.",
+    )
     n_boot: int = Field(1000, ge=10, description="Bootstrap resamples for the 95% CIs.")
     seed: int = Field(0, description="Seed of the coin-flip AUC and the bootstrap.")
 

@@ -14,6 +14,7 @@ from tqdm.auto import tqdm
 
 from dmporec.config import EvalConfig, RunConfig
 from dmporec.data import stage_records
+from dmporec.generation import generate_answers, generation_report
 from dmporec.listwise import candidate_sets
 from dmporec.metrics import (
     first_listed_rate,
@@ -129,12 +130,29 @@ MD_HEADER = (
 )
 
 
+def pair_scores(rows: list[dict[str, Any]], orders: str) -> tuple[np.ndarray, np.ndarray]:
+    """(chosen, rejected) score of each saved pair: the listed-order log-probs, plus the swapped
+    order's when both orders were scored (the log of the product of the probabilities)."""
+    both = orders == "both"
+    chosen = np.array([r["chosen_logp"] + (r["chosen_logp_swapped"] if both else 0) for r in rows])
+    rejected = np.array(
+        [r["rejected_logp"] + (r["rejected_logp_swapped"] if both else 0) for r in rows]
+    )
+    return chosen, rejected
+
+
+def read_predictions(eval_dir: Path) -> list[dict[str, Any]]:
+    path = eval_dir / "predictions.jsonl"
+    return [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
+
+
 def write_eval(
     rows: list[dict[str, Any]],
     ec: EvalConfig,
     out_dir: Path,
     name: str,
     lists: list[dict[str, Any]] | None = None,
+    generations: list[dict[str, Any]] | None = None,
 ) -> dict[str, Any]:
     """Metrics of scored pairs; writes predictions.jsonl, eval.json and eval.md to `out_dir`.
 
@@ -143,10 +161,7 @@ def write_eval(
     (first-listed rate, accuracy by position) always describe the model's listed-order answers.
     """
     both = ec.orders == "both"
-    chosen = np.array([r["chosen_logp"] + (r["chosen_logp_swapped"] if both else 0) for r in rows])
-    rejected = np.array(
-        [r["rejected_logp"] + (r["rejected_logp_swapped"] if both else 0) for r in rows]
-    )
+    chosen, rejected = pair_scores(rows, ec.orders)
     metrics = pairwise_report(chosen, rejected, seed=ec.seed, n_boot=ec.n_boot)
     # The position diagnostics use the listed-order scores alone, without a bootstrap.
     listed_c = np.array([r["chosen_logp"] for r in rows])
@@ -165,6 +180,12 @@ def write_eval(
         report = listwise_report(ranks, ties, seed=ec.seed, n_boot=ec.n_boot)
         metrics.update({f"list{len(lists[0]['candidates'])}_{k}": v for k, v in report.items()})
         atomic_write_text(out_dir / "lists.jsonl", "".join(json.dumps(r) + "\n" for r in lists))
+    if generations:
+        metrics.update(generation_report(generations, seed=ec.seed, n_boot=ec.n_boot))
+        atomic_write_text(
+            out_dir / "generations.jsonl",
+            "".join(json.dumps(r, ensure_ascii=False) + "\n" for r in generations),
+        )
     atomic_write_text(out_dir / "predictions.jsonl", "".join(json.dumps(r) + "\n" for r in rows))
     atomic_write_text(
         out_dir / "eval.json", json.dumps({"model": name, **metrics}, indent=2) + "\n"
@@ -190,7 +211,13 @@ def evaluate(
     lists = None
     if ec.listwise:
         lists = score_lists(model, tokenizer, model_cfg, records, ec, desc=f"rank lists {name}")
-    return write_eval(rows, ec, out_dir, name, lists)
+    generations = None
+    if ec.generate:
+        chat = encoder(tokenizer, model_cfg, prompt_seed).chat
+        generations = generate_answers(
+            model, tokenizer, chat, records, prompt_seed, ec.batch_size, desc=f"generate {name}"
+        )
+    return write_eval(rows, ec, out_dir, name, lists, generations)
 
 
 def _saved_rows(path: Path, records: list[Record], orders: str) -> list[dict[str, Any]] | None:
@@ -211,6 +238,17 @@ def _saved_lists(path: Path, records: list[Record], ec: EvalConfig) -> list[dict
     rows = [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
     wanted = [titles for titles, _ in candidate_sets(records, n=ec.listwise, seed=ec.seed)]
     return rows if [r["candidates"] for r in rows] == wanted else None
+
+
+def _saved_generations(
+    path: Path, records: list[Record], ec: EvalConfig
+) -> list[dict[str, Any]] | None:
+    """Generated answers saved by an earlier run, if they are this run's test pairs."""
+    if not ec.generate or not path.is_file():
+        return None
+    rows = [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
+    wanted = [(r.user_id, n.title) for r in records for n in r.negatives]
+    return rows if [(r["user_id"], r["negative"]) for r in rows] == wanted else None
 
 
 def stage_dirs(cfg: RunConfig, stage: str) -> tuple[Path, Path]:
@@ -237,12 +275,17 @@ def run_evaluate(cfg: RunConfig, stage: str) -> dict[str, Any]:
     records = stage_records(cfg.data, "eval" if cfg.eval.split == "test" else "valid")
     saved = _saved_rows(out / "predictions.jsonl", records, cfg.eval.orders)
     saved_lists = _saved_lists(out / "lists.jsonl", records, cfg.eval)
-    if saved is not None and (saved_lists is not None or not cfg.eval.listwise):
+    saved_gens = _saved_generations(out / "generations.jsonl", records, cfg.eval)
+    if (
+        saved is not None
+        and (saved_lists is not None or not cfg.eval.listwise)
+        and (saved_gens is not None or not cfg.eval.generate)
+    ):
         print(
             f"evaluate: metrics from the {len(saved)} pairs scored in {out / 'predictions.jsonl'} "
             "(delete it to score again)"
         )
-        metrics = write_eval(saved, cfg.eval, out, stage_dir.name, saved_lists)
+        metrics = write_eval(saved, cfg.eval, out, stage_dir.name, saved_lists, saved_gens)
         state.wait_for_everyone()
         return metrics
     start = time.perf_counter()
