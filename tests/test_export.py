@@ -84,6 +84,22 @@ def test_export_refuses_to_overwrite_without_force(run_dir, tmp_path, capsys):
     assert main(["export", "--model", str(run_dir), "--out", str(empty)]) == 0
 
 
+def test_export_never_deletes_what_it_reads(run_dir, capsys):
+    """--force must not remove the run: an --out equal to, inside, or above the run is refused."""
+    before = sorted(p.relative_to(run_dir.parent) for p in run_dir.parent.rglob("*"))
+    for model, out in [
+        (run_dir, run_dir),
+        (run_dir, run_dir / "dmpo"),
+        (run_dir, run_dir / "exported"),
+        (run_dir, run_dir.parent),
+        (run_dir / "dmpo", run_dir / "sft"),  # the SFT adapter the DMPO stage merges
+    ]:
+        code = main(["export", "--model", str(model), "--out", str(out), "--force"])
+        err = capsys.readouterr().err
+        assert code == 2 and "overlaps" in err and "Traceback" not in err, (model, out, err)
+    assert sorted(p.relative_to(run_dir.parent) for p in run_dir.parent.rglob("*")) == before
+
+
 def test_export_needs_a_trained_run(tmp_path, capsys):
     assert main(["export", "--model", str(tmp_path), "--out", str(tmp_path / "o")]) == 2
     assert "not a run dir" in capsys.readouterr().err

@@ -179,6 +179,21 @@ def test_clear_errors_for_bad_input(tmp_path, capsys):
     assert "not a finished stage" in capsys.readouterr().err
 
 
+def test_non_finite_settings_and_losses_stop_the_run(tmp_path, capsys):
+    for bad in ("sft.learning_rate=.inf", "dmpo.beta=.nan", "sft.max_grad_norm=-.inf"):
+        assert main(["sft", *TINY, bad, f"output_dir={tmp_path / 'a'}"]) == 2
+        err = capsys.readouterr().err
+        assert bad.split("=")[0] in err and "Traceback" not in err
+    # A finite learning rate so large that the weights overflow: the loss turns NaN.
+    out = tmp_path / "b"
+    code = main(["sft", *TINY, "sft.learning_rate=1e30", "sft.batch_size=1", f"output_dir={out}"])
+    err = capsys.readouterr().err
+    assert code == 2 and "sft: the loss became nan at step" in err and "Traceback" not in err
+    assert not (out / "sft" / "lineage.json").exists()  # never marked finished
+    rows = (out / "sft" / "metrics.jsonl").read_text().splitlines()
+    assert all(json.loads(r)["loss"] == json.loads(r)["loss"] for r in rows)  # no NaN logged
+
+
 def test_demo_config_is_the_documented_one():
     cfg = load_config(Path(__file__).parents[1] / "configs" / "demo.yaml")
     assert (

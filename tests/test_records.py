@@ -1,4 +1,5 @@
 import json
+import re
 
 import pytest
 
@@ -7,6 +8,7 @@ from dmporec.records import (
     Item,
     Record,
     TitleNormalization,
+    clean_records,
     normalize_title,
     read_records,
     write_records,
@@ -100,3 +102,46 @@ def test_write_is_atomic(tmp_path, monkeypatch):
         write_records(path, [Record("v", [Item("B")], Item("Q"), [Item("M")])])
     assert path.read_text() == before
     assert [p.name for p in tmp_path.iterdir()] == ["r.jsonl"]
+
+
+def test_records_without_signal_are_cleaned_and_counted():
+    r = Record(
+        "u",
+        [Item("A"), Item("P")],
+        Item("P"),
+        [Item("N"), Item("P"), Item("N"), Item("M")],
+        positive_first=[True, False, True, False],
+    )
+    empty = Record("v", [Item("A")], Item("P"), [Item("P")])
+    kept, counts = clean_records([r, empty])
+    assert counts == {
+        "negative_equals_positive": 2,
+        "duplicate_negative": 1,
+        "positive_in_history": 1,
+        "records": 1,
+    }
+    (clean,) = kept
+    assert [n.title for n in clean.negatives] == ["N", "M"] and clean.positive_first == [
+        True,
+        False,
+    ]
+    assert [h.title for h in clean.history] == ["A"]
+    assert clean_records([clean])[1] == dict.fromkeys(counts, 0)
+
+
+@pytest.mark.parametrize(
+    ("lines", "message"),
+    [
+        (['{"user_id": null, "history": ["A"], "positive": "P", "negatives": ["N"]}'], "'user_id'"),
+        (['{"user_id": "", "history": ["A"], "positive": "P", "negatives": ["N"]}'], "'user_id'"),
+        (
+            ['{"user_id": 1, "history": ["A"], "positive": "P", "negatives": ["N"]}'] * 2,
+            "record 1, field 'user_id': user '1' appears again (first as record 0)",
+        ),
+    ],
+)
+def test_user_ids_are_real_and_unique(tmp_path, lines, message):
+    path = tmp_path / "users.jsonl"
+    path.write_text("\n".join(lines) + "\n")
+    with pytest.raises(DataError, match=re.escape(message)):
+        read_records(path)

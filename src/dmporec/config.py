@@ -15,7 +15,7 @@ from dmporec.records import TitleNormalization
 
 
 class _Strict(BaseModel):
-    model_config = ConfigDict(extra="forbid")
+    model_config = ConfigDict(extra="forbid", allow_inf_nan=False)
 
 
 class DataConfig(_Strict):
@@ -154,6 +154,11 @@ class RunConfig(_Strict):
 
 class ConfigError(ValueError):
     """A config file or override that does not validate; the message names the file and field."""
+
+
+class TrainingDiverged(ConfigError):
+    """The loss became NaN or infinite (settings that pass validation can still diverge): the
+    stage stops, names the step, and is not marked finished."""
 
 
 def _set(tree: dict[str, Any], dotted: str, value: Any) -> None:

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import os
 import random
+import sys
 from pathlib import Path
 
 from dmporec.alpaca import read_alpaca
@@ -13,18 +14,34 @@ from dmporec.records import (
     DataError,
     Record,
     TitleNormalization,
+    clean_records,
     normalize_record,
     read_records,
     write_records,
 )
 
 
+_DROPPED = {
+    "negative_equals_positive": "negative(s) equal to their positive",
+    "duplicate_negative": "repeated negative(s)",
+    "positive_in_history": "positive(s) from their own history",
+    "records": "record(s) left without negatives or history",
+}
+
+
 def load_records(path: str | os.PathLike, norm: TitleNormalization) -> list[Record]:
-    """Records from an authors' alpaca file (.json) or canonical JSON lines (anything else)."""
+    """Records from an authors' alpaca file (.json) or canonical JSON lines (anything else),
+    titles normalized, and pairs without signal dropped with a warning (`clean_records`)."""
     path = Path(path)
     if path.suffix == ".json":
-        return read_alpaca(path, norm)
-    return [normalize_record(r, norm) for r in read_records(path)]
+        records = read_alpaca(path, norm)
+    else:
+        records = [normalize_record(r, norm) for r in read_records(path)]
+    records, dropped = clean_records(records)
+    if any(dropped.values()):
+        said = ", ".join(f"{n} {_DROPPED[k]}" for k, n in dropped.items() if n)
+        print(f"data: warning: {path}: dropped {said} (after title normalization)", file=sys.stderr)
+    return records
 
 
 def resolve_data(cfg: DataConfig, output_dir: str | os.PathLike) -> DataConfig:

@@ -169,6 +169,19 @@ def _metrics_lines(rows: list[dict[str, Any]]) -> list[str]:
     return lines
 
 
+def _check_out_apart(out: Path, sources: list[Path]) -> None:
+    """Refuse an --out that is, contains or lies inside what the export reads (the run, its
+    stage, the adapters it merges): --force would delete it."""
+    target = out.resolve()
+    for source in sources:
+        source = source.resolve()
+        if target == source or target in source.parents or source in target.parents:
+            raise FileExistsError(
+                f"--out {out} overlaps {source}, which this export reads; choose a directory "
+                "outside the run"
+            )
+
+
 def export_run(model: str | Path, out: str | Path, *, force: bool = False) -> Path:
     """Write the merged model of a run or stage dir to `out` (see the module docstring)."""
     src, out = Path(model), Path(out)
@@ -177,6 +190,8 @@ def export_run(model: str | Path, out: str | Path, *, force: bool = False) -> Pa
         raise FileNotFoundError(
             f"{model}: not a run dir (with dmpo/ or sft/) or a stage dir (with lineage.json)"
         )
+    run = [stage_dir.parent] if (stage_dir.parent / "config.yaml").is_file() else []
+    _check_out_apart(out, [src, *run, *(a.parent for a in read_lineage(stage_dir)[1])])
     if out.exists() and (not out.is_dir() or any(out.iterdir())) and not force:
         raise FileExistsError(f"{out} exists and is not empty; pass --force to replace it")
     cfg = run_config(stage_dir)

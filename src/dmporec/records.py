@@ -221,8 +221,16 @@ def record_from_dict(
         wording = resolve_wording(obj.get("domain", "movies"))
     except ValueError as e:
         raise DataError(str(e), file=file, record=index, field="domain") from None
+    user_id = need("user_id")
+    if not isinstance(user_id, (str, int)) or isinstance(user_id, bool) or str(user_id) == "":
+        raise DataError(
+            f"expected a non-empty string or integer, got {user_id!r}",
+            file=file,
+            record=index,
+            field="user_id",
+        )
     record = Record(
-        user_id=str(need("user_id")),
+        user_id=str(user_id),
         history=items("history"),
         positive=item(need("positive"), "positive"),
         negatives=items("negatives"),
@@ -272,4 +280,59 @@ def iter_records(path: str | os.PathLike) -> Iterator[Record]:
 
 
 def read_records(path: str | os.PathLike) -> list[Record]:
-    return list(iter_records(path))
+    records = list(iter_records(path))
+    seen: dict[str, int] = {}
+    for i, record in enumerate(records):
+        if record.user_id in seen:
+            raise DataError(
+                f"user {record.user_id!r} appears again (first as record {seen[record.user_id]}); "
+                "one record per user",
+                file=path,
+                record=i,
+                field="user_id",
+            )
+        seen[record.user_id] = i
+    return records
+
+
+def clean_records(records: list[Record]) -> tuple[list[Record], dict[str, int]]:
+    """Records without pairs that carry no signal, and what was dropped (title normalization can
+    make two titles one): a negative equal to its positive or to an earlier negative is dropped,
+    the positive is removed from its own history, and a record left without negatives or
+    history is dropped. Counts by kind; zeros when nothing was wrong."""
+    counts = dict.fromkeys(
+        ("negative_equals_positive", "duplicate_negative", "positive_in_history", "records"), 0
+    )
+    kept = []
+    for r in records:
+        negatives, first, seen = [], [], {r.positive.title}
+        for i, neg in enumerate(r.negatives):
+            if neg.title in seen:
+                kind = (
+                    "negative_equals_positive"
+                    if neg.title == r.positive.title
+                    else "duplicate_negative"
+                )
+                counts[kind] += 1
+                continue
+            seen.add(neg.title)
+            negatives.append(neg)
+            if r.positive_first is not None:
+                first.append(r.positive_first[i])
+        history = [h for h in r.history if h.title != r.positive.title]
+        counts["positive_in_history"] += len(history) < len(r.history)
+        if not negatives or not history:
+            counts["records"] += 1
+            continue
+        if len(negatives) < len(r.negatives) or len(history) < len(r.history):
+            r = Record(
+                r.user_id,
+                history,
+                r.positive,
+                negatives,
+                r.wording,
+                first if r.positive_first is not None else None,
+                r.metadata,
+            )
+        kept.append(r)
+    return kept, counts

@@ -27,7 +27,7 @@ from torch.utils.data import DataLoader
 from tqdm.auto import tqdm
 from transformers import get_cosine_schedule_with_warmup
 
-from dmporec.config import TrainConfig
+from dmporec.config import TrainConfig, TrainingDiverged
 from dmporec.records import atomic_write_text
 
 LossFn = Callable[[torch.nn.Module, list[Any]], tuple[torch.Tensor, dict[str, float]]]
@@ -172,6 +172,13 @@ def train_lora(
             with accelerator.accumulate(model):
                 lr = scheduler.get_last_lr()[0]  # the rate this step uses
                 loss, logs = loss_fn(model, batch)
+                if not torch.isfinite(loss.detach()).all():
+                    raise TrainingDiverged(
+                        f"{stage}: the loss became {loss.item()} at step {step + 1} (epoch "
+                        f"{epoch + 1}, batch {batch_index + 1}); the stage is not finished and "
+                        f"its last checkpoint is kept. Lower {stage}.learning_rate "
+                        f"({tc.learning_rate:g}) or check the data"
+                    )
                 micro_logs.append({"loss": loss.item(), **logs})
                 accelerator.backward(loss)
                 if accelerator.sync_gradients:

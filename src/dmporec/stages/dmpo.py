@@ -75,8 +75,10 @@ def cached_reference_logps(
     groups: list[Group],
     width: int,
     tc: DMPOConfig,
+    batch_size: int,
 ) -> torch.Tensor:
-    """Reference log-probs from the on-disk cache, or computed once and stored there."""
+    """Reference log-probs from the on-disk cache, or computed once and stored there, `batch_size`
+    users per call (no gradients: evaluation's batch size, not training's micro-batch)."""
     path = (
         cache_root()
         / "reference"
@@ -90,7 +92,7 @@ def cached_reference_logps(
         groups,
         width,
         method=tc.scorer,
-        batch_size=tc.batch_size,
+        batch_size=batch_size,
         max_batch_tokens=tc.max_batch_tokens,
     )
     path.parent.mkdir(parents=True, exist_ok=True)
@@ -128,7 +130,9 @@ def run_dmpo(cfg: RunConfig, sft_dir: Path | None = None) -> Path:
         model = add_lora(
             merge_adapters(load_base_model(cfg.model), sft_adapters), cfg.model, tc.seed
         )
-        ref = cached_reference_logps(model, cfg.model, sft_adapters, groups, 2 * pairs, tc)
+        ref = cached_reference_logps(
+            model, cfg.model, sft_adapters, groups, 2 * pairs, tc, cfg.eval.batch_size
+        )
         examples = list(zip(groups, ref, strict=True))
 
         def loss_fn(model: torch.nn.Module, batch: list) -> tuple[torch.Tensor, dict[str, float]]:
