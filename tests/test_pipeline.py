@@ -194,6 +194,19 @@ def test_non_finite_settings_and_losses_stop_the_run(tmp_path, capsys):
     assert all(json.loads(r)["loss"] == json.loads(r)["loss"] for r in rows)  # no NaN logged
 
 
+def test_validation_every_n_steps_gives_a_learning_curve(tmp_path):
+    out = tmp_path / "run"
+    demo = "data.demo={train_users: 6, valid_users: 3, test_users: 2, negatives: 3}"
+    args = [o for o in TINY if not o.startswith("data.demo")] + [demo, "sft.batch_size=2"]
+    assert main(["sft", *args, "sft.eval_every_steps=2", f"output_dir={out}"]) == 0
+    rows = [json.loads(x) for x in (out / "sft/metrics.jsonl").read_text().splitlines()]
+    scored = [r["step"] for r in rows if "valid_accuracy" in r]
+    assert scored == [2, 3]  # every 2 steps and after the last of 3
+    assert all(0 <= r["valid_accuracy"] <= 1 for r in rows if "valid_accuracy" in r)
+    cfg = load_config(None, [*args, f"output_dir={out}"])
+    assert cfg.sft.eval_every_steps == 0  # off unless asked
+
+
 def test_demo_config_is_the_documented_one():
     cfg = load_config(Path(__file__).parents[1] / "configs" / "demo.yaml")
     assert (

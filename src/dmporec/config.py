@@ -29,6 +29,11 @@ class DataConfig(_Strict):
         None, description="DMPO training data (records with >= k negatives, or dpo_ranking_k rows)."
     )
     eval: str | None = Field(None, description="Test pairs.")
+    valid: str | None = Field(
+        None,
+        description="Validation pairs (`eval.split=valid`, `*.eval_every_steps`); when unset, "
+        "the training users held out by valid_users.",
+    )
     demo: DemoDataConfig | None = Field(
         None, description="Generate the demo data into OUTPUT_DIR/data and use it for all three."
     )
@@ -50,8 +55,10 @@ class DataConfig(_Strict):
 
     @model_validator(mode="after")
     def _one_source(self) -> DataConfig:
-        if self.demo is not None and any((self.sft_train, self.dmpo_train, self.eval)):
+        if self.demo is not None and any((self.sft_train, self.dmpo_train, self.eval, self.valid)):
             raise ValueError("set either data.demo or the data paths, not both")
+        if self.valid and self.valid_users:
+            raise ValueError("set either data.valid or data.valid_users, not both")
         return self
 
 
@@ -88,6 +95,13 @@ class TrainConfig(_Strict):
         0,
         ge=0,
         description="Checkpoint every N optimizer steps (0: at the end of each epoch only).",
+    )
+    eval_every_steps: int = Field(
+        0,
+        ge=0,
+        description="Score the validation pairs (data.valid or data.valid_users) every N "
+        "optimizer steps and at the end, in eval.orders: `valid_accuracy` in metrics.jsonl and "
+        "curves.png, a learning curve from one run (0: off).",
     )
 
 

@@ -20,7 +20,6 @@ from dmporec.records import (
     write_records,
 )
 
-
 _DROPPED = {
     "negative_equals_positive": "negative(s) equal to their positive",
     "duplicate_negative": "repeated negative(s)",
@@ -59,6 +58,7 @@ def resolve_data(cfg: DataConfig, output_dir: str | os.PathLike) -> DataConfig:
             "sft_train": train,
             "dmpo_train": train,
             "eval": str(out / "test.jsonl"),
+            "valid": str(out / "valid.jsonl") if demo.valid else None,
         }
     )
 
@@ -95,13 +95,15 @@ def _read(cfg: DataConfig, which: str) -> list[Record]:
 def stage_records(cfg: DataConfig, which: str) -> list[Record]:
     """The records of 'sft_train', 'dmpo_train', 'eval' or 'valid', trimmed as configured.
 
-    'valid' is the held-out users' records from dmpo_train (all their negatives), else sft_train;
-    the training splits leave those users out."""
+    'valid' is data.valid, else the held-out users' records from dmpo_train (all their
+    negatives), else sft_train; the training splits leave those users out."""
+    if which == "valid" and cfg.valid:
+        return _read(cfg, "valid")
     if which == "valid":
         source = "dmpo_train" if cfg.dmpo_train else "sft_train"
         held = held_out_keys(cfg)
         if not held:
-            raise DataError("eval.split=valid needs data.valid_users > 0")
+            raise DataError("validation needs data.valid (a file) or data.valid_users > 0")
         return [r for r in _read(cfg, source) if _user_key(r) in held]
     records = _read(cfg, which)
     if which == "eval" and cfg.max_eval_pairs:

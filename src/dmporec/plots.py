@@ -14,6 +14,7 @@ CURVES = (
     ("loss", "loss"),
     ("reward_margin", "reward margin"),
     ("reward_accuracy", "reward accuracy"),
+    ("valid_accuracy", "validation accuracy"),
 )
 
 

@@ -31,6 +31,7 @@ from dmporec.config import TrainConfig, TrainingDiverged
 from dmporec.records import atomic_write_text
 
 LossFn = Callable[[torch.nn.Module, list[Any]], tuple[torch.Tensor, dict[str, float]]]
+ValidateFn = Callable[[torch.nn.Module], dict[str, float]]
 
 
 class PeakMemory:
@@ -111,8 +112,13 @@ def train_lora(
     out_dir: Path,
     *,
     stage: str,
+    validate: ValidateFn | None = None,
 ) -> dict[str, float]:
-    """Train the model's LoRA adapter on `examples`; saves `out_dir/adapter`. Returns a summary."""
+    """Train the model's LoRA adapter on `examples`; saves `out_dir/adapter`. Returns a summary.
+
+    With `validate` and `tc.eval_every_steps`, `validate(model)` (in eval mode, no gradients)
+    runs every that many optimizer steps and after the last; its values join that step's row of
+    metrics.jsonl."""
     accelerator = Accelerator(
         gradient_accumulation_steps=tc.grad_accum,
         dataloader_config=DataLoaderConfiguration(use_seedable_sampler=True),
@@ -197,6 +203,15 @@ def train_lora(
             means = accelerator.reduce(means, reduction="mean")  # average over processes too
             last_logs = dict(zip(keys, means.tolist(), strict=True))
             micro_logs.clear()
+            if (
+                validate
+                and tc.eval_every_steps
+                and (step % tc.eval_every_steps == 0 or step == total_steps)
+            ):
+                model.eval()
+                with torch.no_grad():
+                    last_logs.update(validate(accelerator.unwrap_model(model)))
+                model.train()
             bar.update(1)
             bar.set_postfix({k: f"{v:.4g}" for k, v in last_logs.items()})
             if not accelerator.is_main_process:

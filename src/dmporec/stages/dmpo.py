@@ -27,6 +27,7 @@ from dmporec.model import (
 )
 from dmporec.scoring import Group, length_order, score_groups
 from dmporec.stages.common import encoder, finish_stage
+from dmporec.stages.evaluate import validation_fn
 from dmporec.training import PeakMemory, train_lora
 
 
@@ -153,7 +154,8 @@ def run_dmpo(cfg: RunConfig, sft_dir: Path | None = None) -> Path:
                 "chosen_reward": result.chosen_rewards.mean().item(),
             }
 
-        result = train_lora(model, examples, loss_fn, tc, out, stage="dmpo")
+        validate = validation_fn(cfg, tokenizer, tc)
+        result = train_lora(model, examples, loss_fn, tc, out, stage="dmpo", validate=validate)
     merged = [os.path.relpath(p.resolve(), out.resolve()) for p in sft_adapters]
     finish_stage(
         out,

@@ -12,7 +12,7 @@ import torch
 from accelerate import PartialState
 from tqdm.auto import tqdm
 
-from dmporec.config import EvalConfig, RunConfig
+from dmporec.config import EvalConfig, RunConfig, TrainConfig
 from dmporec.data import stage_records
 from dmporec.generation import generate_answers, generation_report
 from dmporec.listwise import candidate_sets
@@ -31,7 +31,7 @@ from dmporec.ranking import PairEncoder, RankRequest, rank_candidates
 from dmporec.records import Record, atomic_write_text
 from dmporec.scoring import length_order, score_groups
 from dmporec.stages.common import encoder, write_summary
-from dmporec.training import PeakMemory
+from dmporec.training import PeakMemory, ValidateFn
 
 
 @torch.no_grad()
@@ -128,6 +128,23 @@ MD_HEADER = (
     "| model | pairs | accuracy [95% CI] | AUC (coin flip) [95% CI] | AUC (stable) | first-listed rate |\n"
     "|---|---|---|---|---|---|"
 )
+
+
+def validation_fn(cfg: RunConfig, tokenizer: Any, tc: TrainConfig) -> ValidateFn | None:
+    """What a training stage scores every `tc.eval_every_steps` steps: pairwise accuracy on the
+    validation pairs (data.valid or the held-out users) in eval.orders; None when off."""
+    if not tc.eval_every_steps:
+        return None
+    records = stage_records(cfg.data, "valid")
+    ec = cfg.eval
+
+    def validate(model: torch.nn.Module) -> dict[str, float]:
+        rows = score_pairs(
+            model, tokenizer, cfg.model, records, ec, cfg.data.prompt_seed, desc="validate"
+        )
+        return {"valid_accuracy": pairwise_accuracy(*pair_scores(rows, ec.orders))}
+
+    return validate
 
 
 def pair_scores(rows: list[dict[str, Any]], orders: str) -> tuple[np.ndarray, np.ndarray]:

@@ -13,6 +13,7 @@ from dmporec.losses import sft_loss
 from dmporec.model import LINEAGE, add_lora, load_base_model, load_tokenizer
 from dmporec.scoring import Group, score_groups
 from dmporec.stages.common import encoder, finish_stage
+from dmporec.stages.evaluate import validation_fn
 from dmporec.training import PeakMemory, train_lora
 
 
@@ -38,7 +39,8 @@ def run_sft(cfg: RunConfig) -> Path:
     start = time.perf_counter()
     with PeakMemory() as mem:
         model = add_lora(load_base_model(cfg.model), cfg.model, tc.seed)
-        result = train_lora(model, groups, loss_fn, tc, out, stage="sft")
+        validate = validation_fn(cfg, tokenizer, tc)
+        result = train_lora(model, groups, loss_fn, tc, out, stage="sft", validate=validate)
     finish_stage(
         out,
         cfg.model,
