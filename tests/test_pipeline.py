@@ -207,6 +207,34 @@ def test_validation_every_n_steps_gives_a_learning_curve(tmp_path):
     assert cfg.sft.eval_every_steps == 0  # off unless asked
 
 
+def test_a_rerun_with_other_settings_stops_and_relabels_nothing(tmp_path, capsys):
+    """The three reproductions of the rerun bug: finished stages, saved predictions, a checkpoint."""
+    out = tmp_path / "run"
+    assert main(["run", *TINY, f"output_dir={out}"]) == 0
+    capsys.readouterr()
+    config = (out / "config.yaml").read_text()
+    # 1. Finished stages: another k and loss stop before anything is reused or rewritten.
+    assert main(["run", *TINY, "dmpo.k=3", "dmpo.loss=sdpo", f"output_dir={out}"]) == 2
+    err = capsys.readouterr().err
+    assert "dmpo: " in err and "dmpo.k: 2 then, 3 now" in err and "dmpo.loss: 'dmpo' then" in err
+    assert "delete" in err and "Traceback" not in err
+    assert (out / "config.yaml").read_text() == config  # not relabelled
+    # 2. Saved predictions: a zero-shot evaluation with another prompt format stops.
+    code = main(
+        ["evaluate", "--stage", "zero_shot", *TINY, "data.prompt_seed=5", f"output_dir={out}"]
+    )
+    assert code == 2 and "data.prompt_seed: 0 then, 5 now" in capsys.readouterr().err
+    # The same settings reuse, and the table's label comes from what was trained.
+    assert main(["run", *TINY, f"output_dir={out}"]) == 0
+    assert "| DMPO (k=2) | 5 |" in capsys.readouterr().out
+    # 3. A checkpoint: an unfinished SFT resumes only with the settings it started with.
+    half = tmp_path / "half"
+    assert main(["sft", *TINY, "sft.epochs=2", f"output_dir={half}"]) == 0
+    (half / "sft" / "lineage.json").unlink()  # as if stopped before the end
+    assert main(["sft", *TINY, "sft.epochs=2", "sft.learning_rate=0.05", f"output_dir={half}"]) == 2
+    assert "sft.learning_rate: 0.0001 then, 0.05 now" in capsys.readouterr().err
+
+
 def test_demo_config_is_the_documented_one():
     cfg = load_config(Path(__file__).parents[1] / "configs" / "demo.yaml")
     assert (

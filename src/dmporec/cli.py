@@ -5,14 +5,18 @@ from __future__ import annotations
 import argparse
 import sys
 
-from accelerate import PartialState
-
 from dmporec.config import ConfigError, load_config
 from dmporec.records import DataError
 
 EPILOG = """overrides: section.key=value, parsed as YAML, e.g.
   dmporec run --config configs/demo.yaml sft.epochs=1 dmpo.k=2 output_dir=runs/try
 """
+
+
+def _is_main_process() -> bool:
+    from dmporec.stages.common import process_state
+
+    return process_state().is_main_process
 
 
 def _parser() -> argparse.ArgumentParser:
@@ -145,7 +149,7 @@ def main(argv: list[str] | None = None) -> int:
 
             only = [c for c in (args.cells or "").split(",") if c]
             table = run_experiment(args.config, args.overrides, only)
-            if PartialState().is_main_process:
+            if _is_main_process():
                 print(table)
             return 0
         if args.command in MODEL_COMMANDS:
@@ -157,7 +161,7 @@ def main(argv: list[str] | None = None) -> int:
             from dmporec.stages.pipeline import run_pipeline
 
             table = run_pipeline(cfg)
-            if PartialState().is_main_process:
+            if _is_main_process():
                 print(table)
             return 0
         cfg = prepare_run(cfg)

@@ -1,15 +1,19 @@
-"""What every stage does the same way: paths, the prompt encoder, stage summaries and curves."""
+"""What every stage does the same way: paths, the prompt encoder, stage summaries and curves, and
+the settings record that keeps a rerun from reusing results made with other settings."""
 
 from __future__ import annotations
 
+import hashlib
 import json
 from pathlib import Path
 from typing import Any
 
 from accelerate import PartialState
+from accelerate.utils import parse_flag_from_env
+from pydantic import BaseModel
 
 from dmporec.collate import GroupEncoder
-from dmporec.config import RunConfig, dump_config
+from dmporec.config import ConfigError, RunConfig, dump_config
 from dmporec.data import resolve_data
 from dmporec.model import ModelConfig, write_lineage
 from dmporec.plots import plot_curves
@@ -17,12 +21,121 @@ from dmporec.prompts import ChatFormat
 from dmporec.records import atomic_write_text
 
 SUMMARY = "summary.json"
+SETTINGS = "settings.json"
+# Fields that change how fast or how often, never what is computed (numbers equal to 1e-4).
+_OPERATIONAL = {
+    "save_every_steps",
+    "eval_every_steps",
+    "max_batch_tokens",
+    "scorer",
+    "gradient_checkpointing",
+    "attention",
+    "trust_remote_code",
+    "batch_size",  # training's is kept (it shapes the optimizer steps)
+}
+
+
+def _digest(path: str | None) -> str | None:
+    if path is None or not Path(path).is_file():
+        return path
+    return "sha256:" + hashlib.sha256(Path(path).read_bytes()).hexdigest()[:16]
+
+
+def _flat(prefix: str, section: BaseModel, keep: tuple[str, ...] = ()) -> dict[str, Any]:
+    return {
+        f"{prefix}.{k}": v
+        for k, v in section.model_dump(mode="json").items()
+        if k not in _OPERATIONAL or k in keep
+    }
+
+
+def stage_settings(
+    cfg: RunConfig, stage: str, parent: dict[str, Any] | None = None
+) -> dict[str, Any]:
+    """What the results of `stage` ('sft', 'dmpo', or 'eval' of a model whose settings are
+    `parent`; zero-shot when None) depend on, as flat 'section.key' entries; data files by
+    content. Compared on every rerun: see check_settings."""
+    data = cfg.data
+    out: dict[str, Any] = {
+        **_flat("model", cfg.model),
+        "data.title_normalization": data.title_normalization.model_dump(mode="json"),
+        "data.prompt_seed": data.prompt_seed,
+    }
+    if stage in ("sft", "dmpo"):
+        source = data.sft_train if stage == "sft" else data.dmpo_train
+        out[f"data.{stage}_train"] = _digest(source)
+        out["data.valid_users"] = data.valid_users
+        out.update(_flat(stage, getattr(cfg, stage), keep=("batch_size",)))
+    else:
+        split = cfg.eval.split
+        out["data.eval" if split == "test" else "data.valid"] = _digest(
+            data.eval if split == "test" else data.valid or data.dmpo_train or data.sft_train
+        )
+        if split == "valid":
+            out["data.valid_users"] = data.valid_users
+        out["data.max_eval_pairs"] = data.max_eval_pairs
+        out["eval.split"] = split
+        # eval.orders, listwise and generate need no entry: saved scores are reused only when
+        # they hold this run's pairs, orders and candidate lists (stages/evaluate.py checks).
+    if parent is not None:
+        out["trained"] = fingerprint(parent)
+    return out
+
+
+def fingerprint(settings: dict[str, Any]) -> str:
+    return hashlib.sha256(json.dumps(settings, sort_keys=True).encode()).hexdigest()[:16]
+
+
+def process_state() -> PartialState:
+    """The process state, set up the way Accelerator sets it up (ACCELERATE_USE_CPU honoured)
+    whichever asks first: a PartialState made otherwise would leave a CPU torchrun undistributed."""
+    return PartialState(cpu=parse_flag_from_env("ACCELERATE_USE_CPU"))
+
+
+def record_settings(directory: Path, settings: dict[str, Any]) -> None:
+    if process_state().is_main_process:
+        atomic_write_text(
+            directory / SETTINGS, json.dumps(settings, indent=1, sort_keys=True) + "\n"
+        )
+
+
+def check_settings(directory: Path, settings: dict[str, Any], what: str) -> None:
+    """Stop (ConfigError, one line) when `directory` holds results made with other settings, or
+    by a dmporec that recorded none (an empty or missing directory passes)."""
+    path = directory / SETTINGS
+    if not path.is_file():
+        if directory.is_dir() and any(directory.iterdir()):
+            raise ConfigError(
+                f"{what}: {directory} holds results without a record of their settings (made by "
+                f"an older dmporec); delete it or choose another output_dir"
+            )
+        return
+    old = json.loads(path.read_text())
+    diff = sorted(k for k in old.keys() | settings.keys() if old.get(k) != settings.get(k))
+    if diff:
+        said = "; ".join(f"{k}: {old.get(k)!r} then, {settings.get(k)!r} now" for k in diff[:5])
+        more = f" (and {len(diff) - 5} more)" if len(diff) > 5 else ""
+        raise ConfigError(
+            f"{what}: {directory} was made with other settings ({said}{more}); use another "
+            f"output_dir, or delete {directory} to redo it"
+        )
+
+
+def read_settings(directory: Path) -> dict[str, Any] | None:
+    path = directory / SETTINGS
+    return json.loads(path.read_text()) if path.is_file() else None
 
 
 def prepare_run(cfg: RunConfig) -> RunConfig:
-    """Generate demo data if configured and record the resolved config in the output dir."""
+    """Generate demo data if configured, check that the output dir's finished or checkpointed
+    training stages were made with these settings, and record the resolved config there."""
     cfg = cfg.model_copy(update={"data": resolve_data(cfg.data, cfg.output_dir)})
-    atomic_write_text(Path(cfg.output_dir) / "config.yaml", dump_config(cfg))
+    out = Path(cfg.output_dir)
+    sft = stage_settings(cfg, "sft")
+    check_settings(out / "sft", sft, "sft")
+    if (out / "sft" / SETTINGS).is_file():
+        check_settings(out / "dmpo", stage_settings(cfg, "dmpo", sft), "dmpo")
+    atomic_write_text(out / "config.yaml", dump_config(cfg))
     return cfg
 
 
@@ -39,7 +152,7 @@ def finish_stage(
     stage_dir: Path, model_cfg: ModelConfig, merged: list[str], summary: dict[str, Any]
 ) -> None:
     """Mark a training stage finished: lineage (written last), curves and summary; main process only."""
-    if not PartialState().is_main_process:
+    if not process_state().is_main_process:
         return
     plot_curves(stage_dir / "metrics.jsonl", stage_dir / "curves.png")
     write_summary(stage_dir, summary)

@@ -12,7 +12,7 @@ import torch
 from safetensors.torch import load_file, save_file
 from tqdm.auto import tqdm
 
-from dmporec.config import DMPOConfig, RunConfig
+from dmporec.config import ConfigError, DMPOConfig, RunConfig
 from dmporec.data import stage_records
 from dmporec.losses import LOSSES, sft_loss
 from dmporec.model import (
@@ -26,7 +26,14 @@ from dmporec.model import (
     read_lineage,
 )
 from dmporec.scoring import Group, length_order, score_groups
-from dmporec.stages.common import encoder, finish_stage
+from dmporec.stages.common import (
+    check_settings,
+    encoder,
+    finish_stage,
+    read_settings,
+    record_settings,
+    stage_settings,
+)
 from dmporec.stages.evaluate import validation_fn
 from dmporec.training import PeakMemory, train_lora
 
@@ -106,12 +113,18 @@ def cached_reference_logps(
 def run_dmpo(cfg: RunConfig, sft_dir: Path | None = None) -> Path:
     """Train `OUTPUT_DIR/dmpo/adapter` on top of the SFT model (`sft_dir`, default OUTPUT_DIR/sft)."""
     out = Path(cfg.output_dir) / "dmpo"
-    if (out / LINEAGE).is_file():
-        print(f"dmpo: {out} is finished; delete it to train again")
-        return out
     tc = cfg.dmpo
     sft_dir = Path(sft_dir) if sft_dir is not None else Path(cfg.output_dir) / "sft"
     _, sft_adapters = read_lineage(sft_dir)
+    sft_settings = read_settings(sft_dir)
+    if sft_settings is None:
+        raise ConfigError(f"dmpo: {sft_dir} has no record of its settings; train it again")
+    settings = stage_settings(cfg, "dmpo", sft_settings)
+    check_settings(out, settings, "dmpo")
+    if (out / LINEAGE).is_file():
+        print(f"dmpo: {out} is finished (same settings); delete it to train again")
+        return out
+    record_settings(out, settings)  # before training: a checkpoint resumes only with these
     records = stage_records(cfg.data, "dmpo_train")
     short = sum(r.k < tc.k for r in records)
     if short:

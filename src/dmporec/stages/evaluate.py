@@ -9,10 +9,9 @@ from typing import Any
 
 import numpy as np
 import torch
-from accelerate import PartialState
 from tqdm.auto import tqdm
 
-from dmporec.config import EvalConfig, RunConfig, TrainConfig
+from dmporec.config import ConfigError, EvalConfig, RunConfig, TrainConfig
 from dmporec.data import stage_records
 from dmporec.generation import generate_answers, generation_report
 from dmporec.listwise import candidate_sets
@@ -30,7 +29,15 @@ from dmporec.prompts import positive_listed_first
 from dmporec.ranking import PairEncoder, RankRequest, rank_candidates
 from dmporec.records import Record, atomic_write_text
 from dmporec.scoring import length_order, score_groups
-from dmporec.stages.common import encoder, write_summary
+from dmporec.stages.common import (
+    check_settings,
+    encoder,
+    process_state,
+    read_settings,
+    record_settings,
+    stage_settings,
+    write_summary,
+)
 from dmporec.training import PeakMemory, ValidateFn
 
 
@@ -284,12 +291,22 @@ def run_evaluate(cfg: RunConfig, stage: str) -> dict[str, Any]:
     """Evaluate 'zero_shot' (the base model) or a finished stage ('sft', 'dmpo' or a stage dir)."""
     stage_dir, out = stage_dirs(cfg, stage)
     done = out / "eval.json"
-    state = PartialState()
+    state = process_state()
     state.wait_for_everyone()
     if not state.is_main_process:  # under `accelerate launch` one process evaluates
         state.wait_for_everyone()
         return json.loads(done.read_text())
     records = stage_records(cfg.data, "eval" if cfg.eval.split == "test" else "valid")
+    if stage == "zero_shot":
+        trained = None
+    else:
+        trained = read_settings(stage_dir)
+        if trained is None:
+            raise ConfigError(
+                f"evaluate: {stage_dir} has no record of its settings; train it again"
+            )
+    settings = stage_settings(cfg, "eval", trained)
+    check_settings(out, settings, f"evaluate {stage_dir.name}")
     saved = _saved_rows(out / "predictions.jsonl", records, cfg.eval.orders)
     saved_lists = _saved_lists(out / "lists.jsonl", records, cfg.eval)
     saved_gens = _saved_generations(out / "generations.jsonl", records, cfg.eval)
@@ -325,6 +342,7 @@ def run_evaluate(cfg: RunConfig, stage: str) -> dict[str, Any]:
             out,
             stage_dir.name,
         )
+    record_settings(out, settings)
     wall = round(time.perf_counter() - start, 1)
     write_summary(
         out,

@@ -30,7 +30,7 @@ from dmporec.config import ConfigError, RunConfig, load_config
 from dmporec.records import atomic_write_text
 from dmporec.stages.common import prepare_run
 from dmporec.stages.dmpo import run_dmpo
-from dmporec.stages.pipeline import evaluate_row, summary_table
+from dmporec.stages.pipeline import dmpo_label, evaluate_row, summary_table
 from dmporec.stages.sft import run_sft
 
 
@@ -80,15 +80,6 @@ def cell_config(exp: Experiment, cell: Cell, extra: list[str] | None = None) -> 
     return load_config(
         exp.base, [*exp.overrides, *cell.overrides, *(extra or []), f"output_dir={out}"]
     )
-
-
-def _stage_name(cfg: RunConfig, stage: str) -> str:
-    if stage == "zero_shot":
-        return "zero-shot"
-    if stage == "sft":
-        return "SFT"
-    k, loss = cfg.dmpo.k, cfg.dmpo.loss
-    return "DPO (k=1)" if k == 1 and loss == "dmpo" else f"{loss.upper()} (k={k})"
 
 
 def baseline_rows(cfg: RunConfig) -> list[dict[str, Any]]:
@@ -159,7 +150,7 @@ def run_cell(exp: Experiment, cell: Cell, extra: list[str] | None = None) -> lis
         if "dmpo" in cell.stages:
             dmpo_dir = run_dmpo(cfg, sft_dir)
             gc.collect()
-            rows.append(evaluate_row(cfg, "dmpo", _stage_name(cfg, "dmpo"), dmpo_dir))
+            rows.append(evaluate_row(cfg, "dmpo", dmpo_label(dmpo_dir), dmpo_dir))
     return [
         {"cell": cell.name, "overrides": cell.overrides, "split": cfg.eval.split, **row}
         for row in rows

@@ -75,6 +75,13 @@ def paired_table(tests: list[dict[str, Any]]) -> str:
     return "\n".join(lines)
 
 
+def dmpo_label(stage_dir: Path) -> str:
+    """'DMPO (k=3)', 'DPO (k=1)' or 'SDPO (k=3)', from what the stage trained (its summary)."""
+    summary = read_summary(stage_dir) or {}
+    loss, k = summary.get("loss", "dmpo"), summary.get("k", "?")
+    return "DPO (k=1)" if k == 1 and loss == "dmpo" else f"{loss.upper()} (k={k})"
+
+
 def evaluate_row(
     cfg: RunConfig, stage: str, model_name: str, train_dir: Path | None
 ) -> dict[str, Any]:
@@ -108,12 +115,7 @@ def run_pipeline(cfg: RunConfig) -> str:
     rows.append(evaluate_row(cfg, "sft", "SFT", sft_dir))
     dmpo_dir = run_dmpo(cfg, sft_dir)
     gc.collect()
-    name = (
-        "DPO (k=1)"
-        if cfg.dmpo.k == 1 and cfg.dmpo.loss == "dmpo"
-        else f"{cfg.dmpo.loss.upper()} (k={cfg.dmpo.k})"
-    )
-    rows.append(evaluate_row(cfg, "dmpo", name, dmpo_dir))
+    rows.append(evaluate_row(cfg, "dmpo", dmpo_label(dmpo_dir), dmpo_dir))
 
     tests = paired_tests(rows, cfg.eval.orders, cfg.eval.seed)
     table = f"{summary_table(rows)}\n\nPaired tests on the same pairs:\n\n{paired_table(tests)}"

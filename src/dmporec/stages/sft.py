@@ -12,7 +12,13 @@ from dmporec.data import stage_records
 from dmporec.losses import sft_loss
 from dmporec.model import LINEAGE, add_lora, load_base_model, load_tokenizer
 from dmporec.scoring import Group, score_groups
-from dmporec.stages.common import encoder, finish_stage
+from dmporec.stages.common import (
+    check_settings,
+    encoder,
+    finish_stage,
+    record_settings,
+    stage_settings,
+)
 from dmporec.stages.evaluate import validation_fn
 from dmporec.training import PeakMemory, train_lora
 
@@ -20,9 +26,12 @@ from dmporec.training import PeakMemory, train_lora
 def run_sft(cfg: RunConfig) -> Path:
     """Train `OUTPUT_DIR/sft/adapter` (one positive-first answer per user); skip if already done."""
     out = Path(cfg.output_dir) / "sft"
+    settings = stage_settings(cfg, "sft")
+    check_settings(out, settings, "sft")
     if (out / LINEAGE).is_file():
-        print(f"sft: {out} is finished; delete it to train again")
+        print(f"sft: {out} is finished (same settings); delete it to train again")
         return out
+    record_settings(out, settings)  # before training: a checkpoint resumes only with these
     tc = cfg.sft
     records = stage_records(cfg.data, "sft_train")
     tokenizer = load_tokenizer(cfg.model)
