@@ -1,0 +1,45 @@
+"""benchmarks/learning_curve.py end to end on the tiny model, so the script never rots."""
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parents[1]
+RAW = ROOT.parent / "shared" / "data" / "raw" / "ml-1m-users-1-2999"
+
+
+@pytest.mark.skipif(not RAW.is_dir(), reason="../shared/data/raw is not beside this checkout")
+def test_learning_curve_script_runs_and_plots(tmp_path):
+    cmd = [
+        sys.executable,
+        str(ROOT / "benchmarks" / "learning_curve.py"),
+        "--sizes",
+        "3,6",
+        "--eval-pairs",
+        "4",
+        "--out",
+        str(tmp_path / "curve"),
+        "--publish",
+        str(tmp_path / "published"),
+        "model.name=builtin:tiny-qwen3",
+        "sft.batch_size=3",
+        "dmpo.batch_size=3",
+        "eval.n_boot=10",
+    ]
+    proc = subprocess.run(cmd, capture_output=True, text=True, timeout=900)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    curve = json.loads((tmp_path / "published" / "curve.json").read_text())
+    assert [n for n, *_ in curve["series"]["DMPO (k=3)"]] == [3, 6]
+    assert [n for n, *_ in curve["series"]["SFT"]] == [3, 6]
+    assert "popularity" in curve["series"] and "DPO (k=1)" in curve["series"]
+    assert {(t["n"], t["b"]) for t in curve["paired_tests"]} == {
+        (n, b) for n in (3, 6) for b in ("SFT", "zero-shot", "popularity")
+    }
+    assert (tmp_path / "published" / "curve.png").stat().st_size > 1000
+    data = tmp_path / "curve" / "data"
+    assert len((data / "train_6.jsonl").read_text().splitlines()) == 6
+    # The test users are the authors': the build's first test user is their first eval record's.
+    assert json.loads((data / "test.jsonl").read_text().splitlines()[0])["user_id"] == "109"
