@@ -244,16 +244,21 @@ def read_movielens_ratings(path: str | os.PathLike, errors: LineErrors) -> Itera
     yield from _ratings(path, "::", "'::'", errors)
 
 
-def read_movielens_titles(path: str | os.PathLike, errors: LineErrors) -> dict[str, str]:
-    """MovieLens-1M `movies.dat`: `MovieID::Title::Genres`, latin-1."""
+def _titles(path: str | os.PathLike, sep: str, layout: str, errors: LineErrors) -> dict[str, str]:
+    """`{id: title}` from a latin-1 file of `id<sep>title<sep>...` lines (`layout` names them)."""
     titles = {}
-    for line_no, parts in _separated(path, "::", "latin-1", errors):
+    for line_no, parts in _separated(path, sep, "latin-1", errors):
         if len(parts) < 2:
-            errors.add(line_no, f"expected 'MovieID::Title::Genres', got {len(parts)} field(s)")
+            errors.add(line_no, f"expected '{layout}', got {len(parts)} field(s)")
             continue
         if parts[1].strip():
             titles[parts[0].strip()] = parts[1]
     return titles
+
+
+def read_movielens_titles(path: str | os.PathLike, errors: LineErrors) -> dict[str, str]:
+    """MovieLens-1M `movies.dat`: `MovieID::Title::Genres`, latin-1."""
+    return _titles(path, "::", "MovieID::Title::Genres", errors)
 
 
 def read_movielens100k_ratings(
@@ -265,14 +270,7 @@ def read_movielens100k_ratings(
 
 def read_movielens100k_titles(path: str | os.PathLike, errors: LineErrors) -> dict[str, str]:
     """MovieLens-100K `u.item`: `movie id|title|release date|...`, latin-1."""
-    titles = {}
-    for line_no, parts in _separated(path, "|", "latin-1", errors):
-        if len(parts) < 2:
-            errors.add(line_no, f"expected 'movie id|title|...', got {len(parts)} field(s)")
-            continue
-        if parts[1].strip():
-            titles[parts[0].strip()] = parts[1]
-    return titles
+    return _titles(path, "|", "movie id|title|...", errors)
 
 
 def _csv_rows(

@@ -37,30 +37,26 @@ u.item; csv with headers user,item,rating,timestamp and item,title. Plain or gzi
 """
 
 
-def _choices(annotation: Any) -> list[str]:
-    """The values of a Literal field, optional or not."""
-    literal = next(a for a in (annotation, *get_args(annotation)) if get_origin(a) is Literal)
-    return list(get_args(literal))
+def _choices(annotation: Any) -> list[str] | None:
+    """The values of a Literal field, optional or not; None for other fields."""
+    literal = next(
+        (a for a in (annotation, *get_args(annotation)) if get_origin(a) is Literal), None
+    )
+    return list(get_args(literal)) if literal is not None else None
 
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
     fields = BuildConfig.model_fields
     p.add_argument("--source", required=True, choices=SOURCES)
-    for name in ("rules", "split", "window_order"):
-        info = fields[name]
-        p.add_argument(
-            "--" + name.replace("_", "-"),
-            dest=name,
-            choices=_choices(info.annotation),
-            default=info.default,
-            help=info.description,
-        )
     p.add_argument("--reviews", "--ratings", required=True, help="interactions file (plain or .gz)")
     p.add_argument(
         "--meta", "--movies", "--items", required=True, help="titles file (plain or .gz)"
     )
     p.add_argument("--out", required=True, help="output directory")
     for name in (
+        "rules",
+        "split",
+        "window_order",
         "name",
         "domain",
         "positive_above",
@@ -76,12 +72,14 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
         "max_bad_fraction",
     ):
         info = fields[name]
+        choices = _choices(info.annotation)
         p.add_argument(
             "--" + name.replace("_", "-"),
             dest=name,
-            type=type(info.default),
+            **({"choices": choices} if choices else {"type": type(info.default)}),
             default=info.default,
-            help=f"{info.description or ''} (default {info.default})".strip(),
+            help=(info.description or "")
+            + ("" if info.default is None else f" (default {info.default})"),
         )
     p.add_argument(
         "--strip-year", action="store_true", help="drop a trailing release year from titles"
