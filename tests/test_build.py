@@ -467,3 +467,53 @@ def test_movielens_100k_builds_with_both_rule_sets(tmp_path, rules, kept):
     assert stats["config"]["split"] == ("id" if rules == "authors" else "shuffle")
     test = load_records(tmp_path / "test.jsonl", TitleNormalization.none())
     assert len(test) == 300 and test[0].positive.title.endswith(")")  # "Title (1995)"
+
+
+def test_broken_dumps_are_counted_or_named(tmp_path):
+    """Ratings off the scale, a timestamp that is no date, undecodable bytes: counted with line
+    numbers; a truncated gzip or an --out that is a file: one clear error, nothing written."""
+    rows, titles = world()
+    reviews, meta = write_raw(tmp_path, "amazon2018", rows, titles)
+    with gzip.open(reviews, "rt") as f:
+        lines = f.read().splitlines()
+    bad = {2: 0, 4: 7, 6: -1, 8: "Infinity"}
+    for i, rating in bad.items():
+        obj = json.loads(lines[i])
+        lines[i] = json.dumps({**obj, "overall": rating}).replace('"Infinity"', "Infinity")
+    lines[10] = json.dumps({**json.loads(lines[10]), "unixReviewTime": 1e30})
+    reviews.write_text("\n".join(lines) + "\n")
+    with gzip.open(meta, "rb") as f:
+        meta_bytes = f.read()
+    meta.write_bytes(
+        gzip.compress(meta_bytes + b'{"asin": "I950", "title": "Bad \xff\xfe bytes"}\n')
+    )
+    stats = prepare(BuildConfig(source="amazon2018", **SMALL), reviews, meta, tmp_path / "o", False)
+    assert stats["files"]["reviews"]["examples"] == [
+        "line 3: rating 0 outside the scale 1-5",
+        "line 5: rating 7 outside the scale 1-5",
+        "line 7: rating -1 outside the scale 1-5",
+        "line 9: non-numeric rating or timestamp",
+        "line 11: timestamp 1e+30 is not a date",
+    ]
+    assert stats["files"]["meta"]["bad"] == 1
+    assert "not valid utf-8" in stats["files"]["meta"]["examples"][0]
+    # 'any' accepts every finite rating.
+    stats = prepare(
+        BuildConfig(source="amazon2018", rating_scale="any", **SMALL),
+        reviews,
+        meta,
+        tmp_path / "p",
+        False,
+    )
+    assert stats["files"]["reviews"]["bad"] == 2
+
+    truncated = tmp_path / "cut.json.gz"
+    truncated.write_bytes(gzip.compress(reviews.read_bytes())[:-200])
+    with pytest.raises(DataError, match=r"cut.json.gz: the gzip stream is truncated or corrupt"):
+        prepare(BuildConfig(source="amazon2018", **SMALL), truncated, meta, tmp_path / "q", False)
+    assert not (tmp_path / "q").exists()
+    a_file = tmp_path / "taken.txt"
+    a_file.write_text("mine")
+    with pytest.raises(DataError, match=r"taken.txt: is a file"):
+        prepare(BuildConfig(source="amazon2018", **SMALL), reviews, meta, a_file, False)
+    assert a_file.read_text() == "mine"

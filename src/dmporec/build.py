@@ -96,6 +96,11 @@ class BuildConfig(BaseModel):
     )
     name: str = Field("rec", description="Prefix of the alpaca files: NAME_sft_ranking.json, ...")
     positive_above: float = Field(3.0, description="A rating above this is positive.")
+    rating_scale: str = Field(
+        "1-5",
+        pattern=r"^(any|\d+(\.\d+)?-\d+(\.\d+)?)$",
+        description="LOW-HIGH: ratings outside count as unusable lines; 'any' accepts all.",
+    )
     window: int = Field(40, ge=2, description="Each user's last N ratings are the window.")
     min_positives: int = Field(5, ge=1, description="Users need this many positives in the window.")
     min_negatives: int = Field(5, ge=1, description="Users need this many negatives in the window.")
@@ -123,6 +128,9 @@ class BuildConfig(BaseModel):
                 f"min_positives + min_negatives ({self.min_positives + self.min_negatives}) "
                 f"exceeds the window ({self.window})"
             )
+        scale = self.scale()
+        if scale is not None and scale[0] >= scale[1]:
+            raise ValueError(f"rating_scale {self.rating_scale!r}: LOW must be below HIGH")
         try:
             resolve_wording(self.domain)
         except ValueError as e:
@@ -135,6 +143,12 @@ class BuildConfig(BaseModel):
         if self.rules == "temporal" and self.window_order != "time":
             raise ValueError("the temporal rules order ratings by time (window_order=time)")
         return self
+
+    def scale(self) -> tuple[float, float] | None:
+        if self.rating_scale == "any":
+            return None
+        low, high = self.rating_scale.split("-")
+        return float(low), float(high)
 
 
 @dataclass
@@ -410,6 +424,15 @@ def write_outputs(
     return stats["outputs"]
 
 
+def _check_out(out: Path) -> None:
+    """Refuse an output directory that cannot be written before any input is read."""
+    if out.exists() and not out.is_dir():
+        raise DataError("is a file; --out names the directory to write", file=out)
+    existing = next(p for p in (out, *out.parents) if p.exists())
+    if not existing.is_dir() or not os.access(existing, os.W_OK | os.X_OK):
+        raise DataError(f"cannot be created: {existing} is not a writable directory", file=out)
+
+
 def prepare(
     cfg: BuildConfig,
     reviews: str | os.PathLike,
@@ -418,13 +441,14 @@ def prepare(
     progress: bool = True,
 ) -> dict[str, Any]:
     """Read the raw files, apply the rules, write every output; returns the stats written."""
+    _check_out(Path(out))
     read_ratings, read_titles = readers(cfg.source)
     meta_errors = LineErrors(str(meta))
     titles = read_titles(meta, meta_errors)
     meta_errors.check(cfg.max_bad_fraction)
     if not titles:
         raise DataError("no item has a title", file=meta)
-    review_errors = LineErrors(str(reviews))
+    review_errors = LineErrors(str(reviews), rating_scale=cfg.scale())
     counts = {"read": 0, "dropped_no_title": 0}
     cols, items = collect(read_ratings(reviews, review_errors), titles, counts)
     review_errors.check(cfg.max_bad_fraction)

@@ -13,7 +13,10 @@ import csv
 import gzip
 import io
 import json
+import math
 import os
+import re
+import zlib
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -33,6 +36,7 @@ class LineErrors:
     """Unusable lines of one file: how many, why, and the first few by line number."""
 
     file: str
+    rating_scale: tuple[float, float] | None = None  # ratings outside [low, high] are unusable
     lines: int = 0
     bad: int = 0
     reasons: dict[str, int] = field(default_factory=dict)
@@ -83,7 +87,30 @@ def open_text(path: str | os.PathLike, encoding: str = "utf-8") -> TextIO:
     bar = tqdm(total=path.stat().st_size, unit="B", unit_scale=True, desc=path.name, disable=None)
     raw = _ProgressReader(raw, bar)
     stream = gzip.GzipFile(fileobj=raw, mode="rb") if gz else raw
-    return io.TextIOWrapper(stream, encoding=encoding, errors="replace", newline="")
+    # Undecodable bytes become lone surrogates, so a line holding them is told apart (and counted)
+    # from one that merely contains U+FFFD.
+    return io.TextIOWrapper(stream, encoding=encoding, errors="surrogateescape", newline="")
+
+
+def _lines(f: TextIO, path: str | os.PathLike, errors: LineErrors) -> Iterator[tuple[int, str]]:
+    """(line number, line) of a file opened with open_text; a line with bytes that are not valid
+    in the file's encoding is counted unusable; a truncated or corrupt gzip stream is a DataError."""
+    line_no = 0
+    try:
+        for line_no, line in enumerate(f, 1):
+            if _UNDECODABLE.search(line):
+                if line.strip():
+                    errors.lines += 1
+                    errors.add(line_no, f"bytes that are not valid {f.encoding}")
+                continue
+            yield line_no, line
+    except (EOFError, zlib.error, gzip.BadGzipFile) as e:
+        raise DataError(
+            f"the gzip stream is truncated or corrupt after line {line_no} ({e})", file=path
+        ) from None
+
+
+_UNDECODABLE = re.compile("[\udc80-\udcff]")
 
 
 class _ProgressReader(io.RawIOBase):
@@ -131,7 +158,7 @@ def _objects(
 ) -> Iterator[tuple[int, dict[str, Any]]]:
     """(line number, object) of every non-blank line that parses; the others are counted."""
     with open_text(path) as f:
-        for line_no, line in enumerate(f, 1):
+        for line_no, line in _lines(f, path, errors):
             if not line.strip():
                 continue
             errors.lines += 1
@@ -150,18 +177,35 @@ def _json_lines(
     user_key, item_key, rating_key, time_key = fields
     for line_no, obj in _objects(path, errors, "a JSON object"):
         parsed = _interaction(
-            obj.get(user_key), obj.get(item_key), obj.get(rating_key), obj.get(time_key)
+            obj.get(user_key),
+            obj.get(item_key),
+            obj.get(rating_key),
+            obj.get(time_key),
+            errors.rating_scale,
+            time_scale,
         )
         if isinstance(parsed, str):
             missing = [k for k in fields if k not in obj]
             errors.add(line_no, f"missing field '{missing[0]}'" if missing else parsed)
             continue
-        user, item, rating, t = parsed
-        yield user, item, rating, int(t / time_scale)
+        yield parsed
 
 
-def _interaction(user: Any, item: Any, rating: Any, t: Any) -> Interaction | str:
-    """The parsed interaction, or the reason it cannot be used."""
+# Unix seconds from year 1 to 9999 (as int64); anything else is not a time.
+_TIME_RANGE = (-62_135_596_800, 253_402_300_799)
+
+
+def _interaction(
+    user: Any,
+    item: Any,
+    rating: Any,
+    t: Any,
+    scale: tuple[float, float] | None = None,
+    time_scale: float = 1,
+) -> Interaction | str:
+    """The parsed interaction (time in seconds: `t / time_scale`), or the reason it cannot be
+    used: a missing or empty field, a non-numeric or infinite value, a rating outside `scale`, a
+    time outside years 1-9999."""
     if user is None or item is None or rating is None or t is None:
         return "missing field"
     user, item = str(user).strip(), str(item).strip()
@@ -171,8 +215,13 @@ def _interaction(user: Any, item: Any, rating: Any, t: Any) -> Interaction | str
         rating, t = float(rating), float(t)
     except (TypeError, ValueError):
         return "non-numeric rating or timestamp"
-    if rating != rating or t != t:  # NaN
+    if not (math.isfinite(rating) and math.isfinite(t)):
         return "non-numeric rating or timestamp"
+    if scale is not None and not scale[0] <= rating <= scale[1]:
+        return f"rating {rating:g} outside the scale {scale[0]:g}-{scale[1]:g}"
+    t = t / time_scale
+    if not _TIME_RANGE[0] <= t <= _TIME_RANGE[1]:
+        return f"timestamp {t:g} is not a date"
     return user, item, rating, int(t)
 
 
@@ -206,7 +255,7 @@ def _separated(
     path: str | os.PathLike, sep: str, encoding: str, errors: LineErrors
 ) -> Iterator[tuple[int, list[str]]]:
     with open_text(path, encoding=encoding) as f:
-        for line_no, line in enumerate(f, 1):
+        for line_no, line in _lines(f, path, errors):
             line = line.rstrip("\r\n")
             if not line.strip():
                 continue
@@ -217,7 +266,7 @@ def _separated(
 def _valid(rows: Iterator[tuple[int, list[str]]], errors: LineErrors) -> Iterator[Interaction]:
     """The interactions of (line number, [user, item, rating, time]) rows; the others counted."""
     for line_no, values in rows:
-        parsed = _interaction(*values)
+        parsed = _interaction(*values, errors.rating_scale)
         if isinstance(parsed, str):
             errors.add(line_no, parsed)
         else:
@@ -277,7 +326,7 @@ def _csv_rows(
     path: str | os.PathLike, columns: tuple[str, ...], errors: LineErrors
 ) -> Iterator[tuple[int, list[str]]]:
     with open_text(path) as f:
-        reader = csv.reader(f)
+        reader = csv.reader(line for _, line in _lines(f, path, errors))
         header = [h.strip() for h in next(reader, [])]
         missing = [c for c in columns if c not in header]
         if missing:

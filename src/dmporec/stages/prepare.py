@@ -60,6 +60,7 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
         "name",
         "domain",
         "positive_above",
+        "rating_scale",
         "window",
         "min_positives",
         "min_negatives",
