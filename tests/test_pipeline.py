@@ -235,6 +235,25 @@ def test_a_rerun_with_other_settings_stops_and_relabels_nothing(tmp_path, capsys
     assert "sft.learning_rate: 0.0001 then, 0.05 now" in capsys.readouterr().err
 
 
+@pytest.mark.parametrize(
+    ("override", "message"),
+    [
+        ("model.name=builtin:nope", "unknown builtin model 'builtin:nope'"),
+        ("model.dtype=float8", "model.dtype"),
+        ("model.name=/tmp", "is not a model directory"),
+        ("model.lora_target_modules=[nothing]", "its linear modules are"),
+        ("sft.seed=-1", "sft.seed"),
+    ],
+)
+def test_settings_that_fail_at_load_time_get_one_line(tmp_path, capsys, override, message):
+    out = tmp_path / "run"
+    assert main(["sft", *TINY, override, f"output_dir={out}"]) == 2
+    err = capsys.readouterr().err
+    assert message in err and "Traceback" not in err and len(err.strip().splitlines()) == 1, err
+    # A stage that stopped before training holds nothing to protect: the fixed run goes ahead.
+    assert main(["sft", *TINY, f"output_dir={out}"]) == 0
+
+
 def test_demo_config_is_the_documented_one():
     cfg = load_config(Path(__file__).parents[1] / "configs" / "demo.yaml")
     assert (

@@ -74,7 +74,9 @@ class TrainConfig(_Strict):
     )
     weight_decay: float = Field(0.0, ge=0)
     max_grad_norm: float = Field(1.0, gt=0, description="Gradient clipping.")
-    seed: int = Field(42, description="Seeds weights init, data order and dropout.")
+    seed: int = Field(
+        42, ge=0, le=2**32 - 1, description="Seeds weights init, data order and dropout."
+    )
     scorer: Literal["shared", "naive"] = Field(
         "shared",
         description="shared: encode each prompt once for all its answers; naive: one row per answer (debugging, benchmarks).",
@@ -153,7 +155,9 @@ class EvalConfig(_Strict):
         "ValidRatio and the accuracy of the generated order, as S-DPO and LLaRA report them.",
     )
     n_boot: int = Field(1000, ge=10, description="Bootstrap resamples for the 95% CIs.")
-    seed: int = Field(0, description="Seed of the coin-flip AUC and the bootstrap.")
+    seed: int = Field(
+        0, ge=0, le=2**32 - 1, description="Seed of the coin-flip AUC and the bootstrap."
+    )
 
 
 class RunConfig(_Strict):

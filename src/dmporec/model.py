@@ -28,7 +28,7 @@ from typing import Any, Literal
 import torch
 from accelerate.utils import set_seed
 from peft import LoraConfig, PeftModel, get_peft_model
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import BaseModel, ConfigDict, Field, field_validator
 from transformers import AutoModelForCausalLM, AutoTokenizer, PreTrainedModel
 
 from dmporec.records import atomic_write_text
@@ -54,7 +54,7 @@ class ModelConfig(BaseModel):
             "builtin:tiny-qwen3."
         ),
     )
-    dtype: str = Field(
+    dtype: Literal["auto", "float32", "bfloat16", "float16"] = Field(
         "auto", description="auto (bf16 on GPU, fp32 on CPU), float32, bfloat16 or float16."
     )
     attention: Literal["auto", "sdpa", "flex_attention", "eager"] = Field(
@@ -82,6 +82,24 @@ class ModelConfig(BaseModel):
     trust_remote_code: bool = Field(
         False, description="Allow model code from the hub; off unless you trust the repository."
     )
+
+    @field_validator("name")
+    @classmethod
+    def _known_model(cls, name: str) -> str:
+        builtins = (BUILTIN_SMOLLM2, BUILTIN_GEMMA3, BUILTIN_TINY)
+        if name.startswith("builtin:") and name not in builtins:
+            raise ValueError(f"unknown builtin model {name!r}; choose {', '.join(builtins)}")
+        path = Path(name).expanduser()
+        if (
+            not name.startswith("builtin:")
+            and path.exists()
+            and not (path / "config.json").is_file()
+        ):
+            raise ValueError(
+                f"{name} exists but is not a model directory (no config.json); give a hub id, "
+                "a directory written by save_pretrained, or a builtin"
+            )
+        return name
 
 
 def cache_root() -> Path:
@@ -295,7 +313,22 @@ def add_lora(model: PreTrainedModel, cfg: ModelConfig, seed: int = 0) -> PeftMod
         target_modules=cfg.lora_target_modules,
         task_type="CAUSAL_LM",
     )
-    return get_peft_model(model, lora)
+    try:
+        return get_peft_model(model, lora)
+    except ValueError as e:  # peft: the target modules match nothing
+        from dmporec.config import ConfigError
+
+        linear = sorted(
+            {
+                n.rsplit(".", 1)[-1]
+                for n, m in model.named_modules()
+                if isinstance(m, torch.nn.Linear)
+            }
+        )
+        raise ConfigError(
+            f"model.lora_target_modules={cfg.lora_target_modules!r} matches no module of "
+            f"{cfg.name} ({e}); its linear modules are {linear}, or use all-linear"
+        ) from None
 
 
 # A stage's output directory holds `adapter/` and `lineage.json`: the base model config and the

@@ -99,17 +99,23 @@ def record_settings(directory: Path, settings: dict[str, Any]) -> None:
         )
 
 
+# What makes a directory hold reusable results: a training stage's adapter lineage or checkpoint,
+# an evaluation's scored pairs. Anything else left there (a crash before the first checkpoint)
+# is started over.
+RESULTS = ("lineage.json", "checkpoint", "predictions.jsonl")
+
+
 def check_settings(directory: Path, settings: dict[str, Any], what: str) -> None:
     """Stop (ConfigError, one line) when `directory` holds results made with other settings, or
-    by a dmporec that recorded none (an empty or missing directory passes)."""
+    by a dmporec that recorded none; a directory without results passes."""
+    if not any((directory / name).exists() for name in RESULTS):
+        return
     path = directory / SETTINGS
     if not path.is_file():
-        if directory.is_dir() and any(directory.iterdir()):
-            raise ConfigError(
-                f"{what}: {directory} holds results without a record of their settings (made by "
-                f"an older dmporec); delete it or choose another output_dir"
-            )
-        return
+        raise ConfigError(
+            f"{what}: {directory} holds results without a record of their settings (made by "
+            f"an older dmporec); delete it or choose another output_dir"
+        )
     old = json.loads(path.read_text())
     diff = sorted(k for k in old.keys() | settings.keys() if old.get(k) != settings.get(k))
     if diff:
