@@ -230,7 +230,8 @@ def test_a_rerun_with_other_settings_stops_and_relabels_nothing(tmp_path, capsys
     # 3. A checkpoint: an unfinished SFT resumes only with the settings it started with.
     half = tmp_path / "half"
     assert main(["sft", *TINY, "sft.epochs=2", f"output_dir={half}"]) == 0
-    (half / "sft" / "lineage.json").unlink()  # as if stopped before the end
+    (half / "sft" / "lineage.json").unlink()  # as if stopped after a checkpoint
+    (half / "sft" / "adapter").rename(half / "sft" / "checkpoint")
     assert main(["sft", *TINY, "sft.epochs=2", "sft.learning_rate=0.05", f"output_dir={half}"]) == 2
     assert "sft.learning_rate: 0.0001 then, 0.05 now" in capsys.readouterr().err
 

@@ -23,6 +23,7 @@ from pathlib import Path
 from typing import Any
 
 import torch
+from pydantic import ValidationError
 
 from dmporec.config import ConfigError, EvalConfig, RunConfig, load_config
 from dmporec.model import (
@@ -189,7 +190,10 @@ def load_ranker(spec: str, device: torch.device | None = None) -> Ranker:
         )
     if not path.is_dir() and spec.startswith(("/", ".", "~")):
         raise FileNotFoundError(f"{spec}: no such directory")
-    model_cfg = ModelConfig(name=spec)
+    try:
+        model_cfg = ModelConfig(name=spec)
+    except ValidationError as e:
+        raise ConfigError(f"--model {spec}: {e.errors()[0]['msg']}") from None
     try:
         tokenizer = load_tokenizer(model_cfg)  # fails fast (and cheaply) for a bad name
     except ValueError as e:  # an unknown builtin or a malformed hub id
