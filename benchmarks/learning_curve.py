@@ -4,8 +4,9 @@
         [--out runs/learning-curve] [--cells sft-100,dmpo-k3-100] [overrides ...]
 
 1. Builds the data with the authors' rules (`dmporec prepare --rules authors`) from
-   ../shared/data/raw/ml-1m-users-1-2999: the test users are the authors' 1000 (929 of their
-   records identical, the rest differing only in their U+FFFD titles), validation the next 100,
+   ../shared/data/raw/ml-1m-users-1-2999: the test pairs are the authors' 1000 (each test user's
+   first negative, as their eval file has it: 929 of their records identical, the rest differing
+   only in their U+FFFD titles), validation the next 100,
    and the training pool the first 100 qualifying users plus the 1,586 after validation.
 2. Training sets: the first N users of that pool, in id order (data/train_N.jsonl).
 3. One experiment (`dmporec experiment`, resumable cell by cell: a stopped run starts again where
@@ -40,13 +41,21 @@ from dmporec.baselines import Popularity  # noqa: E402
 from dmporec.baselines import pair_scores as baseline_pair_scores  # noqa: E402
 from dmporec.build import BuildConfig, prepare  # noqa: E402
 from dmporec.config import load_config  # noqa: E402
+from dmporec.data import load_records  # noqa: E402
 from dmporec.metrics import pair_correct, paired_test  # noqa: E402
-from dmporec.records import atomic_write_text, read_records, write_records  # noqa: E402
+from dmporec.records import (  # noqa: E402
+    TitleNormalization,
+    atomic_write_text,
+    read_records,
+    write_records,
+)
 from dmporec.report import write_report  # noqa: E402
 from dmporec.stages.evaluate import pair_scores, read_predictions  # noqa: E402
 from dmporec.stages.experiment import run_experiment  # noqa: E402
 
 ROOT = Path(__file__).resolve().parents[1]
+# The test pairs as the authors score them: each test user's first negative (1000 pairs).
+EVAL = "rec_data_ml_1m_eval_ranking.json"
 RAW = ROOT.parent / "shared" / "data" / "raw" / "ml-1m-users-1-2999"
 BASE = ROOT / "configs" / "ml-1m-smollm2.yaml"
 
@@ -104,7 +113,7 @@ def experiment_file(
         "base": str(BASE),
         "output_dir": str(out),
         "overrides": [
-            f"data.eval={data / 'test.jsonl'}",
+            f"data.eval={data / EVAL}",
             f"data.max_eval_pairs={eval_pairs}",
             "data.title_normalization.strip_year=false",
             *extra,
@@ -170,7 +179,7 @@ def paired(out: Path, data: Path, sizes: list[int], eval_pairs: int, orders: str
             return None
         return pair_correct(*pair_scores(read_predictions(path), orders))
 
-    test = read_records(data / "test.jsonl")[:eval_pairs]
+    test = load_records(data / EVAL, TitleNormalization())[:eval_pairs]
     tests = []
     zero = correct("zero-shot", "zero_shot")
     for n in sizes:
