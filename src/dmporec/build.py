@@ -58,7 +58,7 @@ from dmporec.records import (
     normalize_title,
     write_records,
 )
-from dmporec.wording import resolve_wording
+from dmporec.wording import Wording, resolve_wording
 
 SPLITS = ("train", "valid", "test")
 # Sources whose ratings file lists each user's ratings together, in the order they were made
@@ -272,6 +272,7 @@ def user_record(
     rated: set[str],
     cfg: BuildConfig,
     catalog: list[str],
+    wording: Wording,
 ) -> Record | str:
     """The record of one qualifying user from their window of (title, rating, time), or the
     reason they are dropped; `rated` (every title they rated) keeps listwise samples unseen."""
@@ -284,7 +285,7 @@ def user_record(
         history=[Item(window[i][0]) for i in history],
         positive=Item(window[positive][0]),
         negatives=[Item(window[i][0]) for i in negatives],
-        wording=resolve_wording(cfg.domain),
+        wording=wording,
         positive_first=[_coin(cfg.seed, user, i) for i in range(len(negatives))],
         metadata={
             "list_negatives": sample_unrated(
@@ -339,21 +340,18 @@ def build_records(
     catalog = sorted(set(titles))
     records: list[Record] = []
     dropped = {"collisions": 0, "empty history": 0}
+    wording = resolve_wording(cfg.domain)
     for uid in tqdm(
         np.flatnonzero(keep), desc="users", unit="user", disable=not progress, leave=False
     ):
         span = rows[starts[uid] : starts[uid + 1]]
+        last = span[-cfg.window :]
         window = [
             (titles[i], float(r), int(t))
-            for i, r, t in zip(
-                cols.item[span[-cfg.window :]],
-                cols.rating[span[-cfg.window :]],
-                cols.time[span[-cfg.window :]],
-                strict=True,
-            )
+            for i, r, t in zip(cols.item[last], cols.rating[last], cols.time[last], strict=True)
         ]
         rated = {titles[i] for i in cols.item[span]}
-        record = user_record(cols.users[uid], window, rated, cfg, catalog)
+        record = user_record(cols.users[uid], window, rated, cfg, catalog, wording)
         if isinstance(record, str):
             dropped[record] += 1
         else:

@@ -8,7 +8,7 @@ import os
 import re
 import tempfile
 from collections.abc import Iterable, Iterator
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
@@ -325,14 +325,11 @@ def clean_records(records: list[Record]) -> tuple[list[Record], dict[str, int]]:
             counts["records"] += 1
             continue
         if len(negatives) < len(r.negatives) or len(history) < len(r.history):
-            r = Record(
-                r.user_id,
-                history,
-                r.positive,
-                negatives,
-                r.wording,
-                first if r.positive_first is not None else None,
-                r.metadata,
+            r = replace(
+                r,
+                history=history,
+                negatives=negatives,
+                positive_first=first if r.positive_first is not None else None,
             )
         kept.append(r)
     return kept, counts

@@ -165,9 +165,12 @@ def pair_scores(rows: list[dict[str, Any]], orders: str) -> tuple[np.ndarray, np
     return chosen, rejected
 
 
-def read_predictions(eval_dir: Path) -> list[dict[str, Any]]:
-    path = eval_dir / "predictions.jsonl"
+def _read_jsonl(path: Path) -> list[dict[str, Any]]:
     return [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
+
+
+def read_predictions(eval_dir: Path) -> list[dict[str, Any]]:
+    return _read_jsonl(eval_dir / "predictions.jsonl")
 
 
 def write_eval(
@@ -244,13 +247,19 @@ def evaluate(
     return write_eval(rows, ec, out_dir, name, lists, generations)
 
 
-def _saved_rows(path: Path, records: list[Record], orders: str) -> list[dict[str, Any]] | None:
-    """Scored pairs saved by an earlier run, if they are exactly this run's test pairs and orders."""
+def _saved_pairs(path: Path, records: list[Record]) -> list[dict[str, Any]] | None:
+    """Rows saved one per (user, negative) by an earlier run, if they are this run's pairs."""
     if not path.is_file():
         return None
-    rows = [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
+    rows = _read_jsonl(path)
     wanted = [(r.user_id, n.title) for r in records for n in r.negatives]
-    if [(r["user_id"], r["negative"]) for r in rows] != wanted:
+    return rows if [(r["user_id"], r["negative"]) for r in rows] == wanted else None
+
+
+def _saved_rows(path: Path, records: list[Record], orders: str) -> list[dict[str, Any]] | None:
+    """Scored pairs saved by an earlier run, if they are exactly this run's test pairs and orders."""
+    rows = _saved_pairs(path, records)
+    if rows is None:
         return None
     return rows if orders == "listed" or all("chosen_logp_swapped" in r for r in rows) else None
 
@@ -259,7 +268,7 @@ def _saved_lists(path: Path, records: list[Record], ec: EvalConfig) -> list[dict
     """Ranked lists saved by an earlier run, if they are this run's users and candidate sets."""
     if not ec.listwise or not path.is_file():
         return None
-    rows = [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
+    rows = _read_jsonl(path)
     wanted = [titles for titles, _ in candidate_sets(records, n=ec.listwise, seed=ec.seed)]
     return rows if [r["candidates"] for r in rows] == wanted else None
 
@@ -268,11 +277,7 @@ def _saved_generations(
     path: Path, records: list[Record], ec: EvalConfig
 ) -> list[dict[str, Any]] | None:
     """Generated answers saved by an earlier run, if they are this run's test pairs."""
-    if not ec.generate or not path.is_file():
-        return None
-    rows = [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
-    wanted = [(r.user_id, n.title) for r in records for n in r.negatives]
-    return rows if [(r["user_id"], r["negative"]) for r in rows] == wanted else None
+    return _saved_pairs(path, records) if ec.generate else None
 
 
 def stage_dirs(cfg: RunConfig, stage: str) -> tuple[Path, Path]:
