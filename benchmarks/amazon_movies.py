@@ -19,8 +19,9 @@ from pathlib import Path
 from dmporec.config import RunConfig, load_config
 from dmporec.records import atomic_write_text
 from dmporec.stages.dmpo import run_dmpo
-from dmporec.stages.pipeline import evaluate_row, summary_table
+from dmporec.stages.pipeline import evaluate_row
 from dmporec.stages.sft import run_sft
+from dmporec.tables import summary_table
 
 CONFIG = Path(__file__).resolve().parents[1] / "configs" / "amazon-movies-smollm2.yaml"
 RESULTS = Path(__file__).resolve().parent / "results" / "amazon_movies.json"

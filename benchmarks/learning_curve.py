@@ -42,6 +42,7 @@ from dmporec.baselines import pair_scores as baseline_pair_scores  # noqa: E402
 from dmporec.build import BuildConfig, prepare  # noqa: E402
 from dmporec.config import load_config  # noqa: E402
 from dmporec.data import load_records  # noqa: E402
+from dmporec.evaluation import pair_scores, read_predictions  # noqa: E402
 from dmporec.metrics import pair_correct, paired_test  # noqa: E402
 from dmporec.records import (  # noqa: E402
     TitleNormalization,
@@ -50,7 +51,6 @@ from dmporec.records import (  # noqa: E402
     write_records,
 )
 from dmporec.report import write_report  # noqa: E402
-from dmporec.stages.evaluate import pair_scores, read_predictions  # noqa: E402
 from dmporec.stages.experiment import run_experiment  # noqa: E402
 
 ROOT = Path(__file__).resolve().parents[1]

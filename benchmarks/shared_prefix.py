@@ -15,7 +15,7 @@ its peak RSS is its own. Training cells do the same DMPO steps (same users, same
   computed once before training (their cost is reported separately, and cached across runs).
 Evaluation scores each test pair in the listed candidate order, and in both orders (the
 default of `dmporec evaluate`: 2 prompts per pair, 4 answers), naive against the packed trie
-("shared") and against the trie behind a KV-cached prefix ("cached", `eval.scorer=cached`).
+("shared") and against the trie behind a KV-cached prefix ("cached", `eval.layout=cached`).
 Every layout runs with the same `max_batch_tokens` (the library's default, 8192). Tokens are
 those the forward passes encode, padding excluded. With `--repeats N` every cell runs N times,
 all cells once per round, and the table gives the median.
@@ -77,7 +77,7 @@ def cell(
         ]
         tokens = 0
         with torch.no_grad():
-            score_groups(model, groups[:2], method=method)  # warm-up
+            score_groups(model, groups[:2], layout=method)  # warm-up
             start = time.perf_counter()
             # as `dmporec evaluate` batches: 16 users a call, in length order
             order = length_order(groups)
@@ -85,7 +85,7 @@ def cell(
             for i in range(0, len(order), 16):
                 chunk = order[i : i + 16]
                 scores = score_groups(
-                    model, [groups[u] for u in chunk], method=method, max_batch_tokens=budget
+                    model, [groups[u] for u in chunk], layout=method, max_batch_tokens=budget
                 )
                 logps[chunk], tokens = scores.logps, tokens + scores.encoded
         wall = time.perf_counter() - start
@@ -116,7 +116,7 @@ def cell(
 
     def reference(batch):
         with torch.no_grad(), model.disable_adapter():
-            out = score_groups(model, batch, method=method, max_batch_tokens=budget)
+            out = score_groups(model, batch, layout=method, max_batch_tokens=budget)
             return out.logps, out.encoded
 
     ref_start = time.perf_counter()
@@ -139,7 +139,7 @@ def cell(
                 tokens += ref_tokens
             else:
                 ref = precomputed[s]
-            scores = score_groups(model, call, method=method, max_batch_tokens=budget)
+            scores = score_groups(model, call, layout=method, max_batch_tokens=budget)
             tokens += scores.encoded
             out = dmpo_loss(
                 scores.logps[:, 0::2],

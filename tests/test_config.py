@@ -23,7 +23,7 @@ def test_yaml_and_overrides(tmp_path):
     [
         (["dmpo.kk=2"], "dmpo.kk"),
         (["dmpo.k=0"], "dmpo.k"),
-        (["sft.scorer=fast"], "sft.scorer"),
+        (["sft.layout=fast"], "sft.layout"),
         (["dmpo"], "expected section.key=value"),
     ],
 )

@@ -6,8 +6,8 @@ from dataclasses import replace
 import pytest
 
 from dmporec.config import EvalConfig
+from dmporec.evaluation import score_pairs, write_eval
 from dmporec.prompts import positive_listed_first
-from dmporec.stages.evaluate import score_pairs, write_eval
 
 
 def test_both_orders_add_the_swapped_listing(tiny, tiny_cfg, demo, tmp_path):

@@ -52,8 +52,8 @@ def test_prompts_start_with_bos(gemma, demo):
 def test_shared_equals_naive(gemma, demo):
     model, _, enc = gemma
     groups = [enc.group(demo.train[0], k=2), enc.group(demo.train[1], k=1)]
-    naive = score_groups(model, groups, method="naive")
-    shared = score_groups(model, groups, method="shared")
+    naive = score_groups(model, groups, layout="naive")
+    shared = score_groups(model, groups, layout="shared")
     assert torch.allclose(naive.logps, shared.logps, atol=1e-4, rtol=0)
 
 
@@ -64,6 +64,6 @@ def test_shared_equals_naive_past_the_sliding_window(gemma, demo):
     while len(enc.group(record, k=1).prefix) <= model.config.sliding_window + 50:
         record = replace(record, history=record.history * 2)
     groups = [enc.group(record, k=1)]
-    naive = score_groups(model, groups, method="naive")
-    shared = score_groups(model, groups, method="shared")
+    naive = score_groups(model, groups, layout="naive")
+    shared = score_groups(model, groups, layout="shared")
     assert torch.allclose(naive.logps, shared.logps, atol=1e-4, rtol=0)

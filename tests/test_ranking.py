@@ -63,8 +63,8 @@ def test_shared_equals_naive_and_scores_sum_to_half_n(tiny, enc):
         RankRequest(HISTORY[:1], CANDIDATES[:3], WORDINGS["games"]),
         RankRequest(HISTORY, CANDIDATES[:1]),
     ]
-    shared = rank_candidates(model, enc, reqs, method="shared")
-    naive = rank_candidates(model, enc, reqs, method="naive")
+    shared = rank_candidates(model, enc, reqs, layout="shared")
+    naive = rank_candidates(model, enc, reqs, layout="naive")
     for s, n, req in zip(shared, naive, reqs, strict=True):
         assert len(s) == len(req.candidates)
         assert s == pytest.approx(n, abs=1e-4)

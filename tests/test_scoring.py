@@ -5,6 +5,7 @@ import pytest
 import torch
 
 from dmporec.collate import GroupEncoder
+from dmporec.hf_compat import enable_checkpointing
 from dmporec.losses import dmpo_loss
 from dmporec.model import BUILTIN_SMOLLM2, ModelConfig, add_lora, load_base_model, load_tokenizer
 from dmporec.prompts import ChatFormat
@@ -27,7 +28,7 @@ def reference_sum(model, ids, n_answer):
 def test_naive_matches_a_plain_forward(tiny, demo):
     model, tok = tiny
     group = groups_for(tok, demo.train[:1], [2])[0]
-    scores = score_groups(model, [group], method="naive")
+    scores = score_groups(model, [group], layout="naive")
     b = group.branches[1]
     want = reference_sum(model, list(group.prefix + b.context + b.answers[0]), len(b.answers[0]))
     assert scores.logps[0, 2].item() == pytest.approx(want.item(), abs=1e-4)
@@ -38,14 +39,14 @@ SHARED = ["shared", "cached"]
 
 
 @torch.no_grad()
-@pytest.mark.parametrize("method", SHARED)
+@pytest.mark.parametrize("layout", SHARED)
 @pytest.mark.parametrize("max_batch_tokens", [8192, 300])
-def test_shared_equals_naive_for_k_1_to_5_with_padding(tiny, demo, max_batch_tokens, method):
+def test_shared_equals_naive_for_k_1_to_5_with_padding(tiny, demo, max_batch_tokens, layout):
     model, tok = tiny
     # k = 1..5 in one batch: mixed lengths, rows padded, missing negatives masked.
     groups = groups_for(tok, demo.train[:5], [1, 2, 3, 4, 5])
-    a = score_groups(model, groups, method="naive", max_batch_tokens=max_batch_tokens)
-    b = score_groups(model, groups, method=method, max_batch_tokens=max_batch_tokens)
+    a = score_groups(model, groups, layout="naive", max_batch_tokens=max_batch_tokens)
+    b = score_groups(model, groups, layout=layout, max_batch_tokens=max_batch_tokens)
     assert a.logps.shape == (5, 10)
     assert torch.equal(a.mask, b.mask) and torch.equal(a.n_tokens, b.n_tokens)
     assert a.mask.sum(1).tolist() == [2, 4, 6, 8, 10]
@@ -54,8 +55,8 @@ def test_shared_equals_naive_for_k_1_to_5_with_padding(tiny, demo, max_batch_tok
 
 
 @torch.no_grad()
-@pytest.mark.parametrize("method", SHARED)
-def test_empty_context_and_handmade_groups(tiny, method):
+@pytest.mark.parametrize("layout", SHARED)
+def test_empty_context_and_handmade_groups(tiny, layout):
     model, _ = tiny
     groups = [
         Group((5, 6, 7), (Branch((), ((8, 9), (10,))), Branch((11,), ((12, 13, 14),)))),
@@ -64,18 +65,18 @@ def test_empty_context_and_handmade_groups(tiny, method):
         Group((), (Branch((3, 4), ((5,),)), Branch((6,), ((7, 8),)))),
         Group((9, 8, 7, 6), (Branch((), ((5,),)),)),  # one sequence: nothing after the prefix
     ]
-    a = score_groups(model, groups, method="naive")
-    b = score_groups(model, groups, method=method)
+    a = score_groups(model, groups, layout="naive")
+    b = score_groups(model, groups, layout=layout)
     assert torch.allclose(a.logps, b.logps, atol=1e-4)
     assert a.n_tokens.tolist() == [[2, 1, 3], [1, 0, 0], [1, 2, 0], [1, 0, 0]]
     # Alone, the last group is one segment: "cached" runs its first pass only.
-    alone = score_groups(model, groups[3:], method=method)
+    alone = score_groups(model, groups[3:], layout=layout)
     assert torch.allclose(alone.logps[0], a.logps[3, :1], atol=1e-4)
 
 
 @torch.no_grad()
-@pytest.mark.parametrize("method", SHARED)
-def test_the_users_common_stem_is_encoded_once_per_call(tiny, demo, method):
+@pytest.mark.parametrize("layout", SHARED)
+def test_the_users_common_stem_is_encoded_once_per_call(tiny, demo, layout):
     model, tok = tiny
     groups = [
         Group((5, 6, 7, 8), (Branch((9,), ((10,), (11,))),)),
@@ -84,24 +85,24 @@ def test_the_users_common_stem_is_encoded_once_per_call(tiny, demo, method):
     ]
     for batch in (groups, groups[:2], groups[1:2]):  # stems of 2, 3 and 4 tokens
         for max_batch_tokens in (8192, 4):  # one micro-batch, or one row each
-            a = score_groups(model, batch, method="naive")
-            b = score_groups(model, batch, method=method, max_batch_tokens=max_batch_tokens)
+            a = score_groups(model, batch, layout="naive")
+            b = score_groups(model, batch, layout=layout, max_batch_tokens=max_batch_tokens)
             assert torch.allclose(a.logps, b.logps, atol=1e-4, rtol=0)
-    assert [g.tokens(method) for g in groups] == [7, 4, 4]
-    assert score_groups(model, groups, method=method).encoded == 15 - 2 * 2
+    assert [g.tokens(layout) for g in groups] == [7, 4, 4]
+    assert score_groups(model, groups, layout=layout).encoded == 15 - 2 * 2
     # The demo prompts share the chat template and the instruction's first words.
     real = groups_for(tok, demo.train[:4], [2, 2, 2, 2])
-    a = score_groups(model, real, method="naive")
-    b = score_groups(model, real, method=method, max_batch_tokens=600)
+    a = score_groups(model, real, layout="naive")
+    b = score_groups(model, real, layout=layout, max_batch_tokens=600)
     assert torch.allclose(a.logps, b.logps, atol=1e-4, rtol=0)
     stem = next(i for i in range(99) if len({g.prefix[i] for g in real}) > 1)
-    assert stem > 10 and b.encoded == sum(g.tokens(method) for g in real) - 3 * stem
+    assert stem > 10 and b.encoded == sum(g.tokens(layout) for g in real) - 3 * stem
     assert a.encoded == sum(g.tokens("naive") for g in real)
 
 
 @torch.no_grad()
-@pytest.mark.parametrize("method", SHARED)
-def test_common_leading_tokens_are_encoded_once(tiny, method):
+@pytest.mark.parametrize("layout", SHARED)
+def test_common_leading_tokens_are_encoded_once(tiny, layout):
     model, _ = tiny
     # Contexts share (7, 8); answers share leading tokens, one answer is a prefix of another,
     # and two answers are identical: each shared token is encoded once and counted for all.
@@ -119,18 +120,18 @@ def test_common_leading_tokens_are_encoded_once(tiny, method):
         for seq in [group.prefix + b.context + a]
         for i in range(1, len(seq) + 1)
     }
-    assert group.tokens(method) == len(distinct) == 13
-    a = score_groups(model, [group], method="naive")
-    b = score_groups(model, [group], method=method)
+    assert group.tokens(layout) == len(distinct) == 13
+    a = score_groups(model, [group], layout="naive")
+    b = score_groups(model, [group], layout=layout)
     assert torch.allclose(a.logps, b.logps, atol=1e-4, rtol=0)
     assert b.n_tokens.tolist() == [[3, 2, 2, 3, 3]]
     assert b.logps[0, 3] == b.logps[0, 4]
 
 
 @torch.no_grad()
-@pytest.mark.parametrize("method", SHARED)
+@pytest.mark.parametrize("layout", SHARED)
 @pytest.mark.parametrize("attention", ["sdpa", "eager"])
-def test_sliding_window_layers_see_only_their_window(tiny, demo, attention, method):
+def test_sliding_window_layers_see_only_their_window(tiny, demo, attention, layout):
     # A Qwen3 whose first layer attends to the last 8 positions only (as Gemma 3's local
     # layers do with 512): the shared layout must window by depth, not by packed row index.
     from transformers import AutoModelForCausalLM
@@ -148,34 +149,34 @@ def test_sliding_window_layers_see_only_their_window(tiny, demo, attention, meth
     model = AutoModelForCausalLM.from_config(config).eval()
     model.load_state_dict(tiny[0].state_dict())
     groups = groups_for(tok, demo.train[:3], [3, 1, 2])
-    a = score_groups(model, groups, method="naive")
-    b = score_groups(model, groups, method=method)
+    a = score_groups(model, groups, layout="naive")
+    b = score_groups(model, groups, layout=layout)
     assert torch.allclose(a.logps, b.logps, atol=1e-4, rtol=0)
-    unwindowed = score_groups(tiny[0], groups, method="naive")
+    unwindowed = score_groups(tiny[0], groups, layout="naive")
     assert not torch.allclose(a.logps, unwindowed.logps, atol=1e-2)  # the window matters
 
 
 def test_dmpo_gradients_agree(tiny_cfg, demo):
     tok = load_tokenizer(tiny_cfg)
     grads = {}
-    for method in ("naive", *SHARED):
+    for layout in ("naive", *SHARED):
         torch.manual_seed(0)
         model = add_lora(load_base_model(tiny_cfg), tiny_cfg)
         for name, p in model.named_parameters():  # LoRA B starts at zero; make the test non-trivial
             if "lora_B" in name:
                 p.data.normal_(0, 0.02)
         groups = groups_for(tok, demo.train[:3], [3, 1, 2])
-        s = score_groups(model, groups, method=method)
+        s = score_groups(model, groups, layout=layout)
         with torch.no_grad(), model.disable_adapter():
-            ref = score_groups(model, groups, method=method).logps
+            ref = score_groups(model, groups, layout=layout).logps
         dmpo_loss(
             s.logps[:, 0::2], s.logps[:, 1::2], ref[:, 0::2], ref[:, 1::2], 0.1, s.mask[:, 1::2]
         ).loss.mean().backward()
-        grads[method] = torch.cat([p.grad.flatten() for p in model.parameters() if p.requires_grad])
+        grads[layout] = torch.cat([p.grad.flatten() for p in model.parameters() if p.requires_grad])
     assert grads["naive"].abs().sum() > 0
-    for method in SHARED:
-        rel = (grads["naive"] - grads[method]).norm() / grads["naive"].norm()
-        assert rel < 1e-4, method
+    for layout in SHARED:
+        rel = (grads["naive"] - grads[layout]).norm() / grads["naive"].norm()
+        assert rel < 1e-4, layout
 
 
 def test_gradient_checkpointing_encodes_the_stem_in_every_row(tiny_cfg, demo):
@@ -183,15 +184,14 @@ def test_gradient_checkpointing_encodes_the_stem_in_every_row(tiny_cfg, demo):
     tok = load_tokenizer(tiny_cfg)
     model = add_lora(load_base_model(tiny_cfg), tiny_cfg)
     groups = groups_for(tok, demo.train[:3], [3, 1, 2])
-    a = score_groups(model.eval(), groups, method="naive")
-    model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
-    model.enable_input_require_grads()
-    b = score_groups(model.train(), groups, method="shared")
+    a = score_groups(model.eval(), groups, layout="naive")
+    enable_checkpointing(model)
+    b = score_groups(model.train(), groups, layout="shared")
     assert b.encoded == sum(g.tokens("shared") for g in groups)
     assert torch.allclose(a.logps, b.logps.detach(), atol=1e-4, rtol=0)
     b.logps.sum().backward()  # the replay runs without errors
     with pytest.raises(ValueError, match="gradient checkpointing"):
-        score_groups(model, groups, method="cached")
+        score_groups(model, groups, layout="cached")
 
 
 @torch.no_grad()
@@ -199,18 +199,18 @@ def test_packaged_model_shared_equals_naive(demo):
     cfg = ModelConfig(name=BUILTIN_SMOLLM2)
     model, tok = load_base_model(cfg), load_tokenizer(cfg)
     groups = groups_for(tok, demo.train[:3], [3, 1, 2])
-    a = score_groups(model, groups, method="naive")
-    for method in SHARED:
-        b = score_groups(model, groups, method=method)
-        assert torch.allclose(a.logps, b.logps, atol=1e-4, rtol=0), method
+    a = score_groups(model, groups, layout="naive")
+    for layout in SHARED:
+        b = score_groups(model, groups, layout=layout)
+        assert torch.allclose(a.logps, b.logps, atol=1e-4, rtol=0), layout
 
 
 def test_rejects_bad_calls(tiny):
     model, _ = tiny
     with pytest.raises(ValueError, match="at least one group"):
         score_groups(model, [])
-    with pytest.raises(ValueError, match="method"):
-        score_groups(model, [Group((1,), (Branch((), ((2,),)),))], method="fast")
+    with pytest.raises(ValueError, match="layout"):
+        score_groups(model, [Group((1,), (Branch((), ((2,),)),))], layout="fast")
 
 
 @torch.no_grad()
@@ -227,10 +227,10 @@ def test_flex_attention_block_mask_equals_naive(tiny_cfg, demo, monkeypatch):
     model, tok = load_base_model(cfg, torch.device("cpu")), load_tokenizer(cfg)
     assert model.config._attn_implementation == "flex_attention"
     groups = groups_for(tok, demo.train[:3], [3, 1, 2])
-    want = score_groups(load_base_model(tiny_cfg), groups, method="naive")
-    for method in SHARED:
-        got = score_groups(model, groups, method=method)
-        assert torch.allclose(want.logps, got.logps, atol=1e-4, rtol=0), method
+    want = score_groups(load_base_model(tiny_cfg), groups, layout="naive")
+    for layout in SHARED:
+        got = score_groups(model, groups, layout=layout)
+        assert torch.allclose(want.logps, got.logps, atol=1e-4, rtol=0), layout
 
 
 def test_auto_attention_is_flex_on_cuda_only():

@@ -19,7 +19,9 @@ def _is_main_process() -> bool:
     return process_state().is_main_process
 
 
-def _parser() -> argparse.ArgumentParser:
+def _parser(argv: list[str] | None = None) -> argparse.ArgumentParser:
+    """The command line; the model commands' own options (whose modules import torch) are added
+    only for the command `argv` names, so `dmporec --help` stays fast."""
     parser = argparse.ArgumentParser(
         prog="dmporec",
         description=__doc__,
@@ -79,7 +81,8 @@ def _parser() -> argparse.ArgumentParser:
     text = "write RUN_DIR/report.md with tables and plots of a run or an experiment"
     p = sub.add_parser("report", help=text, description=text)
     p.add_argument("run_dir", metavar="RUN_DIR", help="a `run` or `experiment` output directory")
-    _add_model_commands(sub)
+    words = [a for a in (sys.argv[1:] if argv is None else argv) if not a.startswith("-")]
+    _add_model_commands(sub, words[0] if words else None)
     return parser
 
 
@@ -91,18 +94,19 @@ MODEL_COMMANDS = {
 }
 
 
-def _add_model_commands(sub: argparse._SubParsersAction) -> None:
-    from dmporec import export, recommend, serve
+def _add_model_commands(sub: argparse._SubParsersAction, wanted: str | None) -> None:
+    import importlib
 
-    modules = {"recommend": recommend, "serve": serve, "export": export}
     for name, text in MODEL_COMMANDS.items():
+        module = importlib.import_module(f"dmporec.{name}") if name == wanted else None
         p = sub.add_parser(
             name,
             help=text,
-            description=modules[name].__doc__,
+            description=module.__doc__ if module else text,
             formatter_class=argparse.RawDescriptionHelpFormatter,
         )
-        modules[name].add_arguments(p)
+        if module is not None:
+            module.add_arguments(p)
 
 
 def _run_model_command(args: argparse.Namespace) -> int:
@@ -132,7 +136,7 @@ def _quiet_libraries() -> None:
 
 
 def main(argv: list[str] | None = None) -> int:
-    args = _parser().parse_args(argv)
+    args = _parser(argv).parse_args(argv)
     _quiet_libraries()
     try:
         if args.command == "prepare":
@@ -174,7 +178,8 @@ def main(argv: list[str] | None = None) -> int:
 
             print(f"dmpo adapter: {run_dmpo(cfg, args.sft_dir) / 'adapter'}")
         else:
-            from dmporec.stages.evaluate import MD_HEADER, markdown_row, run_evaluate
+            from dmporec.evaluation import MD_HEADER, markdown_row
+            from dmporec.stages.evaluate import run_evaluate
 
             print(MD_HEADER + "\n" + markdown_row(args.stage, run_evaluate(cfg, args.stage)))
         return 0

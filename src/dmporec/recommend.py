@@ -127,7 +127,7 @@ class Ranker:
                 self.model,
                 self.encoder,
                 requests,
-                method=self.eval_cfg.scorer,
+                layout=self.eval_cfg.layout,
                 max_batch_tokens=self.eval_cfg.max_batch_tokens,
             )
 

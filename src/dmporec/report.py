@@ -20,7 +20,7 @@ import matplotlib.pyplot as plt  # noqa: E402
 
 from dmporec.plots import CURVES  # noqa: E402
 from dmporec.records import DataError, atomic_write_text  # noqa: E402
-from dmporec.stages.pipeline import summary_table  # noqa: E402
+from dmporec.tables import summary_table  # noqa: E402
 
 _K = re.compile(r"\(k=(\d+)\)")
 

@@ -28,6 +28,7 @@ from tqdm.auto import tqdm
 from transformers import get_cosine_schedule_with_warmup
 
 from dmporec.config import TrainConfig, TrainingDiverged
+from dmporec.hf_compat import enable_checkpointing
 from dmporec.records import atomic_write_text
 
 LossFn = Callable[[torch.nn.Module, list[Any]], tuple[torch.Tensor, dict[str, float]]]
@@ -125,8 +126,7 @@ def train_lora(
     )
     set_seed(tc.seed)
     if tc.gradient_checkpointing:
-        model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
-        model.enable_input_require_grads()
+        enable_checkpointing(model)
     loader = DataLoader(list(examples), batch_size=tc.batch_size, shuffle=True, collate_fn=list)
     params = [p for p in model.parameters() if p.requires_grad]
     optimizer = torch.optim.AdamW(params, lr=tc.learning_rate, weight_decay=tc.weight_decay)

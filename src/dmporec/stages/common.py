@@ -1,4 +1,4 @@
-"""What every stage does the same way: paths, the prompt encoder, stage summaries and curves, and
+"""What every stage does the same way: paths, stage summaries and curves, and
 the settings record that keeps a rerun from reusing results made with other settings."""
 
 from __future__ import annotations
@@ -12,12 +12,10 @@ from accelerate import PartialState
 from accelerate.utils import parse_flag_from_env
 from pydantic import BaseModel
 
-from dmporec.collate import GroupEncoder
 from dmporec.config import ConfigError, RunConfig, dump_config
 from dmporec.data import resolve_data
 from dmporec.model import ModelConfig, write_lineage
 from dmporec.plots import plot_curves
-from dmporec.prompts import ChatFormat
 from dmporec.records import atomic_write_text
 
 SUMMARY = "summary.json"
@@ -27,7 +25,7 @@ _OPERATIONAL = {
     "save_every_steps",
     "eval_every_steps",
     "max_batch_tokens",
-    "scorer",
+    "layout",
     "gradient_checkpointing",
     "attention",
     "trust_remote_code",
@@ -143,15 +141,6 @@ def prepare_run(cfg: RunConfig) -> RunConfig:
         check_settings(out / "dmpo", stage_settings(cfg, "dmpo", sft), "dmpo")
     atomic_write_text(out / "config.yaml", dump_config(cfg))
     return cfg
-
-
-def encoder(tokenizer: Any, model_cfg: ModelConfig, prompt_seed: int) -> GroupEncoder:
-    chat = ChatFormat.from_tokenizer(
-        tokenizer,
-        use_chat_template=model_cfg.use_chat_template,
-        template_kwargs=model_cfg.chat_template_kwargs,
-    )
-    return GroupEncoder(tokenizer, chat, prompt_seed)
 
 
 def finish_stage(

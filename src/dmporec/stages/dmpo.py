@@ -2,112 +2,35 @@
 
 from __future__ import annotations
 
-import hashlib
-import json
 import os
 import time
 from pathlib import Path
 
 import torch
-from safetensors.torch import load_file, save_file
-from tqdm.auto import tqdm
 
-from dmporec.config import ConfigError, DMPOConfig, RunConfig
+from dmporec.collate import model_encoder, split_pairs
+from dmporec.config import ConfigError, RunConfig
 from dmporec.data import stage_records
+from dmporec.evaluation import validation_fn
 from dmporec.losses import LOSSES, sft_loss
 from dmporec.model import (
     LINEAGE,
-    ModelConfig,
     add_lora,
-    cache_root,
     load_base_model,
     load_tokenizer,
     merge_adapters,
     read_lineage,
 )
-from dmporec.scoring import Group, length_order, score_groups
+from dmporec.reference import cached_reference_logps
+from dmporec.scoring import score_groups
 from dmporec.stages.common import (
     check_settings,
-    encoder,
     finish_stage,
     read_settings,
     record_settings,
     stage_settings,
 )
-from dmporec.stages.evaluate import validation_fn
 from dmporec.training import PeakMemory, train_lora
-
-
-@torch.no_grad()
-def reference_logps(
-    model: torch.nn.Module,
-    groups: list[Group],
-    width: int,
-    *,
-    method: str,
-    batch_size: int,
-    max_batch_tokens: int,
-) -> torch.Tensor:
-    """[N, width] summed log-probs of every answer under the reference (adapter disabled)."""
-    out = torch.zeros(len(groups), width)
-    model.eval()
-    with model.disable_adapter():
-        order = length_order(groups)  # chunks of similar lengths pad little
-        for start in tqdm(
-            range(0, len(order), batch_size), desc="reference log-probs", unit="batch"
-        ):
-            chunk = order[start : start + batch_size]
-            scores = score_groups(
-                model, [groups[i] for i in chunk], method=method, max_batch_tokens=max_batch_tokens
-            )
-            out[chunk, : scores.logps.shape[1]] = scores.logps.float().cpu()
-    return out
-
-
-def reference_cache_key(
-    model_cfg: ModelConfig, adapters: list[Path], groups: list[Group], width: int
-) -> str:
-    """Hash of what the reference log-probs depend on: base model, merged adapters, token ids."""
-    h = hashlib.sha256(json.dumps([model_cfg.name, model_cfg.dtype, width]).encode())
-    for adapter in adapters:
-        h.update((adapter / "adapter_model.safetensors").read_bytes())
-    for group in groups:
-        h.update(repr(group).encode())
-    return h.hexdigest()[:32]
-
-
-def cached_reference_logps(
-    model: torch.nn.Module,
-    model_cfg: ModelConfig,
-    adapters: list[Path],
-    groups: list[Group],
-    width: int,
-    tc: DMPOConfig,
-    batch_size: int,
-) -> torch.Tensor:
-    """Reference log-probs from the on-disk cache, or computed once and stored there, `batch_size`
-    users per call (no gradients: evaluation's batch size, not training's micro-batch)."""
-    path = (
-        cache_root()
-        / "reference"
-        / f"{reference_cache_key(model_cfg, adapters, groups, width)}.safetensors"
-    )
-    if path.is_file():
-        print(f"dmpo: reference log-probs from cache {path}")
-        return load_file(path)["logps"]
-    logps = reference_logps(
-        model,
-        groups,
-        width,
-        method=tc.scorer,
-        batch_size=batch_size,
-        max_batch_tokens=tc.max_batch_tokens,
-    )
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_suffix(".tmp")
-    save_file({"logps": logps.contiguous()}, tmp)
-    os.replace(tmp, path)
-    return logps
 
 
 def run_dmpo(cfg: RunConfig, sft_dir: Path | None = None) -> Path:
@@ -133,7 +56,7 @@ def run_dmpo(cfg: RunConfig, sft_dir: Path | None = None) -> Path:
             "their missing negatives are masked out of the loss"
         )
     tokenizer = load_tokenizer(cfg.model)
-    enc = encoder(tokenizer, cfg.model, cfg.data.prompt_seed)
+    enc = model_encoder(tokenizer, cfg.model, cfg.data.prompt_seed)
     groups = [enc.group(r, k=tc.k, orders=tc.orders) for r in records]
     pairs = tc.k * (2 if tc.orders == "both" else 1)  # each its own (chosen, rejected) in the loss
     loss = LOSSES[tc.loss]
@@ -151,16 +74,17 @@ def run_dmpo(cfg: RunConfig, sft_dir: Path | None = None) -> Path:
 
         def loss_fn(model: torch.nn.Module, batch: list) -> tuple[torch.Tensor, dict[str, float]]:
             scores = score_groups(
-                model, [g for g, _ in batch], method=tc.scorer, max_batch_tokens=tc.max_batch_tokens
+                model, [g for g, _ in batch], layout=tc.layout, max_batch_tokens=tc.max_batch_tokens
             )
             width = scores.logps.shape[1]
             ref_logps = torch.stack([r for _, r in batch])[:, :width].to(scores.logps.device)
-            chosen, rejected = scores.logps[:, 0::2], scores.logps[:, 1::2]  # [B, K] each
-            mask = scores.mask[:, 1::2]
-            result = loss(chosen, rejected, ref_logps[:, 0::2], ref_logps[:, 1::2], tc.beta, mask)
+            chosen, rejected = split_pairs(scores.logps)  # [B, pairs] each
+            mask = split_pairs(scores.mask)[1]
+            result = loss(chosen, rejected, *split_pairs(ref_logps), tc.beta, mask)
             total = result.loss
             if tc.sft_weight:
-                total = total + tc.sft_weight * sft_loss(chosen, scores.n_tokens[:, 0::2], mask)
+                n_tokens = split_pairs(scores.n_tokens)[0]
+                total = total + tc.sft_weight * sft_loss(chosen, n_tokens, mask)
             return total.mean(), {
                 "reward_margin": result.margin.mean().item(),
                 "reward_accuracy": result.accuracy.mean().item(),

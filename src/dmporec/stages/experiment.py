@@ -30,8 +30,9 @@ from dmporec.config import ConfigError, RunConfig, load_config
 from dmporec.records import atomic_write_text
 from dmporec.stages.common import prepare_run
 from dmporec.stages.dmpo import run_dmpo
-from dmporec.stages.pipeline import dmpo_label, evaluate_row, summary_table
+from dmporec.stages.pipeline import dmpo_label, evaluate_row
 from dmporec.stages.sft import run_sft
+from dmporec.tables import summary_table
 
 
 class Cell(BaseModel):

@@ -7,19 +7,19 @@ from pathlib import Path
 
 import torch
 
+from dmporec.collate import model_encoder
 from dmporec.config import RunConfig
 from dmporec.data import stage_records
+from dmporec.evaluation import validation_fn
 from dmporec.losses import sft_loss
 from dmporec.model import LINEAGE, add_lora, load_base_model, load_tokenizer
 from dmporec.scoring import Group, score_groups
 from dmporec.stages.common import (
     check_settings,
-    encoder,
     finish_stage,
     record_settings,
     stage_settings,
 )
-from dmporec.stages.evaluate import validation_fn
 from dmporec.training import PeakMemory, train_lora
 
 
@@ -35,14 +35,14 @@ def run_sft(cfg: RunConfig) -> Path:
     tc = cfg.sft
     records = stage_records(cfg.data, "sft_train")
     tokenizer = load_tokenizer(cfg.model)
-    enc = encoder(tokenizer, cfg.model, cfg.data.prompt_seed)
+    enc = model_encoder(tokenizer, cfg.model, cfg.data.prompt_seed)
     # The paper's SFT sees one pair per user: the first negative (in both orders if asked).
     groups = [enc.group(r, k=1, answers="chosen", orders=tc.orders) for r in records]
 
     def loss_fn(
         model: torch.nn.Module, batch: list[Group]
     ) -> tuple[torch.Tensor, dict[str, float]]:
-        scores = score_groups(model, batch, method=tc.scorer, max_batch_tokens=tc.max_batch_tokens)
+        scores = score_groups(model, batch, layout=tc.layout, max_batch_tokens=tc.max_batch_tokens)
         return sft_loss(scores.logps, scores.n_tokens, scores.mask).mean(), {}
 
     start = time.perf_counter()

@@ -1,0 +1,67 @@
+"""The results tables a run prints and writes: models side by side, and paired tests."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+from dmporec.evaluation import pair_scores, read_predictions
+from dmporec.metrics import pair_correct, paired_test
+
+
+def _fmt_ci(m: dict[str, Any], key: str) -> str:
+    return f"{m[key]:.3f} [{m[f'{key}_ci_low']:.3f}, {m[f'{key}_ci_high']:.3f}]"
+
+
+def summary_table(rows: list[dict[str, Any]]) -> str:
+    """Markdown table of `evaluate_row` results."""
+    lines = [
+        "| model | pairs | accuracy [95% CI] | AUC coin-flip [95% CI] | AUC stable | first-listed "
+        "| train s | eval s | peak RSS MiB train / eval |",
+        "|---|---|---|---|---|---|---|---|---|",
+    ]
+    generated = all("valid_ratio" in r["metrics"] for r in rows)
+    if generated:
+        lines[0] += " ValidRatio [95% CI] | generated order accuracy [95% CI] |"
+        lines[1] += "---|---|"
+    for r in rows:
+        m = r["metrics"]
+        line = (
+            f"| {r['model']} | {m['pairs']} | {_fmt_ci(m, 'accuracy')} | {_fmt_ci(m, 'auc')} "
+            f"| {m['auc_stable']:.3f} | {m['first_listed_rate']:.2f} | {r['train_s'] or '-'} "
+            f"| {r['eval_s'] or '-'} | {r['train_peak_rss_mib'] or '-'} / {r['eval_peak_rss_mib'] or '-'} |"
+        )
+        if generated:
+            line += f" {_fmt_ci(m, 'valid_ratio')} | {_fmt_ci(m, 'generated_accuracy')} |"
+        lines.append(line)
+    return "\n".join(lines)
+
+
+def paired_tests(rows: list[dict[str, Any]], orders: str, seed: int = 0) -> list[dict[str, Any]]:
+    """Every later model against every earlier one on the same pairs (metrics.paired_test)."""
+    correct = {}
+    for r in rows:
+        chosen, rejected = pair_scores(read_predictions(Path(r["eval_dir"])), orders)
+        correct[r["model"]] = pair_correct(chosen, rejected)
+    tests = []
+    for j, b in enumerate(rows):
+        for a in rows[j + 1 :]:
+            test = paired_test(correct[a["model"]], correct[b["model"]], seed=seed)
+            tests.append({"a": a["model"], "b": b["model"], **test})
+    return tests
+
+
+def paired_table(tests: list[dict[str, Any]]) -> str:
+    """Markdown table of `paired_tests`: the accuracy difference, its CI, McNemar's p."""
+    lines = [
+        "| comparison | accuracy difference [95% CI] | pairs A right, B wrong / B right, A wrong "
+        "| McNemar p | significant at 0.05 |",
+        "|---|---|---|---|---|",
+    ]
+    for t in tests:
+        lines.append(
+            f"| {t['a']} vs {t['b']} | {t['difference']:+.3f} [{t['difference_ci_low']:+.3f}, "
+            f"{t['difference_ci_high']:+.3f}] | {t['a_better']} / {t['b_better']} "
+            f"| {t['p_value']:.2g} | {'yes' if t['p_value'] < 0.05 else 'no'} |"
+        )
+    return "\n".join(lines)
