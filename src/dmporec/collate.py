@@ -20,7 +20,8 @@ these two functions.
 
 from __future__ import annotations
 
-from dataclasses import replace
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field, replace
 from functools import lru_cache
 from typing import Any, Literal, get_args
 
@@ -28,7 +29,7 @@ import torch
 
 from dmporec.model_config import ModelConfig
 from dmporec.prompts import ChatFormat, render_pairs
-from dmporec.records import Record
+from dmporec.records import DataError, Record
 from dmporec.scoring import Branch, Group, Tokens
 
 Orders = Literal["listed", "both"]
@@ -115,3 +116,111 @@ def model_encoder(tokenizer: Any, model_cfg: ModelConfig, prompt_seed: int) -> G
         template_kwargs=model_cfg.chat_template_kwargs,
     )
     return GroupEncoder(tokenizer, chat, prompt_seed)
+
+
+Overlong = Literal["truncate", "refuse"]
+
+
+def longest_sequence(group: Group) -> int:
+    """Tokens of the group's longest prompt + answer (one naive row)."""
+    return max(
+        len(group.prefix) + len(b.context) + len(a) for b in group.branches for a in b.answers
+    )
+
+
+def newest_that_fit(n_history: int, tokens_with: Callable[[int], int], limit: int) -> int | None:
+    """The most history items (kept from the newest end, at least one) for which
+    `tokens_with(kept)` <= `limit`; None when even one is too many. Each item costs at least
+    one token, so no more than `limit` are ever tokenized."""
+    if n_history <= limit and tokens_with(n_history) <= limit:
+        return n_history
+    lo, hi = 1, min(n_history - 1, limit)
+    if hi < lo or tokens_with(lo) > limit:
+        return None
+    while lo < hi:  # tokens_with grows with the items kept
+        mid = (lo + hi + 1) // 2
+        lo, hi = (mid, hi) if tokens_with(mid) <= limit else (lo, mid - 1)
+    return lo
+
+
+@dataclass
+class PromptBound:
+    """data.max_prompt_tokens and data.overlong applied to records, before any model work."""
+
+    max_tokens: int
+    overlong: Overlong = "truncate"
+    truncated: int = 0  # records whose history was cut
+    dropped: int = 0  # history items cut, in all
+    checked: int = 0
+    longest: int = field(default=0)  # longest sequence after the bound
+
+    def _too_long(self, tokens: int, what: str, *, file: Any, record: Any, hint: str) -> DataError:
+        return DataError(
+            f"{what} makes a sequence of {tokens} tokens, over data.max_prompt_tokens="
+            f"{self.max_tokens}; {hint}",
+            file=file,
+            record=record,
+            field="history",
+        )
+
+    def fit(
+        self, n_history: int, tokens_with: Callable[[int], int], *, file: Any, record: Any
+    ) -> int:
+        """How many of the newest history items to keep (all when they fit)."""
+        self.checked += 1
+        if n_history <= self.max_tokens:
+            full = tokens_with(n_history)
+            if full <= self.max_tokens:
+                self.longest = max(self.longest, full)
+                return n_history
+        if self.overlong == "refuse":
+            tokens = full if n_history <= self.max_tokens else f"over {self.max_tokens}"
+            raise self._too_long(
+                tokens,
+                f"a history of {n_history} titles",
+                file=file,
+                record=record,
+                hint="shorten it, raise the limit, or set data.overlong=truncate",
+            )
+        kept = newest_that_fit(n_history, tokens_with, self.max_tokens)
+        if kept is None:
+            raise self._too_long(
+                tokens_with(1),
+                "even the newest history title with the candidates",
+                file=file,
+                record=record,
+                hint="the candidate titles themselves are too long, or raise the limit",
+            )
+        self.truncated += 1
+        self.dropped += n_history - kept
+        self.longest = max(self.longest, tokens_with(kept))
+        return kept
+
+    def records(
+        self, records: Sequence[Record], enc: GroupEncoder, file: Any = None
+    ) -> list[Record]:
+        """`records` with each history cut to what fits (every negative, both listing orders)."""
+
+        def bounded(record: Record) -> Record:
+            def tokens_with(kept: int) -> int:
+                cut = replace(record, history=record.history[-kept:])
+                return longest_sequence(enc.group(cut, orders="both"))
+
+            kept = self.fit(len(record.history), tokens_with, file=file, record=record.user_id)
+            return (
+                record
+                if kept == len(record.history)
+                else replace(record, history=record.history[-kept:])
+            )
+
+        return [bounded(r) for r in records]
+
+    def report(self, stage: str) -> dict[str, int]:
+        """Prints what was cut (if anything); the counts for the stage's summary."""
+        if self.truncated:
+            print(
+                f"{stage}: {self.truncated} of {self.checked} prompts were over "
+                f"data.max_prompt_tokens={self.max_tokens}: {self.dropped} of their oldest "
+                "history titles left out (data.overlong=refuse stops instead)"
+            )
+        return {"prompts_truncated": self.truncated, "history_titles_dropped": self.dropped}

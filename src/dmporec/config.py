@@ -46,6 +46,17 @@ class DataConfig(_Strict):
     prompt_seed: int = Field(
         0, description="Seed of the candidate order in prompts that do not fix it."
     )
+    max_prompt_tokens: int = Field(
+        4096,
+        ge=32,
+        description="Longest sequence (prompt + answer, in tokens) any record or request may "
+        "make; checked before any model work in training, evaluation, recommend and serve.",
+    )
+    overlong: Literal["truncate", "refuse"] = Field(
+        "truncate",
+        description="A prompt over max_prompt_tokens: truncate = keep the newest history titles "
+        "that fit (counted in the stage's output); refuse = stop, naming the record.",
+    )
     valid_users: int = Field(
         0,
         ge=0,

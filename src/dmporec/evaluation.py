@@ -13,7 +13,7 @@ import numpy as np
 import torch
 from tqdm.auto import tqdm
 
-from dmporec.collate import answer_column, model_encoder
+from dmporec.collate import PromptBound, answer_column, model_encoder
 from dmporec.config import EvalConfig, RunConfig, TrainConfig
 from dmporec.data import stage_records
 from dmporec.generation import generation_report
@@ -137,7 +137,10 @@ def validation_fn(cfg: RunConfig, tokenizer: Any, tc: TrainConfig) -> ValidateFn
     validation pairs (data.valid or the held-out users) in eval.orders; None when off."""
     if not tc.eval_every_steps:
         return None
-    records = stage_records(cfg.data, "valid")
+    bound = PromptBound(cfg.data.max_prompt_tokens, cfg.data.overlong)
+    enc = model_encoder(tokenizer, cfg.model, cfg.data.prompt_seed)
+    records = bound.records(stage_records(cfg.data, "valid"), enc, cfg.data.valid)
+    bound.report("validate")
     ec = cfg.eval
 
     def validate(model: torch.nn.Module) -> dict[str, float]:

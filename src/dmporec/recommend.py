@@ -18,14 +18,15 @@ import argparse
 import json
 import threading
 from collections.abc import Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
 import torch
 from pydantic import ValidationError
 
-from dmporec.config import ConfigError, EvalConfig, RunConfig, load_config
+from dmporec.collate import PromptBound, longest_sequence
+from dmporec.config import ConfigError, DataConfig, EvalConfig, RunConfig, load_config
 from dmporec.model import (
     LINEAGE,
     ModelConfig,
@@ -36,6 +37,7 @@ from dmporec.model import (
 from dmporec.prompts import ChatFormat, history_text, title_tag
 from dmporec.ranking import PairEncoder, RankRequest, check_request, rank_candidates, top_k
 from dmporec.records import DataError, TitleNormalization, normalize_title
+from dmporec.scoring import Group
 from dmporec.wording import WORDINGS, Wording, resolve_wording
 
 # A short answer is all the explanation needs; it also bounds a request's generation time.
@@ -73,6 +75,7 @@ class Ranker:
     norm: TitleNormalization
     name: str
     eval_cfg: EvalConfig = field(default_factory=EvalConfig)
+    data_cfg: DataConfig = field(default_factory=DataConfig)
     encoder: PairEncoder = field(init=False)
     _lock: threading.Lock = field(init=False, default_factory=threading.Lock)
 
@@ -96,7 +99,8 @@ class Ranker:
         )
         norm = run_cfg.data.title_normalization if run_cfg else TitleNormalization()
         eval_cfg = run_cfg.eval if run_cfg else EvalConfig()
-        return cls(model.eval(), tokenizer, chat, norm, name, eval_cfg)
+        data_cfg = run_cfg.data if run_cfg else DataConfig()
+        return cls(model.eval(), tokenizer, chat, norm, name, eval_cfg, data_cfg)
 
     def request(
         self,
@@ -117,8 +121,25 @@ class Ranker:
             wording = resolve_wording(domain)
         except ValueError as e:
             raise DataError(str(e), file=file, record=record, field="domain") from None
-        request = RankRequest(clean(history), clean(candidates), wording)
-        return check_request(request, file=file, record=record)
+        request = check_request(
+            RankRequest(clean(history), clean(candidates), wording), file=file, record=record
+        )
+        # The longest prompt pairs the two candidates with the most tokens.
+        a, b = sorted(request.candidates, key=lambda t: len(self.encoder._encode(t)))[-2:] * (
+            2 if len(request.candidates) == 1 else 1
+        )
+
+        def tokens_with(kept: int) -> int:
+            cut = replace(request, history=request.history[-kept:])
+            return longest_sequence(
+                Group(self.encoder.prefix(cut), (self.encoder.branch(cut, a, b),))
+            )
+
+        kept = self._bound().fit(len(request.history), tokens_with, file=file, record=record)
+        return replace(request, history=request.history[-kept:])
+
+    def _bound(self) -> PromptBound:
+        return PromptBound(self.data_cfg.max_prompt_tokens, self.data_cfg.overlong)
 
     def rank(self, requests: Sequence[RankRequest]) -> list[list[float]]:
         """Scores of each request's candidates, all requests in one scoring call."""
@@ -140,15 +161,18 @@ class Ranker:
         max_new_tokens: int = EXPLAIN_MAX_NEW_TOKENS,
     ) -> str:
         """A greedy, bounded answer to `explain_instruction` (titles cleaned as in training)."""
-        text = explain_instruction(
-            [normalize_title(t, self.norm) for t in history],
-            normalize_title(title, self.norm),
-            resolve_wording(domain),
+        titles, wording = [normalize_title(t, self.norm) for t in history], resolve_wording(domain)
+
+        def prompt_ids(kept: int) -> list[int]:
+            text = explain_instruction(titles[-kept:], normalize_title(title, self.norm), wording)
+            prompt = self.chat.prefix + text + self.chat.suffix
+            return self.tokenizer(prompt, add_special_tokens=False)["input_ids"]
+
+        kept = self._bound().fit(
+            len(titles), lambda kept: len(prompt_ids(kept)) + max_new_tokens, file=None, record=None
         )
-        prompt = self.chat.prefix + text + self.chat.suffix
         device = next(self.model.parameters()).device
-        ids = self.tokenizer(prompt, add_special_tokens=False, return_tensors="pt").input_ids
-        ids = ids.to(device)
+        ids = torch.tensor([prompt_ids(kept)], device=device)
         with self._lock:
             out = self.model.generate(
                 input_ids=ids,

@@ -58,6 +58,8 @@ def stage_settings(
         **_flat("model", cfg.model),
         "data.title_normalization": data.title_normalization.model_dump(mode="json"),
         "data.prompt_seed": data.prompt_seed,
+        "data.max_prompt_tokens": data.max_prompt_tokens,
+        "data.overlong": data.overlong,
     }
     if stage in ("sft", "dmpo"):
         source = data.sft_train if stage == "sft" else data.dmpo_train

@@ -9,7 +9,7 @@ from typing import Any
 
 import torch
 
-from dmporec.collate import model_encoder
+from dmporec.collate import PromptBound, model_encoder
 from dmporec.config import ConfigError, EvalConfig, RunConfig
 from dmporec.data import stage_records
 from dmporec.evaluation import read_jsonl, score_lists, score_pairs, write_eval
@@ -144,6 +144,10 @@ def run_evaluate(cfg: RunConfig, stage: str) -> dict[str, Any]:
             )
         else:
             model, tokenizer, model_cfg = load_stage_model(stage_dir)
+        bound = PromptBound(cfg.data.max_prompt_tokens, cfg.data.overlong)
+        enc = model_encoder(tokenizer, model_cfg, cfg.data.prompt_seed)
+        records = bound.records(records, enc, cfg.data.eval)
+        cut = bound.report(f"evaluate {stage_dir.name}")
         evaluate(
             model,
             tokenizer,
@@ -163,6 +167,7 @@ def run_evaluate(cfg: RunConfig, stage: str) -> dict[str, Any]:
             "wall_s": wall,
             "peak_rss_mib": round(mem.peak_rss_mib),
             "peak_gpu_mib": round(mem.peak_gpu_mib),
+            **cut,
         },
     )
     state.wait_for_everyone()
