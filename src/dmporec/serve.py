@@ -8,6 +8,10 @@ waiting request, waits up to `batch_wait_ms` for more (unless `max_batch` are al
 and scores up to `max_batch` requests in one rank_candidates call, in a thread so the event
 loop keeps accepting requests meanwhile. `max_batch=1` (`--no-batching`) scores one at a time.
 
+Abandoned and excess work: a request whose client hangs up while it waits is dropped before it
+reaches the model (the endpoint watches the connection); at most `max_queue` requests wait, and
+one more gets 503 with a Retry-After estimated from the recent batch times.
+
 Limits: history length, candidate count, title length, blank and duplicate titles are refused
 with 422 and a one-line `error` naming the field; a body over `max_body_bytes` with 413.
 """
@@ -18,6 +22,7 @@ with 422 and a one-line `error` naming the field; a body over `max_body_bytes` w
 import argparse
 import asyncio
 import contextlib
+import math
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable, MutableMapping
 from typing import Annotated, Any, Literal
@@ -25,7 +30,7 @@ from typing import Annotated, Any, Literal
 from fastapi import FastAPI
 from fastapi.encoders import jsonable_encoder
 from fastapi.exceptions import RequestValidationError
-from fastapi.responses import JSONResponse
+from fastapi.responses import JSONResponse, Response
 from pydantic import (
     AfterValidator,
     BaseModel,
@@ -144,17 +149,44 @@ def request_models(limits: Limits, ranker: Ranker) -> tuple[type[BaseModel], typ
     return RankBody, ExplainBody
 
 
+class QueueFull(Exception):
+    """The ranking queue is full; `retry_after` seconds is a fair wait."""
+
+    def __init__(self, retry_after: int) -> None:
+        super().__init__(f"the server is busy; retry after {retry_after} s")
+        self.retry_after = retry_after
+
+
+async def _unless_disconnected(request: Request, work: Awaitable[Any], poll_s: float = 0.02) -> Any:
+    """The result of `work`, or None once the client has gone (the work is cancelled: a queued
+    ranking request is then dropped before it reaches the model)."""
+    task = asyncio.ensure_future(work)
+    while True:
+        done, _ = await asyncio.wait({task}, timeout=poll_s)
+        if done:
+            return task.result()
+        if await request.is_disconnected():
+            task.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await task
+            return None
+
+
 class Batcher:
     """One queue, one worker: concurrent ranking requests are scored together (module docstring)."""
 
-    def __init__(self, ranker: Ranker, max_batch: int, batch_wait_ms: float) -> None:
+    def __init__(
+        self, ranker: Ranker, max_batch: int, batch_wait_ms: float, max_queue: int = 64
+    ) -> None:
         self.ranker, self.max_batch, self.wait_s = ranker, max_batch, batch_wait_ms / 1000
-        self.batches = self.requests = 0
+        self.max_queue = max_queue
+        self.batches = self.requests = self.dropped = 0
+        self.batch_s = 1.0  # running mean of a batch's scoring time, for Retry-After
         self._queue: asyncio.Queue[tuple[RankRequest, asyncio.Future]] | None = None
         self._task: asyncio.Task | None = None
 
     def start(self) -> None:
-        self._queue = asyncio.Queue()
+        self._queue = asyncio.Queue(self.max_queue)
         self._task = asyncio.create_task(self._work())
 
     async def stop(self) -> None:
@@ -167,8 +199,16 @@ class Batcher:
         if self._queue is None:
             raise RuntimeError("the batcher is not running (app started without its lifespan?)")
         future = asyncio.get_running_loop().create_future()
-        await self._queue.put((request, future))
+        try:
+            self._queue.put_nowait((request, future))
+        except asyncio.QueueFull:
+            raise QueueFull(self.retry_after()) from None
         return await future
+
+    def retry_after(self) -> int:
+        """Seconds until the queue has likely drained: its batches times the mean batch time."""
+        assert self._queue is not None
+        return max(1, math.ceil(self._queue.qsize() / self.max_batch * self.batch_s))
 
     async def _next_batch(self) -> list[tuple[RankRequest, asyncio.Future]]:
         assert self._queue is not None
@@ -177,13 +217,16 @@ class Batcher:
             await asyncio.sleep(self.wait_s)  # let concurrent requests join this forward pass
         while len(batch) < self.max_batch and not self._queue.empty():
             batch.append(self._queue.get_nowait())
-        return [(r, f) for r, f in batch if not f.cancelled()]  # skip clients that left
+        kept = [(r, f) for r, f in batch if not f.cancelled()]  # skip clients that left
+        self.dropped += len(batch) - len(kept)
+        return kept
 
     async def _work(self) -> None:
         while True:
             batch = await self._next_batch()
             if not batch:
                 continue
+            start = time.perf_counter()
             try:
                 scores = await asyncio.to_thread(self.ranker.rank, [r for r, _ in batch])
             except Exception as e:  # every waiting request gets the error, the worker goes on
@@ -191,6 +234,7 @@ class Batcher:
                     if not future.done():
                         future.set_exception(e)
                 continue
+            self.batch_s = 0.8 * self.batch_s + 0.2 * (time.perf_counter() - start)
             self.batches += 1
             self.requests += len(batch)
             for (_, future), s in zip(batch, scores, strict=True):
@@ -253,12 +297,13 @@ def create_app(
     *,
     max_batch: int = 8,
     batch_wait_ms: float = 5.0,
+    max_queue: int = 64,
 ) -> FastAPI:
     """The service around an already loaded ranker (tests inject the tiny model here)."""
     limits = limits or Limits()
-    if max_batch < 1 or batch_wait_ms < 0:
-        raise ValueError("max_batch must be >= 1 and batch_wait_ms >= 0")
-    batcher = Batcher(ranker, max_batch, batch_wait_ms)
+    if max_batch < 1 or batch_wait_ms < 0 or max_queue < 1:
+        raise ValueError("max_batch and max_queue must be >= 1 and batch_wait_ms >= 0")
+    batcher = Batcher(ranker, max_batch, batch_wait_ms, max_queue)
     RankBody, ExplainBody = request_models(limits, ranker)
 
     @contextlib.asynccontextmanager
@@ -283,6 +328,12 @@ def create_app(
             status_code=422,
         )
 
+    @app.exception_handler(QueueFull)
+    async def busy(request: Request, exc: QueueFull) -> JSONResponse:
+        return JSONResponse(
+            {"error": str(exc)}, status_code=503, headers={"Retry-After": str(exc.retry_after)}
+        )
+
     @app.exception_handler(DataError)
     async def bad_data(request: Request, exc: DataError) -> JSONResponse:
         return JSONResponse({"error": str(exc)}, status_code=422)
@@ -293,27 +344,32 @@ def create_app(
             status="ok", model=ranker.name, batches=batcher.batches, requests=batcher.requests
         )
 
-    @app.post("/v1/rank")
-    async def rank(body: RankBody) -> RankResponse:
+    @app.post("/v1/rank", response_model=RankResponse)
+    async def rank(body: RankBody, http: Request) -> Any:
         """Rank the candidates for the history: best first, with scores in [0, 1]."""
         start = time.perf_counter()
         request = ranker.request(body.history, body.candidates, body.domain)
-        scores = await batcher.rank(request)
+        scores = await _unless_disconnected(http, batcher.rank(request))
+        if scores is None:  # nobody is listening; 499 as nginx logs it
+            return Response(status_code=499)
         return RankResponse(
             ranked=ranked_items(body.candidates, scores, body.top_k),
             model=ranker.name,
             elapsed_ms=round((time.perf_counter() - start) * 1000, 2),
         )
 
-    @app.post("/v1/explain")
-    async def explain(body: ExplainBody) -> ExplainResponse:
+    @app.post("/v1/explain", response_model=ExplainResponse)
+    async def explain(body: ExplainBody, http: Request) -> Any:
         """A short greedy explanation of why the top candidate (or the given one) fits the
         history; the prompt is recommend.explain_instruction."""
         start = time.perf_counter()
         ranked = None
         title = body.candidate
         if body.candidates is not None:
-            scores = await batcher.rank(ranker.request(body.history, body.candidates, body.domain))
+            request = ranker.request(body.history, body.candidates, body.domain)
+            scores = await _unless_disconnected(http, batcher.rank(request))
+            if scores is None:
+                return Response(status_code=499)
             ranked = ranked_items(body.candidates, scores)
             title = ranked[0]["title"]
         text = await asyncio.to_thread(
@@ -338,7 +394,9 @@ def run_serve(args: argparse.Namespace) -> int:
 
     ranker = load_ranker(args.model)
     max_batch = 1 if args.no_batching else args.max_batch
-    app = create_app(ranker, max_batch=max_batch, batch_wait_ms=args.batch_wait_ms)
+    app = create_app(
+        ranker, max_batch=max_batch, batch_wait_ms=args.batch_wait_ms, max_queue=args.max_queue
+    )
     print(
         f"dmporec: serving {ranker.name} on http://{args.host}:{args.port} "
         f"(docs at /docs, batches of up to {max_batch})",
@@ -348,6 +406,19 @@ def run_serve(args: argparse.Namespace) -> int:
     return 0
 
 
+def _at_least(low: float, kind: type = int) -> Callable[[str], Any]:
+    def parse(text: str) -> Any:
+        try:
+            value = kind(text)
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"expected a number, got {text!r}") from None
+        if not value >= low:  # also refuses nan
+            raise argparse.ArgumentTypeError(f"must be >= {low}, got {text}")
+        return value
+
+    return parse
+
+
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument(
         "--model", required=True, help="run dir, stage dir, model dir or model name"
@@ -355,13 +426,22 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--host", default="127.0.0.1", help="interface to listen on")
     parser.add_argument("--port", type=int, default=8000)
     parser.add_argument(
-        "--max-batch", type=int, default=8, help="ranking requests scored together (default 8)"
+        "--max-batch",
+        type=_at_least(1),
+        default=8,
+        help="ranking requests scored together (default 8)",
     )
     parser.add_argument(
         "--batch-wait-ms",
-        type=float,
+        type=_at_least(0, float),
         default=5.0,
         help="how long the first request waits for others to join its batch (default 5)",
+    )
+    parser.add_argument(
+        "--max-queue",
+        type=_at_least(1),
+        default=64,
+        help="ranking requests that may wait; one more gets 503 with Retry-After (default 64)",
     )
     parser.add_argument(
         "--no-batching", action="store_true", help="score one request at a time (max-batch 1)"
