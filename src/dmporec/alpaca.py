@@ -23,6 +23,7 @@ from dmporec.records import (
     TitleNormalization,
     atomic_write_text,
     normalize_record,
+    read_text_file,
 )
 from dmporec.wording import Wording, resolve_wording
 
@@ -136,10 +137,9 @@ def read_alpaca(path: str | os.PathLike, norm: TitleNormalization | None = None)
     negatives (the dpo_ranking_k files); titles are normalized with `norm` afterwards.
     """
     path = Path(path)
-    if not path.is_file():
-        raise DataError("file not found", file=path)
+    text = read_text_file(path)
     try:
-        rows = json.loads(path.read_text(encoding="utf-8"))
+        rows = json.loads(text)
     except json.JSONDecodeError as e:
         raise DataError(
             f"malformed JSON ({e.msg} at line {e.lineno}, column {e.colno})", file=path
@@ -180,7 +180,20 @@ def to_alpaca_rows(records: list[Record], kind: str, seed: int = 0) -> list[dict
     if kind not in ("sft", "dpo", "eval"):
         raise ValueError(f"kind must be 'sft', 'dpo' or 'eval', got {kind!r}")
     rows = []
-    for record in records:
+    for i, record in enumerate(records):
+        for name, items in (
+            ("history", record.history),
+            ("positive", [record.positive]),
+            ("negatives", record.negatives),
+        ):
+            for item in items:
+                if "<Title:" in item.title:
+                    raise DataError(
+                        f"title {item.title!r} holds the template's own '<Title:', "
+                        "so the alpaca text could not be read back as written",
+                        record=i,
+                        field=name,
+                    )
         for pair in render_pairs(record, seed):
             output: Any = pair.chosen if kind == "sft" else [pair.chosen, pair.rejected]
             rows.append({"instruction": pair.instruction.text, "input": "", "output": output})

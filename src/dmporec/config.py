@@ -7,7 +7,15 @@ from pathlib import Path
 from typing import Any, Literal
 
 import yaml
-from pydantic import AliasChoices, BaseModel, ConfigDict, Field, ValidationError, model_validator
+from pydantic import (
+    AliasChoices,
+    BaseModel,
+    ConfigDict,
+    Field,
+    ValidationError,
+    field_validator,
+    model_validator,
+)
 
 from dmporec.demo_data import DemoDataConfig
 from dmporec.model_config import ModelConfig
@@ -159,6 +167,7 @@ class EvalConfig(_Strict):
     listwise: int = Field(
         0,
         ge=0,
+        # 1 candidate would rank itself first: HR@1 = 1.0 that means nothing.
         description="Also rank N candidates per test user (the positive and N-1 sampled titles "
         "the user never rated) for HR@k, NDCG@k, MRR; 0 = off. Costs N(N-1) prompts per user.",
     )
@@ -172,6 +181,13 @@ class EvalConfig(_Strict):
         0, ge=0, le=2**32 - 1, description="Seed of the coin-flip AUC and the bootstrap."
     )
 
+    @field_validator("listwise")
+    @classmethod
+    def _a_list(cls, value: int) -> int:
+        if value == 1:
+            raise ValueError("a list needs at least 2 candidates (0 = off)")
+        return value
+
 
 class RunConfig(_Strict):
     output_dir: str = Field("runs/default", description="Where every stage writes its results.")
@@ -182,6 +198,13 @@ class RunConfig(_Strict):
     eval: EvalConfig = Field(default_factory=EvalConfig)
     zero_shot: bool = Field(True, description="`run` also evaluates the untrained base model.")
 
+    @field_validator("output_dir")
+    @classmethod
+    def _a_directory(cls, value: str) -> str:
+        if Path(value).exists() and not Path(value).is_dir():
+            raise ValueError(f"{value} exists and is not a directory")
+        return value
+
 
 class ConfigError(ValueError):
     """A config file or override that does not validate; the message names the file and field."""
@@ -190,6 +213,10 @@ class ConfigError(ValueError):
 class TrainingDiverged(ConfigError):
     """The loss became NaN or infinite (settings that pass validation can still diverge): the
     stage stops, names the step, and is not marked finished."""
+
+
+def _one_line(error: Exception) -> str:
+    return " ".join(str(error).split())
 
 
 def _set(tree: dict[str, Any], dotted: str, value: Any) -> None:
@@ -214,15 +241,19 @@ def load_config(
             raise ConfigError(f"{path}: config file not found")
         try:
             tree = yaml.safe_load(Path(path).read_text(encoding="utf-8")) or {}
-        except yaml.YAMLError as e:
-            raise ConfigError(f"{path}: not valid YAML: {e}") from None
+        except (yaml.YAMLError, UnicodeDecodeError) as e:
+            raise ConfigError(f"{path}: not valid YAML: {_one_line(e)}") from None
         if not isinstance(tree, dict):
             raise ConfigError(f"{path}: expected a mapping at the top level")
     for item in overrides or []:
         if "=" not in item:
             raise ConfigError(f"override {item!r}: expected section.key=value")
         key, raw = item.split("=", 1)
-        _set(tree, key.strip(), yaml.safe_load(raw) if raw.strip() else None)
+        try:
+            value = yaml.safe_load(raw) if raw.strip() else None
+        except yaml.YAMLError as e:
+            raise ConfigError(f"override {item!r}: not a YAML value: {_one_line(e)}") from None
+        _set(tree, key.strip(), value)
     try:
         return RunConfig(**tree)
     except ValidationError as e:

@@ -36,7 +36,7 @@ from dmporec.model import (
 )
 from dmporec.prompts import ChatFormat, history_text, title_tag
 from dmporec.ranking import PairEncoder, RankRequest, check_request, rank_candidates, top_k
-from dmporec.records import DataError, TitleNormalization, normalize_title
+from dmporec.records import DataError, TitleNormalization, normalize_title, read_text_file
 from dmporec.scoring import Group
 from dmporec.wording import WORDINGS, Wording, resolve_wording
 
@@ -253,10 +253,9 @@ def _titles(value: Any, file: Path, index: int, key: str) -> list[str]:
 
 def read_users(path: Path, ranker: Ranker, domain: str) -> list[UserQuery]:
     """The --users file: a JSON list of {"user", "history", "candidates"[, "domain"]}."""
-    if not path.is_file():
-        raise FileNotFoundError(f"{path}: file not found")
+    text = read_text_file(path)
     try:
-        entries = json.loads(path.read_text(encoding="utf-8"))
+        entries = json.loads(text)
     except json.JSONDecodeError as e:
         raise DataError(f"malformed JSON ({e.msg} at line {e.lineno})", file=path) from None
     if not isinstance(entries, list) or not entries:

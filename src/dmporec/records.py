@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import functools
 import html
 import json
 import os
@@ -241,6 +242,34 @@ def record_from_dict(
     return record.validate(file=file, index=index)
 
 
+def read_text_file(path: str | os.PathLike) -> str:
+    """A data file's text; DataError (naming the file, and the line for bad bytes) if it is
+    missing, a directory, or not UTF-8."""
+    path = Path(path)
+    if path.is_dir():
+        raise DataError("is a directory, not a data file", file=path)
+    if not path.is_file():
+        raise DataError("file not found", file=path)
+    data = path.read_bytes()
+    try:
+        return data.decode("utf-8")
+    except UnicodeDecodeError as e:
+        line = data.count(b"\n", 0, e.start) + 1
+        column = e.start - (data.rfind(b"\n", 0, e.start) + 1) + 1
+        raise DataError(
+            f"not valid UTF-8 (byte 0x{data[e.start]:02x} at line {line}, column {column}); "
+            "re-encode the file as UTF-8",
+            file=path,
+        ) from None
+
+
+@functools.cache
+def _umask() -> int:
+    mask = os.umask(0o022)  # reading the umask means setting it; put it straight back
+    os.umask(mask)
+    return mask
+
+
 def atomic_write_text(path: str | os.PathLike, text: str) -> None:
     """Write a file so a reader never sees half of it: write a temp file, then rename."""
     path = Path(path)
@@ -249,6 +278,7 @@ def atomic_write_text(path: str | os.PathLike, text: str) -> None:
     try:
         with os.fdopen(fd, "w", encoding="utf-8") as f:
             f.write(text)
+        os.chmod(tmp, 0o666 & ~_umask())  # mkstemp makes it 0600; be an ordinary file
         os.replace(tmp, path)
     except BaseException:
         Path(tmp).unlink(missing_ok=True)
@@ -262,21 +292,18 @@ def write_records(path: str | os.PathLike, records: Iterable[Record]) -> None:
 
 def iter_records(path: str | os.PathLike) -> Iterator[Record]:
     path = Path(path)
-    if not path.is_file():
-        raise DataError("file not found", file=path)
-    with path.open(encoding="utf-8") as f:
-        for lineno, line in enumerate(f, 1):
-            if not line.strip():
-                continue
-            try:
-                obj = json.loads(line)
-            except json.JSONDecodeError as e:
-                raise DataError(
-                    f"malformed JSON ({e.msg} at column {e.colno})",
-                    file=path,
-                    record=f"on line {lineno}",
-                ) from None
-            yield record_from_dict(obj, file=path, index=f"on line {lineno}")
+    for lineno, line in enumerate(read_text_file(path).split("\n"), 1):
+        if not line.strip():
+            continue
+        try:
+            obj = json.loads(line)
+        except json.JSONDecodeError as e:
+            raise DataError(
+                f"malformed JSON ({e.msg} at column {e.colno})",
+                file=path,
+                record=f"on line {lineno}",
+            ) from None
+        yield record_from_dict(obj, file=path, index=f"on line {lineno}")
 
 
 def read_records(path: str | os.PathLike) -> list[Record]:

@@ -22,7 +22,10 @@ with 422 and a one-line `error` naming the field; a body over `max_body_bytes` w
 import argparse
 import asyncio
 import contextlib
+import hmac
 import math
+import os
+import sys
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable, MutableMapping
 from typing import Annotated, Any, Literal
@@ -36,6 +39,7 @@ from pydantic import (
     BaseModel,
     ConfigDict,
     Field,
+    StrictInt,
     StringConstraints,
     model_validator,
 )
@@ -97,7 +101,20 @@ class Health(BaseModel):
 def _not_blank(title: str) -> str:
     if not title.strip():
         raise ValueError("title is empty")
+    if any("\ud800" <= c <= "\udfff" for c in title):
+        raise ValueError("title holds a lone surrogate (\\uD800-\\uDFFF); send valid Unicode")
     return title
+
+
+def _printable(value: Any) -> Any:
+    """`value` with lone surrogates escaped, so an error that echoes the input can be sent."""
+    if isinstance(value, str):
+        return value.encode("utf-8", "backslashreplace").decode("utf-8")
+    if isinstance(value, dict):
+        return {_printable(k): _printable(v) for k, v in value.items()}
+    if isinstance(value, list | tuple):
+        return [_printable(v) for v in value]
+    return value
 
 
 def request_models(limits: Limits, ranker: Ranker) -> tuple[type[BaseModel], type[BaseModel]]:
@@ -127,7 +144,7 @@ def request_models(limits: Limits, ranker: Ranker) -> tuple[type[BaseModel], typ
         model_config = ConfigDict(extra="forbid")
         history: History = Field(description="Titles from the user's history.")
         candidates: Candidates = Field(description="Distinct titles to rank.")
-        top_k: int | None = Field(None, ge=1, description="Return only the best K.")
+        top_k: StrictInt | None = Field(None, ge=1, description="Return only the best K.")
         domain: Domain = "movies"
 
     class ExplainBody(BaseModel):
@@ -138,7 +155,7 @@ def request_models(limits: Limits, ranker: Ranker) -> tuple[type[BaseModel], typ
         )
         candidate: Title | None = Field(None, description="Or: the one title to explain.")
         domain: Domain = "movies"
-        max_new_tokens: int = Field(limits.max_new_tokens, ge=1, le=limits.max_new_tokens)
+        max_new_tokens: StrictInt = Field(limits.max_new_tokens, ge=1, le=limits.max_new_tokens)
 
         @model_validator(mode="after")
         def _one_target(self) -> "ExplainBody":
@@ -147,6 +164,9 @@ def request_models(limits: Limits, ranker: Ranker) -> tuple[type[BaseModel], typ
             return self
 
     return RankBody, ExplainBody
+
+
+API_KEY_ENV = "DMPOREC_API_KEY"
 
 
 class QueueFull(Exception):
@@ -282,10 +302,35 @@ class BodyLimit:
         await self.app(scope, replay, send)
 
 
+class ApiKey:
+    """ASGI middleware: /v1/ routes need `Authorization: Bearer KEY` or `X-API-Key: KEY`
+    (401 otherwise; compared in constant time). /healthz and the docs stay open."""
+
+    def __init__(self, app: Callable, key: str) -> None:
+        self.app, self.key = app, key.encode()
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] == "http" and scope["path"].startswith("/v1/"):
+            headers = dict(scope["headers"])
+            given = headers.get(b"x-api-key", b"")
+            bearer = headers.get(b"authorization", b"")
+            if bearer[:7].lower() == b"bearer ":
+                given = bearer[7:].strip()
+            if not hmac.compare_digest(given, self.key):
+                response = JSONResponse(
+                    {"error": "missing or wrong API key (Authorization: Bearer KEY)"},
+                    status_code=401,
+                    headers={"WWW-Authenticate": "Bearer"},
+                )
+                return await response(scope, receive, send)
+        await self.app(scope, receive, send)
+
+
 def _describe(error: dict[str, Any]) -> str:
     """'candidates[2]: String should have at most 200 characters' from a pydantic error."""
     where = ""
-    for part in error["loc"][1:] if error["loc"][:1] == ("body",) else error["loc"]:
+    loc = list(error["loc"])
+    for part in loc[1:] if loc[:1] == ["body"] else loc:
         where += f"[{part}]" if isinstance(part, int) else f"{'.' if where else ''}{part}"
     message = error["msg"].removeprefix("Value error, ")
     return f"{where}: {message}" if where else message
@@ -298,6 +343,7 @@ def create_app(
     max_batch: int = 8,
     batch_wait_ms: float = 5.0,
     max_queue: int = 64,
+    api_key: str | None = None,
 ) -> FastAPI:
     """The service around an already loaded ranker (tests inject the tiny model here)."""
     limits = limits or Limits()
@@ -318,14 +364,15 @@ def create_app(
         lifespan=lifespan,
     )
     app.add_middleware(BodyLimit, max_bytes=limits.max_body_bytes)
+    if api_key:
+        app.add_middleware(ApiKey, key=api_key)
     app.state.batcher = batcher
 
     @app.exception_handler(RequestValidationError)
     async def invalid(request: Request, exc: RequestValidationError) -> JSONResponse:
-        errors = exc.errors()
+        errors = _printable(jsonable_encoder(exc.errors()))
         return JSONResponse(
-            {"error": "; ".join(map(_describe, errors)), "detail": jsonable_encoder(errors)},
-            status_code=422,
+            {"error": "; ".join(map(_describe, errors)), "detail": errors}, status_code=422
         )
 
     @app.exception_handler(QueueFull)
@@ -392,10 +439,21 @@ def run_serve(args: argparse.Namespace) -> int:
 
     from dmporec.recommend import load_ranker
 
+    api_key = args.api_key or os.environ.get(API_KEY_ENV) or None
+    if not api_key and args.host not in ("127.0.0.1", "localhost", "::1"):
+        print(
+            f"dmporec: warning: serving on {args.host} without an API key: anyone who can reach "
+            f"it can use it (set --api-key or {API_KEY_ENV})",
+            file=sys.stderr,
+        )
     ranker = load_ranker(args.model)
     max_batch = 1 if args.no_batching else args.max_batch
     app = create_app(
-        ranker, max_batch=max_batch, batch_wait_ms=args.batch_wait_ms, max_queue=args.max_queue
+        ranker,
+        max_batch=max_batch,
+        batch_wait_ms=args.batch_wait_ms,
+        max_queue=args.max_queue,
+        api_key=api_key,
     )
     print(
         f"dmporec: serving {ranker.name} on http://{args.host}:{args.port} "
@@ -424,6 +482,11 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         "--model", required=True, help="run dir, stage dir, model dir or model name"
     )
     parser.add_argument("--host", default="127.0.0.1", help="interface to listen on")
+    parser.add_argument(
+        "--api-key",
+        help=f"require this key on /v1/ (Authorization: Bearer KEY); default ${API_KEY_ENV}. "
+        "Set one whenever --host is not 127.0.0.1",
+    )
     parser.add_argument("--port", type=int, default=8000)
     parser.add_argument(
         "--max-batch",

@@ -75,7 +75,7 @@ def _save_checkpoint(
     model: torch.nn.Module,
     optimizer: Any,
     scheduler: Any,
-    position: dict[str, int],
+    position: dict[str, float],
 ) -> None:
     """Adapter (safetensors), optimizer and scheduler state, and where the loop stands."""
     if not accelerator.is_main_process:
@@ -162,6 +162,11 @@ def train_lora(
 
     model.train()
     step, start, last_logs = position["step"], time.perf_counter(), {}
+    before = position.get("elapsed_s", 0.0)  # training time of the invocations this resumes
+
+    def elapsed() -> float:
+        return round(before + time.perf_counter() - start, 2)
+
     micro_logs: list[dict[str, float]] = []  # the micro-batches of the current optimizer step
     bar = tqdm(
         total=total_steps,
@@ -224,7 +229,7 @@ def train_lora(
                     "epoch": epoch + (batch_index + 1) / len(loader),
                     "lr": lr,
                     **last_logs,
-                    "elapsed_s": round(time.perf_counter() - start, 2),
+                    "elapsed_s": elapsed(),
                 },
             )
             if tc.save_every_steps and step % tc.save_every_steps == 0:
@@ -234,7 +239,12 @@ def train_lora(
                     model,
                     optimizer,
                     scheduler,
-                    {"epoch": epoch, "batch": batch_index + 1, "step": step},
+                    {
+                        "epoch": epoch,
+                        "batch": batch_index + 1,
+                        "step": step,
+                        "elapsed_s": elapsed(),
+                    },
                 )
         _save_checkpoint(
             ckpt,
@@ -242,11 +252,11 @@ def train_lora(
             model,
             optimizer,
             scheduler,
-            {"epoch": epoch + 1, "batch": 0, "step": step},
+            {"epoch": epoch + 1, "batch": 0, "step": step, "elapsed_s": elapsed()},
         )
     bar.close()
     accelerator.wait_for_everyone()
     if accelerator.is_main_process:
         accelerator.unwrap_model(model).save_pretrained(out_dir / "adapter")
         shutil.rmtree(ckpt, ignore_errors=True)  # finished: the adapter is the result
-    return {"steps": step, **last_logs}
+    return {"steps": step, **last_logs, "resumed_s": before}

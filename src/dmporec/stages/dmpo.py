@@ -106,7 +106,8 @@ def run_dmpo(cfg: RunConfig, sft_dir: Path | None = None) -> Path:
             "loss": tc.loss,
             "k": tc.k,
             "users": len(groups),
-            "wall_s": round(time.perf_counter() - start, 1),
+            # A resumed stage counts the training time of its earlier invocations too.
+            "wall_s": round(time.perf_counter() - start + result.pop("resumed_s"), 1),
             "peak_rss_mib": round(mem.peak_rss_mib),
             "peak_gpu_mib": round(mem.peak_gpu_mib),
             **cut,

@@ -60,7 +60,8 @@ def run_sft(cfg: RunConfig) -> Path:
         {
             "stage": "sft",
             "users": len(groups),
-            "wall_s": round(time.perf_counter() - start, 1),
+            # A resumed stage counts the training time of its earlier invocations too.
+            "wall_s": round(time.perf_counter() - start + result.pop("resumed_s"), 1),
             "peak_rss_mib": round(mem.peak_rss_mib),
             "peak_gpu_mib": round(mem.peak_gpu_mib),
             **cut,
