@@ -91,6 +91,7 @@ MODEL_COMMANDS = {
     "recommend": "rank candidate titles for a user's history (or a JSON file of users)",
     "serve": "HTTP service: POST /v1/rank, POST /v1/explain, GET /healthz, docs at /docs",
     "export": "merge a run's adapters into its base model; write safetensors, tokenizer, card",
+    "random_model": "write a random-weight model from a real config and tokenizer (for tests)",
 }
 
 
@@ -98,9 +99,10 @@ def _add_model_commands(sub: argparse._SubParsersAction, wanted: str | None) -> 
     import importlib
 
     for name, text in MODEL_COMMANDS.items():
-        module = importlib.import_module(f"dmporec.{name}") if name == wanted else None
+        wanted_here = wanted is not None and wanted.replace("-", "_") == name
+        module = importlib.import_module(f"dmporec.{name}") if wanted_here else None
         p = sub.add_parser(
-            name,
+            name.replace("_", "-"),
             help=text,
             description=module.__doc__ if module else text,
             formatter_class=argparse.RawDescriptionHelpFormatter,
@@ -110,15 +112,12 @@ def _add_model_commands(sub: argparse._SubParsersAction, wanted: str | None) -> 
 
 
 def _run_model_command(args: argparse.Namespace) -> int:
-    from dmporec import export, recommend, serve
+    import importlib
 
-    commands = {
-        "recommend": recommend.run_recommend,
-        "serve": serve.run_serve,
-        "export": export.run_export,
-    }
+    name = args.command.replace("-", "_")
+    module = importlib.import_module(f"dmporec.{name}")
     try:
-        return commands[args.command](args)
+        return getattr(module, f"run_{name}")(args)
     except FileExistsError as e:  # export to a non-empty --out without --force
         print(f"dmporec: error: {e}", file=sys.stderr)
         return 2
@@ -156,7 +155,7 @@ def main(argv: list[str] | None = None) -> int:
             if _is_main_process():
                 print(table)
             return 0
-        if args.command in MODEL_COMMANDS:
+        if args.command.replace("-", "_") in MODEL_COMMANDS:
             return _run_model_command(args)
         cfg = load_config(args.config, args.overrides)
         from dmporec.stages.common import prepare_run
