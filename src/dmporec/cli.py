@@ -91,6 +91,7 @@ MODEL_COMMANDS = {
     "recommend": "rank candidate titles for a user's history (or a JSON file of users)",
     "serve": "HTTP service: POST /v1/rank, POST /v1/explain, GET /healthz, docs at /docs",
     "export": "merge a run's adapters into its base model; write safetensors, tokenizer, card",
+    "download": "fetch the authors' released files (pinned commit) and check their sha256",
     "random_model": "write a random-weight model from a real config and tokenizer (for tests)",
 }
 
