@@ -38,10 +38,18 @@ def test_run_end_to_end_and_skip_finished_stages(tmp_path, capsys):
     assert len((out / "dmpo/eval/generations.jsonl").read_text().splitlines()) == 5
     tests = json.loads((out / "summary.json").read_text())["paired_tests"]
     assert [(t["a"], t["b"]) for t in tests] == [
+        ("zero-shot", "popularity"),
+        ("SFT", "popularity"),
+        ("DMPO (k=2)", "popularity"),
+        ("zero-shot", "bpr-mf"),
+        ("SFT", "bpr-mf"),
+        ("DMPO (k=2)", "bpr-mf"),
         ("SFT", "zero-shot"),
         ("DMPO (k=2)", "zero-shot"),
         ("DMPO (k=2)", "SFT"),
     ]
+    # The classic baselines are scored on the same pairs, in the same table.
+    assert "| popularity | 5 |" in table and "| bpr-mf | 5 |" in table and "| random | 5 |" in table
     for path in (
         "config.yaml",
         "data/train.jsonl",

@@ -197,6 +197,11 @@ class RunConfig(_Strict):
     dmpo: DMPOConfig = Field(default_factory=DMPOConfig)
     eval: EvalConfig = Field(default_factory=EvalConfig)
     zero_shot: bool = Field(True, description="`run` also evaluates the untrained base model.")
+    baselines: bool = Field(
+        True,
+        description="`run` also scores the classic baselines (random, popularity, BPR-MF, MiniLM "
+        "similarity) on the same pairs, with paired tests against them.",
+    )
 
     @field_validator("output_dir")
     @classmethod

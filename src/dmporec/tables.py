@@ -5,6 +5,8 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
+import numpy as np
+
 from dmporec.evaluation import pair_scores, read_predictions
 from dmporec.metrics import pair_correct, paired_test
 
@@ -20,7 +22,7 @@ def summary_table(rows: list[dict[str, Any]]) -> str:
         "| train s | eval s | peak RSS MiB train / eval |",
         "|---|---|---|---|---|---|---|---|---|",
     ]
-    generated = all("valid_ratio" in r["metrics"] for r in rows)
+    generated = any("valid_ratio" in r["metrics"] for r in rows)
     if generated:
         lines[0] += " ValidRatio [95% CI] | generated order accuracy [95% CI] |"
         lines[1] += "---|---|"
@@ -31,21 +33,35 @@ def summary_table(rows: list[dict[str, Any]]) -> str:
             f"| {m['auc_stable']:.3f} | {m['first_listed_rate']:.2f} | {r['train_s'] or '-'} "
             f"| {r['eval_s'] or '-'} | {r['train_peak_rss_mib'] or '-'} / {r['eval_peak_rss_mib'] or '-'} |"
         )
-        if generated:
+        if generated and "valid_ratio" in m:
             line += f" {_fmt_ci(m, 'valid_ratio')} | {_fmt_ci(m, 'generated_accuracy')} |"
+        elif generated:
+            line += " - | - |"
         lines.append(line)
     return "\n".join(lines)
 
 
+# The baselines each LLM row is tested against (random and MiniLM only appear in the table).
+TESTED_BASELINES = ("popularity", "bpr-mf")
+
+
 def paired_tests(rows: list[dict[str, Any]], orders: str, seed: int = 0) -> list[dict[str, Any]]:
-    """Every later model against every earlier one on the same pairs (metrics.paired_test)."""
+    """Each LLM row (one with an eval_dir) against the earlier LLM rows and the popularity and
+    BPR-MF baselines, on the same pairs (metrics.paired_test)."""
     correct = {}
     for r in rows:
-        chosen, rejected = pair_scores(read_predictions(Path(r["eval_dir"])), orders)
-        correct[r["model"]] = pair_correct(chosen, rejected)
+        if "eval_dir" in r:
+            chosen, rejected = pair_scores(read_predictions(Path(r["eval_dir"])), orders)
+            correct[r["model"]] = pair_correct(chosen, rejected)
+        elif "correct" in r:
+            correct[r["model"]] = np.asarray(r["correct"], dtype=bool)
     tests = []
     for j, b in enumerate(rows):
         for a in rows[j + 1 :]:
+            if "eval_dir" not in a or ("eval_dir" not in b and b["model"] not in TESTED_BASELINES):
+                continue
+            if a["model"] not in correct or b["model"] not in correct:
+                continue
             test = paired_test(correct[a["model"]], correct[b["model"]], seed=seed)
             tests.append({"a": a["model"], "b": b["model"], **test})
     return tests
