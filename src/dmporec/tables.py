@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 from pathlib import Path
 from typing import Any
 
@@ -13,6 +14,10 @@ from dmporec.metrics import pair_correct, paired_test
 
 def _fmt_ci(m: dict[str, Any], key: str) -> str:
     return f"{m[key]:.3f} [{m[f'{key}_ci_low']:.3f}, {m[f'{key}_ci_high']:.3f}]"
+
+
+def _fmt_rate(x: float) -> str:
+    return "-" if math.isnan(x) else f"{x:.2f}"  # baselines list no candidates: no rate
 
 
 def summary_table(rows: list[dict[str, Any]]) -> str:
@@ -30,7 +35,7 @@ def summary_table(rows: list[dict[str, Any]]) -> str:
         m = r["metrics"]
         line = (
             f"| {r['model']} | {m['pairs']} | {_fmt_ci(m, 'accuracy')} | {_fmt_ci(m, 'auc')} "
-            f"| {m['auc_stable']:.3f} | {m['first_listed_rate']:.2f} | {r['train_s'] or '-'} "
+            f"| {m['auc_stable']:.3f} | {_fmt_rate(m['first_listed_rate'])} | {r['train_s'] or '-'} "
             f"| {r['eval_s'] or '-'} | {r['train_peak_rss_mib'] or '-'} / {r['eval_peak_rss_mib'] or '-'} |"
         )
         if generated and "valid_ratio" in m:
