@@ -245,7 +245,7 @@ def test_auto_attention_is_flex_on_cuda_only():
 
 @torch.no_grad()
 def test_logits_in_chunks_give_the_same_values(tiny, demo, monkeypatch):
-    import dmporec.scoring as scoring
+    import dmporec.scoring.forward as scoring
 
     model, tok = tiny
     groups = groups_for(tok, demo.train[:3], [3, 1, 2])
