@@ -125,6 +125,14 @@ class TrainConfig(_Strict):
         "optimizer steps and at the end, in eval.orders: `valid_accuracy` in metrics.jsonl and "
         "curves.png, a learning curve from one run (0: off).",
     )
+    report_to: Literal["none", "tensorboard", "wandb", "mlflow"] = Field(
+        "none",
+        description="Experiment tracking through accelerate's trackers: every optimizer step's "
+        "loss, reward margin and accuracy, learning rate and validation metrics, and the run "
+        "config as hyperparameters, under OUTPUT_DIR/<stage>/tracking (tensorboard, mlflow) or "
+        "your wandb project (set WANDB_MODE=offline to keep it local). metrics.jsonl is always "
+        "written.",
+    )
 
 
 class SFTConfig(TrainConfig):

@@ -27,7 +27,7 @@ from torch.utils.data import DataLoader
 from tqdm.auto import tqdm
 from transformers import get_cosine_schedule_with_warmup
 
-from dmporec.config import TrainConfig, TrainingDiverged
+from dmporec.config import ConfigError, TrainConfig, TrainingDiverged
 from dmporec.hf_compat import enable_checkpointing
 from dmporec.records import atomic_write_text
 
@@ -105,6 +105,32 @@ def _load_checkpoint(
     return json.loads((ckpt / "position.json").read_text())
 
 
+_TRACKER_PACKAGES = {"tensorboard": "tensorboard", "wandb": "wandb", "mlflow": "mlflow"}
+
+
+def check_tracker(name: str) -> None:
+    """ConfigError (one line) when the tracker's package is not installed."""
+    import importlib.util
+
+    package = _TRACKER_PACKAGES[name]
+    if importlib.util.find_spec(package) is None:
+        raise ConfigError(f"report_to={name} needs its package: pip install {package}")
+
+
+def flat_hparams(tree: dict[str, Any], prefix: str = "") -> dict[str, Any]:
+    """A nested config as 'section.key' -> int, float, str or bool (what trackers accept)."""
+    out: dict[str, Any] = {}
+    for key, value in tree.items():
+        name = f"{prefix}{key}"
+        if isinstance(value, dict):
+            out.update(flat_hparams(value, f"{name}."))
+        elif isinstance(value, bool | int | float | str):
+            out[name] = value
+        else:
+            out[name] = json.dumps(value)
+    return out
+
+
 def train_lora(
     model: PeftModel,
     examples: Sequence[Any],
@@ -114,16 +140,25 @@ def train_lora(
     *,
     stage: str,
     validate: ValidateFn | None = None,
+    hparams: dict[str, Any] | None = None,
 ) -> dict[str, float]:
     """Train the model's LoRA adapter on `examples`; saves `out_dir/adapter`. Returns a summary.
 
     With `validate` and `tc.eval_every_steps`, `validate(model)` (in eval mode, no gradients)
     runs every that many optimizer steps and after the last; its values join that step's row of
-    metrics.jsonl."""
+    metrics.jsonl. `tc.report_to` also sends every row to that tracker, with `hparams` (the
+    run config) as its hyperparameters."""
+    tracking = tc.report_to != "none"
+    if tracking:
+        check_tracker(tc.report_to)
     accelerator = Accelerator(
         gradient_accumulation_steps=tc.grad_accum,
         dataloader_config=DataLoaderConfiguration(use_seedable_sampler=True),
+        log_with=tc.report_to if tracking else None,
+        project_dir=out_dir / "tracking" if tracking else None,
     )
+    if tracking:
+        accelerator.init_trackers(f"dmporec-{stage}", config=flat_hparams(hparams or {}))
     set_seed(tc.seed)
     if tc.gradient_checkpointing:
         enable_checkpointing(model)
@@ -221,6 +256,8 @@ def train_lora(
             bar.set_postfix({k: f"{v:.4g}" for k, v in last_logs.items()})
             if not accelerator.is_main_process:
                 continue
+            if tracking:
+                accelerator.log({"lr": lr, **last_logs}, step=step)
             append_jsonl(
                 metrics_path,
                 {
@@ -255,6 +292,8 @@ def train_lora(
             {"epoch": epoch + 1, "batch": 0, "step": step, "elapsed_s": elapsed()},
         )
     bar.close()
+    if tracking:
+        accelerator.end_training()
     accelerator.wait_for_everyone()
     if accelerator.is_main_process:
         accelerator.unwrap_model(model).save_pretrained(out_dir / "adapter")

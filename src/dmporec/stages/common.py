@@ -24,6 +24,7 @@ SETTINGS = "settings.json"
 _OPERATIONAL = {
     "save_every_steps",
     "eval_every_steps",
+    "report_to",
     "max_batch_tokens",
     "layout",
     "gradient_checkpointing",

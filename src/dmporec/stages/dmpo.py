@@ -95,7 +95,16 @@ def run_dmpo(cfg: RunConfig, sft_dir: Path | None = None) -> Path:
             }
 
         validate = validation_fn(cfg, tokenizer, tc)
-        result = train_lora(model, examples, loss_fn, tc, out, stage="dmpo", validate=validate)
+        result = train_lora(
+            model,
+            examples,
+            loss_fn,
+            tc,
+            out,
+            stage="dmpo",
+            validate=validate,
+            hparams=cfg.model_dump(mode="json"),
+        )
     merged = [os.path.relpath(p.resolve(), out.resolve()) for p in sft_adapters]
     finish_stage(
         out,

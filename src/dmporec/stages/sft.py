@@ -52,7 +52,16 @@ def run_sft(cfg: RunConfig) -> Path:
     with PeakMemory() as mem:
         model = add_lora(load_base_model(cfg.model), cfg.model, tc.seed)
         validate = validation_fn(cfg, tokenizer, tc)
-        result = train_lora(model, groups, loss_fn, tc, out, stage="sft", validate=validate)
+        result = train_lora(
+            model,
+            groups,
+            loss_fn,
+            tc,
+            out,
+            stage="sft",
+            validate=validate,
+            hparams=cfg.model_dump(mode="json"),
+        )
     finish_stage(
         out,
         cfg.model,
