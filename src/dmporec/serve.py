@@ -1,4 +1,6 @@
-"""HTTP service over a loaded Ranker (FastAPI): POST /v1/rank, POST /v1/explain, GET /healthz.
+"""HTTP service over a loaded Ranker (FastAPI): POST /v1/rank, POST /v1/explain, GET /healthz,
+and GET / (a page to try it: history and candidates in, ranked candidates with score bars and the
+top one's explanation out; it calls the same two endpoints).
 
 `dmporec serve --model RUN_DIR [--host 127.0.0.1] [--port 8000] [--max-batch 8] [--batch-wait-ms 5]`
 loads the base model and merges the run's adapters once, then serves; OpenAPI docs at /docs.
@@ -28,12 +30,13 @@ import os
 import sys
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable, MutableMapping
+from importlib.resources import files
 from typing import Annotated, Any, Literal
 
 from fastapi import FastAPI
 from fastapi.encoders import jsonable_encoder
 from fastapi.exceptions import RequestValidationError
-from fastapi.responses import JSONResponse, Response
+from fastapi.responses import HTMLResponse, JSONResponse, Response
 from pydantic import (
     AfterValidator,
     BaseModel,
@@ -384,6 +387,13 @@ def create_app(
     @app.exception_handler(DataError)
     async def bad_data(request: Request, exc: DataError) -> JSONResponse:
         return JSONResponse({"error": str(exc)}, status_code=422)
+
+    page = files("dmporec").joinpath("static/index.html").read_text(encoding="utf-8")
+
+    @app.get("/", response_class=HTMLResponse, include_in_schema=False)
+    async def index() -> HTMLResponse:
+        """A page to try the model: paste a history and candidates, see them ranked."""
+        return HTMLResponse(page)
 
     @app.get("/healthz")
     async def healthz() -> Health:
