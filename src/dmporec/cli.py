@@ -181,7 +181,9 @@ def main(argv: list[str] | None = None) -> int:
             from dmporec.evaluation import MD_HEADER, markdown_row
             from dmporec.stages.evaluate import run_evaluate
 
-            print(MD_HEADER + "\n" + markdown_row(args.stage, run_evaluate(cfg, args.stage)))
+            metrics = run_evaluate(cfg, args.stage)
+            if _is_main_process():
+                print(MD_HEADER + "\n" + markdown_row(args.stage, metrics))
         return 0
     except (ConfigError, DataError, FileNotFoundError) as e:
         print(f"dmporec: error: {e}", file=sys.stderr)

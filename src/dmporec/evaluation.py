@@ -16,6 +16,7 @@ from tqdm.auto import tqdm
 from dmporec.collate import PromptBound, answer_column, model_encoder
 from dmporec.config import EvalConfig, RunConfig, TrainConfig
 from dmporec.data import stage_records
+from dmporec.distributed import gather_chunks, my_chunks, process_state
 from dmporec.generation import generation_report
 from dmporec.listwise import candidate_sets
 from dmporec.metrics import (
@@ -50,20 +51,27 @@ def score_pairs(
     enc = model_encoder(tokenizer, model_cfg, prompt_seed)
     model.eval()
     groups = [enc.group(r, orders=ec.orders) for r in records]
-    user_logps: list[torch.Tensor] = [torch.empty(0)] * len(records)
-    with tqdm(total=sum(r.k for r in records), desc=desc, unit="pair") as bar:
-        order = length_order(groups)
-        for start in range(0, len(order), ec.batch_size):
-            chunk = order[start : start + ec.batch_size]
+    order = length_order(groups)
+    chunks = [order[s : s + ec.batch_size] for s in range(0, len(order), ec.batch_size)]
+    mine = my_chunks(len(chunks))  # all of them in one process (distributed.py)
+    local: dict[int, torch.Tensor] = {}
+    total = sum(records[u].k for c in mine for u in chunks[c])
+    with tqdm(
+        total=total, desc=desc, unit="pair", disable=not process_state().is_main_process
+    ) as bar:
+        for c in mine:
             scores = score_groups(
                 model,
-                [groups[u] for u in chunk],
+                [groups[u] for u in chunks[c]],
                 layout=ec.layout,
                 max_batch_tokens=ec.max_batch_tokens,
             )
-            for b, u in enumerate(chunk):
-                user_logps[u] = scores.logps[b].float().cpu()
-            bar.update(sum(records[u].k for u in chunk))
+            local[c] = scores.logps.float().cpu()
+            bar.update(sum(records[u].k for u in chunks[c]))
+    user_logps: list[torch.Tensor] = [torch.empty(0)] * len(records)
+    for c, logps in gather_chunks(local).items():
+        for b, u in enumerate(chunks[c]):
+            user_logps[u] = logps[b]
     rows = []
     for record, logps in zip(records, user_logps, strict=True):
         for i, neg in enumerate(record.negatives):

@@ -13,6 +13,7 @@ from safetensors.torch import load_file, save_file
 from tqdm.auto import tqdm
 
 from dmporec.config import DMPOConfig
+from dmporec.distributed import gather_chunks, my_chunks, process_state
 from dmporec.model import ModelConfig, cache_root
 from dmporec.scoring import Group, Layout, length_order, score_groups
 
@@ -30,16 +31,25 @@ def reference_logps(
     """[N, width] summed log-probs of every answer under the reference (adapter disabled)."""
     out = torch.zeros(len(groups), width)
     model.eval()
+    order = length_order(groups)  # chunks of similar lengths pad little
+    chunks = [order[s : s + batch_size] for s in range(0, len(order), batch_size)]
+    local: dict[int, torch.Tensor] = {}
     with model.disable_adapter():
-        order = length_order(groups)  # chunks of similar lengths pad little
-        for start in tqdm(
-            range(0, len(order), batch_size), desc="reference log-probs", unit="batch"
+        for c in tqdm(
+            my_chunks(len(chunks)),  # shared over the processes (distributed.py)
+            desc="reference log-probs",
+            unit="batch",
+            disable=not process_state().is_main_process,
         ):
-            chunk = order[start : start + batch_size]
             scores = score_groups(
-                model, [groups[i] for i in chunk], layout=layout, max_batch_tokens=max_batch_tokens
+                model,
+                [groups[i] for i in chunks[c]],
+                layout=layout,
+                max_batch_tokens=max_batch_tokens,
             )
-            out[chunk, : scores.logps.shape[1]] = scores.logps.float().cpu()
+            local[c] = scores.logps.float().cpu()
+    for c, logps in gather_chunks(local).items():
+        out[chunks[c], : logps.shape[1]] = logps
     return out
 
 
@@ -82,8 +92,9 @@ def cached_reference_logps(
         batch_size=batch_size,
         max_batch_tokens=tc.max_batch_tokens,
     )
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_suffix(".tmp")
-    save_file({"logps": logps.contiguous()}, tmp)
-    os.replace(tmp, path)
+    if process_state().is_main_process:  # every process holds the same numbers
+        path.parent.mkdir(parents=True, exist_ok=True)
+        tmp = path.with_suffix(".tmp")
+        save_file({"logps": logps.contiguous()}, tmp)
+        os.replace(tmp, path)
     return logps

@@ -8,12 +8,11 @@ import json
 from pathlib import Path
 from typing import Any
 
-from accelerate import PartialState
-from accelerate.utils import parse_flag_from_env
 from pydantic import BaseModel
 
 from dmporec.config import ConfigError, RunConfig, dump_config
 from dmporec.data import resolve_data
+from dmporec.distributed import process_state  # noqa: F401  (re-exported)
 from dmporec.model import ModelConfig, write_lineage
 from dmporec.plots import plot_curves
 from dmporec.records import atomic_write_text
@@ -85,12 +84,6 @@ def stage_settings(
 
 def fingerprint(settings: dict[str, Any]) -> str:
     return hashlib.sha256(json.dumps(settings, sort_keys=True).encode()).hexdigest()[:16]
-
-
-def process_state() -> PartialState:
-    """The process state, set up the way Accelerator sets it up (ACCELERATE_USE_CPU honoured)
-    whichever asks first: a PartialState made otherwise would leave a CPU torchrun undistributed."""
-    return PartialState(cpu=parse_flag_from_env("ACCELERATE_USE_CPU"))
 
 
 def record_settings(directory: Path, settings: dict[str, Any]) -> None:

@@ -42,6 +42,8 @@ def evaluate(
     rows = score_pairs(
         model, tokenizer, model_cfg, records, ec, prompt_seed, desc=f"evaluate {name}"
     )
+    if not process_state().is_main_process:  # the pairs were shared; lists and files are not
+        return {}
     lists = None
     if ec.listwise:
         lists = score_lists(model, tokenizer, model_cfg, records, ec, desc=f"rank lists {name}")
@@ -103,11 +105,10 @@ def run_evaluate(cfg: RunConfig, stage: str) -> dict[str, Any]:
     """Evaluate 'zero_shot' (the base model) or a finished stage ('sft', 'dmpo' or a stage dir)."""
     stage_dir, out = stage_dirs(cfg, stage)
     done = out / "eval.json"
+    # Under `accelerate launch` every process scores its share of the users (distributed.py);
+    # the main process writes.
     state = process_state()
     state.wait_for_everyone()
-    if not state.is_main_process:  # under `accelerate launch` one process evaluates
-        state.wait_for_everyone()
-        return json.loads(done.read_text())
     records = stage_records(cfg.data, "eval" if cfg.eval.split == "test" else "valid")
     if stage == "zero_shot":
         trained = None
@@ -127,13 +128,14 @@ def run_evaluate(cfg: RunConfig, stage: str) -> dict[str, Any]:
         and (saved_lists is not None or not cfg.eval.listwise)
         and (saved_gens is not None or not cfg.eval.generate)
     ):
-        print(
-            f"evaluate: metrics from the {len(saved)} pairs scored in {out / 'predictions.jsonl'} "
-            "(delete it to score again)"
-        )
-        metrics = write_eval(saved, cfg.eval, out, stage_dir.name, saved_lists, saved_gens)
+        if state.is_main_process:
+            print(
+                f"evaluate: metrics from the {len(saved)} pairs scored in "
+                f"{out / 'predictions.jsonl'} (delete it to score again)"
+            )
+            write_eval(saved, cfg.eval, out, stage_dir.name, saved_lists, saved_gens)
         state.wait_for_everyone()
-        return metrics
+        return json.loads(done.read_text())
     start = time.perf_counter()
     with PeakMemory() as mem:
         if stage == "zero_shot":
@@ -160,15 +162,16 @@ def run_evaluate(cfg: RunConfig, stage: str) -> dict[str, Any]:
         )
     record_settings(out, settings)
     wall = round(time.perf_counter() - start, 1)
-    write_summary(
-        out,
-        {
-            "stage": f"eval {stage_dir.name}",
-            "wall_s": wall,
-            "peak_rss_mib": round(mem.peak_rss_mib),
-            "peak_gpu_mib": round(mem.peak_gpu_mib),
-            **cut,
-        },
-    )
+    if state.is_main_process:
+        write_summary(
+            out,
+            {
+                "stage": f"eval {stage_dir.name}",
+                "wall_s": wall,
+                "peak_rss_mib": round(mem.peak_rss_mib),
+                "peak_gpu_mib": round(mem.peak_gpu_mib),
+                **cut,
+            },
+        )
     state.wait_for_everyone()
     return json.loads(done.read_text())

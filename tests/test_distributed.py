@@ -1,0 +1,76 @@
+"""Scoring shared over 2 CPU processes (torchrun, gloo) gives the one-process numbers bit for
+bit: evaluation's predictions and DMPO's reference log-probs (distributed.py)."""
+
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import torch
+
+from dmporec.cli import main
+
+TINY = [
+    "model.name=builtin:tiny-qwen3",
+    "data.demo={train_users: 4, valid_users: 0, test_users: 9, negatives: 3}",
+    "eval.batch_size=2",  # 5 chunks: processes 0 and 1 score 3 and 2 of them
+    "eval.n_boot=20",
+]
+ENV = {**os.environ, "ACCELERATE_USE_CPU": "true"}
+TORCHRUN = [str(Path(sys.executable).with_name("torchrun")), "--nproc_per_node", "2"]
+
+
+def test_two_processes_evaluate_exactly_like_one(tmp_path, capsys):
+    one, two = tmp_path / "one", tmp_path / "two"
+    assert main(["evaluate", "--stage", "zero_shot", *TINY, f"output_dir={one}"]) == 0
+    cmd = [
+        *TORCHRUN,
+        "-m",
+        "dmporec",
+        "evaluate",
+        "--stage",
+        "zero_shot",
+        *TINY,
+        f"output_dir={two}",
+    ]
+    proc = subprocess.run(cmd, env=ENV, capture_output=True, text=True, timeout=600)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    assert proc.stdout.count("| zero_shot |") == 1  # one process prints
+    for name in ("predictions.jsonl", "eval.json"):
+        assert (two / "zero_shot" / name).read_bytes() == (one / "zero_shot" / name).read_bytes()
+
+
+SCRIPT = """
+import sys, torch
+from dmporec.collate import GroupEncoder
+from dmporec.demo_data import DemoDataConfig, make_demo_data
+from dmporec.distributed import process_state
+from dmporec.model import BUILTIN_TINY, ModelConfig, add_lora, load_base_model, load_tokenizer
+from dmporec.prompts import ChatFormat
+from dmporec.reference import reference_logps
+
+state = process_state()
+cfg = ModelConfig(name=BUILTIN_TINY)
+tok = load_tokenizer(cfg)
+enc = GroupEncoder(tok, ChatFormat.from_tokenizer(tok))
+data = make_demo_data(DemoDataConfig(train_users=7, valid_users=0, test_users=1, negatives=3))
+groups = [enc.group(r, k=3) for r in data.train]
+model = add_lora(load_base_model(cfg, torch.device("cpu")), cfg)
+logps = reference_logps(model, groups, 6, layout="shared", batch_size=2, max_batch_tokens=8192)
+torch.save(logps, f"{sys.argv[1]}.{state.process_index}.pt")
+"""
+
+
+def test_two_processes_compute_the_reference_exactly_like_one(tmp_path):
+    script = tmp_path / "ref.py"
+    script.write_text(SCRIPT)
+    one = subprocess.run([sys.executable, str(script), str(tmp_path / "one")], env=ENV,
+                         capture_output=True, text=True, timeout=600)  # fmt: skip
+    assert one.returncode == 0, one.stderr[-3000:]
+    two = subprocess.run([*TORCHRUN, str(script), str(tmp_path / "two")], env=ENV,
+                         capture_output=True, text=True, timeout=600)  # fmt: skip
+    assert two.returncode == 0, two.stderr[-3000:]
+    want = torch.load(tmp_path / "one.0.pt")
+    assert want.shape == (7, 6) and (want != 0).all()
+    for rank in (0, 1):  # every process holds all of them
+        assert torch.equal(torch.load(tmp_path / f"two.{rank}.pt"), want)
