@@ -89,7 +89,7 @@ def test_a_full_queue_answers_503_with_retry_after(ranker):
             return getattr(ranker, name)
 
         def rank(self, requests):
-            time.sleep(0.5)
+            time.sleep(2.0)
             return ranker.rank(requests)
 
     app = create_app(Slow(), Limits(), max_batch=1, batch_wait_ms=0, max_queue=1)
@@ -100,9 +100,9 @@ def test_a_full_queue_answers_503_with_retry_after(ranker):
         transport = httpx.ASGITransport(app=app)
         async with httpx.AsyncClient(transport=transport, base_url="http://t") as client:
             first = asyncio.create_task(client.post("/v1/rank", json=body))
-            await asyncio.sleep(0.2)  # the worker has taken it
+            await asyncio.sleep(0.7)  # the worker has taken it
             second = asyncio.create_task(client.post("/v1/rank", json=body))
-            await asyncio.sleep(0.05)  # it waits in the queue
+            await asyncio.sleep(0.7)  # it waits in the queue
             third = await client.post("/v1/rank", json=body)
             results = await first, await second, third
         await app.state.batcher.stop()

@@ -8,7 +8,6 @@ from typing import Any, Literal
 
 import yaml
 from pydantic import (
-    AliasChoices,
     BaseModel,
     ConfigDict,
     Field,
@@ -24,6 +23,19 @@ from dmporec.records import TitleNormalization
 
 class _Strict(BaseModel):
     model_config = ConfigDict(extra="forbid", allow_inf_nan=False)
+
+
+class _Scored(_Strict):
+    """A section with a `layout`; `scorer`, its name before, is still read (`layout` wins)."""
+
+    @model_validator(mode="before")
+    @classmethod
+    def _old_name(cls, data: Any) -> Any:
+        if isinstance(data, dict) and "scorer" in data:
+            data = dict(data)
+            old = data.pop("scorer")
+            data.setdefault("layout", old)
+        return data
 
 
 class DataConfig(_Strict):
@@ -81,7 +93,7 @@ class DataConfig(_Strict):
         return self
 
 
-class TrainConfig(_Strict):
+class TrainConfig(_Scored):
     """One LoRA training stage; the defaults are the authors' settings (effective batch 8)."""
 
     epochs: int = Field(3, ge=1, description="Passes over the training users.")
@@ -98,7 +110,6 @@ class TrainConfig(_Strict):
     )
     layout: Literal["shared", "naive"] = Field(
         "shared",
-        validation_alias=AliasChoices("layout", "scorer"),  # `scorer`: its name before 0.2
         description="shared: encode each prompt once for all its answers; naive: one row per answer (debugging, benchmarks).",
     )
     max_batch_tokens: int = Field(
@@ -152,11 +163,10 @@ class DMPOConfig(TrainConfig):
     )
 
 
-class EvalConfig(_Strict):
+class EvalConfig(_Scored):
     batch_size: int = Field(16, ge=1, description="Test users scored per call.")
     layout: Literal["shared", "naive", "cached"] = Field(
         "shared",
-        validation_alias=AliasChoices("layout", "scorer"),  # `scorer`: its name before 0.2
         description="shared: the prefix all users share once per call (KV cache), then one packed "
         "row per user (prompt tree under a block mask); cached: the same tokens, the history "
         "encoded causally into the KV cache that the pair lines and answers then attend to (one "
@@ -268,7 +278,7 @@ def load_config(
             raise ConfigError(f"override {item!r}: not a YAML value: {_one_line(e)}") from None
         _set(tree, key.strip(), value)
     try:
-        return RunConfig(**tree)
+        return RunConfig.model_validate(tree)
     except ValidationError as e:
         problems = "; ".join(
             f"{'.'.join(map(str, err['loc'])) or '(top)'}: {err['msg']}" for err in e.errors()

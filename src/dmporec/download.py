@@ -48,12 +48,15 @@ def _sha256(path: Path) -> str:
     return h.hexdigest()
 
 
-def fetch(name: str, digest: str, out: Path, base_url: str, timeout: float = 30.0) -> str:
-    """Download one file into `out` unless it is there already; returns 'kept' or 'downloaded'."""
+def fetch(
+    name: str, digest: str, out: Path, base_url: str, timeout: float = 30.0, force: bool = False
+) -> str:
+    """Download one file into `out` unless it is there already (or `force`); returns 'kept' or
+    'downloaded'. A good file there is replaced only by a checked new one."""
     import httpx
 
     target = out / name
-    if target.is_file() and _sha256(target) == digest:
+    if not force and target.is_file() and _sha256(target) == digest:
         return "kept"
     url = base_url.rstrip("/") + "/" + name
     fd, tmp_name = tempfile.mkstemp(dir=out, prefix=f".{name}.", suffix=".part")
@@ -77,6 +80,8 @@ def fetch(name: str, digest: str, out: Path, base_url: str, timeout: float = 30.
         os.chmod(tmp, 0o644)
         os.replace(tmp, target)
         return "downloaded"
+    except httpx.InvalidURL as e:
+        raise Offline(f"{url}: not a valid URL ({e}); check --base-url") from None
     except httpx.TransportError as e:
         host = httpx.URL(url).host
         raise Offline(
@@ -102,10 +107,8 @@ def download(
     }
     outcome, failures = {}, []
     for name, digest in tqdm(sorted(wanted.items()), desc="download", unit="file"):
-        if force:
-            (out / name).unlink(missing_ok=True)
         try:
-            outcome[name] = fetch(name, digest, out, base_url)
+            outcome[name] = fetch(name, digest, out, base_url, force=force)
         except Offline:
             raise
         except DownloadError as e:

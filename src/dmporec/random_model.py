@@ -29,7 +29,12 @@ SMALL = {"hidden_size": 64, "intermediate_size": 128, "num_attention_heads": 4,
 
 def random_config(config_path: str | Path, layers: int, full_width: bool = False) -> Any:
     """The real config at `layers` layers (and small widths unless `full_width`)."""
-    raw = json.loads(Path(config_path).read_text(encoding="utf-8"))
+    try:
+        raw = json.loads(Path(config_path).read_text(encoding="utf-8"))
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as e:
+        raise ConfigError(f"{config_path}: not a readable config.json ({e})") from None
+    if not isinstance(raw, dict) or "model_type" not in raw:
+        raise ConfigError(f"{config_path}: a model config needs a model_type")
     raw.pop("dtype", None)
     raw.pop("torch_dtype", None)
     raw["num_hidden_layers"] = layers
@@ -38,7 +43,10 @@ def random_config(config_path: str | Path, layers: int, full_width: bool = False
     if not full_width:
         raw.update(SMALL)
     model_type = raw.pop("model_type")
-    return AutoConfig.for_model(model_type, **raw)
+    try:
+        return AutoConfig.for_model(model_type, **raw)
+    except ValueError as e:  # a model type this transformers does not know
+        raise ConfigError(f"{config_path}: {e}") from None
 
 
 def build_random_model(
@@ -52,7 +60,10 @@ def build_random_model(
 ) -> Path:
     """Writes a loadable model directory (seeded random weights, fp32) and returns it."""
     out = Path(out)
-    tokenizer = AutoTokenizer.from_pretrained(tokenizer_dir)
+    try:
+        tokenizer = AutoTokenizer.from_pretrained(tokenizer_dir)
+    except (OSError, ValueError) as e:
+        raise ConfigError(f"{tokenizer_dir}: no tokenizer there ({e})") from None
     config = random_config(config_path, layers, full_width)
     if config.vocab_size < len(tokenizer):
         raise ValueError(

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import functools
 import html
 import json
 import os
@@ -263,11 +262,24 @@ def read_text_file(path: str | os.PathLike) -> str:
         ) from None
 
 
-@functools.cache
-def _umask() -> int:
-    mask = os.umask(0o022)  # reading the umask means setting it; put it straight back
+def _probe_umask() -> int:
+    mask = os.umask(0o022)  # reading it means setting it: done once, at import
     os.umask(mask)
     return mask
+
+
+_UMASK_AT_IMPORT = _probe_umask()
+
+
+def _umask() -> int:
+    """The process umask: Linux says it without changing it; elsewhere, the one at import."""
+    try:
+        for line in Path("/proc/self/status").read_text().splitlines():
+            if line.startswith("Umask:"):
+                return int(line.split()[1], 8)
+    except OSError:
+        pass
+    return _UMASK_AT_IMPORT
 
 
 def atomic_write_text(path: str | os.PathLike, text: str) -> None:

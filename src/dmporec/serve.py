@@ -204,12 +204,13 @@ class Batcher:
         self.ranker, self.max_batch, self.wait_s = ranker, max_batch, batch_wait_ms / 1000
         self.max_queue = max_queue
         self.batches = self.requests = self.dropped = 0
+        self._waiting: set[asyncio.Future] = set()  # queued requests whose clients still wait
         self.batch_s = 1.0  # running mean of a batch's scoring time, for Retry-After
         self._queue: asyncio.Queue[tuple[RankRequest, asyncio.Future]] | None = None
         self._task: asyncio.Task | None = None
 
     def start(self) -> None:
-        self._queue = asyncio.Queue(self.max_queue)
+        self._queue = asyncio.Queue()  # bounded by `waiting`: live requests only
         self._task = asyncio.create_task(self._work())
 
     async def stop(self) -> None:
@@ -221,17 +222,18 @@ class Batcher:
     async def rank(self, request: RankRequest) -> list[float]:
         if self._queue is None:
             raise RuntimeError("the batcher is not running (app started without its lifespan?)")
+        if len(self._waiting) >= self.max_queue:  # clients that left do not count
+            raise QueueFull(self.retry_after())
         future = asyncio.get_running_loop().create_future()
-        try:
-            self._queue.put_nowait((request, future))
-        except asyncio.QueueFull:
-            raise QueueFull(self.retry_after()) from None
+        self._waiting.add(future)
+        future.add_done_callback(self._waiting.discard)  # answered, or its client left
+        self._queue.put_nowait((request, future))
         return await future
 
     def retry_after(self) -> int:
         """Seconds until the queue has likely drained: its batches times the mean batch time."""
         assert self._queue is not None
-        return max(1, math.ceil(self._queue.qsize() / self.max_batch * self.batch_s))
+        return max(1, math.ceil(len(self._waiting) / self.max_batch * self.batch_s))
 
     async def _next_batch(self) -> list[tuple[RankRequest, asyncio.Future]]:
         assert self._queue is not None
@@ -240,6 +242,8 @@ class Batcher:
             await asyncio.sleep(self.wait_s)  # let concurrent requests join this forward pass
         while len(batch) < self.max_batch and not self._queue.empty():
             batch.append(self._queue.get_nowait())
+        for _, f in batch:
+            self._waiting.discard(f)  # at the model now: no longer waiting
         kept = [(r, f) for r, f in batch if not f.cancelled()]  # skip clients that left
         self.dropped += len(batch) - len(kept)
         return kept
@@ -305,6 +309,12 @@ class BodyLimit:
         await self.app(scope, replay, send)
 
 
+def _route_path(scope: Scope) -> str:
+    """The path the router matches: without the app's root_path (uvicorn --root-path)."""
+    path, root = scope["path"], scope.get("root_path", "")
+    return path[len(root) :] if root and path.startswith(root) else path
+
+
 class ApiKey:
     """ASGI middleware: /v1/ routes need `Authorization: Bearer KEY` or `X-API-Key: KEY`
     (401 otherwise; compared in constant time). /healthz and the docs stay open."""
@@ -313,7 +323,7 @@ class ApiKey:
         self.app, self.key = app, key.encode()
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
-        if scope["type"] == "http" and scope["path"].startswith("/v1/"):
+        if scope["type"] == "http" and _route_path(scope).startswith("/v1/"):
             headers = dict(scope["headers"])
             given = headers.get(b"x-api-key", b"")
             bearer = headers.get(b"authorization", b"")
@@ -336,7 +346,9 @@ def _describe(error: dict[str, Any]) -> str:
     for part in loc[1:] if loc[:1] == ["body"] else loc:
         where += f"[{part}]" if isinstance(part, int) else f"{'.' if where else ''}{part}"
     message = error["msg"].removeprefix("Value error, ")
-    return f"{where}: {message}" if where else message
+    text = f"{where}: {message}" if where else message
+    # One line whatever the client sent: control characters of echoed keys are escaped.
+    return "".join(c if c.isprintable() else repr(c)[1:-1] for c in text)
 
 
 def create_app(
@@ -405,7 +417,10 @@ def create_app(
     async def rank(body: RankBody, http: Request) -> Any:
         """Rank the candidates for the history: best first, with scores in [0, 1]."""
         start = time.perf_counter()
-        request = ranker.request(body.history, body.candidates, body.domain)
+        # Cleaning and bounding tokenize: off the event loop.
+        request = await asyncio.to_thread(
+            ranker.request, body.history, body.candidates, body.domain
+        )
         scores = await _unless_disconnected(http, batcher.rank(request))
         if scores is None:  # nobody is listening; 499 as nginx logs it
             return Response(status_code=499)
@@ -423,7 +438,9 @@ def create_app(
         ranked = None
         title = body.candidate
         if body.candidates is not None:
-            request = ranker.request(body.history, body.candidates, body.domain)
+            request = await asyncio.to_thread(
+                ranker.request, body.history, body.candidates, body.domain
+            )
             scores = await _unless_disconnected(http, batcher.rank(request))
             if scores is None:
                 return Response(status_code=499)

@@ -16,8 +16,9 @@ def _fmt_ci(m: dict[str, Any], key: str) -> str:
     return f"{m[key]:.3f} [{m[f'{key}_ci_low']:.3f}, {m[f'{key}_ci_high']:.3f}]"
 
 
-def _fmt_rate(x: float) -> str:
-    return "-" if math.isnan(x) else f"{x:.2f}"  # baselines list no candidates: no rate
+def _fmt_rate(x: float | None) -> str:
+    # Baselines list no candidates: no rate (None; NaN in results of older versions).
+    return "-" if x is None or math.isnan(x) else f"{x:.2f}"
 
 
 def summary_table(rows: list[dict[str, Any]]) -> str:

@@ -99,6 +99,11 @@ def record_settings(directory: Path, settings: dict[str, Any]) -> None:
 RESULTS = ("lineage.json", "checkpoint", "predictions.jsonl")
 
 
+# Settings keys added after settings.json existed, with the value that behaves as before they did
+# (no prompt of the demo or the authors' files reaches 4096 tokens, so the bound cuts nothing).
+ADDED_LATER = {"data.max_prompt_tokens": 4096, "data.overlong": "truncate"}
+
+
 def check_settings(directory: Path, settings: dict[str, Any], what: str) -> None:
     """Stop (ConfigError, one line) when `directory` holds results made with other settings, or
     by a dmporec that recorded none; a directory without results passes."""
@@ -110,7 +115,8 @@ def check_settings(directory: Path, settings: dict[str, Any], what: str) -> None
             f"{what}: {directory} holds results without a record of their settings (made by "
             f"an older dmporec); delete it or choose another output_dir"
         )
-    old = json.loads(path.read_text())
+    # Keys added by a later dmporec: a record made before has the value that reproduces it.
+    old = {**ADDED_LATER, **json.loads(path.read_text())}
     diff = sorted(k for k in old.keys() | settings.keys() if old.get(k) != settings.get(k))
     if diff:
         said = "; ".join(f"{k}: {old.get(k)!r} then, {settings.get(k)!r} now" for k in diff[:5])

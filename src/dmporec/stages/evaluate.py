@@ -148,7 +148,9 @@ def run_evaluate(cfg: RunConfig, stage: str) -> dict[str, Any]:
             model, tokenizer, model_cfg = load_stage_model(stage_dir)
         bound = PromptBound(cfg.data.max_prompt_tokens, cfg.data.overlong)
         enc = model_encoder(tokenizer, model_cfg, cfg.data.prompt_seed)
-        records = bound.records(records, enc, cfg.data.eval)
+        records = bound.records(
+            records, enc, cfg.data.eval if cfg.eval.split == "test" else cfg.data.valid
+        )
         cut = bound.report(f"evaluate {stage_dir.name}")
         evaluate(
             model,

@@ -80,7 +80,7 @@ def baseline_rows(cfg: RunConfig) -> list[dict[str, Any]]:
         users, chosen, rejected = pair_scores(scorer, evaluated)
         metrics: dict[str, Any] = pairwise_report(chosen, rejected, seed=ec.seed, n_boot=ec.n_boot)
         metrics["grouped_auc"] = grouped_auc(users, chosen, rejected)
-        metrics["first_listed_rate"] = float("nan")  # no listing order: not a prompt
+        metrics["first_listed_rate"] = None  # no listing order: not a prompt
         correct = pair_correct(chosen, rejected).tolist()
         if sets is not None:
             ranks, ties = positive_ranks(scorer, evaluated, sets)
@@ -98,6 +98,11 @@ def baseline_rows(cfg: RunConfig) -> list[dict[str, Any]]:
             }
         )
     return rows
+
+
+def written(rows: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    """Rows as files keep them: without the baselines' per-pair results (for the paired tests)."""
+    return [{k: v for k, v in r.items() if k != "correct"} for r in rows]
 
 
 def run_pipeline(cfg: RunConfig) -> str:
@@ -121,6 +126,7 @@ def run_pipeline(cfg: RunConfig) -> str:
     atomic_write_text(out / "summary.md", f"{table}\n\nTotal wall time: {total} s\n")
     atomic_write_text(
         out / "summary.json",
-        json.dumps({"rows": rows, "paired_tests": tests, "total_wall_s": total}, indent=2) + "\n",
+        json.dumps({"rows": written(rows), "paired_tests": tests, "total_wall_s": total}, indent=2)
+        + "\n",
     )
     return f"{table}\n\nTotal wall time: {total} s (results in {out})"
