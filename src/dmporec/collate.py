@@ -21,9 +21,9 @@ these two functions.
 from __future__ import annotations
 
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass, field, replace
+from dataclasses import dataclass, replace
 from functools import lru_cache
-from typing import Any, Literal, get_args
+from typing import TYPE_CHECKING, Any, Literal, get_args
 
 import torch
 
@@ -31,6 +31,9 @@ from dmporec.model_config import ModelConfig
 from dmporec.prompts import ChatFormat, render_pairs
 from dmporec.records import DataError, Record
 from dmporec.scoring import Branch, Group, Tokens
+
+if TYPE_CHECKING:
+    from dmporec.config import DataConfig
 
 Orders = Literal["listed", "both"]
 Answers = Literal["both", "chosen"]
@@ -152,7 +155,10 @@ class PromptBound:
     truncated: int = 0  # records whose history was cut
     dropped: int = 0  # history items cut, in all
     checked: int = 0
-    longest: int = field(default=0)  # longest sequence after the bound
+
+    @classmethod
+    def of(cls, data: DataConfig) -> PromptBound:
+        return cls(data.max_prompt_tokens, data.overlong)
 
     def _too_long(self, tokens: int, what: str, *, file: Any, record: Any, hint: str) -> DataError:
         return DataError(
@@ -171,7 +177,6 @@ class PromptBound:
         if n_history <= self.max_tokens:
             full = tokens_with(n_history)
             if full <= self.max_tokens:
-                self.longest = max(self.longest, full)
                 return n_history
         if self.overlong == "refuse":
             tokens = full if n_history <= self.max_tokens else f"over {self.max_tokens}"
@@ -193,7 +198,6 @@ class PromptBound:
             )
         self.truncated += 1
         self.dropped += n_history - kept
-        self.longest = max(self.longest, tokens_with(kept))
         return kept
 
     def records(
@@ -224,3 +228,12 @@ class PromptBound:
                 "history titles left out (data.overlong=refuse stops instead)"
             )
         return {"prompts_truncated": self.truncated, "history_titles_dropped": self.dropped}
+
+
+def bound_records(
+    records: Sequence[Record], enc: GroupEncoder, data: DataConfig, file: Any, stage: str
+) -> tuple[list[Record], dict[str, int]]:
+    """`records` under data.max_prompt_tokens / data.overlong, and what was cut (printed too)."""
+    bound = PromptBound.of(data)
+    bounded = bound.records(records, enc, file)
+    return bounded, bound.report(stage)

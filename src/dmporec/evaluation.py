@@ -13,7 +13,7 @@ import numpy as np
 import torch
 from tqdm.auto import tqdm
 
-from dmporec.collate import PromptBound, answer_column, model_encoder
+from dmporec.collate import GroupEncoder, answer_column, bound_records, model_encoder
 from dmporec.config import EvalConfig, RunConfig, TrainConfig
 from dmporec.data import stage_records
 from dmporec.distributed import gather_chunks, my_chunks, process_state
@@ -45,10 +45,12 @@ def score_pairs(
     ec: EvalConfig,
     prompt_seed: int,
     desc: str = "evaluate",
+    enc: GroupEncoder | None = None,
 ) -> list[dict[str, Any]]:
     """One row per (user, negative): chosen and rejected summed log-probs and the listing order;
-    with `ec.orders == 'both'` also `*_swapped`: the same answers with the pair listed the other way."""
-    enc = model_encoder(tokenizer, model_cfg, prompt_seed)
+    with `ec.orders == 'both'` also `*_swapped`: the same answers with the pair listed the other way.
+    `enc`: the run's encoder if one exists (model_encoder of these arguments), for its token cache."""
+    enc = enc or model_encoder(tokenizer, model_cfg, prompt_seed)
     model.eval()
     groups = [enc.group(r, orders=ec.orders) for r in records]
     order = length_order(groups)
@@ -145,15 +147,15 @@ def validation_fn(cfg: RunConfig, tokenizer: Any, tc: TrainConfig) -> ValidateFn
     validation pairs (data.valid or the held-out users) in eval.orders; None when off."""
     if not tc.eval_every_steps:
         return None
-    bound = PromptBound(cfg.data.max_prompt_tokens, cfg.data.overlong)
     enc = model_encoder(tokenizer, cfg.model, cfg.data.prompt_seed)
-    records = bound.records(stage_records(cfg.data, "valid"), enc, cfg.data.valid)
-    bound.report("validate")
+    records, _ = bound_records(
+        stage_records(cfg.data, "valid"), enc, cfg.data, cfg.data.valid, "validate"
+    )
     ec = cfg.eval
 
     def validate(model: torch.nn.Module) -> dict[str, float]:
         rows = score_pairs(
-            model, tokenizer, cfg.model, records, ec, cfg.data.prompt_seed, desc="validate"
+            model, tokenizer, cfg.model, records, ec, cfg.data.prompt_seed, desc="validate", enc=enc
         )
         return {"valid_accuracy": pairwise_accuracy(*pair_scores(rows, ec.orders))}
 

@@ -139,7 +139,7 @@ class Ranker:
         return replace(request, history=request.history[-kept:])
 
     def _bound(self) -> PromptBound:
-        return PromptBound(self.data_cfg.max_prompt_tokens, self.data_cfg.overlong)
+        return PromptBound.of(self.data_cfg)
 
     def rank(self, requests: Sequence[RankRequest]) -> list[list[float]]:
         """Scores of each request's candidates, all requests in one scoring call."""

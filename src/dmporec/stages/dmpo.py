@@ -8,7 +8,7 @@ from pathlib import Path
 
 import torch
 
-from dmporec.collate import PromptBound, model_encoder, split_pairs
+from dmporec.collate import bound_records, model_encoder, split_pairs
 from dmporec.config import ConfigError, RunConfig
 from dmporec.data import stage_records
 from dmporec.evaluation import validation_fn
@@ -57,9 +57,7 @@ def run_dmpo(cfg: RunConfig, sft_dir: Path | None = None) -> Path:
         )
     tokenizer = load_tokenizer(cfg.model)
     enc = model_encoder(tokenizer, cfg.model, cfg.data.prompt_seed)
-    bound = PromptBound(cfg.data.max_prompt_tokens, cfg.data.overlong)
-    records = bound.records(records, enc, cfg.data.dmpo_train)
-    cut = bound.report("dmpo")
+    records, cut = bound_records(records, enc, cfg.data, cfg.data.dmpo_train, "dmpo")
     groups = [enc.group(r, k=tc.k, orders=tc.orders) for r in records]
     pairs = tc.k * (2 if tc.orders == "both" else 1)  # each its own (chosen, rejected) in the loss
     loss = LOSSES[tc.loss]

@@ -9,7 +9,7 @@ from typing import Any
 
 import torch
 
-from dmporec.collate import PromptBound, model_encoder
+from dmporec.collate import GroupEncoder, bound_records, model_encoder
 from dmporec.config import ConfigError, EvalConfig, RunConfig
 from dmporec.data import stage_records
 from dmporec.evaluation import read_jsonl, score_lists, score_pairs, write_eval
@@ -37,10 +37,12 @@ def evaluate(
     prompt_seed: int,
     out_dir: Path,
     name: str,
+    enc: GroupEncoder | None = None,
 ) -> dict[str, Any]:
-    """Score every test pair and write the results to `out_dir` (see write_eval)."""
+    """Score every test pair and write the results to `out_dir` (see write_eval); `enc`: the
+    run's encoder, if one was made already (its token cache is reused)."""
     rows = score_pairs(
-        model, tokenizer, model_cfg, records, ec, prompt_seed, desc=f"evaluate {name}"
+        model, tokenizer, model_cfg, records, ec, prompt_seed, desc=f"evaluate {name}", enc=enc
     )
     if not process_state().is_main_process:  # the pairs were shared; lists and files are not
         return {}
@@ -49,7 +51,7 @@ def evaluate(
         lists = score_lists(model, tokenizer, model_cfg, records, ec, desc=f"rank lists {name}")
     generations = None
     if ec.generate:
-        chat = model_encoder(tokenizer, model_cfg, prompt_seed).chat
+        chat = (enc or model_encoder(tokenizer, model_cfg, prompt_seed)).chat
         generations = generate_answers(
             model, tokenizer, chat, records, prompt_seed, ec.batch_size, desc=f"generate {name}"
         )
@@ -146,12 +148,9 @@ def run_evaluate(cfg: RunConfig, stage: str) -> dict[str, Any]:
             )
         else:
             model, tokenizer, model_cfg = load_stage_model(stage_dir)
-        bound = PromptBound(cfg.data.max_prompt_tokens, cfg.data.overlong)
         enc = model_encoder(tokenizer, model_cfg, cfg.data.prompt_seed)
-        records = bound.records(
-            records, enc, cfg.data.eval if cfg.eval.split == "test" else cfg.data.valid
-        )
-        cut = bound.report(f"evaluate {stage_dir.name}")
+        source = cfg.data.eval if cfg.eval.split == "test" else cfg.data.valid
+        records, cut = bound_records(records, enc, cfg.data, source, f"evaluate {stage_dir.name}")
         evaluate(
             model,
             tokenizer,
@@ -161,6 +160,7 @@ def run_evaluate(cfg: RunConfig, stage: str) -> dict[str, Any]:
             cfg.data.prompt_seed,
             out,
             stage_dir.name,
+            enc=enc,
         )
     record_settings(out, settings)
     wall = round(time.perf_counter() - start, 1)

@@ -7,7 +7,7 @@ from pathlib import Path
 
 import torch
 
-from dmporec.collate import PromptBound, model_encoder
+from dmporec.collate import bound_records, model_encoder
 from dmporec.config import RunConfig
 from dmporec.data import stage_records
 from dmporec.evaluation import validation_fn
@@ -36,9 +36,7 @@ def run_sft(cfg: RunConfig) -> Path:
     records = stage_records(cfg.data, "sft_train")
     tokenizer = load_tokenizer(cfg.model)
     enc = model_encoder(tokenizer, cfg.model, cfg.data.prompt_seed)
-    bound = PromptBound(cfg.data.max_prompt_tokens, cfg.data.overlong)
-    records = bound.records(records, enc, cfg.data.sft_train)
-    cut = bound.report("sft")
+    records, cut = bound_records(records, enc, cfg.data, cfg.data.sft_train, "sft")
     # The paper's SFT sees one pair per user: the first negative (in both orders if asked).
     groups = [enc.group(r, k=1, answers="chosen", orders=tc.orders) for r in records]
 
