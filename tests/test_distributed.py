@@ -74,3 +74,72 @@ def test_two_processes_compute_the_reference_exactly_like_one(tmp_path):
     assert want.shape == (7, 6) and (want != 0).all()
     for rank in (0, 1):  # every process holds all of them
         assert torch.equal(torch.load(tmp_path / f"two.{rank}.pt"), want)
+
+
+def _adapter(out: Path) -> dict:
+    from safetensors.torch import load_file
+
+    return load_file(out / "sft" / "adapter" / "adapter_model.safetensors")
+
+
+def test_a_killed_two_process_run_resumes_where_it_stopped(tmp_path):
+    """SIGKILL to torchrun and its workers once a checkpoint exists; the rerun resumes from it
+    and ends with the adapter of a run never stopped, its metrics one row per step."""
+    import json
+    import signal
+    import time
+
+    import psutil
+
+    train = [
+        "model.name=builtin:tiny-qwen3",
+        "data.demo={train_users: 24, valid_users: 0, test_users: 1, negatives: 1}",
+        "sft.epochs=2", "sft.batch_size=1", "sft.save_every_steps=1", "sft.learning_rate=1e-2",
+    ]  # fmt: skip
+
+    def launch(out: Path) -> subprocess.Popen:
+        cmd = [*TORCHRUN, "-m", "dmporec", "sft", *train, f"output_dir={out}"]
+        with open(f"{out}.log", "a") as log:  # a file, not a pipe nobody reads while it runs
+            return subprocess.Popen(cmd, env=ENV, stdout=log, stderr=subprocess.STDOUT, text=True)
+
+    def log(out: Path) -> str:
+        return Path(f"{out}.log").read_text()[-3000:]
+
+    whole = launch(tmp_path / "whole")
+    assert whole.wait(timeout=600) == 0, log(tmp_path / "whole")
+
+    def checkpointed_step() -> int:
+        """The step of the checkpoint on disk (mid-swap it is under checkpoint.tmp)."""
+        for name in ("checkpoint", "checkpoint.tmp"):
+            try:
+                return json.loads((tmp_path / "killed/sft" / name / "position.json").read_text())[
+                    "step"
+                ]
+            except (OSError, ValueError):
+                continue
+        return 0
+
+    run = launch(tmp_path / "killed")
+    deadline = time.monotonic() + 600
+    while checkpointed_step() < 3:
+        assert run.poll() is None, "finished before it could be killed: " + log(tmp_path / "killed")
+        assert time.monotonic() < deadline
+        time.sleep(0.02)
+    # SIGKILL to torchrun and its workers at once (they run in sessions of their own), as when
+    # a scheduler ends the job or the machine goes down.
+    for proc in [*psutil.Process(run.pid).children(recursive=True), psutil.Process(run.pid)]:
+        proc.send_signal(signal.SIGKILL)
+    run.wait(timeout=60)
+    stopped_at = checkpointed_step()
+    assert not (tmp_path / "killed" / "sft" / "adapter").exists()  # it did not finish
+
+    again = launch(tmp_path / "killed")
+    assert again.wait(timeout=600) == 0, log(tmp_path / "killed")
+    assert "sft: resuming from" in log(tmp_path / "killed")
+    want, got = _adapter(tmp_path / "whole"), _adapter(tmp_path / "killed")
+    assert want.keys() == got.keys()
+    for key in want:
+        assert torch.allclose(want[key], got[key], atol=1e-6), key
+    metrics = tmp_path / "killed" / "sft" / "metrics.jsonl"
+    steps = [json.loads(line)["step"] for line in metrics.read_text().splitlines()]
+    assert steps == list(range(1, len(steps) + 1)) and len(steps) > stopped_at

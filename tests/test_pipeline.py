@@ -127,6 +127,9 @@ def test_training_resumes_from_a_checkpoint(tmp_path, monkeypatch):
     with pytest.raises(KeyboardInterrupt):
         main(["sft", *args, f"output_dir={tmp_path / 'b'}"])
     monkeypatch.setattr(training, "append_jsonl", real)
+    # As if killed between removing the old checkpoint and renaming the new one into place: the
+    # rerun still resumes from it (tests/test_distributed.py kills a real run at a random point).
+    (tmp_path / "b/sft/checkpoint").rename(tmp_path / "b/sft/checkpoint.tmp")
     assert main(["sft", *args, f"output_dir={tmp_path / 'b'}"]) == 0
     resumed = load_file(tmp_path / "b/sft/adapter/adapter_model.safetensors")
     assert full.keys() == resumed.keys()

@@ -172,11 +172,15 @@ def main(argv: list[str] | None = None) -> int:
         if args.command == "sft":
             from dmporec.stages.sft import run_sft
 
-            print(f"sft adapter: {run_sft(cfg) / 'adapter'}")
+            adapter = run_sft(cfg) / "adapter"
+            if _is_main_process():
+                print(f"sft adapter: {adapter}")
         elif args.command == "dmpo":
             from dmporec.stages.dmpo import run_dmpo
 
-            print(f"dmpo adapter: {run_dmpo(cfg, args.sft_dir) / 'adapter'}")
+            adapter = run_dmpo(cfg, args.sft_dir) / "adapter"
+            if _is_main_process():
+                print(f"dmpo adapter: {adapter}")
         else:
             from dmporec.evaluation import MD_HEADER, markdown_row
             from dmporec.stages.evaluate import run_evaluate

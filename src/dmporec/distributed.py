@@ -23,6 +23,27 @@ def process_state() -> PartialState:
     return PartialState(cpu=parse_flag_from_env("ACCELERATE_USE_CPU"))
 
 
+def main_print(*args: Any) -> None:
+    """print, on the main process only (one line per run, not one per process)."""
+    process_state().print(*args)
+
+
+def warn_if_unsharded(accelerator: Any, stage: str) -> None:
+    """accelerate turns FSDP on only for GPUs and other accelerators: asked for on CPU processes,
+    it silently trains them as DDP (whole model in each). Say so instead of leaving it silent."""
+    from accelerate.utils import DistributedType
+
+    if (
+        parse_flag_from_env("ACCELERATE_USE_FSDP")
+        and accelerator.distributed_type != DistributedType.FSDP
+    ):
+        main_print(
+            f"{stage}: warning: FSDP was asked for, but accelerate shards only on GPUs and other "
+            f"accelerators; these {accelerator.num_processes} {accelerator.device.type} processes "
+            f"train as {accelerator.distributed_type.value} (the whole model in each)"
+        )
+
+
 def my_chunks(n_chunks: int) -> range:
     """The chunk indices this process scores."""
     state = process_state()

@@ -28,6 +28,7 @@ from tqdm.auto import tqdm
 from transformers import get_cosine_schedule_with_warmup
 
 from dmporec.config import ConfigError, TrainConfig, TrainingDiverged
+from dmporec.distributed import warn_if_unsharded
 from dmporec.hf_compat import enable_checkpointing
 from dmporec.records import atomic_write_text
 
@@ -90,16 +91,24 @@ def _save_checkpoint(
     tmp.rename(ckpt)
 
 
+def _finish_swap(ckpt: Path) -> None:
+    """A run killed between removing the old checkpoint and renaming the new one into place
+    (_save_checkpoint) leaves the new one complete under .tmp (position.json is written last)."""
+    tmp = ckpt.with_name(ckpt.name + ".tmp")
+    if not ckpt.exists() and (tmp / "position.json").is_file():
+        tmp.rename(ckpt)
+
+
 def _load_checkpoint(
     ckpt: Path, accelerator: Accelerator, model: torch.nn.Module, optimizer: Any, scheduler: Any
 ) -> dict[str, int]:
     peft_model = accelerator.unwrap_model(model)
-    weights = load_file(
-        ckpt / "adapter" / "adapter_model.safetensors", device=str(accelerator.device)
-    )
+    # Loaded on the CPU and copied to the parameters' device: "cpu:0", the device of a process
+    # in a multi-process CPU run, is one neither safetensors nor torch.load accepts.
+    weights = load_file(ckpt / "adapter" / "adapter_model.safetensors")
     set_peft_model_state_dict(peft_model, weights)
-    optimizer.load_state_dict(
-        torch.load(ckpt / "optimizer.pt", weights_only=True, map_location=accelerator.device)
+    optimizer.load_state_dict(  # moves the state to the parameters' device
+        torch.load(ckpt / "optimizer.pt", weights_only=True, map_location="cpu")
     )
     scheduler.load_state_dict(torch.load(ckpt / "scheduler.pt", weights_only=True))
     return json.loads((ckpt / "position.json").read_text())
@@ -157,6 +166,7 @@ def train_lora(
         log_with=tc.report_to if tracking else None,
         project_dir=out_dir / "tracking" if tracking else None,
     )
+    warn_if_unsharded(accelerator, stage)
     if tracking:
         accelerator.init_trackers(f"dmporec-{stage}", config=flat_hparams(hparams or {}))
     set_seed(tc.seed)
@@ -178,6 +188,9 @@ def train_lora(
 
     ckpt, metrics_path = out_dir / "checkpoint", out_dir / "metrics.jsonl"
     position = {"epoch": 0, "batch": 0, "step": 0}
+    if accelerator.is_main_process:
+        _finish_swap(ckpt)
+    accelerator.wait_for_everyone()
     if (ckpt / "position.json").is_file():
         position = _load_checkpoint(ckpt, accelerator, model, optimizer, scheduler)
         if (

@@ -11,6 +11,7 @@ import torch
 from dmporec.collate import bound_records, model_encoder, split_pairs
 from dmporec.config import ConfigError, RunConfig
 from dmporec.data import stage_records
+from dmporec.distributed import main_print
 from dmporec.evaluation import validation_fn
 from dmporec.losses import LOSSES, sft_loss
 from dmporec.model import (
@@ -45,13 +46,13 @@ def run_dmpo(cfg: RunConfig, sft_dir: Path | None = None) -> Path:
     settings = stage_settings(cfg, "dmpo", sft_settings)
     check_settings(out, settings, "dmpo")
     if (out / LINEAGE).is_file():
-        print(f"dmpo: {out} is finished (same settings); delete it to train again")
+        main_print(f"dmpo: {out} is finished (same settings); delete it to train again")
         return out
     record_settings(out, settings)  # before training: a checkpoint resumes only with these
     records = stage_records(cfg.data, "dmpo_train")
     short = sum(r.k < tc.k for r in records)
     if short:
-        print(
+        main_print(
             f"dmpo: {short} of {len(records)} users have fewer than k={tc.k} negatives; "
             "their missing negatives are masked out of the loss"
         )

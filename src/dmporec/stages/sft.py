@@ -10,6 +10,7 @@ import torch
 from dmporec.collate import bound_records, model_encoder
 from dmporec.config import RunConfig
 from dmporec.data import stage_records
+from dmporec.distributed import main_print
 from dmporec.evaluation import validation_fn
 from dmporec.losses import sft_loss
 from dmporec.model import LINEAGE, add_lora, load_base_model, load_tokenizer
@@ -29,7 +30,7 @@ def run_sft(cfg: RunConfig) -> Path:
     settings = stage_settings(cfg, "sft")
     check_settings(out, settings, "sft")
     if (out / LINEAGE).is_file():
-        print(f"sft: {out} is finished (same settings); delete it to train again")
+        main_print(f"sft: {out} is finished (same settings); delete it to train again")
         return out
     record_settings(out, settings)  # before training: a checkpoint resumes only with these
     tc = cfg.sft
