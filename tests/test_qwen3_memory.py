@@ -58,8 +58,8 @@ def test_memory_script_counts_what_a_real_run_allocates_and_extrapolates_exactly
     rows = result["rows"]
     assert len(rows) == 2 * 2 * 2 + 2 + 1  # dmpo steps, reference passes, one evaluation
     for r in rows:
-        # 4 layers from 1 and 2 equal 4 layers counted directly.
-        assert r["peak_gib"] == pytest.approx(r["direct_peak_gib"], rel=1e-9)
+        # 4 layers extrapolated from 1 and 2 agree with 4 layers counted directly.
+        assert r["extrapolated_peak_gib"] == pytest.approx(r["peak_gib"], rel=0.01)
         assert r["peak_gib"] > r["weights_gib"] > 0
     steps = {
         (r["k"], r["micro_batch"], r["checkpointing"]): r for r in rows if r["phase"] == "dmpo step"
