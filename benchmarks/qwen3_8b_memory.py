@@ -237,7 +237,14 @@ def check(config_path: str, enc, dataset: str) -> dict:
         dtype=torch.float32,
     )
     meta = measure(
-        config, enc, k=3, batch=1, checkpointing=True, device="meta", dtype=torch.float32
+        config,
+        enc,
+        dataset=dataset,
+        k=3,
+        batch=1,
+        checkpointing=True,
+        device="meta",
+        dtype=torch.float32,
     )
     diff = abs(real["peak"] - meta["peak"])
     return {

@@ -6,6 +6,7 @@ import subprocess
 import sys
 from pathlib import Path
 
+import pytest
 import torch
 
 from dmporec.cli import main
@@ -143,3 +144,30 @@ def test_a_killed_two_process_run_resumes_where_it_stopped(tmp_path):
     metrics = tmp_path / "killed" / "sft" / "metrics.jsonl"
     steps = [json.loads(line)["step"] for line in metrics.read_text().splitlines()]
     assert steps == list(range(1, len(steps) + 1)) and len(steps) > stopped_at
+
+
+def test_two_processes_train_like_one_with_the_same_effective_batch(tmp_path):
+    """SFT with one process accumulating 2 micro-batches and with 2 processes of 1 each: the
+    same users in each optimizer step, so the same losses and adapter (to float tolerance)."""
+    import json
+
+    train = [
+        "model.name=builtin:tiny-qwen3",
+        "data.demo={train_users: 8, valid_users: 0, test_users: 1, negatives: 1}",
+        "sft.epochs=1", "sft.batch_size=1", "sft.learning_rate=1e-2",
+    ]  # fmt: skip
+    assert main(["sft", *train, "sft.grad_accum=2", f"output_dir={tmp_path / 'one'}"]) == 0
+    cmd = [*TORCHRUN, "-m", "dmporec", "sft", *train, "sft.grad_accum=1",
+           f"output_dir={tmp_path / 'two'}"]  # fmt: skip
+    proc = subprocess.run(cmd, env=ENV, capture_output=True, text=True, timeout=600)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+
+    def losses(out: Path) -> list[float]:
+        rows = (out / "sft" / "metrics.jsonl").read_text().splitlines()
+        return [json.loads(x)["loss"] for x in rows]
+
+    assert len(losses(tmp_path / "one")) == len(losses(tmp_path / "two")) == 4
+    assert losses(tmp_path / "two") == pytest.approx(losses(tmp_path / "one"), abs=1e-5)
+    one, two = _adapter(tmp_path / "one"), _adapter(tmp_path / "two")
+    for key in one:
+        assert torch.allclose(one[key], two[key], atol=1e-5), key
