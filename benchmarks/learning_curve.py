@@ -228,9 +228,10 @@ def diagnostics(out: Path) -> list[dict]:
     positive's listed position, and for DMPO the reward accuracy and margin of its first and
     last 10 steps (metrics.jsonl)."""
     rows = []
-    for stage_dir in sorted(out.glob("*/*/eval/eval.json")):
-        stage = stage_dir.parents[1]
-        test = json.loads(stage_dir.read_text())
+    # Trained stages keep their test evaluation in STAGE/eval/, zero-shot in zero_shot/ itself.
+    for path in sorted([*out.glob("*/*/eval/eval.json"), *out.glob("*/zero_shot/eval.json")]):
+        stage = path.parents[1] if path.parent.name == "eval" else path.parent
+        test = json.loads(path.read_text())
         row = {
             "cell": stage.parent.name,
             "test_accuracy": test["accuracy"],
