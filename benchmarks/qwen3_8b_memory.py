@@ -222,30 +222,28 @@ def fits(peak: int) -> list[int]:
     return [g for g in GPUS_GB if peak <= g * 1e9 * (1 - RESERVE) - CONTEXT_GIB * GIB]
 
 
+def _row(phase: str, k: int | None, users: int, ckpt: bool, counts: list[dict], depth: int) -> dict:
+    """A table row from the counts at 1, 2 and `depth` layers: the direct count, and the
+    extrapolation from 1 and 2 beside it."""
+    one, two, full = counts
+    ext = extrapolate(one, two, depth)
+    return {
+        "phase": phase, "k": k, "micro_batch": users, "checkpointing": ckpt,
+        "tokens": one["tokens"], "per_layer_gib": ext["per_layer"] / GIB,
+        "weights_gib": full["weights"] / GIB, "peak_gib": full["peak"] / GIB,
+        "extrapolated_peak_gib": ext["peak"] / GIB, "fits_gb": fits(full["peak"]),
+    }  # fmt: skip
+
+
 def check(config_path: str, enc, dataset: str) -> dict:
     """One setting counted for real (fp32 CPU, 1 layer) and on meta: equal to 1e-5 (at Qwen3-8B's
     widths they were equal to the byte; at small widths a CPU kernel's scratch differs by <1 KB)."""
     config = random_config(config_path, layers=1, full_width=True)
-    real = measure(
-        config,
-        enc,
-        dataset=dataset,
-        k=3,
-        batch=1,
-        checkpointing=True,
-        device="cpu",
-        dtype=torch.float32,
-    )
-    meta = measure(
-        config,
-        enc,
-        dataset=dataset,
-        k=3,
-        batch=1,
-        checkpointing=True,
-        device="meta",
-        dtype=torch.float32,
-    )
+    real, meta = (
+        measure(config, enc, dataset=dataset, k=3, batch=1, checkpointing=True, device=device,
+                dtype=torch.float32)
+        for device in ("cpu", "meta")
+    )  # fmt: skip
     diff = abs(real["peak"] - meta["peak"])
     return {
         "real_cpu_fp32": real,
@@ -292,60 +290,31 @@ def main(argv: list[str] | None = None) -> dict:
     }
     if not args.no_check:
         result["check"] = check(args.config, enc, args.dataset)
+    ks = args.ks.split(",")
     settings = [
         (ckpt, int(k), int(b))
         for ckpt in (True, False)
-        for k in args.ks.split(",")
+        for k in ks
         for b in args.batches.split(",")
     ]
     for ckpt, k, b in tqdm(settings, desc="settings"):
-        one, two, full = (
+        counts = [
             measure(configs[n], enc, dataset=args.dataset, k=k, batch=b, checkpointing=ckpt)
             for n in (1, 2, depth)
-        )
-        ext = extrapolate(one, two, depth)
-        result["rows"].append(
-            {
-                "phase": "dmpo step",
-                "k": k,
-                "micro_batch": b,
-                "checkpointing": ckpt,
-                "tokens": one["tokens"],
-                "per_layer_gib": ext["per_layer"] / GIB,
-                "weights_gib": full["weights"] / GIB,
-                "peak_gib": full["peak"] / GIB,
-                "extrapolated_peak_gib": ext["peak"] / GIB,
-                "fits_gb": fits(full["peak"]),
-            }  # fmt: skip
-        )
-    for k in args.ks.split(","):
-        scored = [
-            ("reference pass", f"{args.dataset}_dpo_ranking_{k}.json", int(k), "listed", 16384),
-            ("evaluation", f"{args.dataset}_eval_ranking.json", None, "both", 32768),
         ]
-        for phase, name, kk, orders, mbt in scored:
-            if phase == "evaluation" and k != args.ks.split(",")[0]:
-                continue  # evaluation does not depend on k
-            one, two, full = (
-                measure_scoring(configs[n], enc, name=name, k=kk, orders=orders,
-                                batch=args.eval_batch, max_batch_tokens=mbt)
-                for n in (1, 2, depth)
-            )  # fmt: skip
-            ext = extrapolate(one, two, depth)
-            result["rows"].append(
-                {
-                    "phase": phase,
-                    "k": kk,
-                    "micro_batch": args.eval_batch,
-                    "checkpointing": False,
-                    "tokens": one["tokens"],
-                    "per_layer_gib": ext["per_layer"] / GIB,
-                    "weights_gib": full["weights"] / GIB,
-                    "peak_gib": full["peak"] / GIB,
-                    "extrapolated_peak_gib": ext["peak"] / GIB,
-                    "fits_gb": fits(full["peak"]),
-                }  # fmt: skip
-            )
+        result["rows"].append(_row("dmpo step", k, b, ckpt, counts, depth))
+    scored = [
+        ("reference pass", f"{args.dataset}_dpo_ranking_{k}.json", int(k), "listed", 16384)
+        for k in ks
+    ]
+    scored.insert(1, ("evaluation", f"{args.dataset}_eval_ranking.json", None, "both", 32768))
+    for phase, name, k, orders, max_batch_tokens in scored:
+        counts = [
+            measure_scoring(configs[n], enc, name=name, k=k, orders=orders,
+                            batch=args.eval_batch, max_batch_tokens=max_batch_tokens)
+            for n in (1, 2, depth)
+        ]  # fmt: skip
+        result["rows"].append(_row(phase, k, args.eval_batch, False, counts, depth))
     result["wall_s"] = round(time.perf_counter() - start, 1)
     out = Path(args.out)
     out.parent.mkdir(parents=True, exist_ok=True)

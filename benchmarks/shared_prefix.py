@@ -185,12 +185,17 @@ def trl_cell(
 
     torch.set_num_threads(2)
     from datasets import Dataset
-    from peft import LoraConfig
     from transformers import TrainerCallback
     from trl import DPOConfig, DPOTrainer
 
     from dmporec.alpaca import read_alpaca
-    from dmporec.model import BUILTIN_SMOLLM2, ModelConfig, load_base_model, load_tokenizer
+    from dmporec.model import (
+        BUILTIN_SMOLLM2,
+        ModelConfig,
+        load_base_model,
+        load_tokenizer,
+        lora_config,
+    )
     from dmporec.prompts import ChatFormat, render_pairs
     from dmporec.records import TitleNormalization
 
@@ -243,13 +248,7 @@ def trl_cell(
         ),
         train_dataset=Dataset.from_list(rows),
         processing_class=tok,
-        peft_config=LoraConfig(
-            r=cfg.lora_r,
-            lora_alpha=cfg.lora_alpha,
-            lora_dropout=cfg.lora_dropout,
-            target_modules=cfg.lora_target_modules,
-            task_type="CAUSAL_LM",
-        ),
+        peft_config=lora_config(cfg),  # the LoRA dmporec trains
         callbacks=[clock],
     )
     start = time.perf_counter()

@@ -246,18 +246,22 @@ def load_base_model(cfg: ModelConfig, device: torch.device | None = None) -> Pre
     return model.to(device)
 
 
-def add_lora(model: PreTrainedModel, cfg: ModelConfig, seed: int = 0) -> PeftModel:
-    """A new trainable LoRA adapter on `model`, initialised from `seed`."""
-    set_seed(seed)
-    lora = LoraConfig(
+def lora_config(cfg: ModelConfig) -> LoraConfig:
+    """The PEFT LoRA settings of `cfg` (rank, alpha, dropout, target modules)."""
+    return LoraConfig(
         r=cfg.lora_r,
         lora_alpha=cfg.lora_alpha,
         lora_dropout=cfg.lora_dropout,
         target_modules=cfg.lora_target_modules,
         task_type="CAUSAL_LM",
     )
+
+
+def add_lora(model: PreTrainedModel, cfg: ModelConfig, seed: int = 0) -> PeftModel:
+    """A new trainable LoRA adapter on `model`, initialised from `seed`."""
+    set_seed(seed)
     try:
-        return get_peft_model(model, lora)
+        return get_peft_model(model, lora_config(cfg))
     except ValueError as e:  # peft: the target modules match nothing
         from dmporec.config import ConfigError
 
