@@ -1,7 +1,8 @@
 """Learning curve on real MovieLens-1M users: pairwise accuracy against the number of training users.
 
     .venv/bin/python benchmarks/learning_curve.py [--sizes 100,400,1000] [--eval-pairs 1000]
-        [--out runs/learning-curve] [--cells sft-100,dmpo-k3-100] [overrides ...]
+        [--out runs/learning-curve] [--cells sft-100,dmpo-k3-100] [--valid-lrs 2e-4,1e-3]
+        [--dmpo-lr 1e-3] [overrides ...]
 
 1. Builds the data with the authors' rules (`dmporec prepare --rules authors`) from
    ../shared/data/raw/ml-1m-users-1-2999: the test pairs are the authors' 1000 (each test user's
@@ -14,6 +15,10 @@
    BPR-MF, MiniLM similarity), SFT, and DMPO k=3 on that SFT; DPO k=1 at the largest N. Settings
    of configs/ml-1m-smollm2.yaml (light SFT, one DMPO epoch, both listing orders), titles with
    their year in every split.
+   With --valid-lrs, DMPO k=3 from the smallest N's SFT at each learning rate is scored on the
+   validation users (all 5 negatives, both orders; cells valid-dmpo-k3-N-lrX, not on the curve):
+   pick the rate there, then --dmpo-lr X runs the curve's DMPO cells at it (named -lrX, their
+   own line; a cell never changes settings under its name: the experiment refuses).
 4. Diagnostics (diagnostics.md, and in curve.json): each model's accuracy on the pairs of the
    first 100 training users (all 5 negatives, scored through eval.split=valid), accuracy by the
    positive's listed position, DMPO's reward accuracy and margin in its first and last steps.
@@ -31,6 +36,7 @@ import argparse
 import json
 import re
 import shutil
+from collections import Counter
 from pathlib import Path
 
 import matplotlib
@@ -82,34 +88,79 @@ def build_data(out: Path, sizes: list[int]) -> Path:
     return data
 
 
+def lr_tag(lr: float | None) -> str:
+    """The cell-name part of a DMPO learning rate other than the base config's."""
+    return "" if lr is None else f"-lr{lr:g}"
+
+
+def valid_file(data: Path, users: int) -> Path:
+    """The first `users` validation users (all their negatives), built once."""
+    path = data / f"valid_{users}.jsonl"
+    if not path.is_file():
+        valid = read_records(data / "valid.jsonl")
+        if not 1 <= users <= len(valid):
+            raise SystemExit(f"--valid-users: 1 to {len(valid)} validation users are available")
+        write_records(path, valid[:users])
+    return path
+
+
 def experiment_file(
-    out: Path, data: Path, sizes: list[int], eval_pairs: int, extra: list[str]
+    out: Path,
+    data: Path,
+    sizes: list[int],
+    eval_pairs: int,
+    extra: list[str],
+    dmpo_lr: float | None = None,
+    probe_lrs: tuple[float, ...] = (),
+    valid_users: int = 60,
 ) -> Path:
     def train(n: int) -> list[str]:
         path = data / f"train_{n}.jsonl"
         return [f"data.sft_train={path}", f"data.dmpo_train={path}"]
 
+    def lr(value: float | None) -> list[str]:
+        return [] if value is None else [f"dmpo.learning_rate={value:g}"]
+
     cells: list[dict] = [
         {"name": "zero-shot", "stages": ["zero_shot"], "overrides": train(sizes[0])}
     ]
+    # The DMPO learning rate chosen on validation users: DMPO k=3 from the smallest N's SFT at
+    # each rate, scored on the validation users' pairs (all 5 negatives, both orders).
+    low = min(sizes)
+    cells.append({"name": f"sft-{low}", "stages": ["sft"], "overrides": train(low)})
+    for value in probe_lrs:
+        cells.append(
+            {
+                "name": f"{VALID_PREFIX}dmpo-k3-{low}{lr_tag(value)}",
+                "stages": ["dmpo"],
+                "sft_from": f"sft-{low}",
+                "overrides": [
+                    *train(low),
+                    "dmpo.k=3",
+                    *lr(value),
+                    "eval.split=valid",
+                    f"data.valid={valid_file(data, valid_users)}",
+                ],
+            }
+        )
     for n in sizes:
         cells += [
             {"name": f"baselines-{n}", "stages": ["baselines"], "overrides": train(n)},
-            {"name": f"sft-{n}", "stages": ["sft"], "overrides": train(n)},
+            *([] if n == low else [{"name": f"sft-{n}", "stages": ["sft"], "overrides": train(n)}]),
             {
-                "name": f"dmpo-k3-{n}",
+                "name": f"dmpo-k3-{n}{lr_tag(dmpo_lr)}",
                 "stages": ["dmpo"],
                 "sft_from": f"sft-{n}",
-                "overrides": [*train(n), "dmpo.k=3"],
+                "overrides": [*train(n), "dmpo.k=3", *lr(dmpo_lr)],
             },
         ]
     top = max(sizes)
     cells.append(
         {
-            "name": f"dpo-k1-{top}",
+            "name": f"dpo-k1-{top}{lr_tag(dmpo_lr)}",
             "stages": ["dmpo"],
             "sft_from": f"sft-{top}",
-            "overrides": [*train(top), "dmpo.k=1"],
+            "overrides": [*train(top), "dmpo.k=1", *lr(dmpo_lr)],
         }
     )
     exp = {
@@ -130,18 +181,31 @@ def experiment_file(
     return path
 
 
-_N = re.compile(r"-(\d+)$")
+VALID_PREFIX = "valid-"  # cells scored on the validation users: settings, not the curve
+_N = re.compile(r"-(\d+)(?:-lr[0-9.e+-]+)?$")
+_LR = re.compile(r"-lr([0-9.e+-]+)$")
+
+
+def series_name(row: dict) -> str:
+    """A model's line: DMPO at a learning rate other than the base config's is its own line."""
+    lr = _LR.search(row["cell"])
+    return f"{row['model']}, lr {lr.group(1)}" if lr else row["model"]
+
+
+def read_results(out: Path) -> list[dict]:
+    return [json.loads(x) for x in (out / "results.jsonl").read_text().splitlines() if x.strip()]
 
 
 def curve_points(out: Path) -> dict[str, list[tuple[int, float, float, float]]]:
     """{model: [(N, accuracy, CI low, CI high)]} from results.jsonl; zero-shot is flat."""
-    rows = [json.loads(x) for x in (out / "results.jsonl").read_text().splitlines() if x.strip()]
     series: dict[str, list[tuple[int, float, float, float]]] = {}
-    for r in rows:
+    for r in read_results(out):
+        if r["cell"].startswith(VALID_PREFIX):
+            continue
         m, match = r["metrics"], _N.search(r["cell"])
         point = (m["accuracy"], m["accuracy_ci_low"], m["accuracy_ci_high"])
         if match:
-            series.setdefault(r["model"], []).append((int(match.group(1)), *point))
+            series.setdefault(series_name(r), []).append((int(match.group(1)), *point))
         elif r["cell"] == "zero-shot":
             series["zero-shot"] = [(0, *point)]
     return {k: sorted(v) for k, v in series.items()}
@@ -172,7 +236,9 @@ def plot_curve(series: dict, sizes: list[int], path: Path) -> None:
     plt.close(fig)
 
 
-def paired(out: Path, data: Path, sizes: list[int], eval_pairs: int, orders: str) -> list[dict]:
+def paired(
+    out: Path, data: Path, sizes: list[int], eval_pairs: int, orders: str, dmpo_lr: float | None
+) -> list[dict]:
     """DMPO k=3 against SFT, zero-shot and popularity (fitted as the baselines cell fits it: on
     the N training users' and the test users' histories) at each finished N, on the same pairs."""
 
@@ -183,12 +249,10 @@ def paired(out: Path, data: Path, sizes: list[int], eval_pairs: int, orders: str
         return pair_correct(*pair_scores(read_predictions(path), orders))
 
     test = load_records(data / EVAL, TitleNormalization())[:eval_pairs]
+    rates = [None] if dmpo_lr is None else [None, dmpo_lr]  # the base config's rate, the chosen
     tests = []
     zero = correct("zero-shot", "zero_shot")
     for n in sizes:
-        dmpo = correct(f"dmpo-k3-{n}", "dmpo/eval")
-        if dmpo is None:
-            continue
         popularity = Popularity.fit([*read_records(data / f"train_{n}.jsonl"), *test])
         _, chosen, rejected = baseline_pair_scores(popularity, test)
         others = {
@@ -196,9 +260,14 @@ def paired(out: Path, data: Path, sizes: list[int], eval_pairs: int, orders: str
             "zero-shot": zero,
             "popularity": pair_correct(chosen, rejected),
         }
-        for name, other in others.items():
-            if other is not None:
-                tests.append({"n": n, "a": "DMPO (k=3)", "b": name, **paired_test(dmpo, other)})
+        for lr in rates:
+            dmpo = correct(f"dmpo-k3-{n}{lr_tag(lr)}", "dmpo/eval")
+            if dmpo is None:
+                continue
+            label = "DMPO (k=3)" + ("" if lr is None else f", lr {lr:g}")
+            for name, other in others.items():
+                if other is not None:
+                    tests.append({"n": n, "a": label, "b": name, **paired_test(dmpo, other)})
     return tests
 
 
@@ -211,6 +280,8 @@ def train_pairs(out: Path, data: Path, sizes: list[int], extra: list[str]) -> No
     exp = yaml.safe_load((out / "experiment.yaml").read_text())
     for cell in exp["cells"]:
         stage = {"sft": "sft", "dmpo": "dmpo"}.get(cell["stages"][0])
+        if cell["name"].startswith(VALID_PREFIX):
+            continue
         if stage is None or not (out / cell["name"] / stage / "eval" / "eval.json").is_file():
             continue
         if (out / cell["name"] / stage / "eval-valid" / "eval.json").is_file():
@@ -264,6 +335,83 @@ def diagnostics(out: Path) -> list[dict]:
     return rows
 
 
+def label_counts(data: Path, sizes: list[int], eval_pairs: int) -> list[dict]:
+    """What the training labels alone carry: each test candidate scored by how often it was a
+    training user's positive (no histories, no model; ties count half). An LLM trained on those
+    N answers that learned no more than "this title was chosen" would score this."""
+    test = load_records(data / EVAL, TitleNormalization())[:eval_pairs]
+    rows = []
+    for n in sizes:
+        counts = Counter(r.positive.title for r in read_records(data / f"train_{n}.jsonl"))
+        _, chosen, rejected = baseline_pair_scores(Popularity(counts), test)
+        rows.append(
+            {
+                "n": n,
+                "accuracy": float(np.mean(pair_correct(chosen, rejected))),
+                "ties": float(np.mean(chosen == rejected)),
+            }
+        )
+    return rows
+
+
+def label_counts_md(rows: list[dict]) -> str:
+    lines = [
+        "\nWhat the training labels alone carry (test candidates scored by how often they were a "
+        "training positive; no histories, no model; ties count half):\n",
+        "| N | accuracy | test pairs tied (neither or both candidates ever a positive, equally) |",
+        "|---|---|---|",
+    ]
+    lines += [f"| {r['n']} | {r['accuracy']:.3f} | {r['ties']:.3f} |" for r in rows]
+    return "\n".join(lines) + "\n"
+
+
+def lr_probe(out: Path) -> list[dict]:
+    """The validation cells: DMPO k=3 at each learning rate, scored on the validation users."""
+    rows = []
+    for r in read_results(out):
+        if not r["cell"].startswith(VALID_PREFIX):
+            continue
+        metrics = Path(r["eval_dir"]).parent / "metrics.jsonl"
+        steps = [json.loads(x) for x in metrics.read_text().splitlines() if x.strip()]
+        lr = _LR.search(r["cell"])
+        m = r["metrics"]
+        rows.append(
+            {
+                "cell": r["cell"],
+                "learning_rate": lr.group(1) if lr else "base config",
+                "valid_pairs": m["pairs"],
+                "valid_accuracy": m["accuracy"],
+                "valid_accuracy_ci": [m["accuracy_ci_low"], m["accuracy_ci_high"]],
+                "train_loss_last10": float(np.mean([x["loss"] for x in steps[-10:]])),
+                "reward_accuracy_last10": float(
+                    np.mean([x["reward_accuracy"] for x in steps[-10:]])
+                ),
+                "reward_margin_last10": float(np.mean([x["reward_margin"] for x in steps[-10:]])),
+            }
+        )
+    return rows
+
+
+def lr_probe_md(rows: list[dict]) -> str:
+    if not rows:
+        return ""
+    lines = [
+        "\nDMPO k=3 learning rate on the validation users (trained on the smallest N, scored on "
+        "the validation users' pairs, all 5 negatives, both orders):\n",
+        "| cell | learning rate | validation pairs | validation accuracy (95% CI) | training loss "
+        "/ reward acc / margin, last 10 steps |",
+        "|---|---|---|---|---|",
+    ]
+    for r in rows:
+        low, high = r["valid_accuracy_ci"]
+        lines.append(
+            f"| {r['cell']} | {r['learning_rate']} | {r['valid_pairs']} | "
+            f"{r['valid_accuracy']:.3f} [{low:.3f}, {high:.3f}] | {r['train_loss_last10']:.4f} / "
+            f"{r['reward_accuracy_last10']:.2f} / {r['reward_margin_last10']:+.4f} |"
+        )
+    return "\n".join(lines) + "\n"
+
+
 def diagnostics_md(rows: list[dict]) -> str:
     lines = [
         "| cell | test acc | train-user pairs acc (by negative 1..5) | acc, positive listed "
@@ -306,25 +454,61 @@ def main() -> None:
         action="store_true",
         help="skip scoring the models on their first 100 training users (~12 min per model)",
     )
+    parser.add_argument(
+        "--dmpo-lr",
+        type=float,
+        help="DMPO learning rate of the curve's DMPO/DPO cells (default: the base config's, "
+        "2e-4); cells at another rate are named -lrX and drawn as their own line",
+    )
+    parser.add_argument(
+        "--valid-lrs",
+        default="",
+        help="DMPO learning rates to compare on the validation users first (comma-separated, "
+        "e.g. 2e-4,1e-3,3e-3): one DMPO k=3 cell each from the smallest N's SFT",
+    )
+    parser.add_argument(
+        "--valid-users",
+        type=int,
+        default=60,
+        help="validation users scored per --valid-lrs cell (5 pairs each, both orders: ~5 min "
+        "for 60 on 2 cores)",
+    )
     parser.add_argument("overrides", nargs="*", help="config overrides for every cell")
     args = parser.parse_args()
     sizes = sorted(int(n) for n in args.sizes.split(","))
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
     data = build_data(out, sizes)
-    exp = experiment_file(out, data, sizes, args.eval_pairs, args.overrides)
+    probe_lrs = tuple(float(x) for x in args.valid_lrs.split(",") if x.strip())
+    exp = experiment_file(
+        out, data, sizes, args.eval_pairs, args.overrides, args.dmpo_lr, probe_lrs, args.valid_users
+    )
     print(run_experiment(str(exp), only=args.cells.split(",") if args.cells else None))
     series = curve_points(out)
     plot_curve(series, sizes, out / "curve.png")
     orders = load_config(BASE, args.overrides).eval.orders
-    tests = paired(out, data, sizes, args.eval_pairs, orders)
+    tests = paired(out, data, sizes, args.eval_pairs, orders, args.dmpo_lr)
     if not args.no_train_pairs:
         train_pairs(out, data, sizes, args.overrides)
-    diag = diagnostics(out)
-    atomic_write_text(out / "diagnostics.md", diagnostics_md(diag))
+    diag, probe = diagnostics(out), lr_probe(out)
+    labels = label_counts(data, sizes, args.eval_pairs)
+    atomic_write_text(
+        out / "diagnostics.md",
+        diagnostics_md(diag) + label_counts_md(labels) + lr_probe_md(probe),
+    )
     atomic_write_text(
         out / "curve.json",
-        json.dumps({"series": series, "paired_tests": tests, "diagnostics": diag}, indent=2) + "\n",
+        json.dumps(
+            {
+                "series": series,
+                "paired_tests": tests,
+                "diagnostics": diag,
+                "label_counts": labels,
+                "valid_lrs": probe,
+            },
+            indent=2,
+        )
+        + "\n",
     )
     write_report(out)
     publish = Path(args.publish)

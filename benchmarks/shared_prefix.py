@@ -17,7 +17,10 @@ Evaluation scores each test pair in the listed candidate order, and in both orde
 default of `dmporec evaluate`: 2 prompts per pair, 4 answers), naive against the packed trie
 ("shared") and against the trie behind a KV-cached prefix ("cached", `eval.layout=cached`).
 Every layout runs with the same `max_batch_tokens` (the library's default, 8192). Tokens are
-those the forward passes encode, padding excluded. With `--repeats N` every cell runs N times,
+those the forward passes encode, padding excluded. "limit" is the speed-up if each token cost
+what it costs in the naive cell: the token ratio for evaluation; for training, where naive's
+reference tokens are forward-only and cheaper than its policy tokens, naive's step time over its
+policy rows' time per token times shared's tokens. With `--repeats N` every cell runs N times,
 all cells once per round, and the table gives the median.
 Prints a table and writes benchmarks/results/shared_prefix.json.
 """
@@ -49,6 +52,7 @@ def cell(
     eval_pairs: int,
     orders: str = "listed",
     budget: int = 8192,
+    model_name: str | None = None,
 ) -> dict:
     import torch
 
@@ -67,7 +71,7 @@ def cell(
     from dmporec.records import TitleNormalization
     from dmporec.scoring import length_order, score_groups
 
-    cfg = ModelConfig(name=BUILTIN_SMOLLM2)
+    cfg = ModelConfig(name=model_name or BUILTIN_SMOLLM2)
     tok = load_tokenizer(cfg)
     enc = GroupEncoder(tok, ChatFormat.from_tokenizer(tok))
     norm = TitleNormalization()
@@ -129,6 +133,7 @@ def cell(
     )
     ref_wall = time.perf_counter() - ref_start
     losses, step_times, tokens = [], [], 0
+    policy_tokens, reference_s = 0, 0.0  # naive: the policy's share, and the reference's time
     for s in range(steps):
         batch = groups[s * users : (s + 1) * users]
         start = time.perf_counter()
@@ -137,12 +142,15 @@ def cell(
         calls = [batch[u : u + 1] for u in range(len(batch))] if precomputed is None else [batch]
         for call in calls:
             if precomputed is None:
+                ref_start = time.perf_counter()
                 ref, ref_tokens = reference(call)
                 tokens += ref_tokens
+                reference_s += time.perf_counter() - ref_start
             else:
                 ref = precomputed[s]
             scores = score_groups(model, call, layout=method, max_batch_tokens=budget)
             tokens += scores.encoded
+            policy_tokens += scores.encoded
             out = dmpo_loss(
                 scores.logps[:, 0::2],
                 scores.logps[:, 1::2],
@@ -166,6 +174,8 @@ def cell(
         "wall_s": wall,
         "users_per_s": users * steps / wall,
         "tokens": tokens,
+        "policy_tokens": policy_tokens,
+        "reference_in_step_s": reference_s,
         "losses": losses,
         "reference_once_s": ref_wall if precomputed is not None else None,
         "peak_rss_mib": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024,
@@ -379,8 +389,8 @@ def _table(results: list[dict]) -> str:
     for r in results:
         rounds.setdefault((r["kind"], r["k"], r.get("orders"), r["method"]), []).append(r)
     rows = [
-        "| workload | k | naive | shared | speed-up | tokens naive / shared | peak RSS MiB naive / shared | max loss diff |",
-        "|---|---|---|---|---|---|---|---|",
+        "| workload | k | naive | shared | speed-up | limit | tokens naive / shared | peak RSS MiB naive / shared | max loss diff |",
+        "|---|---|---|---|---|---|---|---|---|",
     ]
     for (kind, k, orders, method), bs in rounds.items():
         if method == "naive" or method.startswith("trl"):
@@ -403,10 +413,23 @@ def _table(results: list[dict]) -> str:
             last = f"acc {a['accuracy']:.3f} / {b['accuracy']:.3f}"
         rows.append(
             f"| {workload} | {k} | {a[rate]:.3f} {unit} | {b[rate]:.3f} {unit} | {speedup} "
-            f"| {a['tokens']} / {b['tokens']} | {a['peak_rss_mib']:.0f} / {b['peak_rss_mib']:.0f} "
+            f"| {_limit(kind, a, b)} | {a['tokens']} / {b['tokens']} | {a['peak_rss_mib']:.0f} / {b['peak_rss_mib']:.0f} "
             f"| {last} |"
         )
     return "\n".join(rows)
+
+
+def _limit(kind: str, naive: dict, other: dict) -> str:
+    """The speed-up if every token cost what it costs in the naive cell. Evaluation: the token
+    ratio. Training: naive's step is the policy rows' forward and backward plus the reference
+    rows' forward, a cheaper token, so the limit is naive's step time over the time naive's
+    policy rows would take for the other layout's tokens (its reference is precomputed)."""
+    if kind != "train":
+        return f"{naive['tokens'] / other['tokens']:.2f}x"
+    if "policy_tokens" not in naive:  # results written before the split was recorded
+        return "-"
+    per_token = (naive["wall_s"] - naive["reference_in_step_s"]) / naive["policy_tokens"]
+    return f"{naive['wall_s'] / (per_token * other['tokens']):.2f}x"
 
 
 def _peer_table(results: list[dict]) -> str:

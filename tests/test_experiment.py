@@ -62,6 +62,14 @@ cells:
     assert capsys.readouterr().out.count("skipped") == 3
     assert len((tmp_path / "exp/results.jsonl").read_text().splitlines()) == n_rows
 
+    # A cell whose overrides changed is not passed off as done with the new settings.
+    Path(path).write_text(Path(path).read_text().replace("dmpo.beta=0.5", "dmpo.beta=0.2"))
+    assert main(["experiment", "--config", path]) == 2
+    err = capsys.readouterr().err
+    assert "cell k3-beta was made with overrides ['dmpo.k=3', 'dmpo.beta=0.5']" in err
+    assert "rename the cell" in err
+    assert len((tmp_path / "exp/results.jsonl").read_text().splitlines()) == n_rows
+
 
 def test_bad_experiment_files_are_named(tmp_path, capsys):
     assert main(["report", str(tmp_path)]) == 2

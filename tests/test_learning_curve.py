@@ -29,7 +29,12 @@ def test_learning_curve_script_runs_and_plots(tmp_path):
         "dmpo.batch_size=3",
         "eval.n_boot=10",
     ]
-    proc = subprocess.run(cmd, capture_output=True, text=True, timeout=900)
+    proc = subprocess.run(
+        [*cmd, "--valid-lrs", "1e-3", "--valid-users", "2"],
+        capture_output=True,
+        text=True,
+        timeout=900,
+    )
     assert proc.returncode == 0, proc.stderr[-3000:]
     curve = json.loads((tmp_path / "published" / "curve.json").read_text())
     assert [n for n, *_ in curve["series"]["DMPO (k=3)"]] == [3, 6]
@@ -54,3 +59,30 @@ def test_learning_curve_script_runs_and_plots(tmp_path):
         "reward_margin_last10" in diag["dmpo-k3-6"] and "reward_margin_last10" not in diag["sft-6"]
     )
     assert "| dmpo-k3-6 |" in (tmp_path / "published" / "diagnostics.md").read_text()
+
+    # What the labels alone carry: the training positives counted, per N.
+    assert [r["n"] for r in curve["label_counts"]] == [3, 6]
+    assert all(0 <= r["accuracy"] <= 1 and 0 <= r["ties"] <= 1 for r in curve["label_counts"])
+    assert (
+        "What the training labels alone carry"
+        in (tmp_path / "published" / "diagnostics.md").read_text()
+    )
+
+    # The DMPO learning rate compared on the validation users: its own cell, scored on the
+    # validation users' pairs (all 5 negatives), kept out of the curve.
+    (probe,) = curve["valid_lrs"]
+    assert probe["cell"] == "valid-dmpo-k3-3-lr0.001" and probe["learning_rate"] == "0.001"
+    assert probe["valid_pairs"] == 10  # 2 users x 5 negatives
+    assert (
+        "| valid-dmpo-k3-3-lr0.001 | 0.001 |"
+        in (tmp_path / "published" / "diagnostics.md").read_text()
+    )
+    assert not any(c.startswith("valid-") for c in diag)
+
+    # The curve at a chosen learning rate: new cells with their own line beside the old one.
+    more = [*cmd, "--dmpo-lr", "1e-3", "--cells", "dmpo-k3-6-lr0.001", "--no-train-pairs"]
+    proc = subprocess.run(more, capture_output=True, text=True, timeout=900)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    curve = json.loads((tmp_path / "published" / "curve.json").read_text())
+    assert [n for n, *_ in curve["series"]["DMPO (k=3), lr 0.001"]] == [6]
+    assert [n for n, *_ in curve["series"]["DMPO (k=3)"]] == [3, 6]

@@ -21,7 +21,8 @@ import json
 import os
 import shutil
 import tempfile
-from collections.abc import Callable
+import warnings
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
@@ -257,11 +258,23 @@ def lora_config(cfg: ModelConfig) -> LoraConfig:
     )
 
 
+@contextlib.contextmanager
+def _peft_quiet() -> Iterator[None]:
+    """PEFT (<= 0.21) asks the model for transformers' old `is_gradient_checkpointing`, which
+    warns a FutureWarning naming a method the user never called: not theirs to act on."""
+    with warnings.catch_warnings():
+        warnings.filterwarnings(
+            "ignore", message="`is_gradient_checkpointing` is deprecated", category=FutureWarning
+        )
+        yield
+
+
 def add_lora(model: PreTrainedModel, cfg: ModelConfig, seed: int = 0) -> PeftModel:
     """A new trainable LoRA adapter on `model`, initialised from `seed`."""
     set_seed(seed)
     try:
-        return get_peft_model(model, lora_config(cfg))
+        with _peft_quiet():
+            return get_peft_model(model, lora_config(cfg))
     except ValueError as e:  # peft: the target modules match nothing
         from dmporec.config import ConfigError
 
@@ -308,7 +321,8 @@ def read_lineage(stage_dir: Path) -> tuple[ModelConfig, list[Path]]:
 def merge_adapters(model: PreTrainedModel, adapters: list[Path]) -> PreTrainedModel:
     """Apply each saved adapter and fold it into the weights, in order."""
     for path in adapters:
-        model = PeftModel.from_pretrained(model, str(path)).merge_and_unload()
+        with _peft_quiet():
+            model = PeftModel.from_pretrained(model, str(path)).merge_and_unload()
     return model
 
 

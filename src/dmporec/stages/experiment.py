@@ -117,13 +117,20 @@ def run_experiment(path: str, extra: list[str] | None = None, only: list[str] | 
     out = Path(exp.output_dir)
     out.mkdir(parents=True, exist_ok=True)
     results = out / "results.jsonl"
-    done = {
-        json.loads(line)["cell"]
-        for line in (results.read_text().splitlines() if results.is_file() else [])
-    }
+    done: dict[str, list[str]] = {}  # cell -> the overrides it was made with
+    for line in results.read_text().splitlines() if results.is_file() else []:
+        if line.strip():
+            row = json.loads(line)
+            done[row["cell"]] = row.get("overrides", [])
     for cell in exp.cells:
         if only and cell.name not in only:
             continue
+        if cell.name in done and done[cell.name] != cell.overrides:
+            raise ConfigError(
+                f"{results}: cell {cell.name} was made with overrides {done[cell.name]}, the "
+                f"experiment now gives it {cell.overrides}: rename the cell, or remove its rows "
+                "from results.jsonl to rerun it"
+            )
         if cell.name in done:
             print(f"experiment: cell {cell.name} is in {results}; skipped")
             continue

@@ -1,0 +1,31 @@
+"""benchmarks/shared_prefix.py's training cells on the tiny model: the same losses in both
+layouts, and the naive step's split into policy and reference that the "limit" column uses."""
+
+import sys
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parents[1]
+DATA = ROOT.parent / "shared" / "data" / "dmpo"
+
+
+@pytest.mark.skipif(not DATA.is_dir(), reason="needs ../shared/data/dmpo")
+def test_training_cells_and_their_limit():
+    sys.path.insert(0, str(ROOT / "benchmarks"))
+    import shared_prefix
+
+    naive, shared = (
+        shared_prefix.cell("train", m, 3, 2, 2, 0, model_name="builtin:tiny-qwen3")
+        for m in ("naive", "shared")
+    )
+    assert naive["losses"] == pytest.approx(shared["losses"], abs=1e-5)
+    # naive runs the reference forward on the policy's own rows: half its tokens, part of its time
+    assert naive["tokens"] == 2 * naive["policy_tokens"]
+    assert 0 < naive["reference_in_step_s"] < naive["wall_s"]
+    assert shared["tokens"] == shared["policy_tokens"] and shared["reference_in_step_s"] == 0
+    table = shared_prefix._table([naive, shared])
+    row = next(line for line in table.splitlines() if line.startswith("| DMPO train step | 3 |"))
+    limit = float(row.split("|")[6].strip().rstrip("x"))
+    # The reference tokens are cheaper than the policy's, so the limit is below the token ratio.
+    assert 1 < limit < naive["tokens"] / shared["tokens"]
