@@ -51,7 +51,7 @@ from dmporec.baselines import pair_scores as baseline_pair_scores  # noqa: E402
 from dmporec.build import BuildConfig, prepare  # noqa: E402
 from dmporec.config import load_config  # noqa: E402
 from dmporec.data import load_records  # noqa: E402
-from dmporec.evaluation import pair_scores, read_predictions  # noqa: E402
+from dmporec.evaluation import pair_scores, read_jsonl, read_predictions  # noqa: E402
 from dmporec.metrics import pair_correct, paired_test  # noqa: E402
 from dmporec.records import (  # noqa: E402
     TitleNormalization,
@@ -193,7 +193,12 @@ def series_name(row: dict) -> str:
 
 
 def read_results(out: Path) -> list[dict]:
-    return [json.loads(x) for x in (out / "results.jsonl").read_text().splitlines() if x.strip()]
+    return read_jsonl(out / "results.jsonl")
+
+
+def step_mean(steps: list[dict], key: str) -> float:
+    """The mean of a training metric over some of metrics.jsonl's steps."""
+    return float(np.mean([x[key] for x in steps]))
 
 
 def curve_points(out: Path) -> dict[str, list[tuple[int, float, float, float]]]:
@@ -325,12 +330,10 @@ def diagnostics(out: Path) -> list[dict]:
             }
         metrics = stage / "metrics.jsonl"
         if stage.name == "dmpo" and metrics.is_file():
-            steps = [json.loads(x) for x in metrics.read_text().splitlines() if x.strip()]
+            steps = read_jsonl(metrics)
             for name, part in (("first10", steps[:10]), ("last10", steps[-10:])):
-                row[f"reward_accuracy_{name}"] = float(
-                    np.mean([x["reward_accuracy"] for x in part])
-                )
-                row[f"reward_margin_{name}"] = float(np.mean([x["reward_margin"] for x in part]))
+                row[f"reward_accuracy_{name}"] = step_mean(part, "reward_accuracy")
+                row[f"reward_margin_{name}"] = step_mean(part, "reward_margin")
         rows.append(row)
     return rows
 
@@ -371,22 +374,18 @@ def lr_probe(out: Path) -> list[dict]:
     for r in read_results(out):
         if not r["cell"].startswith(VALID_PREFIX):
             continue
-        metrics = Path(r["eval_dir"]).parent / "metrics.jsonl"
-        steps = [json.loads(x) for x in metrics.read_text().splitlines() if x.strip()]
-        lr = _LR.search(r["cell"])
+        last10 = read_jsonl(Path(r["eval_dir"]).parent / "metrics.jsonl")[-10:]
         m = r["metrics"]
         rows.append(
             {
                 "cell": r["cell"],
-                "learning_rate": lr.group(1) if lr else "base config",
+                "learning_rate": _LR.search(r["cell"]).group(1),  # every valid- cell has its rate
                 "valid_pairs": m["pairs"],
                 "valid_accuracy": m["accuracy"],
                 "valid_accuracy_ci": [m["accuracy_ci_low"], m["accuracy_ci_high"]],
-                "train_loss_last10": float(np.mean([x["loss"] for x in steps[-10:]])),
-                "reward_accuracy_last10": float(
-                    np.mean([x["reward_accuracy"] for x in steps[-10:]])
-                ),
-                "reward_margin_last10": float(np.mean([x["reward_margin"] for x in steps[-10:]])),
+                "train_loss_last10": step_mean(last10, "loss"),
+                "reward_accuracy_last10": step_mean(last10, "reward_accuracy"),
+                "reward_margin_last10": step_mean(last10, "reward_margin"),
             }
         )
     return rows

@@ -27,6 +27,7 @@ import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
 from dmporec.config import ConfigError, RunConfig, load_config
+from dmporec.evaluation import read_jsonl
 from dmporec.records import atomic_write_text
 from dmporec.stages.common import prepare_run
 from dmporec.stages.dmpo import run_dmpo
@@ -117,11 +118,11 @@ def run_experiment(path: str, extra: list[str] | None = None, only: list[str] | 
     out = Path(exp.output_dir)
     out.mkdir(parents=True, exist_ok=True)
     results = out / "results.jsonl"
-    done: dict[str, list[str]] = {}  # cell -> the overrides it was made with
-    for line in results.read_text().splitlines() if results.is_file() else []:
-        if line.strip():
-            row = json.loads(line)
-            done[row["cell"]] = row.get("overrides", [])
+    # cell -> the overrides it was made with
+    done = {
+        r["cell"]: r.get("overrides", [])
+        for r in (read_jsonl(results) if results.is_file() else [])
+    }
     for cell in exp.cells:
         if only and cell.name not in only:
             continue
@@ -138,7 +139,7 @@ def run_experiment(path: str, extra: list[str] | None = None, only: list[str] | 
         rows = run_cell(exp, cell, extra)
         with results.open("a") as f:  # one append per finished cell: a crash loses no cell
             f.write("".join(json.dumps(r) + "\n" for r in written(rows)))
-    rows = [json.loads(line) for line in results.read_text().splitlines() if line.strip()]
+    rows = read_jsonl(results)
     table = summary_table([{**r, "model": f"{r['cell']}: {r['model']}"} for r in rows])
     atomic_write_text(out / "results.md", table + "\n")
     return f"{table}\n\n(results in {results})"
