@@ -437,6 +437,15 @@ def diagnostics_md(rows: list[dict]) -> str:
     return "\n".join(lines) + "\n"
 
 
+def _rates(text: str) -> tuple[float, ...]:
+    try:
+        return tuple(float(x) for x in text.split(",") if x.strip())
+    except ValueError:
+        raise argparse.ArgumentTypeError(
+            f"expected comma-separated learning rates such as 1e-3,3e-3, got {text!r}"
+        ) from None
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(
         description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
@@ -461,7 +470,8 @@ def main() -> None:
     )
     parser.add_argument(
         "--valid-lrs",
-        default="",
+        type=_rates,
+        default=(),
         help="DMPO learning rates to compare on the validation users first (comma-separated, "
         "e.g. 2e-4,1e-3,3e-3): one DMPO k=3 cell each from the smallest N's SFT",
     )
@@ -478,10 +488,10 @@ def main() -> None:
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
     data = build_data(out, sizes)
-    probe_lrs = tuple(float(x) for x in args.valid_lrs.split(",") if x.strip())
     exp = experiment_file(
-        out, data, sizes, args.eval_pairs, args.overrides, args.dmpo_lr, probe_lrs, args.valid_users
-    )
+        out, data, sizes, args.eval_pairs, args.overrides, args.dmpo_lr, args.valid_lrs,
+        args.valid_users,
+    )  # fmt: skip
     print(run_experiment(str(exp), only=args.cells.split(",") if args.cells else None))
     series = curve_points(out)
     plot_curve(series, sizes, out / "curve.png")

@@ -86,3 +86,16 @@ def test_learning_curve_script_runs_and_plots(tmp_path):
     curve = json.loads((tmp_path / "published" / "curve.json").read_text())
     assert [n for n, *_ in curve["series"]["DMPO (k=3), lr 0.001"]] == [6]
     assert [n for n, *_ in curve["series"]["DMPO (k=3)"]] == [3, 6]
+
+
+def test_bad_learning_rates_are_one_line(tmp_path):
+    script = str(ROOT / "benchmarks" / "learning_curve.py")
+    proc = subprocess.run(
+        [sys.executable, script, "--valid-lrs", "1e-3,abc", "--out", str(tmp_path)],
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+    assert proc.returncode == 2 and "Traceback" not in proc.stderr
+    assert "--valid-lrs: expected comma-separated learning rates" in proc.stderr
+    assert not any(tmp_path.iterdir())  # refused before any work
