@@ -180,7 +180,7 @@ class EvalConfig(_Scored):
         "both",
         description="both: score each pair in both listing orders and add the log-probs, so the "
         "model's position bias cancels (the history is still encoded once per user; ~1.25x the "
-        "tokens); listed: only the order in the data. 'both' won on validation (README).",
+        "tokens); listed: only the order in the data. 'both' won on validation (docs/results.md).",
     )
     listwise: int = Field(
         0,
