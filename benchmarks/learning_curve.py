@@ -22,7 +22,10 @@
 4. Diagnostics (diagnostics.md, and in curve.json): each model's accuracy on the pairs of the
    first 100 training users (all 5 negatives, scored through eval.split=valid), accuracy by the
    positive's listed position, DMPO's reward accuracy and margin in its first and last steps.
-5. Writes results.md, report.md, curve.png (accuracy against N with 95% CIs, one line per model)
+5. With --listwise-users U: every finished model and popularity / BPR-MF rank U test users'
+   lists of --listwise candidates (the positive and the builder's sampled unrated titles):
+   HR@1, NDCG@5, MRR with CIs (listwise.md; `dmporec evaluate --out` keeps them apart).
+6. Writes results.md, report.md, curve.png (accuracy against N with 95% CIs, one line per model)
    and curve.json (the points, and paired tests of DMPO against SFT, zero-shot and popularity at
    each N) under --out, and copies curve.png, curve.json and results.md to --publish.
 
@@ -37,6 +40,7 @@ import json
 import re
 import shutil
 from collections import Counter
+from dataclasses import replace
 from pathlib import Path
 
 import matplotlib
@@ -298,6 +302,99 @@ def train_pairs(out: Path, data: Path, sizes: list[int], extra: list[str]) -> No
         )  # fmt: skip
 
 
+LISTWISE = "listwise"  # under --out: one evaluation directory per model, and the baselines
+
+
+def list_file(data: Path, users: int) -> Path:
+    """The first `users` test users (the authors' test users, in order), each with its first
+    negative (the test pair) and the builder's 19 sampled titles it never rated
+    (`list_negatives`: a list's other candidates), built once."""
+    path = data / f"test_list_{users}.jsonl"
+    if not path.is_file():
+        test = read_records(data / "test.jsonl")
+        if not 1 <= users <= len(test):
+            raise SystemExit(f"--listwise-users: 1 to {len(test)} test users are available")
+        write_records(
+            path,
+            [
+                replace(
+                    r,
+                    negatives=r.negatives[:1],
+                    positive_first=None if r.positive_first is None else r.positive_first[:1],
+                )
+                for r in test[:users]
+            ],
+        )
+    return path
+
+
+def listwise(
+    out: Path, data: Path, users: int, n: int, only: list[str] | None = None
+) -> list[dict]:
+    """Listwise HR@k / NDCG@k / MRR on the first `users` test users, `n` candidates each (the
+    positive and n-1 sampled unrated titles): every finished model (zero-shot, SFT, DMPO/DPO) ranks
+    them by round robin over all pairs in both orders (ranking.py), through `dmporec evaluate
+    --out`; popularity and BPR-MF fitted per N as in the baselines cells. Rows for listwise.md."""
+    from dmporec.cli import main as cli
+    from dmporec.stages.pipeline import baseline_rows
+
+    path = list_file(data, users)
+    exp = yaml.safe_load((out / "experiment.yaml").read_text())
+    common = [*exp["overrides"], f"data.eval={path}", f"eval.listwise={n}"]
+    rows = []
+    for cell in exp["cells"]:
+        name, kind = cell["name"], cell["stages"][0]
+        if name.startswith(VALID_PREFIX) or (only and name not in only):
+            continue
+        target = out / LISTWISE / name
+        if kind == "baselines":
+            done = target / "rows.json"
+            if not done.is_file():
+                cfg = load_config(BASE, [*common, *cell["overrides"]])
+                written = [{"model": r["model"], **r["metrics"]} for r in baseline_rows(cfg)]
+                atomic_write_text(done, json.dumps(written, indent=2) + "\n")
+            for row in json.loads(done.read_text()):
+                if row["model"] in ("popularity", "bpr-mf"):
+                    rows.append({"cell": name, **row})
+            continue
+        stage = {"zero_shot": "zero_shot", "sft": "sft", "dmpo": "dmpo"}[kind]
+        finished = out / name / (stage if stage == "zero_shot" else f"{stage}/eval") / "eval.json"
+        if not finished.is_file():
+            continue
+        if not (target / "eval.json").is_file():
+            code = cli(
+                ["evaluate", "--stage", stage, "--config", exp["base"], *common,
+                 *cell["overrides"], f"output_dir={out / name}", "--out", str(target)]
+            )  # fmt: skip
+            if code:
+                raise SystemExit(f"listwise: evaluating {name} failed (exit {code})")
+        rows.append({**json.loads((target / "eval.json").read_text()), "cell": name, "model": name})
+    return rows
+
+
+def listwise_md(rows: list[dict], n: int) -> str:
+    if not rows:
+        return ""
+    k = f"list{n}_"
+    lines = [
+        f"## Listwise: {rows[0][k + 'users']} test users, {n} candidates each\n",
+        f"The positive and the builder's first {n - 1} sampled titles the user never rated; an LLM ranks "
+        f"them by asking every pair in both listing orders ({n * (n - 1)} prompts per user); popularity and "
+        "BPR-MF fitted on each N's training users (and the listed users' histories). 95% "
+        f"bootstrap CIs over users; random ranking: HR@1 = {1 / n:.2f}.\n",
+        "| cell | model | HR@1 [95% CI] | NDCG@5 [95% CI] | MRR | pairwise acc. (same users) |",
+        "|---|---|---|---|---|---|",
+    ]
+    for r in rows:
+        acc = f"{r['accuracy']:.3f}" if "accuracy" in r else "-"
+        lines.append(
+            f"| {r['cell']} | {r['model']} | {r[k + 'hr@1']:.3f} [{r[k + 'hr@1_ci_low']:.3f}, "
+            f"{r[k + 'hr@1_ci_high']:.3f}] | {r[k + 'ndcg@5']:.3f} [{r[k + 'ndcg@5_ci_low']:.3f}, "
+            f"{r[k + 'ndcg@5_ci_high']:.3f}] | {r[k + 'mrr']:.3f} | {acc} |"
+        )
+    return "\n".join(lines) + "\n"
+
+
 def diagnostics(out: Path) -> list[dict]:
     """Where each model stops: accuracy on its own training users' pairs (by negative: SFT
     trained on the first, DMPO k=3 on the first three) against the test pairs, accuracy by the
@@ -334,6 +431,14 @@ def diagnostics(out: Path) -> list[dict]:
             for name, part in (("first10", steps[:10]), ("last10", steps[-10:])):
                 row[f"reward_accuracy_{name}"] = step_mean(part, "reward_accuracy")
                 row[f"reward_margin_{name}"] = step_mean(part, "reward_margin")
+                row[f"chosen_reward_{name}"] = step_mean(part, "chosen_reward")
+            # Each step's users are new to the adapter, so its reward accuracy (before the
+            # update) is held out: by quarter of training, it says where DMPO got and when.
+            quarters = np.array_split(np.arange(len(steps)), 4)
+            for key in ("reward_accuracy", "chosen_reward"):
+                row[f"{key}_by_quarter"] = [
+                    round(step_mean([steps[i] for i in q], key), 3) for q in quarters if len(q)
+                ]
         rows.append(row)
     return rows
 
@@ -414,8 +519,9 @@ def lr_probe_md(rows: list[dict]) -> str:
 def diagnostics_md(rows: list[dict]) -> str:
     lines = [
         "| cell | test acc | train-user pairs acc (by negative 1..5) | acc, positive listed "
-        "first / second | DMPO reward acc / margin, first -> last 10 steps |",
-        "|---|---|---|---|---|",
+        "first / second | DMPO reward acc / margin, first -> last 10 steps | DMPO held-out "
+        "reward acc (chosen reward) by quarter of training |",
+        "|---|---|---|---|---|---|",
     ]
     for r in rows:
         train = (
@@ -429,10 +535,14 @@ def diagnostics_md(rows: list[dict]) -> str:
             if "reward_accuracy_last10" in r
             else "-"
         )
+        quarters = "-"
+        if "reward_accuracy_by_quarter" in r:
+            pairs = zip(r["reward_accuracy_by_quarter"], r["chosen_reward_by_quarter"], strict=True)
+            quarters = " / ".join(f"{a:.2f} ({c:+.1f})" for a, c in pairs)
         lines.append(
             f"| {r['cell']} | {r['test_accuracy']:.3f} | {train} | "
             f"{r['accuracy_positive_listed_first']:.3f} / {r['accuracy_positive_listed_second']:.3f} "
-            f"| {reward} |"
+            f"| {reward} | {quarters} |"
         )
     return "\n".join(lines) + "\n"
 
@@ -482,6 +592,19 @@ def main() -> None:
         help="validation users scored per --valid-lrs cell (5 pairs each, both orders: ~5 min "
         "for 60 on 2 cores)",
     )
+    parser.add_argument(
+        "--listwise-users",
+        type=int,
+        default=0,
+        help="also rank lists for the first N test users with every finished model and the "
+        "baselines (0 = off; 100 with 5 candidates: ~20 prompts per user per model)",
+    )
+    parser.add_argument(
+        "--listwise", type=int, default=5, help="candidates per list (the positive and N-1)"
+    )
+    parser.add_argument(
+        "--listwise-cells", help="rank lists with these cells only (comma-separated; default all)"
+    )
     parser.add_argument("overrides", nargs="*", help="config overrides for every cell")
     args = parser.parse_args()
     sizes = sorted(int(n) for n in args.sizes.split(","))
@@ -499,6 +622,23 @@ def main() -> None:
     tests = paired(out, data, sizes, args.eval_pairs, orders, args.dmpo_lr)
     if not args.no_train_pairs:
         train_pairs(out, data, sizes, args.overrides)
+    lists = (
+        listwise(
+            out,
+            data,
+            args.listwise_users,
+            args.listwise,
+            args.listwise_cells.split(",") if args.listwise_cells else None,
+        )
+        if args.listwise_users
+        else []
+    )
+    saved_lists = out / LISTWISE / "rows.json"
+    if lists:
+        atomic_write_text(saved_lists, json.dumps(lists, indent=2) + "\n")
+        atomic_write_text(out / "listwise.md", listwise_md(lists, args.listwise))
+    elif saved_lists.is_file():  # an earlier --listwise-users run: kept in curve.json
+        lists = json.loads(saved_lists.read_text())
     diag, probe = diagnostics(out), lr_probe(out)
     labels = label_counts(data, sizes, args.eval_pairs)
     atomic_write_text(
@@ -514,6 +654,7 @@ def main() -> None:
                 "diagnostics": diag,
                 "label_counts": labels,
                 "valid_lrs": probe,
+                "listwise": lists,
             },
             indent=2,
         )
@@ -529,6 +670,7 @@ def main() -> None:
         "report.md",
         "report_models.png",
         "diagnostics.md",
+        "listwise.md",
     ):
         if (out / name).is_file():
             shutil.copy(out / name, publish / name)

@@ -53,7 +53,9 @@ def cell(
     orders: str = "listed",
     budget: int = 8192,
     model_name: str | None = None,
+    warmup: int = 0,
 ) -> dict:
+    """One cell; `warmup` training steps on other users run first, untimed."""
     import torch
 
     torch.set_num_threads(2)
@@ -117,7 +119,10 @@ def cell(
                 0, 0.01, generator=torch.Generator().manual_seed(zlib.crc32(name.encode()))
             )
     records = read_alpaca(DATA / f"rec_Amazon_Movie_dpo_ranking_{k}.json", norm)
-    groups = [enc.group(r, k=k) for r in records[: users * steps]]
+    groups = [enc.group(r, k=k) for r in records[: users * (warmup + steps)]]
+    # The warm-up steps take the users after the timed ones: the timed users are the same
+    # whatever the warm-up.
+    groups = groups[users * steps :] + groups[: users * steps]
     optimizer = torch.optim.AdamW([p for p in model.parameters() if p.requires_grad], lr=1e-4)
 
     def reference(batch):
@@ -134,7 +139,9 @@ def cell(
     ref_wall = time.perf_counter() - ref_start
     losses, step_times, tokens = [], [], 0
     policy_tokens, reference_s = 0, 0.0  # naive: the policy's share, and the reference's time
-    for s in range(steps):
+    for s in range(warmup + steps):
+        if s == warmup:  # the timed steps start here
+            losses, step_times, tokens, policy_tokens, reference_s = [], [], 0, 0, 0.0
         batch = groups[s * users : (s + 1) * users]
         start = time.perf_counter()
         step_loss = 0.0

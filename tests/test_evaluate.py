@@ -105,6 +105,8 @@ def test_listwise_evaluation_ranks_sampled_candidate_sets(tmp_path, capsys):
     ev = json.loads((out / "zero_shot/eval.json").read_text())
     assert ev["list4_users"] == 4 and 0 <= ev["list4_hr@1"] <= ev["list4_hr@5"] == 1.0
     assert 1 <= ev["list4_mean_rank"] <= 4 and 0 <= ev["grouped_auc"] <= 1
+    summary = json.loads((out / "zero_shot/summary.json").read_text())
+    assert summary["lists_prompts_truncated"] == 0  # list prompts were checked against the bound
     lists = [json.loads(x) for x in (out / "zero_shot/lists.jsonl").read_text().splitlines()]
     for row in lists:
         assert len(row["candidates"]) == 4 and len(set(row["candidates"])) == 4
@@ -112,3 +114,15 @@ def test_listwise_evaluation_ranks_sampled_candidate_sets(tmp_path, capsys):
     capsys.readouterr()
     assert main(["evaluate", "--stage", "zero_shot", *args]) == 0  # reused, not rescored
     assert "metrics from the 4 pairs scored" in capsys.readouterr().out
+
+    # --out: the same model on other settings into its own directory; never over another's.
+    other = tmp_path / "lists3"
+    assert (
+        main(["evaluate", "--stage", "zero_shot", *args, "eval.listwise=3", "--out", str(other)])
+        == 0
+    )
+    assert json.loads((other / "eval.json").read_text())["list3_users"] == 4
+    assert json.loads((out / "zero_shot/eval.json").read_text())["list4_users"] == 4  # untouched
+    more = [*args, "eval.listwise=3", "data.max_eval_pairs=2", "--out", str(other)]
+    code = main(["evaluate", "--stage", "zero_shot", *more])
+    assert code == 2 and "data.max_eval_pairs" in capsys.readouterr().err

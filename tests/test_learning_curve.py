@@ -58,6 +58,7 @@ def test_learning_curve_script_runs_and_plots(tmp_path):
     assert (
         "reward_margin_last10" in diag["dmpo-k3-6"] and "reward_margin_last10" not in diag["sft-6"]
     )
+    assert 1 <= len(diag["dmpo-k3-6"]["reward_accuracy_by_quarter"]) <= 4
     assert "| dmpo-k3-6 |" in (tmp_path / "published" / "diagnostics.md").read_text()
 
     # What the labels alone carry: the training positives counted, per N.
@@ -80,12 +81,31 @@ def test_learning_curve_script_runs_and_plots(tmp_path):
     assert not any(c.startswith("valid-") for c in diag)
 
     # The curve at a chosen learning rate: new cells with their own line beside the old one.
+    # With listwise lists for the first 2 test users, 3 candidates each, for every model.
     more = [*cmd, "--dmpo-lr", "1e-3", "--cells", "dmpo-k3-6-lr0.001", "--no-train-pairs"]
+    more += ["--listwise-users", "2", "--listwise", "3"]
     proc = subprocess.run(more, capture_output=True, text=True, timeout=900)
     assert proc.returncode == 0, proc.stderr[-3000:]
     curve = json.loads((tmp_path / "published" / "curve.json").read_text())
     assert [n for n, *_ in curve["series"]["DMPO (k=3), lr 0.001"]] == [6]
     assert [n for n, *_ in curve["series"]["DMPO (k=3)"]] == [3, 6]
+    lists = {(r["cell"], r["model"]): r for r in curve["listwise"]}
+    # The finished model cells of this experiment file (its DMPO cells are now the -lr ones).
+    llms = {"zero-shot", "sft-3", "sft-6", "dmpo-k3-6-lr0.001"}
+    assert {cell for cell, model in lists if cell == model} == llms
+    assert {(c, m) for c, m in lists if c != m} == {
+        (f"baselines-{n}", m) for n in (3, 6) for m in ("popularity", "bpr-mf")
+    }
+    for row in lists.values():
+        assert row["list3_users"] == 2 and 0 <= row["list3_hr@1"] <= 1
+    listed = tmp_path / "curve" / "listwise" / "sft-6" / "lists.jsonl"
+    for line in listed.read_text().splitlines():
+        assert len(json.loads(line)["candidates"]) == 3
+    md = (tmp_path / "published" / "listwise.md").read_text()
+    assert (
+        "2 test users, 3 candidates each" in md
+        and "| dmpo-k3-6-lr0.001 | dmpo-k3-6-lr0.001 |" in md
+    )
 
 
 def test_bad_learning_rates_are_one_line(tmp_path):

@@ -109,3 +109,58 @@ def test_recommend_and_serve_bound_the_history(tiny, tiny_cfg):
         assert r.status_code == 422 and "max_prompt_tokens=300" in r.text
         r = client.post("/v1/explain", json={"history": history, "candidate": "Up"})
         assert r.status_code == 422 and "max_prompt_tokens=300" in r.text
+
+
+def _listed(record, n_history, long_title):
+    """A record whose pairs are short but whose list candidates are long sampled titles."""
+    cut = _long(record, n_history)
+    negatives = [f"{long_title} {i}" for i in range(3)]
+    return replace(cut, metadata={**cut.metadata, "list_negatives": negatives})
+
+
+def test_list_prompts_are_bounded_by_their_longest_pair(tiny, tiny_cfg, demo):
+    from dmporec.config import EvalConfig
+    from dmporec.evaluation import score_lists
+    from dmporec.ranking import PairEncoder, RankRequest
+
+    model, tok = tiny
+    pair_enc = PairEncoder(tok, ChatFormat.from_tokenizer(tok))
+    long_title = "A sampled title far longer than any of the user's own candidates"
+    request = RankRequest(
+        tuple(f"Film number {i} of the long history" for i in range(300)),
+        ("Up", f"{long_title} 1", f"{long_title} 2"),
+        demo.train[0].wording,
+    )
+    bound = PromptBound(800)
+    cut = pair_enc.bounded(request, bound, record="u1")
+    assert 0 < len(cut.history) < 300 and cut.history == request.history[-len(cut.history) :]
+    longest = max(longest_sequence(g) for g in pair_enc.groups(cut, max_group_tokens=10**6))
+    assert longest <= 800
+    one_more = replace(cut, history=request.history[-len(cut.history) - 1 :])
+    assert max(longest_sequence(g) for g in pair_enc.groups(one_more, 10**6)) > 800
+
+    record = _listed(demo.test[0], 30, long_title)
+    # The record's own pairs fit in 800 tokens with all 30 titles; its list prompts do not.
+    assert longest_sequence(GroupEncoder(tok, pair_enc.chat).group(record, orders="both")) <= 800
+    ec = EvalConfig(listwise=4)
+    bound = PromptBound(800)
+    (row,) = score_lists(model, tok, tiny_cfg, [record], ec, bound=bound, file="test.jsonl")
+    assert bound.truncated == 1 and 0 < bound.dropped < 30
+    assert len(row["scores"]) == 4 and sum(row["scores"]) == pytest.approx(2.0)
+    with pytest.raises(DataError, match=r"test.jsonl.*record .*max_prompt_tokens=800"):
+        score_lists(
+            model, tok, tiny_cfg, [record], ec, bound=PromptBound(800, "refuse"), file="test.jsonl"
+        )
+
+
+def test_generated_prompts_leave_room_for_the_answer(tiny, demo):
+    from dmporec.generation import generate_answers
+
+    model, tok = tiny
+    chat = ChatFormat.from_tokenizer(tok)
+    record = _long(demo.test[0], 300)
+    bound = PromptBound(400)
+    rows = generate_answers(model, tok, chat, [record], 0, batch_size=8, bound=bound)
+    assert len(rows) == record.k and bound.truncated == 1 and 0 < bound.dropped < 300
+    with pytest.raises(DataError, match=r"record .*max_prompt_tokens=400"):
+        generate_answers(model, tok, chat, [record], 0, bound=PromptBound(400, "refuse"))

@@ -50,6 +50,12 @@ def _parser(argv: list[str] | None = None) -> argparse.ArgumentParser:
                 default="dmpo",
                 help="zero_shot | sft | dmpo | path to a stage dir (default dmpo)",
             )
+            p.add_argument(
+                "--out",
+                help="write the evaluation to this directory (default STAGE/eval, or "
+                "STAGE/eval-valid with eval.split=valid; zero-shot: OUTPUT_DIR/zero_shot): "
+                "one model on several test files, each in its own directory",
+            )
         if name == "dmpo":
             p.add_argument(
                 "--sft-dir", help="finished SFT stage to start from (default OUTPUT_DIR/sft)"
@@ -185,7 +191,7 @@ def main(argv: list[str] | None = None) -> int:
             from dmporec.evaluation import MD_HEADER, markdown_row
             from dmporec.stages.evaluate import run_evaluate
 
-            metrics = run_evaluate(cfg, args.stage)
+            metrics = run_evaluate(cfg, args.stage, args.out)
             if _is_main_process():
                 print(MD_HEADER + "\n" + markdown_row(args.stage, metrics))
         return 0

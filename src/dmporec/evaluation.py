@@ -13,7 +13,13 @@ import numpy as np
 import torch
 from tqdm.auto import tqdm
 
-from dmporec.collate import GroupEncoder, answer_column, bound_records, model_encoder
+from dmporec.collate import (
+    GroupEncoder,
+    PromptBound,
+    answer_column,
+    bound_records,
+    model_encoder,
+)
 from dmporec.config import EvalConfig, RunConfig, TrainConfig
 from dmporec.data import stage_records
 from dmporec.distributed import gather_chunks, my_chunks, process_state
@@ -101,10 +107,14 @@ def score_lists(
     records: list[Record],
     ec: EvalConfig,
     desc: str = "rank lists",
+    bound: PromptBound | None = None,
+    file: Any = None,
 ) -> list[dict[str, Any]]:
     """One row per test user: `ec.listwise` candidates (listwise.candidate_sets: the positive and
     sampled titles the user never rated), their scores from ranking.rank_candidates (every pair
-    asked in both listing orders) and the positive's index."""
+    asked in both listing orders) and the positive's index. With `bound`, a history whose
+    longest list prompt is over it is cut (or refused) as the pairs' were; the sampled
+    candidates can be longer titles than the user's own pairs."""
     chat = model_encoder(tokenizer, model_cfg, 0).chat
     pair_encoder = PairEncoder(tokenizer, chat)
     model.eval()
@@ -114,6 +124,8 @@ def score_lists(
         list(zip(records, sets, strict=True)), desc=desc, unit="user"
     ):
         request = RankRequest(tuple(i.title for i in record.history), tuple(titles), record.wording)
+        if bound is not None:
+            request = pair_encoder.bounded(request, bound, file=file, record=record.user_id)
         (scores,) = rank_candidates(
             model, pair_encoder, [request], layout=ec.layout, max_batch_tokens=ec.max_batch_tokens
         )

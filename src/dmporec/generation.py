@@ -11,6 +11,7 @@ answer format (` <Title:A> ,  <Title:B> `):
 
 from __future__ import annotations
 
+from dataclasses import replace
 from typing import Any
 
 import numpy as np
@@ -18,9 +19,12 @@ import torch
 from tqdm.auto import tqdm
 
 from dmporec.alpaca import parse_answer
+from dmporec.collate import PromptBound
 from dmporec.metrics import bootstrap_ci
 from dmporec.prompts import ChatFormat, render_answer, render_pairs
 from dmporec.records import DataError, Record
+
+ANSWER_SLACK = 8  # new tokens allowed past the longest well-formed answer
 
 
 def parse_generated(text: str, positive: str, negative: str) -> bool | None:
@@ -44,8 +48,41 @@ def generate_answers(
     prompt_seed: int,
     batch_size: int = 16,
     desc: str = "generate",
+    bound: PromptBound | None = None,
+    file: Any = None,
 ) -> list[dict[str, Any]]:
-    """One row per (user, negative) in listed order: the generated text and what it says."""
+    """One row per (user, negative) in listed order: the generated text and what it says.
+    With `bound`, a record's history is cut (or refused) so that its longest prompt plus the
+    tokens it may generate stays within it."""
+
+    def answer_tokens(record: Record, i: int) -> int:
+        """The most new tokens a pair may generate: its longest answer, and some slack."""
+        answer = render_answer(record.positive.title, record.negatives[i].title)
+        return len(tokenizer(answer, add_special_tokens=False).input_ids) + ANSWER_SLACK
+
+    def fitted(record: Record) -> Record:
+        def tokens_with(kept: int) -> int:
+            cut = replace(record, history=record.history[-kept:])
+            return max(
+                len(
+                    tokenizer(
+                        chat.prefix + p.instruction.text + chat.suffix, add_special_tokens=False
+                    ).input_ids
+                )
+                + answer_tokens(cut, i)
+                for i, p in enumerate(render_pairs(cut, prompt_seed))
+            )
+
+        assert bound is not None
+        kept = bound.fit(len(record.history), tokens_with, file=file, record=record.user_id)
+        return (
+            record
+            if kept == len(record.history)
+            else replace(record, history=record.history[-kept:])
+        )
+
+    if bound is not None:
+        records = [fitted(r) for r in records]
     pairs = [
         (record, i, pair)
         for record in records
@@ -60,14 +97,10 @@ def generate_answers(
             chunk = pairs[start : start + batch_size]
             prompts = [chat.prefix + p.instruction.text + chat.suffix for _, _, p in chunk]
             enc = tokenizer(prompts, add_special_tokens=False, padding=True, return_tensors="pt")
-            longest = max(
-                len(tokenizer(render_answer(r.positive.title, r.negatives[i].title)).input_ids)
-                for r, i, _ in chunk
-            )
             out = model.generate(
                 input_ids=enc.input_ids.to(device),
                 attention_mask=enc.attention_mask.to(device),
-                max_new_tokens=longest + 8,
+                max_new_tokens=max(answer_tokens(r, i) for r, i, _ in chunk),
                 do_sample=False,
                 pad_token_id=tokenizer.pad_token_id,
                 eos_token_id=tokenizer.eos_token_id,

@@ -28,11 +28,12 @@ from __future__ import annotations
 import itertools
 import os
 from collections.abc import Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
+from typing import Any
 
 import torch
 
-from dmporec.collate import GroupEncoder, split_pairs
+from dmporec.collate import GroupEncoder, PromptBound, longest_sequence, split_pairs
 from dmporec.prompts import render_answer, render_instruction
 from dmporec.records import DataError
 from dmporec.scoring import Branch, Group, Layout, Tokens, score_groups
@@ -96,6 +97,26 @@ class PairEncoder(GroupEncoder):
         # The shared part does not depend on the candidates; any pair renders it.
         shared = render_instruction(list(request.history), "", "", request.wording).shared
         return self._encode(self.chat.prefix + shared)
+
+    def bounded(
+        self, request: RankRequest, bound: PromptBound, *, file: Any = None, record: Any = None
+    ) -> RankRequest:
+        """`request` with its history cut to what `bound` allows (DataError when refused): the
+        longest of its prompts pairs the two candidates with the most tokens."""
+        a, b = sorted(request.candidates, key=lambda t: len(self._encode(t)))[-2:] * (
+            2 if len(request.candidates) == 1 else 1
+        )
+
+        def tokens_with(kept: int) -> int:
+            cut = replace(request, history=request.history[-kept:])
+            return longest_sequence(Group(self.prefix(cut), (self.branch(cut, a, b),)))
+
+        kept = bound.fit(len(request.history), tokens_with, file=file, record=record)
+        return (
+            request
+            if kept == len(request.history)
+            else replace(request, history=request.history[-kept:])
+        )
 
     def groups(self, request: RankRequest, max_group_tokens: int) -> list[Group]:
         """Groups holding every ordered pair of the request, in `ordered_pairs` order."""

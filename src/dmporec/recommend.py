@@ -18,14 +18,14 @@ import argparse
 import json
 import threading
 from collections.abc import Sequence
-from dataclasses import dataclass, field, replace
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 import torch
 from pydantic import ValidationError
 
-from dmporec.collate import PromptBound, longest_sequence
+from dmporec.collate import PromptBound
 from dmporec.config import ConfigError, DataConfig, EvalConfig, RunConfig, load_config
 from dmporec.model import (
     LINEAGE,
@@ -37,7 +37,6 @@ from dmporec.model import (
 from dmporec.prompts import ChatFormat, history_text, title_tag
 from dmporec.ranking import PairEncoder, RankRequest, check_request, rank_candidates, top_k
 from dmporec.records import DataError, TitleNormalization, normalize_title, read_text_file
-from dmporec.scoring import Group
 from dmporec.wording import WORDINGS, Wording, resolve_wording
 
 # A short answer is all the explanation needs; it also bounds a request's generation time.
@@ -124,19 +123,7 @@ class Ranker:
         request = check_request(
             RankRequest(clean(history), clean(candidates), wording), file=file, record=record
         )
-        # The longest prompt pairs the two candidates with the most tokens.
-        a, b = sorted(request.candidates, key=lambda t: len(self.encoder._encode(t)))[-2:] * (
-            2 if len(request.candidates) == 1 else 1
-        )
-
-        def tokens_with(kept: int) -> int:
-            cut = replace(request, history=request.history[-kept:])
-            return longest_sequence(
-                Group(self.encoder.prefix(cut), (self.encoder.branch(cut, a, b),))
-            )
-
-        kept = self._bound().fit(len(request.history), tokens_with, file=file, record=record)
-        return replace(request, history=request.history[-kept:])
+        return self.encoder.bounded(request, self._bound(), file=file, record=record)
 
     def _bound(self) -> PromptBound:
         return PromptBound.of(self.data_cfg)

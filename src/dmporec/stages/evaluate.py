@@ -9,8 +9,8 @@ from typing import Any
 
 import torch
 
-from dmporec.collate import GroupEncoder, bound_records, model_encoder
-from dmporec.config import ConfigError, EvalConfig, RunConfig
+from dmporec.collate import GroupEncoder, PromptBound, bound_records, model_encoder
+from dmporec.config import ConfigError, DataConfig, EvalConfig, RunConfig
 from dmporec.data import stage_records
 from dmporec.evaluation import read_jsonl, score_lists, score_pairs, write_eval
 from dmporec.generation import generate_answers
@@ -38,24 +38,53 @@ def evaluate(
     out_dir: Path,
     name: str,
     enc: GroupEncoder | None = None,
-) -> dict[str, Any]:
+    data: DataConfig | None = None,
+    source: Any = None,
+) -> dict[str, int]:
     """Score every test pair and write the results to `out_dir` (see write_eval); `enc`: the
-    run's encoder, if one was made already (its token cache is reused)."""
+    run's encoder, if one was made already (its token cache is reused). With `data`, the
+    listwise and generated prompts are held to data.max_prompt_tokens / data.overlong as the
+    pairs were (`source` names the file in errors); returns what that cut."""
     rows = score_pairs(
         model, tokenizer, model_cfg, records, ec, prompt_seed, desc=f"evaluate {name}", enc=enc
     )
     if not process_state().is_main_process:  # the pairs were shared; lists and files are not
         return {}
+    cut: dict[str, int] = {}
     lists = None
     if ec.listwise:
-        lists = score_lists(model, tokenizer, model_cfg, records, ec, desc=f"rank lists {name}")
+        bound = PromptBound.of(data) if data else None
+        lists = score_lists(
+            model,
+            tokenizer,
+            model_cfg,
+            records,
+            ec,
+            desc=f"rank lists {name}",
+            bound=bound,
+            file=source,
+        )
+        if bound:
+            cut.update({f"lists_{k}": v for k, v in bound.report(f"rank lists {name}").items()})
     generations = None
     if ec.generate:
         chat = (enc or model_encoder(tokenizer, model_cfg, prompt_seed)).chat
+        bound = PromptBound.of(data) if data else None
         generations = generate_answers(
-            model, tokenizer, chat, records, prompt_seed, ec.batch_size, desc=f"generate {name}"
+            model,
+            tokenizer,
+            chat,
+            records,
+            prompt_seed,
+            ec.batch_size,
+            desc=f"generate {name}",
+            bound=bound,
+            file=source,
         )
-    return write_eval(rows, ec, out_dir, name, lists, generations)
+        if bound:
+            cut.update({f"generate_{k}": v for k, v in bound.report(f"generate {name}").items()})
+    write_eval(rows, ec, out_dir, name, lists, generations)
+    return cut
 
 
 def _saved_pairs(path: Path, records: list[Record]) -> list[dict[str, Any]] | None:
@@ -103,9 +132,12 @@ def stage_dirs(cfg: RunConfig, stage: str) -> tuple[Path, Path]:
     return stage_dir, stage_dir / ("eval-valid" if valid else "eval")
 
 
-def run_evaluate(cfg: RunConfig, stage: str) -> dict[str, Any]:
-    """Evaluate 'zero_shot' (the base model) or a finished stage ('sft', 'dmpo' or a stage dir)."""
+def run_evaluate(cfg: RunConfig, stage: str, out_dir: str | Path | None = None) -> dict[str, Any]:
+    """Evaluate 'zero_shot' (the base model) or a finished stage ('sft', 'dmpo' or a stage dir),
+    into `out_dir` (default: stage_dirs'). Its settings are recorded there: another evaluation
+    into the same directory with other settings is refused, as a stage's own is."""
     stage_dir, out = stage_dirs(cfg, stage)
+    out = Path(out_dir) if out_dir is not None else out
     done = out / "eval.json"
     # Under `accelerate launch` every process scores its share of the users (distributed.py);
     # the main process writes.
@@ -151,7 +183,7 @@ def run_evaluate(cfg: RunConfig, stage: str) -> dict[str, Any]:
         enc = model_encoder(tokenizer, model_cfg, cfg.data.prompt_seed)
         source = cfg.data.eval if cfg.eval.split == "test" else cfg.data.valid
         records, cut = bound_records(records, enc, cfg.data, source, f"evaluate {stage_dir.name}")
-        evaluate(
+        cut |= evaluate(
             model,
             tokenizer,
             model_cfg,
@@ -161,6 +193,8 @@ def run_evaluate(cfg: RunConfig, stage: str) -> dict[str, Any]:
             out,
             stage_dir.name,
             enc=enc,
+            data=cfg.data,
+            source=source,
         )
     record_settings(out, settings)
     wall = round(time.perf_counter() - start, 1)
