@@ -21,7 +21,7 @@ def test_cells_and_table():
     assert one["users"] == two["users"] == 2  # the same timed users, after a warm-up step
     assert len(one["losses"]) == 2 and len(two["losses"]) == 1
     # The same users: one call encodes the stem all users share once, two calls twice.
-    assert two["tokens"] < one["tokens"] and one["losses"][0] != two["losses"][0]
+    assert two["tokens"] < one["tokens"]
     evals = [cpu_defaults.cell("eval", b, args) for b in (256, 8192)]
     assert evals[0]["accuracy"] == evals[1]["accuracy"]  # the budget changes speed, not scores
     table = cpu_defaults.table([one, two, *evals])
