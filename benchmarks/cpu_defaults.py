@@ -24,6 +24,8 @@ import sys
 import time
 from pathlib import Path
 
+from dmporec.records import atomic_write_text
+
 HERE = Path(__file__).resolve().parent
 RESULTS = HERE / "results" / "cpu_defaults.json"
 
@@ -131,11 +133,10 @@ def main() -> None:
         print(f"done: {kind} {value}: {results[-1]['wall_s']:.1f} s", file=sys.stderr, flush=True)
     text = table(results)
     print(text)
-    args.out.parent.mkdir(parents=True, exist_ok=True)
     record = {"date": time.strftime("%Y-%m-%d"), "args": vars(args) | {"out": str(args.out)}}
-    tmp = args.out.with_suffix(".tmp")
-    tmp.write_text(json.dumps({**record, "cells": results, "table": text}, indent=2) + "\n")
-    tmp.replace(args.out)
+    atomic_write_text(
+        args.out, json.dumps({**record, "cells": results, "table": text}, indent=2) + "\n"
+    )
 
 
 if __name__ == "__main__":

@@ -357,7 +357,7 @@ def listwise(
                 if row["model"] in ("popularity", "bpr-mf"):
                     rows.append({"cell": name, **row})
             continue
-        stage = {"zero_shot": "zero_shot", "sft": "sft", "dmpo": "dmpo"}[kind]
+        stage = kind  # zero_shot, sft or dmpo: `dmporec evaluate --stage` takes the same names
         finished = out / name / (stage if stage == "zero_shot" else f"{stage}/eval") / "eval.json"
         if not finished.is_file():
             continue

@@ -23,7 +23,7 @@ from __future__ import annotations
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, replace
 from functools import lru_cache
-from typing import TYPE_CHECKING, Any, Literal, get_args
+from typing import TYPE_CHECKING, Any, Literal, TypeVar, get_args
 
 import torch
 
@@ -122,6 +122,7 @@ def model_encoder(tokenizer: Any, model_cfg: ModelConfig, prompt_seed: int) -> G
 
 
 Overlong = Literal["truncate", "refuse"]
+H = TypeVar("H")  # anything with a `history` that dataclasses.replace can cut
 
 
 def longest_sequence(group: Group) -> int:
@@ -200,24 +201,26 @@ class PromptBound:
         self.dropped += n_history - kept
         return kept
 
+    def cut(self, item: H, tokens: Callable[[H], int], *, file: Any, record: Any) -> H:
+        """`item` (a record or a ranking request: a dataclass with a `history`) with its
+        history cut to the newest titles for which `tokens(item)` fits (itself when all fit)."""
+        n = len(item.history)
+
+        def tokens_with(kept: int) -> int:
+            return tokens(replace(item, history=item.history[-kept:]))
+
+        kept = self.fit(n, tokens_with, file=file, record=record)
+        return item if kept == n else replace(item, history=item.history[-kept:])
+
     def records(
         self, records: Sequence[Record], enc: GroupEncoder, file: Any = None
     ) -> list[Record]:
         """`records` with each history cut to what fits (every negative, both listing orders)."""
 
-        def bounded(record: Record) -> Record:
-            def tokens_with(kept: int) -> int:
-                cut = replace(record, history=record.history[-kept:])
-                return longest_sequence(enc.group(cut, orders="both"))
+        def tokens(record: Record) -> int:
+            return longest_sequence(enc.group(record, orders="both"))
 
-            kept = self.fit(len(record.history), tokens_with, file=file, record=record.user_id)
-            return (
-                record
-                if kept == len(record.history)
-                else replace(record, history=record.history[-kept:])
-            )
-
-        return [bounded(r) for r in records]
+        return [self.cut(r, tokens, file=file, record=r.user_id) for r in records]
 
     def report(self, stage: str) -> dict[str, int]:
         """Prints what was cut (if anything); the counts for the stage's summary."""

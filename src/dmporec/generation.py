@@ -11,7 +11,6 @@ answer format (` <Title:A> ,  <Title:B> `):
 
 from __future__ import annotations
 
-from dataclasses import replace
 from typing import Any
 
 import numpy as np
@@ -21,7 +20,7 @@ from tqdm.auto import tqdm
 from dmporec.alpaca import parse_answer
 from dmporec.collate import PromptBound
 from dmporec.metrics import bootstrap_ci
-from dmporec.prompts import ChatFormat, render_answer, render_pairs
+from dmporec.prompts import ChatFormat, PairTexts, render_answer, render_pairs
 from dmporec.records import DataError, Record
 
 ANSWER_SLACK = 8  # new tokens allowed past the longest well-formed answer
@@ -60,29 +59,18 @@ def generate_answers(
         answer = render_answer(record.positive.title, record.negatives[i].title)
         return len(tokenizer(answer, add_special_tokens=False).input_ids) + ANSWER_SLACK
 
-    def fitted(record: Record) -> Record:
-        def tokens_with(kept: int) -> int:
-            cut = replace(record, history=record.history[-kept:])
-            return max(
-                len(
-                    tokenizer(
-                        chat.prefix + p.instruction.text + chat.suffix, add_special_tokens=False
-                    ).input_ids
-                )
-                + answer_tokens(cut, i)
-                for i, p in enumerate(render_pairs(cut, prompt_seed))
-            )
+    def prompt(pair: PairTexts) -> str:
+        return chat.prefix + pair.instruction.text + chat.suffix
 
-        assert bound is not None
-        kept = bound.fit(len(record.history), tokens_with, file=file, record=record.user_id)
-        return (
-            record
-            if kept == len(record.history)
-            else replace(record, history=record.history[-kept:])
+    def tokens(record: Record) -> int:
+        """The longest of the record's prompts plus the tokens it may generate."""
+        return max(
+            len(tokenizer(prompt(p), add_special_tokens=False).input_ids) + answer_tokens(record, i)
+            for i, p in enumerate(render_pairs(record, prompt_seed))
         )
 
     if bound is not None:
-        records = [fitted(r) for r in records]
+        records = [bound.cut(r, tokens, file=file, record=r.user_id) for r in records]
     pairs = [
         (record, i, pair)
         for record in records
@@ -95,7 +83,7 @@ def generate_answers(
     try:
         for start in tqdm(range(0, len(pairs), batch_size), desc=desc, unit="batch"):
             chunk = pairs[start : start + batch_size]
-            prompts = [chat.prefix + p.instruction.text + chat.suffix for _, _, p in chunk]
+            prompts = [prompt(p) for _, _, p in chunk]
             enc = tokenizer(prompts, add_special_tokens=False, padding=True, return_tensors="pt")
             out = model.generate(
                 input_ids=enc.input_ids.to(device),

@@ -28,7 +28,7 @@ from __future__ import annotations
 import itertools
 import os
 from collections.abc import Sequence
-from dataclasses import dataclass, replace
+from dataclasses import dataclass
 from typing import Any
 
 import torch
@@ -107,16 +107,10 @@ class PairEncoder(GroupEncoder):
             2 if len(request.candidates) == 1 else 1
         )
 
-        def tokens_with(kept: int) -> int:
-            cut = replace(request, history=request.history[-kept:])
+        def tokens(cut: RankRequest) -> int:
             return longest_sequence(Group(self.prefix(cut), (self.branch(cut, a, b),)))
 
-        kept = bound.fit(len(request.history), tokens_with, file=file, record=record)
-        return (
-            request
-            if kept == len(request.history)
-            else replace(request, history=request.history[-kept:])
-        )
+        return bound.cut(request, tokens, file=file, record=record)
 
     def groups(self, request: RankRequest, max_group_tokens: int) -> list[Group]:
         """Groups holding every ordered pair of the request, in `ordered_pairs` order."""

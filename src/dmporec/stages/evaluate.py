@@ -38,13 +38,14 @@ def evaluate(
     out_dir: Path,
     name: str,
     enc: GroupEncoder | None = None,
-    data: DataConfig | None = None,
+    *,
+    data: DataConfig,
     source: Any = None,
 ) -> dict[str, int]:
     """Score every test pair and write the results to `out_dir` (see write_eval); `enc`: the
-    run's encoder, if one was made already (its token cache is reused). With `data`, the
-    listwise and generated prompts are held to data.max_prompt_tokens / data.overlong as the
-    pairs were (`source` names the file in errors); returns what that cut."""
+    run's encoder, if one was made already (its token cache is reused). The listwise and
+    generated prompts are held to data.max_prompt_tokens / data.overlong as the pairs were
+    (`source` names the file in errors); returns what that cut."""
     rows = score_pairs(
         model, tokenizer, model_cfg, records, ec, prompt_seed, desc=f"evaluate {name}", enc=enc
     )
@@ -53,36 +54,21 @@ def evaluate(
     cut: dict[str, int] = {}
     lists = None
     if ec.listwise:
-        bound = PromptBound.of(data) if data else None
+        bound = PromptBound.of(data)
         lists = score_lists(
-            model,
-            tokenizer,
-            model_cfg,
-            records,
-            ec,
-            desc=f"rank lists {name}",
-            bound=bound,
+            model, tokenizer, model_cfg, records, ec, desc=f"rank lists {name}", bound=bound,
             file=source,
-        )
-        if bound:
-            cut.update({f"lists_{k}": v for k, v in bound.report(f"rank lists {name}").items()})
+        )  # fmt: skip
+        cut |= {f"lists_{k}": v for k, v in bound.report(f"rank lists {name}").items()}
     generations = None
     if ec.generate:
         chat = (enc or model_encoder(tokenizer, model_cfg, prompt_seed)).chat
-        bound = PromptBound.of(data) if data else None
+        bound = PromptBound.of(data)
         generations = generate_answers(
-            model,
-            tokenizer,
-            chat,
-            records,
-            prompt_seed,
-            ec.batch_size,
-            desc=f"generate {name}",
-            bound=bound,
-            file=source,
-        )
-        if bound:
-            cut.update({f"generate_{k}": v for k, v in bound.report(f"generate {name}").items()})
+            model, tokenizer, chat, records, prompt_seed, ec.batch_size, desc=f"generate {name}",
+            bound=bound, file=source,
+        )  # fmt: skip
+        cut |= {f"generate_{k}": v for k, v in bound.report(f"generate {name}").items()}
     write_eval(rows, ec, out_dir, name, lists, generations)
     return cut
 
