@@ -92,9 +92,12 @@ def build_data(out: Path, sizes: list[int]) -> Path:
     return data
 
 
-def lr_tag(lr: float | None) -> str:
-    """The cell-name part of a DMPO learning rate other than the base config's."""
-    return "" if lr is None else f"-lr{lr:g}"
+def variant_tag(lr: float | None = None, sft_weight: float | None = None) -> str:
+    """The cell-name part of DMPO settings other than the base config's: -lrX (learning rate),
+    -sftwW (the authors' SFT term on the chosen answers, `dmpo.sft_weight`)."""
+    return ("" if lr is None else f"-lr{lr:g}") + (
+        "" if sft_weight is None else f"-sftw{sft_weight:g}"
+    )
 
 
 def valid_file(data: Path, users: int) -> Path:
@@ -117,6 +120,7 @@ def experiment_file(
     dmpo_lr: float | None = None,
     probe_lrs: tuple[float, ...] = (),
     valid_users: int = 60,
+    sft_weight: float | None = None,
 ) -> Path:
     def train(n: int) -> list[str]:
         path = data / f"train_{n}.jsonl"
@@ -124,6 +128,10 @@ def experiment_file(
 
     def lr(value: float | None) -> list[str]:
         return [] if value is None else [f"dmpo.learning_rate={value:g}"]
+
+    # The curve's DMPO/DPO cells: the chosen rate, and the SFT term when asked for.
+    tag = variant_tag(dmpo_lr, sft_weight)
+    dmpo = [*lr(dmpo_lr), *([] if sft_weight is None else [f"dmpo.sft_weight={sft_weight:g}"])]
 
     cells: list[dict] = [
         {"name": "zero-shot", "stages": ["zero_shot"], "overrides": train(sizes[0])}
@@ -135,7 +143,7 @@ def experiment_file(
     for value in probe_lrs:
         cells.append(
             {
-                "name": f"{VALID_PREFIX}dmpo-k3-{low}{lr_tag(value)}",
+                "name": f"{VALID_PREFIX}dmpo-k3-{low}{variant_tag(value)}",
                 "stages": ["dmpo"],
                 "sft_from": f"sft-{low}",
                 "overrides": [
@@ -152,19 +160,19 @@ def experiment_file(
             {"name": f"baselines-{n}", "stages": ["baselines"], "overrides": train(n)},
             *([] if n == low else [{"name": f"sft-{n}", "stages": ["sft"], "overrides": train(n)}]),
             {
-                "name": f"dmpo-k3-{n}{lr_tag(dmpo_lr)}",
+                "name": f"dmpo-k3-{n}{tag}",
                 "stages": ["dmpo"],
                 "sft_from": f"sft-{n}",
-                "overrides": [*train(n), "dmpo.k=3", *lr(dmpo_lr)],
+                "overrides": [*train(n), "dmpo.k=3", *dmpo],
             },
         ]
     top = max(sizes)
     cells.append(
         {
-            "name": f"dpo-k1-{top}{lr_tag(dmpo_lr)}",
+            "name": f"dpo-k1-{top}{tag}",
             "stages": ["dmpo"],
             "sft_from": f"sft-{top}",
-            "overrides": [*train(top), "dmpo.k=1", *lr(dmpo_lr)],
+            "overrides": [*train(top), "dmpo.k=1", *dmpo],
         }
     )
     exp = {
@@ -186,14 +194,22 @@ def experiment_file(
 
 
 VALID_PREFIX = "valid-"  # cells scored on the validation users: settings, not the curve
-_N = re.compile(r"-(\d+)(?:-lr[0-9.e+-]+)?$")
-_LR = re.compile(r"-lr([0-9.e+-]+)$")
+_VALUE = r"\d[0-9.]*(?:e[+-]?\d+)?"  # a number as variant_tag writes it (:g)
+_VARIANT = re.compile(rf"-(lr|sftw)({_VALUE})")
+_N = re.compile(rf"-(\d+)(?:-(?:lr|sftw){_VALUE})*$")
+_VARIANT_WORDS = {"lr": "lr", "sftw": "SFT term"}
+
+
+def variant(cell: str) -> dict[str, str]:
+    """{"lr": "0.001", "sftw": "1"}: the settings a cell's name carries (see variant_tag)."""
+    match = _N.search(cell)
+    return dict(_VARIANT.findall(cell[match.start() :])) if match else {}
 
 
 def series_name(row: dict) -> str:
-    """A model's line: DMPO at a learning rate other than the base config's is its own line."""
-    lr = _LR.search(row["cell"])
-    return f"{row['model']}, lr {lr.group(1)}" if lr else row["model"]
+    """A model's line: DMPO at settings other than the base config's is its own line."""
+    words = [f"{_VARIANT_WORDS[key]} {value}" for key, value in variant(row["cell"]).items()]
+    return ", ".join([row["model"], *words])
 
 
 def read_results(out: Path) -> list[dict]:
@@ -245,11 +261,10 @@ def plot_curve(series: dict, sizes: list[int], path: Path) -> None:
     plt.close(fig)
 
 
-def paired(
-    out: Path, data: Path, sizes: list[int], eval_pairs: int, orders: str, dmpo_lr: float | None
-) -> list[dict]:
-    """DMPO k=3 against SFT, zero-shot and popularity (fitted as the baselines cell fits it: on
-    the N training users' and the test users' histories) at each finished N, on the same pairs."""
+def paired(out: Path, data: Path, sizes: list[int], eval_pairs: int, orders: str) -> list[dict]:
+    """Every finished DMPO k=3 cell (each variant) against SFT, zero-shot and popularity (fitted
+    as the baselines cell fits it: on the N training users' and the test users' histories) at
+    each N, on the same pairs."""
 
     def correct(cell: str, stage: str) -> np.ndarray | None:
         path = out / cell / stage
@@ -258,7 +273,7 @@ def paired(
         return pair_correct(*pair_scores(read_predictions(path), orders))
 
     test = load_records(data / EVAL, TitleNormalization())[:eval_pairs]
-    rates = [None] if dmpo_lr is None else [None, dmpo_lr]  # the base config's rate, the chosen
+    finished = [r for r in read_results(out) if r["cell"].startswith("dmpo-k3-")]
     tests = []
     zero = correct("zero-shot", "zero_shot")
     for n in sizes:
@@ -269,11 +284,12 @@ def paired(
             "zero-shot": zero,
             "popularity": pair_correct(chosen, rejected),
         }
-        for lr in rates:
-            dmpo = correct(f"dmpo-k3-{n}{lr_tag(lr)}", "dmpo/eval")
-            if dmpo is None:
+        for row in finished:
+            match = _N.search(row["cell"])
+            dmpo = correct(row["cell"], "dmpo/eval")
+            if dmpo is None or int(match.group(1)) != n:
                 continue
-            label = "DMPO (k=3)" + ("" if lr is None else f", lr {lr:g}")
+            label = series_name({**row, "model": "DMPO (k=3)"})
             for name, other in others.items():
                 if other is not None:
                     tests.append({"n": n, "a": label, "b": name, **paired_test(dmpo, other)})
@@ -484,7 +500,7 @@ def lr_probe(out: Path) -> list[dict]:
         rows.append(
             {
                 "cell": r["cell"],
-                "learning_rate": _LR.search(r["cell"]).group(1),  # every valid- cell has its rate
+                "learning_rate": variant(r["cell"])["lr"],  # every valid- cell has its rate
                 "valid_pairs": m["pairs"],
                 "valid_accuracy": m["accuracy"],
                 "valid_accuracy_ci": [m["accuracy_ci_low"], m["accuracy_ci_high"]],
@@ -579,6 +595,12 @@ def main() -> None:
         "2e-4); cells at another rate are named -lrX and drawn as their own line",
     )
     parser.add_argument(
+        "--dmpo-sft-weight",
+        type=float,
+        help="the authors' SFT term on the chosen answers (dmpo.sft_weight; they use 1.0) in the "
+        "curve's DMPO/DPO cells, named -sftwW and drawn as their own line (default: none)",
+    )
+    parser.add_argument(
         "--valid-lrs",
         type=_rates,
         default=(),
@@ -613,13 +635,13 @@ def main() -> None:
     data = build_data(out, sizes)
     exp = experiment_file(
         out, data, sizes, args.eval_pairs, args.overrides, args.dmpo_lr, args.valid_lrs,
-        args.valid_users,
+        args.valid_users, args.dmpo_sft_weight,
     )  # fmt: skip
     print(run_experiment(str(exp), only=args.cells.split(",") if args.cells else None))
     series = curve_points(out)
     plot_curve(series, sizes, out / "curve.png")
     orders = load_config(BASE, args.overrides).eval.orders
-    tests = paired(out, data, sizes, args.eval_pairs, orders, args.dmpo_lr)
+    tests = paired(out, data, sizes, args.eval_pairs, orders)
     if not args.no_train_pairs:
         train_pairs(out, data, sizes, args.overrides)
     lists = (

@@ -6,7 +6,7 @@ from dataclasses import replace
 import pytest
 
 from dmporec.config import EvalConfig
-from dmporec.evaluation import score_pairs, write_eval
+from dmporec.evaluation import score_lists, score_pairs, write_eval
 from dmporec.prompts import positive_listed_first
 
 
@@ -40,6 +40,17 @@ def test_both_orders_add_the_swapped_listing(tiny, tiny_cfg, demo, tmp_path):
     # The position diagnostics describe the listed order either way.
     assert m["first_listed_rate"] == listed_m["first_listed_rate"]
     assert m["accuracy_listed_order"] == listed_m["accuracy"]
+
+
+def test_lists_scored_several_users_per_call_equal_one_at_a_time(tiny, tiny_cfg, demo):
+    model, tok = tiny
+    records = demo.test[:5]
+    one = score_lists(model, tok, tiny_cfg, records, EvalConfig(listwise=4, batch_size=1))
+    many = score_lists(model, tok, tiny_cfg, records, EvalConfig(listwise=4, batch_size=3))
+    assert [r["user_id"] for r in many] == [r.user_id for r in records]
+    for a, b in zip(one, many, strict=True):
+        assert a["candidates"] == b["candidates"] and a["positive_index"] == b["positive_index"]
+        assert a["scores"] == pytest.approx(b["scores"], abs=1e-4)
 
 
 def test_valid_split_holds_users_out_of_training(tmp_path):

@@ -6,6 +6,7 @@ import sys
 from pathlib import Path
 
 import pytest
+import yaml
 
 ROOT = Path(__file__).resolve().parents[1]
 RAW = ROOT.parent / "shared" / "data" / "raw" / "ml-1m-users-1-2999"
@@ -106,6 +107,20 @@ def test_learning_curve_script_runs_and_plots(tmp_path):
         "2 test users, 3 candidates each" in md
         and "| dmpo-k3-6-lr0.001 | dmpo-k3-6-lr0.001 |" in md
     )
+
+    # The authors' SFT term on the chosen answers: another variant, its own line and paired tests.
+    sftw = [*cmd, "--dmpo-lr", "1e-3", "--dmpo-sft-weight", "1", "--no-train-pairs"]
+    proc = subprocess.run(
+        [*sftw, "--cells", "dmpo-k3-6-lr0.001-sftw1"], capture_output=True, text=True, timeout=900
+    )
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    cell = tmp_path / "curve" / "dmpo-k3-6-lr0.001-sftw1"
+    config = yaml.safe_load((cell / "config.yaml").read_text())
+    assert config["dmpo"]["sft_weight"] == 1.0 and config["dmpo"]["learning_rate"] == 1e-3
+    curve = json.loads((tmp_path / "published" / "curve.json").read_text())
+    assert [n for n, *_ in curve["series"]["DMPO (k=3), lr 0.001, SFT term 1"]] == [6]
+    labels = {(t["n"], t["a"]) for t in curve["paired_tests"]}
+    assert {(6, "DMPO (k=3), lr 0.001, SFT term 1"), (6, "DMPO (k=3), lr 0.001")} <= labels
 
 
 def test_bad_learning_rates_are_one_line(tmp_path):

@@ -112,31 +112,43 @@ def score_lists(
 ) -> list[dict[str, Any]]:
     """One row per test user: `ec.listwise` candidates (listwise.candidate_sets: the positive and
     sampled titles the user never rated), their scores from ranking.rank_candidates (every pair
-    asked in both listing orders) and the positive's index. With `bound`, a history whose
-    longest list prompt is over it is cut (or refused) as the pairs' were; the sampled
-    candidates can be longer titles than the user's own pairs."""
+    asked in both listing orders) and the positive's index; `ec.batch_size` users per call, as the
+    pairs are scored. With `bound`, a history whose longest list prompt is over it is cut (or
+    refused) as the pairs' were; the sampled candidates can be longer titles than the user's own
+    pairs."""
     chat = model_encoder(tokenizer, model_cfg, 0).chat
     pair_encoder = PairEncoder(tokenizer, chat)
     model.eval()
-    rows = []
+    rows: list[dict[str, Any]] = []
     sets = candidate_sets(records, n=ec.listwise, seed=ec.seed)
-    for record, (titles, pos) in tqdm(
-        list(zip(records, sets, strict=True)), desc=desc, unit="user"
-    ):
+    requests = []
+    for record, (titles, _) in zip(records, sets, strict=True):
         request = RankRequest(tuple(i.title for i in record.history), tuple(titles), record.wording)
         if bound is not None:
             request = pair_encoder.bounded(request, bound, file=file, record=record.user_id)
-        (scores,) = rank_candidates(
-            model, pair_encoder, [request], layout=ec.layout, max_batch_tokens=ec.max_batch_tokens
-        )
-        rows.append(
-            {
-                "user_id": record.user_id,
-                "candidates": titles,
-                "positive_index": pos,
-                "scores": scores,
-            }
-        )
+        requests.append(request)
+    with tqdm(total=len(records), desc=desc, unit="user") as bar:
+        for start in range(0, len(records), ec.batch_size):
+            batch = slice(start, start + ec.batch_size)
+            scores = rank_candidates(
+                model,
+                pair_encoder,
+                requests[batch],
+                layout=ec.layout,
+                max_batch_tokens=ec.max_batch_tokens,
+            )
+            for record, (titles, pos), user_scores in zip(
+                records[batch], sets[batch], scores, strict=True
+            ):
+                rows.append(
+                    {
+                        "user_id": record.user_id,
+                        "candidates": titles,
+                        "positive_index": pos,
+                        "scores": user_scores,
+                    }
+                )
+            bar.update(len(scores))
     return rows
 
 
