@@ -68,7 +68,7 @@ def main() -> None:
             )
             out = Path(tmp) / f"p{procs}"
             wall = _run([*launcher, "dmpo", "--config", CONFIG, demo, f"output_dir={out}",
-                         f"dmpo.grad_accum={2 // procs}", "--sft-dir", str(base / "sft")], env)  # fmt: skip
+                         "dmpo.batch_size=1", f"dmpo.grad_accum={2 // procs}", "--sft-dir", str(base / "sft")], env)  # fmt: skip
             steps = [
                 json.loads(x) for x in (out / "dmpo" / "metrics.jsonl").read_text().splitlines()
             ]

@@ -182,6 +182,11 @@ def experiment_file(
             f"data.eval={data / EVAL}",
             f"data.max_eval_pairs={eval_pairs}",
             "data.title_normalization.strip_year=false",
+            # One user per micro-batch, as every cell of the curve so far was trained (the base
+            # config's CPU default is 2 since 2026-12-02): the command line's grad_accum is then
+            # the users per optimizer step.
+            "sft.batch_size=1",
+            "dmpo.batch_size=1",
             *extra,
         ],
         "cells": cells,

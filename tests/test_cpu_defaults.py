@@ -26,5 +26,15 @@ def test_cells_and_table():
     assert evals[0]["accuracy"] == evals[1]["accuracy"]  # the budget changes speed, not scores
     table = cpu_defaults.table([one, two, *evals])
     assert "| 1 | " in table and "| 2 | " in table and "| 8192 | " in table
+    # Repeated rounds: each cell keeps its fastest round and shows every round's rate.
+    slow = {**one, "users_per_s": one["users_per_s"] / 2, "round": 2}
+    (best, _) = cpu_defaults.best_rounds([slow, one, two])[:2]
+    assert best["users_per_s"] == one["users_per_s"] and best["rates"] == [
+        slow["users_per_s"],
+        one["users_per_s"],
+    ]
+    assert f"{slow['users_per_s']:.3f} / {one['users_per_s']:.3f}" in cpu_defaults.table(
+        [slow, one, two]
+    )
     with pytest.raises(SystemExit, match="not a multiple"):
         cpu_defaults.cell("train", 3, args)

@@ -179,6 +179,30 @@ def test_dmpo_gradients_agree(tiny_cfg, demo):
         assert rel < 1e-4, layout
 
 
+@pytest.mark.parametrize("layout", ["naive", *SHARED])
+def test_scoring_with_and_without_gradients_agree(tiny_cfg, demo, layout):
+    """Without gradients only the decoder runs (it keeps no layer's output but the last): the
+    same log-probs as the model's own forward, with the adapter on, and without it when off."""
+    tok = load_tokenizer(tiny_cfg)
+    torch.manual_seed(0)
+    model = add_lora(load_base_model(tiny_cfg), tiny_cfg)
+    for name, p in model.named_parameters():
+        if "lora_B" in name:
+            p.data.normal_(0, 0.05)
+    groups = groups_for(tok, demo.train[:3], [3, 1, 2])
+    with_grad = score_groups(model, groups, layout=layout).logps.detach()
+    with torch.no_grad():
+        without = score_groups(model, groups, layout=layout).logps
+        with model.disable_adapter():
+            off = score_groups(model, groups, layout=layout).logps
+    assert torch.allclose(with_grad, without, atol=1e-4)
+    assert not torch.allclose(without, off, atol=1e-3)  # the adapter acts in the decoder path
+    with torch.enable_grad(), model.disable_adapter():
+        assert torch.allclose(
+            score_groups(model, groups, layout=layout).logps.detach(), off, atol=1e-4
+        )
+
+
 def test_gradient_checkpointing_encodes_the_stem_in_every_row(tiny_cfg, demo):
     # Checkpointed layers are replayed without their KV cache, so "shared" keeps no stem then.
     tok = load_tokenizer(tiny_cfg)

@@ -40,6 +40,27 @@ def test_tensorboard_gets_every_step_and_the_config(tmp_path):
     assert len(hparams) >= 2
 
 
+@pytest.mark.skipif(importlib.util.find_spec("tensorboard") is None, reason="no tensorboard")
+def test_a_stage_that_stops_still_closes_its_tracker(tmp_path, capsys):
+    """A diverging stage: the steps logged before it stopped are in the tracker's files (the
+    writer is flushed and closed, not left open to the end of the process)."""
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+    out = tmp_path / "run"
+    args = ["sft", *TINY, "sft.report_to=tensorboard", "sft.learning_rate=1e30"]
+    assert main([*args, "sft.batch_size=1", f"output_dir={out}"]) == 2
+    assert "the loss became nan" in capsys.readouterr().err
+    rows = [json.loads(x) for x in (out / "sft/metrics.jsonl").read_text().splitlines()]
+    assert rows  # steps before the divergence
+    logged = []
+    for events in {p.parent for p in (out / "sft" / "tracking").rglob("*.tfevents.*")}:
+        acc = EventAccumulator(str(events))
+        acc.Reload()
+        if "loss" in acc.Tags()["scalars"]:
+            logged += [e.step for e in acc.Scalars("loss")]
+    assert logged == [r["step"] for r in rows]
+
+
 def test_flat_hparams_and_a_missing_tracker():
     flat = flat_hparams({"sft": {"lr": 1e-3, "orders": "both"}, "x": [1, 2], "y": None})
     assert flat == {"sft.lr": 1e-3, "sft.orders": "both", "x": "[1, 2]", "y": "null"}

@@ -34,7 +34,7 @@ def output_cache(output: Any) -> Any:
     return getattr(output, _cache_name())
 
 
-def _base(model: torch.nn.Module) -> torch.nn.Module:
+def base_model(model: torch.nn.Module) -> torch.nn.Module:
     """The transformers model under accelerate's and PEFT's wrappers."""
     from accelerate.utils import extract_model_from_parallel
 
@@ -46,7 +46,7 @@ def _base(model: torch.nn.Module) -> torch.nn.Module:
 def enable_checkpointing(model: torch.nn.Module) -> None:
     """Activation (gradient) checkpointing on every decoder layer, non-reentrant, with input
     gradients on so the frozen embeddings still pass gradients to the LoRA layers."""
-    base = _base(model)
+    base = base_model(model)
     kwargs = {"use_reentrant": False}
     if hasattr(base, "activation_checkpointing_enable"):
         base.activation_checkpointing_enable(activation_checkpointing_kwargs=kwargs)
@@ -60,7 +60,7 @@ def checkpointing_active(model: torch.nn.Module) -> bool:
     forward without a KV cache)."""
     if not model.training:
         return False
-    base = _base(model)
+    base = base_model(model)
     for name in ("is_activation_checkpointing", "is_gradient_checkpointing"):
         if hasattr(type(base), name):
             return bool(getattr(base, name))

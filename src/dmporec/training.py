@@ -223,90 +223,94 @@ def train_lora(
         unit="step",
         disable=not accelerator.is_local_main_process,
     )
-    for epoch in range(position["epoch"], tc.epochs):
-        loader.set_epoch(epoch)
-        skip = position["batch"] if epoch == position["epoch"] else 0
-        epoch_loader = accelerator.skip_first_batches(loader, skip) if skip else loader
-        for batch_index, batch in enumerate(epoch_loader, start=skip):
-            with accelerator.accumulate(model):
-                lr = scheduler.get_last_lr()[0]  # the rate this step uses
-                loss, logs = loss_fn(model, batch)
-                if not torch.isfinite(loss.detach()).all():
-                    raise TrainingDiverged(
-                        f"{stage}: the loss became {loss.item()} at step {step + 1} (epoch "
-                        f"{epoch + 1}, batch {batch_index + 1}); the stage is not finished and "
-                        f"its last checkpoint is kept. Lower {stage}.learning_rate "
-                        f"({tc.learning_rate:g}) or check the data"
-                    )
-                micro_logs.append({"loss": loss.item(), **logs})
-                accelerator.backward(loss)
-                if accelerator.sync_gradients:
-                    accelerator.clip_grad_norm_(params, tc.max_grad_norm)
-                optimizer.step()
-                scheduler.step()
-                optimizer.zero_grad()
-            if not accelerator.sync_gradients:
-                continue
-            step += 1
-            keys = list(micro_logs[0])
-            means = torch.tensor(
-                [sum(m[k] for m in micro_logs) / len(micro_logs) for k in keys],
-                device=accelerator.device,
-            )
-            means = accelerator.reduce(means, reduction="mean")  # average over processes too
-            last_logs = dict(zip(keys, means.tolist(), strict=True))
-            micro_logs.clear()
-            if (
-                validate
-                and tc.eval_every_steps
-                and (step % tc.eval_every_steps == 0 or step == total_steps)
-            ):
-                model.eval()
-                with torch.no_grad():
-                    last_logs.update(validate(accelerator.unwrap_model(model)))
-                model.train()
-            bar.update(1)
-            bar.set_postfix({k: f"{v:.4g}" for k, v in last_logs.items()})
-            if not accelerator.is_main_process:
-                continue
-            if tracking:
-                accelerator.log({"lr": lr, **last_logs}, step=step)
-            append_jsonl(
-                metrics_path,
-                {
-                    "stage": stage,
-                    "step": step,
-                    "epoch": epoch + (batch_index + 1) / len(loader),
-                    "lr": lr,
-                    **last_logs,
-                    "elapsed_s": elapsed(),
-                },
-            )
-            if tc.save_every_steps and step % tc.save_every_steps == 0:
-                _save_checkpoint(
-                    ckpt,
-                    accelerator,
-                    model,
-                    optimizer,
-                    scheduler,
+    # A stage that stops (diverged, interrupted, bad data) still closes its progress bar and
+    # its tracker, so what was logged before reaches the tracker's files.
+    try:
+        for epoch in range(position["epoch"], tc.epochs):
+            loader.set_epoch(epoch)
+            skip = position["batch"] if epoch == position["epoch"] else 0
+            epoch_loader = accelerator.skip_first_batches(loader, skip) if skip else loader
+            for batch_index, batch in enumerate(epoch_loader, start=skip):
+                with accelerator.accumulate(model):
+                    lr = scheduler.get_last_lr()[0]  # the rate this step uses
+                    loss, logs = loss_fn(model, batch)
+                    if not torch.isfinite(loss.detach()).all():
+                        raise TrainingDiverged(
+                            f"{stage}: the loss became {loss.item()} at step {step + 1} (epoch "
+                            f"{epoch + 1}, batch {batch_index + 1}); the stage is not finished and "
+                            f"its last checkpoint is kept. Lower {stage}.learning_rate "
+                            f"({tc.learning_rate:g}) or check the data"
+                        )
+                    micro_logs.append({"loss": loss.item(), **logs})
+                    accelerator.backward(loss)
+                    if accelerator.sync_gradients:
+                        accelerator.clip_grad_norm_(params, tc.max_grad_norm)
+                    optimizer.step()
+                    scheduler.step()
+                    optimizer.zero_grad()
+                if not accelerator.sync_gradients:
+                    continue
+                step += 1
+                keys = list(micro_logs[0])
+                means = torch.tensor(
+                    [sum(m[k] for m in micro_logs) / len(micro_logs) for k in keys],
+                    device=accelerator.device,
+                )
+                means = accelerator.reduce(means, reduction="mean")  # average over processes too
+                last_logs = dict(zip(keys, means.tolist(), strict=True))
+                micro_logs.clear()
+                if (
+                    validate
+                    and tc.eval_every_steps
+                    and (step % tc.eval_every_steps == 0 or step == total_steps)
+                ):
+                    model.eval()
+                    with torch.no_grad():
+                        last_logs.update(validate(accelerator.unwrap_model(model)))
+                    model.train()
+                bar.update(1)
+                bar.set_postfix({k: f"{v:.4g}" for k, v in last_logs.items()})
+                if not accelerator.is_main_process:
+                    continue
+                if tracking:
+                    accelerator.log({"lr": lr, **last_logs}, step=step)
+                append_jsonl(
+                    metrics_path,
                     {
-                        "epoch": epoch,
-                        "batch": batch_index + 1,
+                        "stage": stage,
                         "step": step,
+                        "epoch": epoch + (batch_index + 1) / len(loader),
+                        "lr": lr,
+                        **last_logs,
                         "elapsed_s": elapsed(),
                     },
                 )
-        _save_checkpoint(
-            ckpt,
-            accelerator,
-            model,
-            optimizer,
-            scheduler,
-            {"epoch": epoch + 1, "batch": 0, "step": step, "elapsed_s": elapsed()},
-        )
-    bar.close()
-    if tracking:
-        accelerator.end_training()
+                if tc.save_every_steps and step % tc.save_every_steps == 0:
+                    _save_checkpoint(
+                        ckpt,
+                        accelerator,
+                        model,
+                        optimizer,
+                        scheduler,
+                        {
+                            "epoch": epoch,
+                            "batch": batch_index + 1,
+                            "step": step,
+                            "elapsed_s": elapsed(),
+                        },
+                    )
+            _save_checkpoint(
+                ckpt,
+                accelerator,
+                model,
+                optimizer,
+                scheduler,
+                {"epoch": epoch + 1, "batch": 0, "step": step, "elapsed_s": elapsed()},
+            )
+    finally:
+        bar.close()
+        if tracking:
+            accelerator.end_training()
     accelerator.wait_for_everyone()
     if accelerator.is_main_process:
         accelerator.unwrap_model(model).save_pretrained(out_dir / "adapter")
