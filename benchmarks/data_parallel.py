@@ -59,7 +59,7 @@ def main() -> None:
     with tempfile.TemporaryDirectory() as tmp:
         base = Path(tmp) / "base"
         _run([str(BIN / "dmporec"), "sft", "--config", CONFIG, demo, f"output_dir={base}",
-              "data.demo.train_users=4"], env)  # fmt: skip
+              "data.demo.train_users=4", "sft.batch_size=1", "sft.grad_accum=2"], env)  # fmt: skip
         for procs in (1, 2):
             launcher = (
                 [str(BIN / "dmporec")]

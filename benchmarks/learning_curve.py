@@ -2,7 +2,7 @@
 
     .venv/bin/python benchmarks/learning_curve.py [--sizes 100,400,1000] [--eval-pairs 1000]
         [--out runs/learning-curve] [--cells sft-100,dmpo-k3-100] [--valid-lrs 2e-4,1e-3]
-        [--dmpo-lr 1e-3] [overrides ...]
+        [--dmpo-lr 1e-3] [--dmpo-sft-weight 1] [overrides ...]
 
 1. Builds the data with the authors' rules (`dmporec prepare --rules authors`) from
    ../shared/data/raw/ml-1m-users-1-2999: the test pairs are the authors' 1000 (each test user's
@@ -19,6 +19,8 @@
    validation users (all 5 negatives, both orders; cells valid-dmpo-k3-N-lrX, not on the curve):
    pick the rate there, then --dmpo-lr X runs the curve's DMPO cells at it (named -lrX, their
    own line; a cell never changes settings under its name: the experiment refuses).
+   --dmpo-sft-weight W adds the authors' SFT term on the chosen answers (`dmpo.sft_weight`; they
+   use 1.0) to the curve's DMPO/DPO cells (named -sftwW, again their own line).
 4. Diagnostics (diagnostics.md, and in curve.json): each model's accuracy on the pairs of the
    first 100 training users (all 5 negatives, scored through eval.split=valid), accuracy by the
    positive's listed position, DMPO's reward accuracy and margin in its first and last steps.
@@ -182,11 +184,13 @@ def experiment_file(
             f"data.eval={data / EVAL}",
             f"data.max_eval_pairs={eval_pairs}",
             "data.title_normalization.strip_year=false",
-            # One user per micro-batch, as every cell of the curve so far was trained (the base
-            # config's CPU default is 2 since 2026-12-02): the command line's grad_accum is then
-            # the users per optimizer step.
+            # 1 user x 8 accumulation steps, as every cell of the curve so far was trained (the
+            # base config's CPU default is 2 x 4 since 2026-12-02); a command-line grad_accum
+            # (the documented runs give 2) is then the users per optimizer step.
             "sft.batch_size=1",
+            "sft.grad_accum=8",
             "dmpo.batch_size=1",
+            "dmpo.grad_accum=8",
             *extra,
         ],
         "cells": cells,
@@ -291,8 +295,10 @@ def paired(out: Path, data: Path, sizes: list[int], eval_pairs: int, orders: str
         }
         for row in finished:
             match = _N.search(row["cell"])
+            if match is None or int(match.group(1)) != n:
+                continue
             dmpo = correct(row["cell"], "dmpo/eval")
-            if dmpo is None or int(match.group(1)) != n:
+            if dmpo is None:
                 continue
             label = series_name({**row, "model": "DMPO (k=3)"})
             for name, other in others.items():
@@ -577,6 +583,16 @@ def _rates(text: str) -> tuple[float, ...]:
         ) from None
 
 
+def _weight(text: str) -> float:
+    try:
+        value = float(text)
+    except ValueError:
+        value = float("nan")
+    if not 0 <= value < float("inf"):
+        raise argparse.ArgumentTypeError(f"expected a finite weight >= 0, got {text!r}")
+    return value
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(
         description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
@@ -601,7 +617,7 @@ def main() -> None:
     )
     parser.add_argument(
         "--dmpo-sft-weight",
-        type=float,
+        type=_weight,
         help="the authors' SFT term on the chosen answers (dmpo.sft_weight; they use 1.0) in the "
         "curve's DMPO/DPO cells, named -sftwW and drawn as their own line (default: none)",
     )

@@ -123,14 +123,22 @@ def test_learning_curve_script_runs_and_plots(tmp_path):
     assert {(6, "DMPO (k=3), lr 0.001, SFT term 1"), (6, "DMPO (k=3), lr 0.001")} <= labels
 
 
-def test_bad_learning_rates_are_one_line(tmp_path):
+@pytest.mark.parametrize(
+    ("args", "message"),
+    [
+        (["--valid-lrs", "1e-3,abc"], "--valid-lrs: expected comma-separated learning rates"),
+        (["--dmpo-sft-weight", "inf"], "--dmpo-sft-weight: expected a finite weight >= 0"),
+        (["--dmpo-sft-weight", "-1"], "--dmpo-sft-weight: expected a finite weight >= 0"),
+    ],
+)
+def test_bad_settings_are_one_line(tmp_path, args, message):
     script = str(ROOT / "benchmarks" / "learning_curve.py")
     proc = subprocess.run(
-        [sys.executable, script, "--valid-lrs", "1e-3,abc", "--out", str(tmp_path)],
+        [sys.executable, script, *args, "--out", str(tmp_path)],
         capture_output=True,
         text=True,
         timeout=120,
     )
     assert proc.returncode == 2 and "Traceback" not in proc.stderr
-    assert "--valid-lrs: expected comma-separated learning rates" in proc.stderr
+    assert message in proc.stderr
     assert not any(tmp_path.iterdir())  # refused before any work

@@ -39,3 +39,27 @@ def test_shim_passes_the_cache_and_checkpointing_without_deprecation_warnings(ti
         enable_checkpointing(model)
         assert checkpointing_active(model.train())
         assert not checkpointing_active(model.eval())
+
+
+def test_decoder_body_is_the_stack_under_the_lm_head(tiny_cfg):
+    """Scoring hooks the decoder body's output for the last hidden states; in transformers 4.57
+    Gemma3ForCausalLM names a base-model prefix it lacks, so the body is found another way."""
+    from transformers import Gemma3ForCausalLM, Gemma3TextConfig
+
+    from dmporec.hf_compat import decoder_body
+
+    model = add_lora(load_base_model(tiny_cfg), tiny_cfg)
+    assert decoder_body(model) is model.get_base_model().model
+    config = Gemma3TextConfig(
+        vocab_size=128, hidden_size=16, intermediate_size=32, num_hidden_layers=2,
+        num_attention_heads=2, num_key_value_heads=1, head_dim=8,
+    )  # fmt: skip
+    gemma = Gemma3ForCausalLM(config)
+    assert decoder_body(gemma) is gemma.model
+    ids = torch.tensor([[1, 2, 3]])
+    with torch.no_grad():
+        want = gemma(input_ids=ids, output_hidden_states=True).hidden_states[-1]
+        from dmporec.scoring.forward import _encode
+
+        got, _ = _encode(gemma, input_ids=ids)
+    assert torch.allclose(got, want)

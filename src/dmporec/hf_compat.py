@@ -34,8 +34,8 @@ def output_cache(output: Any) -> Any:
     return getattr(output, _cache_name())
 
 
-def base_model(model: torch.nn.Module) -> torch.nn.Module:
-    """The transformers model under accelerate's and PEFT's wrappers."""
+def causal_lm(model: torch.nn.Module) -> torch.nn.Module:
+    """The transformers causal LM under accelerate's and PEFT's wrappers."""
     from accelerate.utils import extract_model_from_parallel
 
     model = extract_model_from_parallel(model)
@@ -43,10 +43,23 @@ def base_model(model: torch.nn.Module) -> torch.nn.Module:
     return get_base() if callable(get_base) else model
 
 
+def decoder_body(model: torch.nn.Module) -> torch.nn.Module | None:
+    """The decoder stack under the LM head (its output's first field is the last layer's hidden
+    states, after the final norm), or None when the model names none. `base_model` finds it in
+    transformers 5; in 4.57 some classes (Gemma3ForCausalLM) name a prefix they lack, and
+    `get_decoder()` finds it there."""
+    lm = causal_lm(model)
+    get_decoder = getattr(lm, "get_decoder", None)
+    for body in (lm.base_model, get_decoder() if callable(get_decoder) else None):
+        if isinstance(body, torch.nn.Module) and body is not lm:
+            return body
+    return None
+
+
 def enable_checkpointing(model: torch.nn.Module) -> None:
     """Activation (gradient) checkpointing on every decoder layer, non-reentrant, with input
     gradients on so the frozen embeddings still pass gradients to the LoRA layers."""
-    base = base_model(model)
+    base = causal_lm(model)
     kwargs = {"use_reentrant": False}
     if hasattr(base, "activation_checkpointing_enable"):
         base.activation_checkpointing_enable(activation_checkpointing_kwargs=kwargs)
@@ -60,7 +73,7 @@ def checkpointing_active(model: torch.nn.Module) -> bool:
     forward without a KV cache)."""
     if not model.training:
         return False
-    base = base_model(model)
+    base = causal_lm(model)
     for name in ("is_activation_checkpointing", "is_gradient_checkpointing"):
         if hasattr(type(base), name):
             return bool(getattr(base, name))

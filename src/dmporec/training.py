@@ -169,6 +169,28 @@ def train_lora(
     warn_if_unsharded(accelerator, stage)
     if tracking:
         accelerator.init_trackers(f"dmporec-{stage}", config=flat_hparams(hparams or {}))
+    try:
+        return _fit(accelerator, model, examples, loss_fn, tc, out_dir, stage, validate)
+    finally:
+        # Also when the stage stops (diverged, interrupted, bad data): what was logged reaches
+        # the tracker's files. Not end_training(), which would end the process group that the
+        # stages after this one (and the barrier before saving) still need.
+        for tracker in accelerator.trackers:
+            tracker.finish()
+
+
+def _fit(
+    accelerator: Accelerator,
+    model: PeftModel,
+    examples: Sequence[Any],
+    loss_fn: LossFn,
+    tc: TrainConfig,
+    out_dir: Path,
+    stage: str,
+    validate: ValidateFn | None,
+) -> dict[str, float]:
+    """train_lora's loop, with `accelerator` set up (and its tracker, if any, started)."""
+    tracking = tc.report_to != "none"
     set_seed(tc.seed)
     if tc.gradient_checkpointing:
         enable_checkpointing(model)
@@ -216,16 +238,13 @@ def train_lora(
         return round(before + time.perf_counter() - start, 2)
 
     micro_logs: list[dict[str, float]] = []  # the micro-batches of the current optimizer step
-    bar = tqdm(
+    with tqdm(
         total=total_steps,
         initial=step,
         desc=stage,
         unit="step",
         disable=not accelerator.is_local_main_process,
-    )
-    # A stage that stops (diverged, interrupted, bad data) still closes its progress bar and
-    # its tracker, so what was logged before reaches the tracker's files.
-    try:
+    ) as bar:
         for epoch in range(position["epoch"], tc.epochs):
             loader.set_epoch(epoch)
             skip = position["batch"] if epoch == position["epoch"] else 0
@@ -307,10 +326,6 @@ def train_lora(
                 scheduler,
                 {"epoch": epoch + 1, "batch": 0, "step": step, "elapsed_s": elapsed()},
             )
-    finally:
-        bar.close()
-        if tracking:
-            accelerator.end_training()
     accelerator.wait_for_everyone()
     if accelerator.is_main_process:
         accelerator.unwrap_model(model).save_pretrained(out_dir / "adapter")

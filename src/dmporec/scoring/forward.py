@@ -11,7 +11,7 @@ import torch
 import torch.nn.functional as F
 from accelerate.utils import extract_model_from_parallel
 
-from dmporec.hf_compat import base_model, checkpointing_active, output_cache, with_cache
+from dmporec.hf_compat import checkpointing_active, decoder_body, output_cache, with_cache
 from dmporec.scoring.masks import MaskView, shared_mask
 from dmporec.scoring.trie import LAYOUTS, Group, Layout, Row, micro_batches, pack_rows
 
@@ -35,16 +35,22 @@ def _padded(seqs: list[list[int]], length: int, device: torch.device) -> torch.T
 def _encode(model: torch.nn.Module, **kwargs: Any) -> tuple[torch.Tensor, Any]:
     """Last-layer hidden states of one forward pass, and its output (for the KV cache).
 
-    With gradients: through the model itself, so its wrappers' hooks run (DDP's gradient sync,
-    checkpointing); training keeps every layer's output for backward anyway. Without: through
-    the decoder alone, which keeps no layer's output but the last (`output_hidden_states` would
-    hold all of them until the call returns: for Qwen3-8B at 32k tokens in bf16,
-    36 layers x 32768 x 4096 x 2 bytes = 9.7 GB)."""
-    if torch.is_grad_enabled():
+    The whole model runs (its wrappers' hooks too: DDP, FSDP, autocast), computing logits for one
+    position per row; the hidden states come from a hook on its decoder body's output, so no
+    other layer's output is kept. `output_hidden_states` would hold all of them until the call returns
+    (without gradients nothing else keeps them: for Qwen3-8B at 32k tokens in bf16, 36 layers x
+    32768 x 4096 x 2 bytes = 9.7 GB)."""
+    body = decoder_body(model)
+    if body is None:  # a model that names no decoder body: every layer's output, the last kept
         out = model(**kwargs, output_hidden_states=True, logits_to_keep=1)
         return out.hidden_states[-1], out
-    out = base_model(model).get_decoder()(**kwargs)
-    return out.last_hidden_state, out
+    seen: list[torch.Tensor] = []
+    hook = body.register_forward_hook(lambda _module, _args, out: seen.append(out[0]))
+    try:
+        out = model(**kwargs, logits_to_keep=1)
+    finally:
+        hook.remove()
+    return seen[-1], out
 
 
 @dataclass
