@@ -190,7 +190,6 @@ def _fit(
     validate: ValidateFn | None,
 ) -> dict[str, float]:
     """train_lora's loop, with `accelerator` set up (and its tracker, if any, started)."""
-    tracking = tc.report_to != "none"
     set_seed(tc.seed)
     if tc.gradient_checkpointing:
         enable_checkpointing(model)
@@ -291,8 +290,7 @@ def _fit(
                 bar.set_postfix({k: f"{v:.4g}" for k, v in last_logs.items()})
                 if not accelerator.is_main_process:
                     continue
-                if tracking:
-                    accelerator.log({"lr": lr, **last_logs}, step=step)
+                accelerator.log({"lr": lr, **last_logs}, step=step)  # no tracker: a no-op
                 append_jsonl(
                     metrics_path,
                     {
