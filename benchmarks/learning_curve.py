@@ -31,8 +31,11 @@
    and curve.json (the points, and paired tests of DMPO against SFT, zero-shot and popularity at
    each N) under --out, and copies curve.png, curve.json and results.md to --publish.
 
-Every cell costs CPU time (on 2 cores: ~13 min to score 1000 test pairs in both orders; SFT
-~1.5 s and DMPO k=3 ~5 s per training user): run it in the background, one heavy job at a time.
+Every cell costs CPU time (measured alone on 2 cores: 14-28 min to score the 1000 test pairs in
+both orders; SFT ~4.9 s per training user, 4,883 s at N = 1000; DMPO k=3 with the SFT term ~9.3
+s, 3,710 s at N = 400): run it in the background, one heavy job at a time, from a checkout you
+do not edit meanwhile (`git worktree`). A stopped cell resumes from its last checkpoint with
+sft.save_every_steps / dmpo.save_every_steps.
 """
 
 from __future__ import annotations
@@ -361,41 +364,71 @@ def listwise(
     """Listwise HR@k / NDCG@k / MRR on the first `users` test users, `n` candidates each (the
     positive and n-1 sampled unrated titles): every finished model (zero-shot, SFT, DMPO/DPO) ranks
     them by round robin over all pairs in both orders (ranking.py), through `dmporec evaluate
-    --out`; popularity and BPR-MF fitted per N as in the baselines cells. Rows for listwise.md."""
+    --out`; popularity and BPR-MF fitted per N as in the baselines cells. Rows for listwise.md.
+    `only` limits what is ranked now; the rows of cells ranked before (also cells of an earlier
+    experiment file, e.g. another --dmpo-lr) are kept, in the experiment's order, then by name."""
     from dmporec.cli import main as cli
     from dmporec.stages.pipeline import baseline_rows
 
     path = list_file(data, users)
     exp = yaml.safe_load((out / "experiment.yaml").read_text())
     common = [*exp["overrides"], f"data.eval={path}", f"eval.listwise={n}"]
-    rows = []
     for cell in exp["cells"]:
         name, kind = cell["name"], cell["stages"][0]
+        target = out / LISTWISE / name
         if name.startswith(VALID_PREFIX) or (only and name not in only):
             continue
-        target = out / LISTWISE / name
         if kind == "baselines":
-            done = target / "rows.json"
-            if not done.is_file():
+            if _listwise_rows(target, users, n) is None:
                 cfg = load_config(BASE, [*common, *cell["overrides"]])
                 written = [{"model": r["model"], **r["metrics"]} for r in baseline_rows(cfg)]
-                atomic_write_text(done, json.dumps(written, indent=2) + "\n")
-            for row in json.loads(done.read_text()):
-                if row["model"] in ("popularity", "bpr-mf"):
-                    rows.append({"cell": name, **row})
+                atomic_write_text(target / "rows.json", json.dumps(written, indent=2) + "\n")
             continue
         stage = kind  # zero_shot, sft or dmpo: `dmporec evaluate --stage` takes the same names
         finished = out / name / (stage if stage == "zero_shot" else f"{stage}/eval") / "eval.json"
-        if not finished.is_file():
-            continue
-        if not (target / "eval.json").is_file():
+        if finished.is_file() and _listwise_rows(target, users, n) is None:
             code = cli(
                 ["evaluate", "--stage", stage, "--config", exp["base"], *common,
                  *cell["overrides"], f"output_dir={out / name}", "--out", str(target)]
             )  # fmt: skip
             if code:
                 raise SystemExit(f"listwise: evaluating {name} failed (exit {code})")
-        rows.append({**json.loads((target / "eval.json").read_text()), "cell": name, "model": name})
+    order = [c["name"] for c in exp["cells"]]
+    ranked = (out / LISTWISE).iterdir() if (out / LISTWISE).is_dir() else []
+    names = sorted(
+        (d.name for d in ranked if d.is_dir()),
+        key=lambda name: (order.index(name) if name in order else len(order), name),
+    )
+    rows = []
+    for name in names:
+        for row in _listwise_rows(out / LISTWISE / name, users, n) or []:
+            rows.append({**row, "cell": name, "model": row.get("model", name)})
+    return rows
+
+
+def _listwise_rows(target: Path, users: int, n: int) -> list[dict] | None:
+    """The listwise rows already in `target` (a model's eval.json, or a baselines cell's
+    popularity and BPR-MF rows), None if it holds none. Rows of other list settings stop the run:
+    they would be relabelled as this run's."""
+    if (target / "eval.json").is_file():
+        rows = [{**json.loads((target / "eval.json").read_text()), "model": target.name}]
+    elif (target / "rows.json").is_file():
+        rows = [
+            r
+            for r in json.loads((target / "rows.json").read_text())
+            if r["model"] in ("popularity", "bpr-mf")
+        ]
+    else:
+        return None
+    for row in rows:
+        if row.get(f"list{n}_users") != users:
+            made = sorted(k for k in row if k.startswith("list") and k.endswith("_users"))
+            raise SystemExit(
+                f"listwise: {target} holds lists of other settings "
+                f"({', '.join(f'{k}={row[k]}' for k in made) or 'unknown'}; this run asks for "
+                f"list{n}_users={users}): rerun with those --listwise-users/--listwise, or "
+                f"delete {target.parent} to rank every model again"
+            )
     return rows
 
 
@@ -646,7 +679,9 @@ def main() -> None:
         "--listwise", type=int, default=5, help="candidates per list (the positive and N-1)"
     )
     parser.add_argument(
-        "--listwise-cells", help="rank lists with these cells only (comma-separated; default all)"
+        "--listwise-cells",
+        help="rank lists with these cells only (comma-separated; default all); the rows of "
+        "cells ranked before are kept",
     )
     parser.add_argument("overrides", nargs="*", help="config overrides for every cell")
     args = parser.parse_args()

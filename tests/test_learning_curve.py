@@ -110,9 +110,14 @@ def test_learning_curve_script_runs_and_plots(tmp_path):
 
     # The authors' SFT term on the chosen answers: another variant, its own line and paired tests.
     sftw = [*cmd, "--dmpo-lr", "1e-3", "--dmpo-sft-weight", "1", "--no-train-pairs"]
+    # Lists ranked by the new cell alone: the rows of the cells ranked before stay in the table,
+    # those of the earlier experiment file's -lr0.001 cell too.
+    lists_new = ["--listwise-users", "2", "--listwise", "3"]
     proc = subprocess.run(
-        [*sftw, "--cells", "dmpo-k3-6-lr0.001-sftw1"], capture_output=True, text=True, timeout=900
-    )
+        [*sftw, "--cells", "dmpo-k3-6-lr0.001-sftw1", *lists_new,
+         "--listwise-cells", "dmpo-k3-6-lr0.001-sftw1"],
+        capture_output=True, text=True, timeout=900,
+    )  # fmt: skip
     assert proc.returncode == 0, proc.stderr[-3000:]
     cell = tmp_path / "curve" / "dmpo-k3-6-lr0.001-sftw1"
     config = yaml.safe_load((cell / "config.yaml").read_text())
@@ -121,6 +126,19 @@ def test_learning_curve_script_runs_and_plots(tmp_path):
     assert [n for n, *_ in curve["series"]["DMPO (k=3), lr 0.001, SFT term 1"]] == [6]
     labels = {(t["n"], t["a"]) for t in curve["paired_tests"]}
     assert {(6, "DMPO (k=3), lr 0.001, SFT term 1"), (6, "DMPO (k=3), lr 0.001")} <= labels
+    ranked = {(r["cell"], r["model"]) for r in curve["listwise"]}
+    assert ranked == set(lists) | {("dmpo-k3-6-lr0.001-sftw1", "dmpo-k3-6-lr0.001-sftw1")}
+    md = (tmp_path / "published" / "listwise.md").read_text()
+    assert "| dmpo-k3-6-lr0.001 |" in md and "| dmpo-k3-6-lr0.001-sftw1 |" in md
+
+    # Lists of other settings are never relabelled as this run's: a clear stop instead.
+    proc = subprocess.run(
+        [*sftw, "--cells", "zero-shot", "--listwise-users", "2", "--listwise", "4",
+         "--listwise-cells", "zero-shot"],
+        capture_output=True, text=True, timeout=900,
+    )  # fmt: skip
+    assert proc.returncode != 0
+    assert "holds lists of other settings (list3_users=2" in proc.stderr, proc.stderr[-2000:]
 
 
 @pytest.mark.parametrize(
