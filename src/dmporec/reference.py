@@ -85,10 +85,15 @@ def _read_partial(partial: Path, n_chunks: int) -> dict[int, torch.Tensor]:
 
 def _write_partial(partial: Path, rank: int, local: dict[int, torch.Tensor]) -> None:
     """This process's scored chunks so far, replacing its file whole (temp file, then rename)."""
-    partial.parent.mkdir(parents=True, exist_ok=True)
     path = partial.parent / f"{partial.name}.{rank}.safetensors"
+    _save_whole(path, {f"chunk_{c}": t.contiguous() for c, t in local.items()})
+
+
+def _save_whole(path: Path, tensors: dict[str, torch.Tensor]) -> None:
+    """Write `tensors` to `path` through a temp file and a rename: never half a file."""
+    path.parent.mkdir(parents=True, exist_ok=True)
     tmp = path.with_suffix(".tmp")
-    save_file({f"chunk_{c}": t.contiguous() for c, t in local.items()}, tmp)
+    save_file(tensors, tmp)
     os.replace(tmp, path)
 
 
@@ -134,10 +139,7 @@ def cached_reference_logps(
     state = process_state()
     state.wait_for_everyone()  # every process has read the partial files before they go
     if state.is_main_process:  # every process holds the same numbers
-        path.parent.mkdir(parents=True, exist_ok=True)
-        tmp = path.with_suffix(".tmp")
-        save_file({"logps": logps.contiguous()}, tmp)
-        os.replace(tmp, path)
+        _save_whole(path, {"logps": logps.contiguous()})
         for done in _partial_files(partial):
             done.unlink()
     return logps
