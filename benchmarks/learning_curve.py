@@ -28,8 +28,9 @@
    lists of --listwise candidates (the positive and the builder's sampled unrated titles):
    HR@1, NDCG@5, MRR with CIs (listwise.md; `dmporec evaluate --out` keeps them apart).
 6. Writes results.md, report.md, curve.png (accuracy against N with 95% CIs, one line per model)
-   and curve.json (the points, and paired tests of DMPO against SFT, zero-shot and popularity at
-   each N) under --out, and copies curve.png, curve.json and results.md to --publish.
+   curve.json (the points and the paired tests) and paired.md (every trained model against
+   zero-shot, popularity and BPR-MF at its N; DMPO/DPO against their SFT; SFT against SFT at the
+   N below) under --out, and copies them to --publish.
 
 Every cell costs CPU time (measured alone on 2 cores: 14-28 min to score the 1000 test pairs in
 both orders; SFT ~4.9 s per training user, 4,883 s at N = 1000; DMPO k=3 with the SFT term ~9.3
@@ -55,7 +56,7 @@ import matplotlib.pyplot as plt  # noqa: E402
 import numpy as np  # noqa: E402
 import yaml  # noqa: E402
 
-from dmporec.baselines import Popularity  # noqa: E402
+from dmporec.baselines import BPRMF, Popularity  # noqa: E402
 from dmporec.baselines import pair_scores as baseline_pair_scores  # noqa: E402
 from dmporec.build import BuildConfig, prepare  # noqa: E402
 from dmporec.config import load_config  # noqa: E402
@@ -276,40 +277,67 @@ def plot_curve(series: dict, sizes: list[int], path: Path) -> None:
 
 
 def paired(out: Path, data: Path, sizes: list[int], eval_pairs: int, orders: str) -> list[dict]:
-    """Every finished DMPO k=3 cell (each variant) against SFT, zero-shot and popularity (fitted
-    as the baselines cell fits it: on the N training users' and the test users' histories) at
-    each N, on the same pairs."""
+    """Paired tests on the same test pairs (exact McNemar, paired bootstrap CI of the difference)
+    for every finished model of the curve: SFT, DMPO k=3 and DPO k=1 (each variant) at each N
+    against zero-shot and against popularity and BPR-MF fitted as that N's baselines cell fits
+    them (on the N training users' and the test users' histories, BPR-MF at the eval seed);
+    DMPO/DPO also against the SFT it started from, SFT against SFT at the N below."""
 
-    def correct(cell: str, stage: str) -> np.ndarray | None:
-        path = out / cell / stage
+    def correct(row: dict) -> np.ndarray | None:
+        parts = Path(row["eval_dir"]).parts  # recorded relative to where the run started
+        path = out / row["cell"] / Path(*parts[parts.index(row["cell"]) + 1 :])
         if not (path / "predictions.jsonl").is_file():
             return None
         return pair_correct(*pair_scores(read_predictions(path), orders))
 
     test = load_records(data / EVAL, TitleNormalization())[:eval_pairs]
-    finished = [r for r in read_results(out) if r["cell"].startswith("dmpo-k3-")]
-    tests = []
-    zero = correct("zero-shot", "zero_shot")
+    seed = load_config(BASE).eval.seed
+    rows = [
+        r for r in read_results(out) if r.get("eval_dir") and not r["cell"].startswith(VALID_PREFIX)
+    ]
+    models = {r["cell"]: (series_name(r), correct(r)) for r in rows}
+    zero = models.get("zero-shot", (None, None))[1]
+    tests, below = [], None
     for n in sizes:
-        popularity = Popularity.fit([*read_records(data / f"train_{n}.jsonl"), *test])
-        _, chosen, rejected = baseline_pair_scores(popularity, test)
-        others = {
-            "SFT": correct(f"sft-{n}", "sft/eval"),
-            "zero-shot": zero,
-            "popularity": pair_correct(chosen, rejected),
-        }
-        for row in finished:
-            match = _N.search(row["cell"])
-            if match is None or int(match.group(1)) != n:
+        fitted = [*read_records(data / f"train_{n}.jsonl"), *test]
+        baselines = {}
+        for scorer in (Popularity.fit(fitted), BPRMF.fit(fitted, seed=seed)):
+            _, chosen, rejected = baseline_pair_scores(scorer, test)
+            baselines[f"{scorer.name} (N = {n})"] = pair_correct(chosen, rejected)
+        sft = models.get(f"sft-{n}", (None, None))[1]
+        for cell, (label, mine) in models.items():
+            match = _N.search(cell)
+            if mine is None or match is None or int(match.group(1)) != n:
                 continue
-            dmpo = correct(row["cell"], "dmpo/eval")
-            if dmpo is None:
-                continue
-            label = series_name({**row, "model": "DMPO (k=3)"})
+            others = {"zero-shot": zero, **baselines}
+            if cell.startswith("sft-") and below is not None:
+                others[f"SFT (N = {below})"] = models.get(f"sft-{below}", (None, None))[1]
+            elif not cell.startswith("sft-"):
+                others["SFT"] = sft
             for name, other in others.items():
                 if other is not None:
-                    tests.append({"n": n, "a": label, "b": name, **paired_test(dmpo, other)})
+                    tests.append({"n": n, "a": label, "b": name, **paired_test(mine, other)})
+        below = n
     return tests
+
+
+def paired_md(tests: list[dict]) -> str:
+    lines = [
+        "## Paired tests (the same test pairs, both orders)\n",
+        "Accuracy difference A - B with its paired bootstrap 95% CI; McNemar's exact p on the pairs",
+        "where the two differ. Popularity and BPR-MF are refitted here exactly as the baselines",
+        "cell fits them (their accuracy is column B).\n",
+        "| N | A | B | accuracy A | accuracy B | A - B [95% CI] | A / B better | p |",
+        "|---:|---|---|---:|---:|---|---:|---:|",
+    ]
+    for t in tests:
+        lines.append(
+            f"| {t['n']} | {t['a']} | {t['b']} | {t['accuracy_a']:.3f} | {t['accuracy_b']:.3f} "
+            f"| {t['difference']:+.3f} [{t['difference_ci_low']:+.3f}, "
+            f"{t['difference_ci_high']:+.3f}] | {t['a_better']} / {t['b_better']} "
+            f"| {t['p_value']:.3g} |"
+        )
+    return "\n".join(lines) + "\n"
 
 
 def train_pairs(out: Path, data: Path, sizes: list[int], extra: list[str]) -> None:
@@ -700,6 +728,7 @@ def main() -> None:
     plot_curve(series, sizes, out / "curve.png")
     orders = load_config(BASE, args.overrides).eval.orders
     tests = paired(out, data, sizes, args.eval_pairs, orders)
+    atomic_write_text(out / "paired.md", paired_md(tests))
     if not args.no_train_pairs:
         train_pairs(out, data, sizes, args.overrides)
     lists = (
@@ -751,6 +780,7 @@ def main() -> None:
         "report_models.png",
         "diagnostics.md",
         "listwise.md",
+        "paired.md",
     ):
         if (out / name).is_file():
             shutil.copy(out / name, publish / name)

@@ -41,9 +41,19 @@ def test_learning_curve_script_runs_and_plots(tmp_path):
     assert [n for n, *_ in curve["series"]["DMPO (k=3)"]] == [3, 6]
     assert [n for n, *_ in curve["series"]["SFT"]] == [3, 6]
     assert "popularity" in curve["series"] and "DPO (k=1)" in curve["series"]
-    assert {(t["n"], t["b"]) for t in curve["paired_tests"]} == {
-        (n, b) for n in (3, 6) for b in ("SFT", "zero-shot", "popularity")
+    # Every trained model against zero-shot and its N's popularity and BPR-MF; DMPO/DPO against
+    # their SFT, SFT against SFT at the N below.
+    tested = {(t["n"], t["a"], t["b"]) for t in curve["paired_tests"]}
+    assert tested == {
+        (n, a, b)
+        for n in (3, 6)
+        for a in ("SFT", "DMPO (k=3)", *(["DPO (k=1)"] if n == 6 else []))
+        for b in ("zero-shot", f"popularity (N = {n})", f"bpr-mf (N = {n})")
+    } | {(3, "DMPO (k=3)", "SFT"), (6, "DMPO (k=3)", "SFT"), (6, "DPO (k=1)", "SFT")} | {
+        (6, "SFT", "SFT (N = 3)")
     }
+    assert all(t["pairs"] == 4 for t in curve["paired_tests"])
+    assert "| 6 | DPO (k=1) | SFT |" in (tmp_path / "published" / "paired.md").read_text()
     assert (tmp_path / "published" / "curve.png").stat().st_size > 1000
     data = tmp_path / "curve" / "data"
     assert len((data / "train_6.jsonl").read_text().splitlines()) == 6
