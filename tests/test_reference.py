@@ -1,8 +1,10 @@
-"""The reference pass resumes: a stopped pass keeps the batches it scored (reference.py)."""
+"""Long scoring passes resume: a stopped pass keeps the batches it scored (passes.py), for the
+reference log-probs (reference.py) and the scoring of test pairs (evaluation.py)."""
 
 import pytest
 import torch
 
+import dmporec.passes as passes
 import dmporec.reference as reference
 from dmporec.collate import GroupEncoder
 from dmporec.config import DMPOConfig
@@ -10,7 +12,7 @@ from dmporec.demo_data import DemoDataConfig, make_demo_data
 from dmporec.model import add_lora, load_base_model, load_tokenizer
 from dmporec.prompts import ChatFormat
 
-SCORE_GROUPS = reference.score_groups  # the real one, whatever a test patched in
+SCORE_GROUPS = passes.score_groups  # the real one, whatever a test patched in
 
 
 class Stop(Exception):
@@ -35,7 +37,7 @@ def _counting(monkeypatch, stop_after=None):
         calls.append(1)
         return SCORE_GROUPS(*args, **kwargs)
 
-    monkeypatch.setattr(reference, "score_groups", scored)
+    monkeypatch.setattr(passes, "score_groups", scored)
     return calls
 
 
@@ -82,3 +84,69 @@ def test_the_cache_is_written_whole_and_the_partial_files_go(tiny_cfg, tmp_path,
     calls = _counting(monkeypatch)
     reference.cached_reference_logps(*args, batch_size=3)
     assert len(calls) == 3  # 7 users in batches of 3, none kept
+
+
+def _tiny_run(out, *more):
+    from dmporec.config import load_config
+    from dmporec.stages.common import prepare_run
+
+    return prepare_run(
+        load_config(
+            None,
+            [
+                "model.name=builtin:tiny-qwen3",
+                "data.demo={train_users: 2, valid_users: 0, test_users: 7, negatives: 2}",
+                "eval.batch_size=2",
+                "eval.n_boot=10",
+                f"output_dir={out}",
+                *more,
+            ],
+        )
+    )
+
+
+def test_a_stopped_evaluation_resumes_with_the_same_numbers(tmp_path, monkeypatch):
+    from dmporec.evaluation import read_jsonl
+    from dmporec.stages.evaluate import run_evaluate
+
+    whole = run_evaluate(_tiny_run(tmp_path / "whole"), "zero_shot")
+    want = read_jsonl(tmp_path / "whole" / "zero_shot" / "predictions.jsonl")
+
+    cfg = _tiny_run(tmp_path / "run")
+    _counting(monkeypatch, stop_after=3)  # 7 users in batches of 2: 4 batches
+    with pytest.raises(Stop):
+        run_evaluate(cfg, "zero_shot")
+    folder = tmp_path / "run" / "zero_shot"
+    (kept,) = folder.glob("scores.partial.*.0.safetensors")
+    assert not (folder / "predictions.jsonl").exists()
+
+    calls = _counting(monkeypatch)
+    got = run_evaluate(cfg, "zero_shot")
+    assert len(calls) == 1  # only the batch the stopped scoring had not scored
+    assert read_jsonl(folder / "predictions.jsonl") == want
+    assert got["accuracy"] == whole["accuracy"] and len(want) == 7  # one pair per test user
+    assert not kept.exists()  # gone once the predictions are written
+
+    # Batches kept for other settings (here the batch size, which splits other batches) are
+    # never read: all 3 batches of 3 are scored again.
+    cfg = _tiny_run(tmp_path / "other")
+    _counting(monkeypatch, stop_after=2)
+    with pytest.raises(Stop):
+        run_evaluate(cfg, "zero_shot")
+    calls = _counting(monkeypatch)
+    run_evaluate(_tiny_run(tmp_path / "other", "eval.batch_size=3"), "zero_shot")
+    assert len(calls) == 3
+    assert not list((tmp_path / "other" / "zero_shot").glob("scores.partial.*"))
+
+
+def test_the_pass_key_is_the_reference_cache_key_of_before(tiny_cfg):
+    """The reference cache written before passes.py existed (an hour of work for 1000 users)
+    keeps its name: the key hashes the same bytes in the same order."""
+    import hashlib
+    import json
+
+    _, groups = _setup(tiny_cfg)
+    h = hashlib.sha256(json.dumps([tiny_cfg.name, tiny_cfg.dtype, 6]).encode())
+    for group in groups:
+        h.update(repr(group).encode())
+    assert reference.reference_cache_key(tiny_cfg, [], groups, 6) == h.hexdigest()[:32]

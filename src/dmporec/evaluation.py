@@ -5,6 +5,7 @@ and what it may reuse."""
 from __future__ import annotations
 
 import json
+from dataclasses import dataclass
 from functools import partial
 from pathlib import Path
 from typing import Any
@@ -22,7 +23,6 @@ from dmporec.collate import (
 )
 from dmporec.config import EvalConfig, RunConfig, TrainConfig
 from dmporec.data import stage_records
-from dmporec.distributed import gather_chunks, my_chunks, process_state
 from dmporec.generation import generation_report
 from dmporec.listwise import candidate_sets
 from dmporec.metrics import (
@@ -35,11 +35,28 @@ from dmporec.metrics import (
     ties_with_positive,
 )
 from dmporec.model import ModelConfig
+from dmporec.passes import pass_key, score_in_chunks
 from dmporec.prompts import positive_listed_first
 from dmporec.ranking import PairEncoder, RankRequest, rank_candidates
 from dmporec.records import Record, atomic_write_text
-from dmporec.scoring import length_order, score_groups
 from dmporec.training import ValidateFn
+
+PARTIAL = "scores.partial"  # stem of a stopped scoring's kept batches, in the eval directory
+
+
+@dataclass(frozen=True)
+class Resume:
+    """Where a scoring keeps its batches as it goes (`directory`), and the adapters merged into
+    the model (their weights are part of the key: another model's batches are never read)."""
+
+    directory: Path
+    adapters: tuple[Path, ...] = ()
+
+
+def drop_partial(directory: Path) -> None:
+    """The kept batches of every scoring into `directory`, once its predictions are written."""
+    for path in directory.glob(f"{PARTIAL}.*.safetensors"):
+        path.unlink()
 
 
 @torch.no_grad()
@@ -52,32 +69,32 @@ def score_pairs(
     prompt_seed: int,
     desc: str = "evaluate",
     enc: GroupEncoder | None = None,
+    resume: Resume | None = None,
 ) -> list[dict[str, Any]]:
     """One row per (user, negative): chosen and rejected summed log-probs and the listing order;
     with `ec.orders == 'both'` also `*_swapped`: the same answers with the pair listed the other way.
-    `enc`: the run's encoder if one exists (model_encoder of these arguments), for its token cache."""
+    `enc`: the run's encoder if one exists (model_encoder of these arguments), for its token cache.
+    `resume`: where the batches scored so far are kept, so a stopped scoring resumes (passes.py)."""
     enc = enc or model_encoder(tokenizer, model_cfg, prompt_seed)
     model.eval()
     groups = [enc.group(r, orders=ec.orders) for r in records]
-    order = length_order(groups)
-    chunks = [order[s : s + ec.batch_size] for s in range(0, len(order), ec.batch_size)]
-    mine = my_chunks(len(chunks))  # all of them in one process (distributed.py)
-    local: dict[int, torch.Tensor] = {}
-    total = sum(records[u].k for c in mine for u in chunks[c])
-    with tqdm(
-        total=total, desc=desc, unit="pair", disable=not process_state().is_main_process
-    ) as bar:
-        for c in mine:
-            scores = score_groups(
-                model,
-                [groups[u] for u in chunks[c]],
-                layout=ec.layout,
-                max_batch_tokens=ec.max_batch_tokens,
-            )
-            local[c] = scores.logps.float().cpu()
-            bar.update(sum(records[u].k for u in chunks[c]))
+    kept = None
+    if resume is not None:
+        key = pass_key(model_cfg, resume.adapters, groups, ec.batch_size, ec.layout)
+        kept = resume.directory / f"{PARTIAL}.{key}"
+    chunks, scored = score_in_chunks(
+        model,
+        groups,
+        layout=ec.layout,
+        batch_size=ec.batch_size,
+        max_batch_tokens=ec.max_batch_tokens,
+        partial=kept,
+        desc=desc,
+        weights=[r.k for r in records],
+        unit="pair",
+    )
     user_logps: list[torch.Tensor] = [torch.empty(0)] * len(records)
-    for c, logps in gather_chunks(local).items():
+    for c, logps in scored.items():
         for b, u in enumerate(chunks[c]):
             user_logps[u] = logps[b]
     rows = []
