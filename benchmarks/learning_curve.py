@@ -36,7 +36,8 @@ Every cell costs CPU time (measured alone on 2 cores: 14-28 min to score the 100
 both orders; SFT ~4.9 s per training user, 4,883 s at N = 1000; DMPO k=3 with the SFT term ~9.3
 s, 3,710 s at N = 400): run it in the background, one heavy job at a time, from a checkout you
 do not edit meanwhile (`git worktree`). A stopped cell resumes from its last checkpoint with
-sft.save_every_steps / dmpo.save_every_steps.
+sft.save_every_steps / dmpo.save_every_steps, and its reference pass and scoring from the batches
+they had kept.
 """
 
 from __future__ import annotations
