@@ -296,8 +296,8 @@ def paired(out: Path, data: Path, sizes: list[int], eval_pairs: int, orders: str
     rows = [
         r for r in read_results(out) if r.get("eval_dir") and not r["cell"].startswith(VALID_PREFIX)
     ]
-    models = {r["cell"]: (series_name(r), correct(r)) for r in rows}
-    zero = models.get("zero-shot", (None, None))[1]
+    labels = {r["cell"]: series_name(r) for r in rows}
+    scored = {r["cell"]: correct(r) for r in rows}
     tests, below = [], None
     for n in sizes:
         fitted = [*read_records(data / f"train_{n}.jsonl"), *test]
@@ -305,19 +305,18 @@ def paired(out: Path, data: Path, sizes: list[int], eval_pairs: int, orders: str
         for scorer in (Popularity.fit(fitted), BPRMF.fit(fitted, seed=seed)):
             _, chosen, rejected = baseline_pair_scores(scorer, test)
             baselines[f"{scorer.name} (N = {n})"] = pair_correct(chosen, rejected)
-        sft = models.get(f"sft-{n}", (None, None))[1]
-        for cell, (label, mine) in models.items():
+        for cell, mine in scored.items():
             match = _N.search(cell)
             if mine is None or match is None or int(match.group(1)) != n:
                 continue
-            others = {"zero-shot": zero, **baselines}
-            if cell.startswith("sft-") and below is not None:
-                others[f"SFT (N = {below})"] = models.get(f"sft-{below}", (None, None))[1]
-            elif not cell.startswith("sft-"):
-                others["SFT"] = sft
+            others = {"zero-shot": scored.get("zero-shot"), **baselines}
+            if cell.startswith("sft-"):  # none at the smallest N
+                others[f"SFT (N = {below})"] = scored.get(f"sft-{below}")
+            else:
+                others["SFT"] = scored.get(f"sft-{n}")
             for name, other in others.items():
                 if other is not None:
-                    tests.append({"n": n, "a": label, "b": name, **paired_test(mine, other)})
+                    tests.append({"n": n, "a": labels[cell], "b": name, **paired_test(mine, other)})
         below = n
     return tests
 
