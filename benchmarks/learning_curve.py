@@ -30,7 +30,11 @@
 6. Writes results.md, report.md, curve.png (accuracy against N with 95% CIs, one line per model)
    curve.json (the points and the paired tests) and paired.md (every trained model against
    zero-shot, popularity and BPR-MF at its N; DMPO/DPO against their SFT; SFT against SFT at the
-   N below) under --out, and copies them to --publish.
+   N below) under --out, and copies them to --publish, with results.jsonl: every finished cell's
+   row carrying its per-pair correctness, paired tests and diagnostics.
+7. Across sessions: a run starts by restoring the cells --publish holds that --out lacks (a new
+   session's checkout has no runs/), so it trains only what is missing and the published curve
+   only grows; an SFT cell whose adapter a DMPO/DPO cell run now needs is trained again.
 
 Every cell costs CPU time (measured alone on 2 cores: 14-28 min to score the 1000 test pairs in
 both orders; SFT ~4.9 s per training user, 4,883 s at N = 1000; DMPO k=3 with the SFT term ~9.3
@@ -64,6 +68,7 @@ from dmporec.config import load_config  # noqa: E402
 from dmporec.data import load_records  # noqa: E402
 from dmporec.evaluation import pair_scores, read_jsonl, read_predictions  # noqa: E402
 from dmporec.metrics import pair_correct, paired_test  # noqa: E402
+from dmporec.model import LINEAGE  # noqa: E402
 from dmporec.records import (  # noqa: E402
     TitleNormalization,
     atomic_write_text,
@@ -207,6 +212,89 @@ def experiment_file(
     return path
 
 
+PUBLISHED = "results.jsonl"  # under --publish: every finished cell's row, carrying its results
+
+
+def restore(
+    out: Path, exp_path: Path, publish: Path, only: list[str] | None
+) -> tuple[list[str], list[str]]:
+    """Bring back the cells that earlier sessions finished and published (a session's runs/ does
+    not outlive it; the repository does): their rows from --publish's results.jsonl go into
+    out/results.jsonl, so the experiment skips them and the curve, the tables, the paired tests
+    and the diagnostics include them, from what each row carries (per-pair correctness, paired
+    tests, diagnostics, the learning-rate probe), and their lists into out/listwise. A published
+    row whose cell this experiment makes with other overrides stops the run (it would be
+    relabelled). Returns the restored cells, and the SFT cells to train again: those a cell run
+    now starts from whose adapter is not here (their rows, published or restored before, are
+    left out of out/results.jsonl until they have trained)."""
+    source = publish / PUBLISHED
+    cells = {c["name"]: c for c in yaml.safe_load(exp_path.read_text())["cells"]}
+    results = out / "results.jsonl"
+    local = read_jsonl(results) if results.is_file() else []
+    have = {r["cell"] for r in local}
+    published = [r for r in read_jsonl(source) if r["cell"] not in have] if source.is_file() else []
+    for r in published:
+        cell = cells.get(r["cell"])
+        if cell is not None and cell["overrides"] != r["overrides"]:
+            raise SystemExit(
+                f"{source}: cell {r['cell']} was published with overrides {r['overrides']}; this "
+                f"run gives it {cell['overrides']} (another --out?): rerun with the --out it was "
+                "made with, or --publish elsewhere"
+            )
+    done = have | {r["cell"] for r in published}
+    retrain = {
+        c["sft_from"]
+        for name, c in cells.items()
+        if c.get("sft_from")
+        and name not in done
+        and (not only or name in only)
+        and not (out / c["sft_from"] / "sft" / LINEAGE).is_file()
+    }
+    rows = [r for r in published if r["cell"] not in retrain]
+    kept = [r for r in local if r["cell"] not in retrain]  # restored before, without an adapter
+    if rows or len(kept) < len(local):
+        atomic_write_text(results, "".join(json.dumps(r) + "\n" for r in [*rows, *kept]))
+    curve = publish / "curve.json"
+    lists = json.loads(curve.read_text()).get("listwise", []) if curve.is_file() else []
+    restored = {r["cell"] for r in rows}
+    lists = [r for r in lists if r["cell"] in restored]
+    if lists and not (out / LISTWISE / "rows.json").is_file():
+        atomic_write_text(out / LISTWISE / "rows.json", json.dumps(lists, indent=2) + "\n")
+    for name in sorted({r["cell"] for r in lists}):
+        target = out / LISTWISE / name
+        if target.exists():
+            continue
+        kept = [{k: v for k, v in r.items() if k != "cell"} for r in lists if r["cell"] == name]
+        if name.startswith("baselines-"):
+            atomic_write_text(target / "rows.json", json.dumps(kept, indent=2) + "\n")
+        else:
+            (row,) = kept
+            atomic_write_text(target / "eval.json", json.dumps(row, indent=2) + "\n")
+    return sorted(restored), sorted(retrain)
+
+
+def published_rows(
+    out: Path, orders: str, tests: list[dict], diag: list[dict], probe: list[dict]
+) -> list[dict]:
+    """Every finished cell's row for --publish, carrying what a later session needs to rebuild
+    the curve, the paired tests and the diagnostics without the run directory."""
+    rows = []
+    for r in read_results(out):
+        carried = dict(r.get("carried", {}))
+        mine = correct(out, r, orders) if r.get("eval_dir") else None
+        if mine is not None:
+            carried["pair_correct"] = mine.tolist()
+        match, label = _N.search(r["cell"]), series_name(r)
+        if match and not r["cell"].startswith(VALID_PREFIX):
+            n = int(match.group(1))
+            carried["paired_tests"] = [t for t in tests if t["n"] == n and t["a"] == label]
+        for key, found in (("diagnostics", diag), ("lr_probe", probe)):
+            kept = next((d for d in found if d["cell"] == r["cell"]), None)
+            carried.update({} if kept is None else {key: kept})
+        rows.append({**r, "carried": carried} if carried else r)
+    return rows
+
+
 VALID_PREFIX = "valid-"  # cells scored on the validation users: settings, not the curve
 _VALUE = r"\d[0-9.]*(?:e[+-]?\d+)?"  # a number as variant_tag writes it (:g)
 _VARIANT = re.compile(rf"-(lr|sftw)({_VALUE})")
@@ -284,20 +372,13 @@ def paired(out: Path, data: Path, sizes: list[int], eval_pairs: int, orders: str
     them (on the N training users' and the test users' histories, BPR-MF at the eval seed);
     DMPO/DPO also against the SFT it started from, SFT against SFT at the N below."""
 
-    def correct(row: dict) -> np.ndarray | None:
-        parts = Path(row["eval_dir"]).parts  # recorded relative to where the run started
-        path = out / row["cell"] / Path(*parts[parts.index(row["cell"]) + 1 :])
-        if not (path / "predictions.jsonl").is_file():
-            return None
-        return pair_correct(*pair_scores(read_predictions(path), orders))
-
     test = load_records(data / EVAL, TitleNormalization())[:eval_pairs]
     seed = load_config(BASE).eval.seed
     rows = [
         r for r in read_results(out) if r.get("eval_dir") and not r["cell"].startswith(VALID_PREFIX)
     ]
     labels = {r["cell"]: series_name(r) for r in rows}
-    scored = {r["cell"]: correct(r) for r in rows}
+    scored = {r["cell"]: correct(out, r, orders) for r in rows}
     tests, below = [], None
     for n in sizes:
         fitted = [*read_records(data / f"train_{n}.jsonl"), *test]
@@ -318,7 +399,23 @@ def paired(out: Path, data: Path, sizes: list[int], eval_pairs: int, orders: str
                 if other is not None:
                     tests.append({"n": n, "a": labels[cell], "b": name, **paired_test(mine, other)})
         below = n
+    # Tests of restored cells whose counterpart's per-pair results are gone, as published.
+    done = {(t["n"], t["a"], t["b"]) for t in tests}
+    for r in rows:
+        for t in r.get("carried", {}).get("paired_tests", []):
+            if (t["n"], t["a"], t["b"]) not in done:
+                tests.append(t)
     return tests
+
+
+def correct(out: Path, row: dict, orders: str) -> np.ndarray | None:
+    """A scored cell's per-pair correctness: from its predictions here, else as published."""
+    parts = Path(row["eval_dir"]).parts  # recorded relative to where the run started
+    path = out / row["cell"] / Path(*parts[parts.index(row["cell"]) + 1 :])
+    if (path / "predictions.jsonl").is_file():
+        return pair_correct(*pair_scores(read_predictions(path), orders))
+    kept = row.get("carried", {}).get("pair_correct")
+    return None if kept is None else np.asarray(kept, float)
 
 
 def paired_md(tests: list[dict]) -> str:
@@ -530,6 +627,12 @@ def diagnostics(out: Path) -> list[dict]:
                     round(step_mean([steps[i] for i in q], key), 3) for q in quarters if len(q)
                 ]
         rows.append(row)
+    found = {r["cell"] for r in rows}
+    for r in read_results(out) if (out / "results.jsonl").is_file() else []:
+        kept = r.get("carried", {}).get("diagnostics")
+        if kept and r["cell"] not in found:
+            rows.append(kept)
+            found.add(r["cell"])
     return rows
 
 
@@ -569,7 +672,11 @@ def lr_probe(out: Path) -> list[dict]:
     for r in read_results(out):
         if not r["cell"].startswith(VALID_PREFIX):
             continue
-        last10 = read_jsonl(Path(r["eval_dir"]).parent / "metrics.jsonl")[-10:]
+        metrics = Path(r["eval_dir"]).parent / "metrics.jsonl"
+        if not metrics.is_file():  # a restored cell: its row as published, if any
+            rows += [r["carried"]["lr_probe"]] if "lr_probe" in r.get("carried", {}) else []
+            continue
+        last10 = read_jsonl(metrics)[-10:]
         m = r["metrics"]
         rows.append(
             {
@@ -723,7 +830,15 @@ def main() -> None:
         out, data, sizes, args.eval_pairs, args.overrides, args.dmpo_lr, args.valid_lrs,
         args.valid_users, args.dmpo_sft_weight,
     )  # fmt: skip
-    print(run_experiment(str(exp), only=args.cells.split(",") if args.cells else None))
+    only = args.cells.split(",") if args.cells else None
+    publish = Path(args.publish)
+    restored, retrain = restore(out, exp, publish, only)
+    if restored:
+        print(f"restored from {publish / PUBLISHED}: {', '.join(restored)}")
+    if retrain:
+        print(f"trained again, their adapters are not in {out}: {', '.join(retrain)}")
+        only = None if only is None else [*retrain, *only]
+    print(run_experiment(str(exp), only=only))
     series = curve_points(out)
     plot_curve(series, sizes, out / "curve.png")
     orders = load_config(BASE, args.overrides).eval.orders
@@ -770,14 +885,17 @@ def main() -> None:
         + "\n",
     )
     write_report(out)
-    publish = Path(args.publish)
     publish.mkdir(parents=True, exist_ok=True)
+    rows = published_rows(out, orders, tests, diag, probe)
+    atomic_write_text(publish / PUBLISHED, "".join(json.dumps(r) + "\n" for r in rows))
     for name in (
         "curve.png",
         "curve.json",
         "results.md",
         "report.md",
         "report_models.png",
+        "report_training.png",
+        "report_k.png",
         "diagnostics.md",
         "listwise.md",
         "paired.md",

@@ -1,6 +1,7 @@
 """benchmarks/learning_curve.py end to end on the tiny model, so the script never rots."""
 
 import json
+import shutil
 import subprocess
 import sys
 from pathlib import Path
@@ -149,6 +150,51 @@ def test_learning_curve_script_runs_and_plots(tmp_path):
     )  # fmt: skip
     assert proc.returncode != 0
     assert "holds lists of other settings (list3_users=2" in proc.stderr, proc.stderr[-2000:]
+
+    # A new session: the run directory is gone, the published files are not. Every finished cell
+    # comes back from them (nothing trains or scores), with its paired tests, diagnostics, lists.
+    published = tmp_path / "published"
+    before = json.loads((published / "curve.json").read_text())
+    assert len((published / "results.jsonl").read_text().splitlines()) > 10
+    shutil.rmtree(tmp_path / "curve")
+    proc = subprocess.run(
+        [*sftw, "--cells", "zero-shot"], capture_output=True, text=True, timeout=900
+    )
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    assert "restored from" in proc.stdout and "cell zero-shot is in" in proc.stdout
+    assert not (tmp_path / "curve" / "sft-6").exists()
+    after = json.loads((published / "curve.json").read_text())
+
+    def tests(curve):
+        return sorted((t["n"], t["a"], t["b"], t["p_value"]) for t in curve["paired_tests"])
+
+    assert after["series"] == before["series"] and tests(after) == tests(before)
+    assert {d["cell"]: d for d in after["diagnostics"]} == {
+        d["cell"]: d for d in before["diagnostics"]
+    }
+    assert after["valid_lrs"] == before["valid_lrs"] and after["listwise"] == before["listwise"]
+    # A cell that starts from a published SFT whose adapter is not here trains that SFT again.
+    proc = subprocess.run(
+        [*sftw, "--cells", "dpo-k1-6-lr0.001-sftw1"], capture_output=True, text=True, timeout=900
+    )
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    assert "trained again, their adapters are not in" in proc.stdout
+    assert (tmp_path / "curve" / "sft-6" / "sft" / "lineage.json").is_file()
+    after = json.loads((published / "curve.json").read_text())
+    assert [n for n, *_ in after["series"]["DPO (k=1), lr 0.001, SFT term 1"]] == [6]
+    assert {
+        k: v for k, v in after["series"].items() if k != "DPO (k=1), lr 0.001, SFT term 1"
+    }.keys() == before["series"].keys()
+    assert [n for n, *_ in after["series"]["DMPO (k=3)"]] == [3, 6]
+    assert (6, "DPO (k=1), lr 0.001, SFT term 1", "SFT") in {
+        (t["n"], t["a"], t["b"]) for t in after["paired_tests"]
+    }
+    # Rows published with other overrides are never relabelled: another --out stops the run.
+    proc = subprocess.run(
+        [*sftw, "--cells", "zero-shot", "--out", str(tmp_path / "elsewhere")],
+        capture_output=True, text=True, timeout=900,
+    )  # fmt: skip
+    assert proc.returncode != 0 and "was published with overrides" in proc.stderr
 
 
 @pytest.mark.parametrize(
