@@ -36,10 +36,11 @@
    session's checkout has no runs/), so it trains only what is missing and the published curve
    only grows; an SFT cell whose adapter a DMPO/DPO cell run now needs is trained again.
 
-Every cell costs CPU time (measured alone on 2 cores: 14-28 min to score the 1000 test pairs in
-both orders; SFT ~4.9 s per training user, 4,883 s at N = 1000; DMPO k=3 with the SFT term ~9.3
-s, 3,710 s at N = 400): run it in the background, one heavy job at a time, from a checkout you
-do not edit meanwhile (`git worktree`). A stopped cell resumes from its last checkpoint with
+Every cell costs CPU time (measured alone on 2 cores, 2026-12-02: 9-17 min to score the 1000
+test pairs in both orders; SFT 1,744 s at N = 1000; DPO k=1 with the SFT term 2,485 s at N = 1000
+with its reference pass; DMPO k=3 with the SFT term ~9.3 s per user, 3,710 s at N = 400): run it
+in the background, one heavy job at a time, from a checkout you do not edit meanwhile (`git
+worktree`). A stopped cell resumes from its last checkpoint with
 sft.save_every_steps / dmpo.save_every_steps, and its reference pass and scoring from the batches
 they had kept.
 """
@@ -427,7 +428,7 @@ def paired_md(tests: list[dict]) -> str:
         "| N | A | B | accuracy A | accuracy B | A - B [95% CI] | A / B better | p |",
         "|---:|---|---|---:|---:|---|---:|---:|",
     ]
-    for t in tests:
+    for t in sorted(tests, key=lambda t: t["n"]):  # restored cells' tests come last otherwise
         lines.append(
             f"| {t['n']} | {t['a']} | {t['b']} | {t['accuracy_a']:.3f} | {t['accuracy_b']:.3f} "
             f"| {t['difference']:+.3f} [{t['difference_ci_low']:+.3f}, "
@@ -633,7 +634,7 @@ def diagnostics(out: Path) -> list[dict]:
         if kept and r["cell"] not in found:
             rows.append(kept)
             found.add(r["cell"])
-    return rows
+    return sorted(rows, key=lambda d: d["cell"])
 
 
 def label_counts(data: Path, sizes: list[int], eval_pairs: int) -> list[dict]:
