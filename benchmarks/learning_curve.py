@@ -2,7 +2,7 @@
 
     .venv/bin/python benchmarks/learning_curve.py [--sizes 100,400,1000] [--eval-pairs 1000]
         [--out runs/learning-curve] [--cells sft-100,dmpo-k3-100] [--valid-lrs 2e-4,1e-3]
-        [--dmpo-lr 1e-3] [--dmpo-sft-weight 1] [overrides ...]
+        [--dmpo-lr 1e-3] [--dmpo-sft-weight 1] [--rerun dmpo-k3-1000] [overrides ...]
 
 1. Builds the data with the authors' rules (`dmporec prepare --rules authors`) from
    ../shared/data/raw/ml-1m-users-1-2999: the test pairs are the authors' 1000 (each test user's
@@ -35,6 +35,7 @@
 7. Across sessions: a run starts by restoring the cells --publish holds that --out lacks (a new
    session's checkout has no runs/), so it trains only what is missing and the published curve
    only grows; an SFT cell whose adapter a DMPO/DPO cell run now needs is trained again.
+   --rerun CELLS runs finished cells again; their new rows replace the published ones.
 
 Every cell costs CPU time (measured alone on 2 cores, 2026-12-02: 9-17 min to score the 1000
 test pairs in both orders; SFT 1,744 s at N = 1000; DPO k=1 with the SFT term 2,485 s at N = 1000
@@ -217,7 +218,7 @@ PUBLISHED = "results.jsonl"  # under --publish: every finished cell's row, carry
 
 
 def restore(
-    out: Path, exp_path: Path, publish: Path, only: list[str] | None
+    out: Path, exp_path: Path, publish: Path, only: list[str] | None, rerun: list[str] = ()
 ) -> tuple[list[str], list[str]]:
     """Bring back the cells that earlier sessions finished and published (a session's runs/ does
     not outlive it; the repository does): their rows from --publish's results.jsonl go into
@@ -227,13 +228,16 @@ def restore(
     row whose cell this experiment makes with other overrides stops the run (it would be
     relabelled). Returns the restored cells, and the SFT cells to train again: those a cell run
     now starts from whose adapter is not here (their rows, published or restored before, are
-    left out of out/results.jsonl until they have trained)."""
+    left out of out/results.jsonl until they have trained). The `rerun` cells are neither
+    restored nor kept: they run again, and their new rows replace the published ones."""
     source = publish / PUBLISHED
     cells = {c["name"]: c for c in yaml.safe_load(exp_path.read_text())["cells"]}
     results = out / "results.jsonl"
-    local = read_jsonl(results) if results.is_file() else []
+    every = read_jsonl(results) if results.is_file() else []
+    local = [r for r in every if r["cell"] not in rerun]
     have = {r["cell"] for r in local}
-    published = [r for r in read_jsonl(source) if r["cell"] not in have] if source.is_file() else []
+    published = read_jsonl(source) if source.is_file() else []
+    published = [r for r in published if r["cell"] not in have and r["cell"] not in rerun]
     for r in published:
         cell = cells.get(r["cell"])
         if cell is not None and cell["overrides"] != r["overrides"]:
@@ -253,7 +257,7 @@ def restore(
     }
     rows = [r for r in published if r["cell"] not in retrain]
     kept = [r for r in local if r["cell"] not in retrain]  # restored before, without an adapter
-    if rows or len(kept) < len(local):
+    if rows or len(kept) < len(every):
         atomic_write_text(results, "".join(json.dumps(r) + "\n" for r in [*rows, *kept]))
     curve = publish / "curve.json"
     lists = json.loads(curve.read_text()).get("listwise", []) if curve.is_file() else []
@@ -776,6 +780,12 @@ def main() -> None:
     parser.add_argument("--cells", help="run only these cells (comma-separated), e.g. sft-100")
     parser.add_argument("--publish", default=str(ROOT / "docs" / "results" / "learning-curve"))
     parser.add_argument(
+        "--rerun",
+        help="run these finished cells again (comma-separated): their rows, here and published, "
+        "are replaced by the new ones (an SFT a rerun cell starts from is retrained if its "
+        "adapter is not here)",
+    )
+    parser.add_argument(
         "--no-train-pairs",
         action="store_true",
         help="skip scoring the models on their first 100 training users (~12 min per model)",
@@ -833,7 +843,13 @@ def main() -> None:
     )  # fmt: skip
     only = args.cells.split(",") if args.cells else None
     publish = Path(args.publish)
-    restored, retrain = restore(out, exp, publish, only)
+    rerun = args.rerun.split(",") if args.rerun else []
+    unknown = sorted(set(rerun) - {c["name"] for c in yaml.safe_load(exp.read_text())["cells"]})
+    if unknown:
+        raise SystemExit(f"--rerun: no cell named {', '.join(unknown)} in {exp}")
+    if only is not None:
+        only = [*only, *(c for c in rerun if c not in only)]
+    restored, retrain = restore(out, exp, publish, only, rerun)
     if restored:
         print(f"restored from {publish / PUBLISHED}: {', '.join(restored)}")
     if retrain:

@@ -189,6 +189,15 @@ def test_learning_curve_script_runs_and_plots(tmp_path):
     assert (6, "DPO (k=1), lr 0.001, SFT term 1", "SFT") in {
         (t["n"], t["a"], t["b"]) for t in after["paired_tests"]
     }
+    # --rerun: a finished, published cell runs again and its new row replaces the published one.
+    proc = subprocess.run(
+        [*sftw, "--rerun", "baselines-3", "--cells", "zero-shot"],
+        capture_output=True, text=True, timeout=900,
+    )  # fmt: skip
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    assert "experiment: cell baselines-3 (" in proc.stdout  # ran, not skipped
+    rows = [json.loads(x) for x in (published / "results.jsonl").read_text().splitlines()]
+    assert sum(r["cell"] == "baselines-3" and r["model"] == "popularity" for r in rows) == 1
     # Rows published with other overrides are never relabelled: another --out stops the run.
     proc = subprocess.run(
         [*sftw, "--cells", "zero-shot", "--out", str(tmp_path / "elsewhere")],
