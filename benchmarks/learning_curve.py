@@ -218,7 +218,7 @@ PUBLISHED = "results.jsonl"  # under --publish: every finished cell's row, carry
 
 
 def restore(
-    out: Path, exp_path: Path, publish: Path, only: list[str] | None, rerun: list[str] = ()
+    out: Path, cells: dict[str, dict], publish: Path, only: list[str] | None, rerun: list[str] = ()
 ) -> tuple[list[str], list[str]]:
     """Bring back the cells that earlier sessions finished and published (a session's runs/ does
     not outlive it; the repository does): their rows from --publish's results.jsonl go into
@@ -229,9 +229,9 @@ def restore(
     relabelled). Returns the restored cells, and the SFT cells to train again: those a cell run
     now starts from whose adapter is not here (their rows, published or restored before, are
     left out of out/results.jsonl until they have trained). The `rerun` cells are neither
-    restored nor kept: they run again, and their new rows replace the published ones."""
+    restored nor kept: they run again, and their new rows replace the published ones. `cells`:
+    the experiment file's cells by name."""
     source = publish / PUBLISHED
-    cells = {c["name"]: c for c in yaml.safe_load(exp_path.read_text())["cells"]}
     results = out / "results.jsonl"
     every = read_jsonl(results) if results.is_file() else []
     local = [r for r in every if r["cell"] not in rerun]
@@ -256,9 +256,9 @@ def restore(
         and not (out / c["sft_from"] / "sft" / LINEAGE).is_file()
     }
     rows = [r for r in published if r["cell"] not in retrain]
-    kept = [r for r in local if r["cell"] not in retrain]  # restored before, without an adapter
-    if rows or len(kept) < len(every):
-        atomic_write_text(results, "".join(json.dumps(r) + "\n" for r in [*rows, *kept]))
+    stay = [r for r in local if r["cell"] not in retrain]  # restored before, without an adapter
+    if rows or len(stay) < len(every):
+        atomic_write_text(results, "".join(json.dumps(r) + "\n" for r in [*rows, *stay]))
     curve = publish / "curve.json"
     lists = json.loads(curve.read_text()).get("listwise", []) if curve.is_file() else []
     restored = {r["cell"] for r in rows}
@@ -269,11 +269,11 @@ def restore(
         target = out / LISTWISE / name
         if target.exists():
             continue
-        kept = [{k: v for k, v in r.items() if k != "cell"} for r in lists if r["cell"] == name]
+        mine = [{k: v for k, v in r.items() if k != "cell"} for r in lists if r["cell"] == name]
         if name.startswith("baselines-"):
-            atomic_write_text(target / "rows.json", json.dumps(kept, indent=2) + "\n")
+            atomic_write_text(target / "rows.json", json.dumps(mine, indent=2) + "\n")
         else:
-            (row,) = kept
+            (row,) = mine
             atomic_write_text(target / "eval.json", json.dumps(row, indent=2) + "\n")
     return sorted(restored), sorted(retrain)
 
@@ -295,7 +295,8 @@ def published_rows(
             carried["paired_tests"] = [t for t in tests if t["n"] == n and t["a"] == label]
         for key, found in (("diagnostics", diag), ("lr_probe", probe)):
             kept = next((d for d in found if d["cell"] == r["cell"]), None)
-            carried.update({} if kept is None else {key: kept})
+            if kept is not None:
+                carried[key] = kept
         rows.append({**r, "carried": carried} if carried else r)
     return rows
 
@@ -633,7 +634,7 @@ def diagnostics(out: Path) -> list[dict]:
                 ]
         rows.append(row)
     found = {r["cell"] for r in rows}
-    for r in read_results(out) if (out / "results.jsonl").is_file() else []:
+    for r in read_results(out):
         kept = r.get("carried", {}).get("diagnostics")
         if kept and r["cell"] not in found:
             rows.append(kept)
@@ -679,7 +680,8 @@ def lr_probe(out: Path) -> list[dict]:
             continue
         metrics = Path(r["eval_dir"]).parent / "metrics.jsonl"
         if not metrics.is_file():  # a restored cell: its row as published, if any
-            rows += [r["carried"]["lr_probe"]] if "lr_probe" in r.get("carried", {}) else []
+            if "lr_probe" in r.get("carried", {}):
+                rows.append(r["carried"]["lr_probe"])
             continue
         last10 = read_jsonl(metrics)[-10:]
         m = r["metrics"]
@@ -844,12 +846,13 @@ def main() -> None:
     only = args.cells.split(",") if args.cells else None
     publish = Path(args.publish)
     rerun = args.rerun.split(",") if args.rerun else []
-    unknown = sorted(set(rerun) - {c["name"] for c in yaml.safe_load(exp.read_text())["cells"]})
+    cells = {c["name"]: c for c in yaml.safe_load(exp.read_text())["cells"]}
+    unknown = sorted(set(rerun) - set(cells))
     if unknown:
         raise SystemExit(f"--rerun: no cell named {', '.join(unknown)} in {exp}")
     if only is not None:
         only = [*only, *(c for c in rerun if c not in only)]
-    restored, retrain = restore(out, exp, publish, only, rerun)
+    restored, retrain = restore(out, cells, publish, only, rerun)
     if restored:
         print(f"restored from {publish / PUBLISHED}: {', '.join(restored)}")
     if retrain:
