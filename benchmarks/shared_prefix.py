@@ -2,7 +2,7 @@
 
     .venv/bin/python benchmarks/shared_prefix.py [--users 4] [--steps 2] [--eval-pairs 200]
         [--ks 1,3,5] [--orders listed,both] [--eval-methods shared,cached]
-        [--max-batch-tokens 8192] [--repeats 1] [--out FILE]
+        [--max-batch-tokens 8192] [--warmup 1] [--repeats 1] [--out FILE]
 
 Data: the authors' rec_Amazon_Movie_dpo_ranking_{1,3,5}.json and eval file (../shared/data/dmpo);
 model: packaged SmolLM2-135M-Instruct, fp32, 2 threads. Every cell runs in a fresh process so
@@ -21,7 +21,9 @@ those the forward passes encode, padding excluded. "limit" is the speed-up if ea
 what it costs in the naive cell: the token ratio for evaluation; for training, where naive's
 reference tokens are forward-only and cheaper than its policy tokens, naive's step time over its
 policy rows' time per token times shared's tokens. With `--repeats N` every cell runs N times,
-all cells once per round, and the table gives the median.
+all cells once per round, and the table gives the median. Every training cell first runs
+`--warmup` untimed steps on other users (the first step pays one-time costs: the allocator's first
+blocks, the kernels' first backward), as the TRL cells time steps after their first.
 Prints a table and writes benchmarks/results/shared_prefix.json.
 """
 
@@ -178,6 +180,7 @@ def cell(
         "method": method,
         "k": k,
         "users": users * steps,
+        "warmup_steps": warmup,
         "wall_s": wall,
         "users_per_s": users * steps / wall,
         "tokens": tokens,
@@ -312,6 +315,9 @@ def main() -> None:
     parser.add_argument(
         "--max-batch-tokens", type=int, default=8192, help="micro-batch budget of every layout"
     )
+    parser.add_argument(
+        "--warmup", type=int, default=1, help="untimed training steps before the timed ones"
+    )
     parser.add_argument("--repeats", type=int, default=1, help="rounds over all cells (median)")
     parser.add_argument("--out", type=Path, default=RESULTS, help="where the JSON goes")
     parser.add_argument(
@@ -323,6 +329,8 @@ def main() -> None:
     args = parser.parse_args()
     if args.repeats < 1:
         parser.error("--repeats must be at least 1")
+    if args.warmup < 0:
+        parser.error("--warmup must be 0 or more")
     if args.cell:
         kind, method, k, orders = args.cell.split(":")
         if method.startswith("trl"):
@@ -338,6 +346,7 @@ def main() -> None:
             args.eval_pairs,
             orders,
             args.max_batch_tokens,
+            warmup=args.warmup,
         )
         print(json.dumps(result))
         return
@@ -368,6 +377,8 @@ def main() -> None:
                 str(args.eval_pairs),
                 "--max-batch-tokens",
                 str(args.max_batch_tokens),
+                "--warmup",
+                str(args.warmup),
             ]
             proc = subprocess.run(cmd, capture_output=True, text=True)
             if proc.returncode != 0:
