@@ -102,7 +102,7 @@ def test_run_end_to_end_and_skip_finished_stages(tmp_path, capsys):
     assert "| sft | 5 |" in capsys.readouterr().out
 
 
-def test_training_resumes_from_a_checkpoint(tmp_path, monkeypatch):
+def test_training_resumes_from_a_checkpoint(tmp_path, monkeypatch, capsys):
     args = [
         *TINY,
         "sft.epochs=2",
@@ -127,10 +127,16 @@ def test_training_resumes_from_a_checkpoint(tmp_path, monkeypatch):
     with pytest.raises(KeyboardInterrupt):
         main(["sft", *args, f"output_dir={tmp_path / 'b'}"])
     monkeypatch.setattr(training, "append_jsonl", real)
-    # As if killed between removing the old checkpoint and renaming the new one into place: the
-    # rerun still resumes from it (tests/test_distributed.py kills a real run at a random point).
-    (tmp_path / "b/sft/checkpoint").rename(tmp_path / "b/sft/checkpoint.tmp")
+    # As if killed while removing the old checkpoint, before renaming the new one into place: the
+    # rerun still resumes from the new one (tests/test_distributed.py kills a real run at a random
+    # point).
+    ckpt = tmp_path / "b/sft/checkpoint"
+    ckpt.rename(tmp_path / "b/sft/checkpoint.tmp")
+    (ckpt / "adapter").mkdir(parents=True)  # what is left of the old one: no position.json
+    (ckpt / "optimizer.pt").write_bytes(b"partly removed")
+    capsys.readouterr()
     assert main(["sft", *args, f"output_dir={tmp_path / 'b'}"]) == 0
+    assert "sft: resuming from" in capsys.readouterr().out  # not a fresh start
     resumed = load_file(tmp_path / "b/sft/adapter/adapter_model.safetensors")
     assert full.keys() == resumed.keys()
     for key in full:

@@ -92,10 +92,12 @@ def _save_checkpoint(
 
 
 def _finish_swap(ckpt: Path) -> None:
-    """A run killed between removing the old checkpoint and renaming the new one into place
-    (_save_checkpoint) leaves the new one complete under .tmp (position.json is written last)."""
+    """A run killed after writing the new checkpoint under .tmp (position.json is written last,
+    so it is complete) and before renaming it into place (_save_checkpoint) leaves the old one
+    whole, partly removed or gone: the new one takes its place."""
     tmp = ckpt.with_name(ckpt.name + ".tmp")
-    if not ckpt.exists() and (tmp / "position.json").is_file():
+    if (tmp / "position.json").is_file():
+        shutil.rmtree(ckpt, ignore_errors=True)
         tmp.rename(ckpt)
 
 
