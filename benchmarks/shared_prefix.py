@@ -2,7 +2,7 @@
 
     .venv/bin/python benchmarks/shared_prefix.py [--users 4] [--steps 2] [--eval-pairs 200]
         [--ks 1,3,5] [--orders listed,both] [--eval-methods shared,cached]
-        [--max-batch-tokens 8192] [--warmup 1] [--repeats 1] [--out FILE]
+        [--max-batch-tokens 8192] [--warmup 1] [--repeats 1] [--profile DIR] [--out FILE]
 
 Data: the authors' rec_Amazon_Movie_dpo_ranking_{1,3,5}.json and eval file (../shared/data/dmpo);
 model: packaged SmolLM2-135M-Instruct, fp32, 2 threads. Every cell runs in a fresh process so
@@ -56,8 +56,11 @@ def cell(
     budget: int = 8192,
     model_name: str | None = None,
     warmup: int = 0,
+    profile: Path | None = None,
 ) -> dict:
-    """One cell; `warmup` training steps on other users run first, untimed."""
+    """One cell; `warmup` training steps on other users run first, untimed. With `profile`, the
+    timed training steps run under torch.profiler (slower), its op tables go to that file and the
+    row gets each op family's share of the CPU time."""
     import torch
 
     torch.set_num_threads(2)
@@ -141,9 +144,12 @@ def cell(
     ref_wall = time.perf_counter() - ref_start
     losses, step_times, tokens = [], [], 0
     policy_tokens, reference_s = 0, 0.0  # naive: the policy's share, and the reference's time
+    profiler = torch.profiler.profile(record_shapes=True) if profile else None
     for s in range(warmup + steps):
         if s == warmup:  # the timed steps start here
             losses, step_times, tokens, policy_tokens, reference_s = [], [], 0, 0, 0.0
+            if profiler is not None:
+                profiler.start()
         batch = groups[s * users : (s + 1) * users]
         start = time.perf_counter()
         step_loss = 0.0
@@ -175,6 +181,7 @@ def cell(
         step_times.append(time.perf_counter() - start)
         losses.append(step_loss)
     wall = sum(step_times)
+    shares = _profile(profiler, profile) if profiler is not None else None
     return {
         "kind": kind,
         "method": method,
@@ -189,7 +196,30 @@ def cell(
         "losses": losses,
         "reference_once_s": ref_wall if precomputed is not None else None,
         "peak_rss_mib": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024,
+        "profile": shares,
     }
+
+
+def _profile(profiler, out: Path) -> dict:
+    """Stop `profiler`, write its op tables (by op, and by op and input shapes) to `out` and
+    return the CPU seconds of the timed steps by op family."""
+    profiler.stop()
+    ops = profiler.key_averages()
+    out.parent.mkdir(parents=True, exist_ok=True)
+    out.write_text(
+        ops.table(sort_by="self_cpu_time_total", row_limit=25)
+        + "\n"
+        + profiler.key_averages(group_by_input_shape=True).table(
+            sort_by="self_cpu_time_total", row_limit=25
+        )
+    )
+    families = {"matmul": ("aten::mm", "aten::bmm", "aten::addmm"), "attention": ("scaled_dot",)}
+    shares = {"total_s": sum(e.self_cpu_time_total for e in ops) / 1e6}
+    for family, names in families.items():
+        shares[f"{family}_s"] = (
+            sum(e.self_cpu_time_total for e in ops if any(n in e.key for n in names)) / 1e6
+        )
+    return shares
 
 
 def trl_cell(
@@ -319,6 +349,12 @@ def main() -> None:
         "--warmup", type=int, default=1, help="untimed training steps before the timed ones"
     )
     parser.add_argument("--repeats", type=int, default=1, help="rounds over all cells (median)")
+    parser.add_argument(
+        "--profile",
+        type=Path,
+        help="run the timed training steps under torch.profiler (slower) and write each cell's "
+        "op tables to this folder",
+    )
     parser.add_argument("--out", type=Path, default=RESULTS, help="where the JSON goes")
     parser.add_argument(
         "--peers",
@@ -347,6 +383,7 @@ def main() -> None:
             orders,
             args.max_batch_tokens,
             warmup=args.warmup,
+            profile=args.profile / f"{kind}-{method}-k{k}.txt" if args.profile else None,
         )
         print(json.dumps(result))
         return
@@ -379,6 +416,7 @@ def main() -> None:
                 str(args.max_batch_tokens),
                 "--warmup",
                 str(args.warmup),
+                *(["--profile", str(args.profile)] if args.profile else []),
             ]
             proc = subprocess.run(cmd, capture_output=True, text=True)
             if proc.returncode != 0:
@@ -480,7 +518,8 @@ def _peer_table(results: list[dict]) -> str:
 
 def _write(args: argparse.Namespace, results: list[dict], table: str | None) -> None:
     args.out.parent.mkdir(parents=True, exist_ok=True)
-    record = {"date": time.strftime("%Y-%m-%d"), "args": vars(args) | {"out": str(args.out)}}
+    settings = {k: str(v) if isinstance(v, Path) else v for k, v in vars(args).items()}
+    record = {"date": time.strftime("%Y-%m-%d"), "args": settings}
     record["cells"] = results
     if table is None:
         record["unfinished"] = True

@@ -1,5 +1,6 @@
 """benchmarks/shared_prefix.py's training cells on the tiny model: the same losses in both
-layouts, and the naive step's split into policy and reference that the "limit" column uses."""
+layouts (after a warm-up step), the naive step's split into policy and reference that the "limit"
+column uses, and the profiled cell's op tables."""
 
 import sys
 from pathlib import Path
@@ -11,15 +12,31 @@ DATA = ROOT.parent / "shared" / "data" / "dmpo"
 
 
 @pytest.mark.skipif(not DATA.is_dir(), reason="needs ../shared/data/dmpo")
-def test_training_cells_and_their_limit():
+def test_training_cells_and_their_limit(tmp_path):
     sys.path.insert(0, str(ROOT / "benchmarks"))
     import shared_prefix
 
     naive, shared = (
-        shared_prefix.cell("train", m, 3, 2, 2, 0, model_name="builtin:tiny-qwen3")
+        shared_prefix.cell(
+            "train",
+            m,
+            3,
+            2,
+            2,
+            0,
+            model_name="builtin:tiny-qwen3",
+            warmup=1,
+            profile=tmp_path / f"{m}.txt" if m == "shared" else None,
+        )
         for m in ("naive", "shared")
     )
     assert naive["losses"] == pytest.approx(shared["losses"], abs=1e-5)
+    assert len(shared["losses"]) == 2 and shared["warmup_steps"] == 1
+    # the profiled cell: its op tables; its matmuls and attention within its CPU time
+    assert "aten::mm" in (tmp_path / "shared.txt").read_text() and naive["profile"] is None
+    prof = shared["profile"]
+    assert prof["attention_s"] > 0 and prof["matmul_s"] > 0
+    assert prof["attention_s"] + prof["matmul_s"] < prof["total_s"]
     # naive runs the reference forward on the policy's own rows: half its tokens, part of its time
     assert naive["tokens"] == 2 * naive["policy_tokens"]
     assert 0 < naive["reference_in_step_s"] < naive["wall_s"]
