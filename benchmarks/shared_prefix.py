@@ -60,7 +60,7 @@ def cell(
 ) -> dict:
     """One cell; `warmup` training steps on other users run first, untimed. With `profile`, the
     timed training steps run under torch.profiler (slower), its op tables go to that file and the
-    row gets each op family's share of the CPU time."""
+    row gets the CPU seconds of each op family."""
     import torch
 
     torch.set_num_threads(2)
@@ -353,7 +353,7 @@ def main() -> None:
         "--profile",
         type=Path,
         help="run the timed training steps under torch.profiler (slower) and write each cell's "
-        "op tables to this folder",
+        "op tables to this folder (with --repeats, the last round's)",
     )
     parser.add_argument("--out", type=Path, default=RESULTS, help="where the JSON goes")
     parser.add_argument(
