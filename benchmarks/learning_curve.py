@@ -53,6 +53,7 @@ import json
 import re
 import shutil
 from collections import Counter
+from collections.abc import Sequence
 from dataclasses import replace
 from pathlib import Path
 
@@ -218,7 +219,11 @@ PUBLISHED = "results.jsonl"  # under --publish: every finished cell's row, carry
 
 
 def restore(
-    out: Path, cells: dict[str, dict], publish: Path, only: list[str] | None, rerun: list[str] = ()
+    out: Path,
+    cells: dict[str, dict],
+    publish: Path,
+    only: list[str] | None,
+    rerun: Sequence[str] = (),
 ) -> tuple[list[str], list[str]]:
     """Bring back the cells that earlier sessions finished and published (a session's runs/ does
     not outlive it; the repository does): their rows from --publish's results.jsonl go into

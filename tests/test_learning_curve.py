@@ -198,6 +198,15 @@ def test_learning_curve_script_runs_and_plots(tmp_path):
     assert "experiment: cell baselines-3 (" in proc.stdout  # ran, not skipped
     rows = [json.loads(x) for x in (published / "results.jsonl").read_text().splitlines()]
     assert sum(r["cell"] == "baselines-3" and r["model"] == "popularity" for r in rows) == 1
+    # A cell name the experiment lacks: one line naming it, and nothing published is touched.
+    before = (published / "results.jsonl").read_text()
+    proc = subprocess.run(
+        [*sftw, "--rerun", "sft-7", "--cells", "zero-shot"],
+        capture_output=True, text=True, timeout=900,
+    )  # fmt: skip
+    assert proc.returncode != 0
+    assert proc.stderr.strip().splitlines()[-1].startswith("--rerun: no cell named sft-7 in ")
+    assert (published / "results.jsonl").read_text() == before
     # Rows published with other overrides are never relabelled: another --out stops the run.
     proc = subprocess.run(
         [*sftw, "--cells", "zero-shot", "--out", str(tmp_path / "elsewhere")],
