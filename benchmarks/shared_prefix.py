@@ -12,7 +12,10 @@ its peak RSS is its own. Training cells do the same DMPO steps (same users, same
   backward (a batch of users' naive rows does not fit in memory at k=5);
 - shared: one packed row per user (block attention mask) after the stem all users share, the
   step's users in one call as `dmporec train` scores a micro-batch; reference log-probs
-  computed once before training (their cost is reported separately, and cached across runs).
+  computed once before training, for the warm-up and the timed users (a run pays this pass
+  once, and `dmporec dmpo` caches it across runs): the steps' speed-up leaves it out, the "one
+  epoch" speed-up adds its time per user, as for TRL with `precompute_ref_log_probs` (timed in
+  its constructor, where TRL computes it).
 Evaluation scores each test pair in the listed candidate order, and in both orders (the
 default of `dmporec evaluate`: 2 prompts per pair, 4 answers), naive against the packed trie
 ("shared") and against the trie behind a KV-cached prefix ("cached", `eval.layout=cached`).
@@ -195,6 +198,7 @@ def cell(
         "reference_in_step_s": reference_s,
         "losses": losses,
         "reference_once_s": ref_wall if precomputed is not None else None,
+        "reference_users": len(groups) if precomputed is not None else 0,
         "peak_rss_mib": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024,
         "profile": shares,
     }
@@ -274,9 +278,21 @@ def trl_cell(
         def on_step_end(self, args, state, control, **kw):
             self.times.append(time.perf_counter() - self.start)
 
+    class Timed(DPOTrainer):
+        """TRL precomputes the reference log-probs in its constructor: timed here."""
+
+        precompute_s = 0.0
+
+        def _precompute_ref_logps(self, *args, **kwargs):
+            start = time.perf_counter()
+            try:
+                return super()._precompute_ref_logps(*args, **kwargs)
+            finally:
+                type(self).precompute_s += time.perf_counter() - start
+
     clock = Clock()
     torch.manual_seed(0)
-    trainer = DPOTrainer(
+    trainer = Timed(
         model=load_base_model(cfg),
         args=DPOConfig(
             output_dir=str(Path(os.environ.get("TMPDIR", "/tmp")) / f"trl-cell-{os.getpid()}"),
@@ -301,9 +317,9 @@ def trl_cell(
         peft_config=lora_config(cfg),  # the LoRA dmporec trains
         callbacks=[clock],
     )
-    start = time.perf_counter()
     trainer.train()
-    total = time.perf_counter() - start
+    if precompute and not trainer.precompute_s:
+        raise RuntimeError("TRL's reference precompute was not timed: has TRL renamed it?")
     timed = clock.times[1:]
     data = trainer.train_dataset
     # Tokens of the forward passes: prompt + chosen and prompt + rejected for every row, again
@@ -325,7 +341,8 @@ def trl_cell(
         "users_per_s": users * steps / sum(timed),
         "tokens": tokens,
         "losses": losses[1:],
-        "reference_once_s": total - sum(clock.times) if precompute else None,
+        "reference_once_s": trainer.precompute_s if precompute else None,
+        "reference_users": users * (steps + 1) if precompute else 0,
         "peak_rss_mib": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024,
     }
 
@@ -445,8 +462,9 @@ def _table(results: list[dict]) -> str:
     for r in results:
         rounds.setdefault((r["kind"], r["k"], r.get("orders"), r["method"]), []).append(r)
     rows = [
-        "| workload | k | naive | shared | speed-up | limit | tokens naive / shared | peak RSS MiB naive / shared | max loss diff |",
-        "|---|---|---|---|---|---|---|---|---|",
+        "| workload | k | naive | shared | speed-up | speed-up, one epoch with the reference pass "
+        "| limit | tokens naive / shared | peak RSS MiB naive / shared | max loss diff |",
+        "|---|---|---|---|---|---|---|---|---|---|",
     ]
     for (kind, k, orders, method), bs in rounds.items():
         if method == "naive" or method.startswith("trl"):
@@ -455,9 +473,12 @@ def _table(results: list[dict]) -> str:
         rate, unit = ("users_per_s", "users/s") if kind == "train" else ("pairs_per_s", "pairs/s")
         ratios = sorted(y[rate] / x[rate] for x, y in zip(as_, bs, strict=False))
         a, b = (sorted(cs, key=lambda c: c["wall_s"])[(len(cs) - 1) // 2] for cs in (as_, bs))
-        speedup = f"{statistics.median(ratios):.2f}x" + (
-            f" ({ratios[0]:.2f}-{ratios[-1]:.2f})" if len(ratios) > 1 else ""
-        )
+        speedup = _median_range(ratios)
+        epoch = "-"
+        if kind == "train":
+            epoch = _median_range(
+                sorted(_epoch_rate(y) / _epoch_rate(x) for x, y in zip(as_, bs, strict=False))
+            )
         if kind == "train":
             workload = "DMPO train step"
             diff = max(abs(x - y) for x, y in zip(a["losses"], b["losses"], strict=True))
@@ -469,10 +490,28 @@ def _table(results: list[dict]) -> str:
             last = f"acc {a['accuracy']:.3f} / {b['accuracy']:.3f}"
         rows.append(
             f"| {workload} | {k} | {a[rate]:.3f} {unit} | {b[rate]:.3f} {unit} | {speedup} "
-            f"| {_limit(kind, a, b)} | {a['tokens']} / {b['tokens']} | {a['peak_rss_mib']:.0f} / {b['peak_rss_mib']:.0f} "
+            f"| {epoch} | {_limit(kind, a, b)} | {a['tokens']} / {b['tokens']} | {a['peak_rss_mib']:.0f} / {b['peak_rss_mib']:.0f} "
             f"| {last} |"
         )
     return "\n".join(rows)
+
+
+def _median_range(ratios: list[float]) -> str:
+    """The median speed-up, with the range over the rounds when there are several."""
+    ratios = sorted(ratios)
+    median = f"{statistics.median(ratios):.2f}x"
+    return median + (f" ({ratios[0]:.2f}-{ratios[-1]:.2f})" if len(ratios) > 1 else "")
+
+
+def _epoch_rate(c: dict) -> float:
+    """Users/s of a training cell over one epoch with its reference pass: the steps' time plus,
+    where the reference log-probs are precomputed, that pass's time per user (the pass is paid
+    once per run, so over E epochs it weighs 1/E of this)."""
+    if c.get("reference_once_s") is None:  # the reference forward runs in every step
+        return c["users_per_s"]
+    if not c.get("reference_users"):  # results written before the pass's users were recorded
+        return float("nan")
+    return c["users"] / (c["wall_s"] + c["reference_once_s"] * c["users"] / c["reference_users"])
 
 
 def _limit(kind: str, naive: dict, other: dict) -> str:
@@ -489,8 +528,9 @@ def _limit(kind: str, naive: dict, other: dict) -> str:
 
 
 def _peer_table(results: list[dict]) -> str:
-    """DMPO training steps against TRL's DPOTrainer on the same users: median users/s over the
-    rounds and shared's speed-up over each."""
+    """DMPO training against TRL's DPOTrainer on the same users: median users/s over the rounds
+    and shared's speed-up over each, for the timed steps alone and for one epoch with each cell's
+    reference pass (where it is precomputed; `_epoch_rate`)."""
     by: dict[tuple[int, str], list[dict]] = {}
     for r in results:
         if r["kind"] == "train":
@@ -498,21 +538,25 @@ def _peer_table(results: list[dict]) -> str:
     if not any(m.startswith("trl") for _, m in by):
         return ""
     rows = [
-        "| k | TRL DPOTrainer | TRL, precomputed reference | naive | shared | shared vs TRL "
-        "/ precomputed | tokens TRL / shared | peak RSS MiB TRL / shared |",
-        "|---|---|---|---|---|---|---|---|",
+        "| k | | TRL DPOTrainer | TRL, precomputed reference | naive | shared | shared vs TRL "
+        "/ precomputed / naive | tokens TRL / shared | peak RSS MiB TRL / shared |",
+        "|---|---|---|---|---|---|---|---|---|",
     ]
     for k in sorted({k for k, _ in by}):
-        rate = {m: statistics.median(c["users_per_s"] for c in by[k, m]) for kk, m in by if kk == k}
-        if not {"trl", "trl-precompute", "shared"} <= set(rate):
+        methods = {m for kk, m in by if kk == k}
+        if not {"trl", "trl-precompute", "shared"} <= methods:
             continue
         trl, shared = by[k, "trl"][0], by[k, "shared"][0]
-        rows.append(
-            f"| {k} | {rate['trl']:.3f} users/s | {rate['trl-precompute']:.3f} users/s "
-            f"| {rate.get('naive', float('nan')):.3f} users/s | {rate['shared']:.3f} users/s "
-            f"| {rate['shared'] / rate['trl']:.1f}x / {rate['shared'] / rate['trl-precompute']:.1f}x "
-            f"| {trl['tokens']} / {shared['tokens']} | {trl['peak_rss_mib']:.0f} / {shared['peak_rss_mib']:.0f} |"
-        )
+        for label, of in (("steps", lambda c: c["users_per_s"]), ("one epoch", _epoch_rate)):
+            rate = {m: statistics.median(of(c) for c in by[k, m]) for m in methods}
+            naive = rate.get("naive", float("nan"))
+            rows.append(
+                f"| {k} | {label} | {rate['trl']:.3f} users/s | {rate['trl-precompute']:.3f} users/s "
+                f"| {naive:.3f} users/s | {rate['shared']:.3f} users/s "
+                f"| {rate['shared'] / rate['trl']:.1f}x / {rate['shared'] / rate['trl-precompute']:.1f}x "
+                f"/ {rate['shared'] / naive:.1f}x "
+                f"| {trl['tokens']} / {shared['tokens']} | {trl['peak_rss_mib']:.0f} / {shared['peak_rss_mib']:.0f} |"
+            )
     return "\n".join(rows)
 
 

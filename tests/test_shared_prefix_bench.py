@@ -1,6 +1,7 @@
 """benchmarks/shared_prefix.py's training cells on the tiny model: the same losses in both
 layouts (after a warm-up step), the naive step's split into policy and reference that the "limit"
-column uses, and the profiled cell's op tables."""
+column uses, shared's one-time reference pass in the one-epoch speed-up, and the profiled cell's
+op tables."""
 
 import sys
 from pathlib import Path
@@ -41,8 +42,16 @@ def test_training_cells_and_their_limit(tmp_path):
     assert naive["tokens"] == 2 * naive["policy_tokens"]
     assert 0 < naive["reference_in_step_s"] < naive["wall_s"]
     assert shared["tokens"] == shared["policy_tokens"] and shared["reference_in_step_s"] == 0
+    # shared's reference pass, once for the warm-up and timed users: the one-epoch rate pays it
+    assert shared["reference_users"] == 6 and shared["reference_once_s"] > 0
+    assert shared_prefix._epoch_rate(shared) < shared["users_per_s"]
+    assert shared_prefix._epoch_rate(naive) == naive["users_per_s"]
     table = shared_prefix._table([naive, shared])
     row = next(line for line in table.splitlines() if line.startswith("| DMPO train step | 3 |"))
-    limit = float(row.split("|")[6].strip().rstrip("x"))
+    step, epoch, limit = (float(row.split("|")[i].strip().rstrip("x")) for i in (5, 6, 7))
+    assert (
+        epoch == pytest.approx(shared_prefix._epoch_rate(shared) / naive["users_per_s"], abs=0.01)
+        and epoch < step
+    )
     # The reference tokens are cheaper than the policy's, so the limit is below the token ratio.
     assert 1 < limit < naive["tokens"] / shared["tokens"]
