@@ -17,6 +17,7 @@ from dmporec.alpaca import read_alpaca
 from dmporec.build import BuildConfig, build_records, collect, prepare
 from dmporec.cli import main
 from dmporec.data import load_records
+from dmporec.raw import LineErrors, read_movielens_titles
 from dmporec.records import DataError, TitleNormalization
 
 SMALL = {"train_users": 3, "valid_users": 2, "test_users": 4, "list_negatives": 4}
@@ -266,7 +267,7 @@ def test_rules_hold_for_any_ratings(raw, seed, shared_titles, rules):
     except DataError as e:
         if "catalog" in str(e):  # a toy catalog too small to sample from: not what we test
             assume(False)
-        passed = int(re.search(r"only (\d+) users pass", str(e)).group(1))
+        passed = int(re.search(r"only (\d+) of \d+ users pass", str(e)).group(1))
         assert passed == len(expected) < 3  # too few for train + valid + one test user
         return
     got = {
@@ -334,7 +335,7 @@ def test_clear_errors_for_wrong_files(tmp_path, capsys):
         prepare(BuildConfig(source="csv", **SMALL), bad_header, items, tmp_path / "o", False)
     with pytest.raises(DataError, match=r"items.csv: none of its \d+ lines could be read"):
         prepare(BuildConfig(source="amazon2018", **SMALL), ratings, items, tmp_path / "o", False)
-    with pytest.raises(DataError, match=r"only \d+ users pass the rules"):
+    with pytest.raises(DataError, match=r"only \d+ of \d+ users pass the rules"):
         prepare(
             BuildConfig(source="csv", rules="temporal", train_users=50),
             ratings,
@@ -346,7 +347,13 @@ def test_clear_errors_for_wrong_files(tmp_path, capsys):
     with pytest.raises(
         DataError, match=r"ratings.csv, record user U\d+, field 'user': .*--window-order time"
     ):
-        prepare(BuildConfig(source="csv", **SMALL), ratings, items, tmp_path / "o", False)
+        prepare(
+            BuildConfig(source="csv", window_order="file", **SMALL),
+            ratings,
+            items,
+            tmp_path / "o",
+            False,
+        )
     assert not (tmp_path / "o").exists()
     code = main(
         [
@@ -517,3 +524,179 @@ def test_broken_dumps_are_counted_or_named(tmp_path):
     with pytest.raises(DataError, match=r"taken.txt: is a file"):
         prepare(BuildConfig(source="amazon2018", **SMALL), reviews, meta, a_file, False)
     assert a_file.read_text() == "mine"
+
+
+# --- what real dumps bring: reruns, spreadsheets, MovieLens' other releases -------------------
+
+
+def test_a_rerun_with_other_settings_stops_or_replaces_the_whole_build(tmp_path, capsys):
+    rows, titles = world()
+    reviews, meta = write_raw(tmp_path, "amazon2018", rows, titles)
+    out = tmp_path / "o"
+    first = prepare(BuildConfig(source="amazon2018", **SMALL), reviews, meta, out, False)
+    assert "rec_dpo_ranking_5.json" in first["outputs"]
+    before = {p.name: p.read_bytes() for p in out.iterdir()}
+    # The same settings: the same files again.
+    prepare(BuildConfig(source="amazon2018", **SMALL), reviews, meta, out, False)
+    assert {p.name: p.read_bytes() for p in out.iterdir()} == before
+    # Other settings stop before anything is read or written, naming what differs.
+    fewer = BuildConfig(source="amazon2018", **{**SMALL, "negatives": 3, "valid_users": 0})
+    with pytest.raises(
+        DataError,
+        match=r"o: holds a build with other settings \(negatives 5 -> 3; "
+        r"valid_users 2 -> 0\); --overwrite replaces it",
+    ):
+        prepare(fewer, reviews, meta, out, False)
+    assert {p.name: p.read_bytes() for p in out.iterdir()} == before
+    # --overwrite: the new build, and none of the old one's files it did not write again.
+    args = ["prepare", "--source", "amazon2018", "--reviews", str(reviews), "--meta", str(meta)]
+    args += ["--out", str(out), "--train-users", "3", "--valid-users", "0", "--test-users", "4"]
+    args += ["--list-negatives", "4", "--negatives", "3"]
+    assert main(args) == 2
+    assert "--overwrite replaces it" in capsys.readouterr().err
+    assert main([*args, "--overwrite"]) == 0
+    stats = json.loads((out / "stats.json").read_text())
+    assert sorted(p.name for p in out.iterdir()) == stats["outputs"]
+    assert "rec_dpo_ranking_5.json" not in stats["outputs"] and "valid.jsonl" in stats["outputs"]
+    assert not (out / "rec_valid_ranking.json").exists()  # the old build's validation users
+    # Another input file is another build too.
+    other = tmp_path / "other.json.gz"
+    other.write_bytes(reviews.read_bytes())
+    with pytest.raises(DataError, match=r"inputs .*reviews.json.gz.* -> .*other.json.gz"):
+        prepare(
+            BuildConfig(source="amazon2018", **{**SMALL, "negatives": 3, "valid_users": 0}),
+            other,
+            meta,
+            out,
+            False,
+        )
+
+
+def test_spreadsheet_and_movielens_20m_csvs_read_like_the_plain_one(tmp_path):
+    rows, titles = world()
+    ratings, items = write_raw(tmp_path, "csv", rows, titles)
+    plain = prepare(BuildConfig(source="csv", **TEMPORAL), ratings, items, tmp_path / "a", False)
+    # MovieLens-20M's column names, a byte-order mark (Excel's "CSV UTF-8"), CRLF line ends.
+    ratings2, items2 = tmp_path / "r2.csv", tmp_path / "i2.csv"
+    text = ratings.read_text().replace(
+        "timestamp,user,item,rating", "timestamp,userId,movieId,rating"
+    )
+    ratings2.write_bytes(b"\xef\xbb\xbf" + text.replace("\n", "\r\n").encode())
+    items2.write_bytes(
+        b"\xef\xbb\xbf" + items.read_text().replace("item,title", "movieId,title").encode()
+    )
+    other = prepare(BuildConfig(source="csv", **TEMPORAL), ratings2, items2, tmp_path / "b", False)
+    assert other["files"]["reviews"]["bad"] == 0 and other["files"]["meta"]["bad"] == 0
+    for split in ("train", "valid", "test"):
+        assert (tmp_path / "a" / f"{split}.jsonl").read_text() == (
+            tmp_path / "b" / f"{split}.jsonl"
+        ).read_text()
+    assert plain["users_kept"] == other["users_kept"]
+    # A stray quote: the lines it swallows are counted, from the line it opened on.
+    original = ratings.read_text().splitlines()
+    lines = list(original)
+    lines[5] = lines[5].replace(",", ',"', 1)
+    lines[9] = lines[9].replace(",", '",', 1)
+    ratings.write_text("\n".join(lines) + "\n")
+    stats = prepare(BuildConfig(source="csv", **TEMPORAL), ratings, items, tmp_path / "c", False)
+    assert stats["files"]["reviews"]["examples"] == [
+        "line 6: a quote opened here runs to line 10 (5 lines taken)"
+    ]
+    assert stats["files"]["reviews"]["bad"] == 5
+    assert stats["files"]["reviews"]["lines"] == len(lines) - 1
+    # ... and one that never closes is one line naming where it opened, not a traceback.
+    lines[9] = original[9]
+    ratings.write_text("\n".join(lines + original[1:] * 40) + "\n")
+    with pytest.raises(DataError, match=r"ratings.csv: line 6: field larger than field limit"):
+        prepare(BuildConfig(source="csv", **TEMPORAL), ratings, items, tmp_path / "d", False)
+    assert not (tmp_path / "d").exists()
+
+
+def test_csv_takes_the_window_in_time_order_by_default(tmp_path):
+    """MovieLens-20M/25M's ratings.csv lists each user's ratings by movie id: file order is no
+    one's order there. MovieLens-1M's ratings.dat keeps the authors' file order."""
+    assert BuildConfig(source="csv").window_order == "time"
+    assert BuildConfig(source="movielens").window_order == "file"
+    assert BuildConfig(source="csv", window_order="file").window_order == "file"
+
+
+def test_movielens_10m_files(tmp_path):
+    """MovieLens-10M: ratings.dat by user, then by movie id, with half stars; movies.dat in UTF-8."""
+    rows, titles = world()
+    ids = {item: str(n + 1) for n, item in enumerate(sorted(titles))}
+    rows = sorted(
+        ((u, ids[i], r - 0.5 if r < 3 else r, t) for u, i, r, t in rows),
+        key=lambda row: (row[0], int(row[1])),
+    )
+    ratings, movies = tmp_path / "ratings.dat", tmp_path / "movies.dat"
+    ratings.write_text("".join(f"{u}::{i}::{r:g}::{t}\n" for u, i, r, t in rows))
+    movies.write_text(
+        "".join(f"{ids[i]}::{t}::Drama\n" for i, t in titles.items()), encoding="utf-8"
+    )
+    # Half stars outside the default scale: the error says how to widen it.
+    with pytest.raises(DataError, match=r"outside the scale 1-5.*--rating-scale LOW-HIGH widens"):
+        prepare(BuildConfig(source="movielens", **SMALL), ratings, movies, tmp_path / "a", False)
+    # File order is item-id order here: the authors' "last in file order" would mean nothing.
+    with pytest.raises(
+        DataError,
+        match=r"ratings.dat, field 'item': 100% of the users with 5 or "
+        r"more ratings have them in increasing item-id order.*--window-order time",
+    ):
+        prepare(
+            BuildConfig(source="movielens", rating_scale="0.5-5", **SMALL),
+            ratings,
+            movies,
+            tmp_path / "a",
+            False,
+        )
+    stats = prepare(
+        BuildConfig(source="movielens", window_order="time", rating_scale="0.5-5", **SMALL),
+        ratings,
+        movies,
+        tmp_path / "a",
+        False,
+    )
+    assert stats["files"]["reviews"]["bad"] == 0
+    assert read_movielens_titles(movies, LineErrors(str(movies)))[ids["I900"]] == (
+        "Caf\u00e9 Society (2016)"
+    )
+
+
+def test_what_a_build_says_when_users_fall_short(tmp_path, capsys):
+    rows, titles = world()
+    reviews, meta = write_raw(tmp_path, "amazon2018", rows, titles)
+    with pytest.raises(
+        DataError,
+        match=r"only 0 of 15 users pass the rules \(15 with fewer than "
+        r"40 positives in their window of 80, 0 with fewer than 5 negatives",
+    ):
+        prepare(
+            BuildConfig(source="amazon2018", **{**SMALL, "min_positives": 40, "window": 80}),
+            reviews,
+            meta,
+            tmp_path / "a",
+            False,
+        )
+    stats = prepare(
+        BuildConfig(source="amazon2018", **{**SMALL, "test_users": 12}),
+        reviews,
+        meta,
+        tmp_path / "b",
+        False,
+    )
+    assert stats["warning"] == (
+        f"only {stats['test_users']} test users instead of 12 and 0 valid users instead of 2: "
+        f"{stats['users_kept']} users pass the rules (the id split fills test before valid)"
+    )
+    empty = tmp_path / "empty.json"
+    empty.write_text("")
+    with pytest.raises(DataError, match=r"empty.json: holds no data lines"):
+        prepare(BuildConfig(source="amazon2018", **SMALL), empty, meta, tmp_path / "c", False)
+    # A Python-literal metadata line that cannot be a dict's: an unusable line, not a traceback.
+    lit = tmp_path / "meta14.json"
+    lit.write_text(
+        "{['x']: 1, 'asin': 'Z'}\n"
+        + "".join(str({"asin": i, "title": t}) + "\n" for i, t in titles.items())
+    )
+    stats = prepare(BuildConfig(source="amazon2014", **SMALL), reviews, lit, tmp_path / "d", False)
+    assert stats["files"]["meta"]["examples"][0].startswith("line 1: not a JSON object")

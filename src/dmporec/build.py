@@ -37,6 +37,7 @@ from __future__ import annotations
 import json
 import os
 import random
+import shutil
 from array import array
 from dataclasses import dataclass, replace
 from pathlib import Path
@@ -61,9 +62,10 @@ from dmporec.records import (
 from dmporec.wording import Wording, resolve_wording
 
 SPLITS = ("train", "valid", "test")
-# Sources whose ratings file lists each user's ratings together, in the order they were made
-# (MovieLens-1M's ratings.dat): their window is taken in file order by default.
-_FILE_ORDERED = ("movielens", "csv")
+# The source whose ratings file the authors' window follows in file order: MovieLens-1M's
+# ratings.dat lists each user's ratings together. A CSV defaults to time order: MovieLens-20M/25M's
+# ratings.csv, for one, lists each user's ratings by movie id.
+_FILE_ORDERED = ("movielens",)
 
 
 class BuildConfig(BaseModel):
@@ -86,8 +88,9 @@ class BuildConfig(BaseModel):
     window_order: Literal["file", "time"] | None = Field(
         None,
         description="Order of each user's ratings for the window and 'first': file (needs each "
-        "user's lines together) or time. Default: file for movielens and csv with the authors' "
-        "rules, else time; temporal needs time.",
+        "user's lines together) or time. Default: file for movielens (MovieLens-1M's "
+        "ratings.dat, as the authors built theirs) with the authors' rules, else time; temporal "
+        "needs time.",
     )
     domain: str = Field(
         "movies",
@@ -156,6 +159,7 @@ class Columns:
     """Interactions as compact columns (ids index `users` / `items`), in file order."""
 
     users: list[str]
+    items: list[str]  # the raw item ids
     titles: list[str]  # of each item id, as read
     user: np.ndarray  # int32 [n]
     item: np.ndarray  # int32 [n]
@@ -183,6 +187,7 @@ def collect(
         t.append(time)
     cols = Columns(
         users=list(user_ids),
+        items=list(item_ids),
         titles=[titles[item] for item in item_ids],
         user=np.frombuffer(u, dtype=np.int32),
         item=np.frombuffer(it, dtype=np.int32),
@@ -209,6 +214,30 @@ def check_contiguous(cols: Columns, file: str | os.PathLike | None = None) -> No
                 field="user",
             )
         seen.add(int(uid))
+
+
+def check_not_item_sorted(cols: Columns, file: str | os.PathLike | None = None) -> None:
+    """Raise DataError when the file lists nearly every user's ratings by item id (MovieLens-10M's
+    ratings.dat does): 'last in file order' would then mean the highest ids, not the latest."""
+    if not len(cols.item) or not all(i.isdigit() for i in cols.items):
+        return
+    ids = np.array([int(i) for i in cols.items], dtype=np.int64)[cols.item]
+    starts = np.flatnonzero(np.r_[True, cols.user[1:] != cols.user[:-1]])
+    ends = np.r_[starts[1:], len(ids)]
+    rising = np.r_[ids[1:] > ids[:-1], False]  # the next line's id is larger
+    rising[ends - 1] = False  # ... within the user
+    longer = ends - starts >= 5  # 5 ratings in increasing id order by chance: 1 in 120
+    if not longer.any():
+        return
+    sorted_users = np.add.reduceat(rising, starts) >= (ends - starts - 1)
+    if sorted_users[longer].mean() >= 0.95:
+        raise DataError(
+            f"{sorted_users[longer].mean():.0%} of the users with 5 or more ratings have them in "
+            "increasing item-id order, so the window of 'their last ratings in file order' would "
+            "be their highest item ids; pass --window-order time",
+            file=file,
+            field="item",
+        )
 
 
 def ordered_rows(cols: Columns, order: str) -> np.ndarray:
@@ -342,7 +371,11 @@ def build_records(
     dropped = {"collisions": 0, "empty history": 0}
     wording = resolve_wording(cfg.domain)
     for uid in tqdm(
-        np.flatnonzero(keep), desc="users", unit="user", disable=not progress, leave=False
+        np.flatnonzero(keep),
+        desc="users",
+        unit="user",
+        disable=None if progress else True,  # None: only on a terminal
+        leave=False,
     ):
         span = rows[starts[uid] : starts[uid + 1]]
         last = span[-cfg.window :]
@@ -360,8 +393,12 @@ def build_records(
     need = cfg.train_users + cfg.valid_users + 1
     if len(records) < need:
         raise DataError(
-            f"only {len(records)} users pass the rules; train_users + valid_users + 1 test user "
-            f"need {need}; relax the rules or lower the split sizes"
+            f"only {len(records)} of {n_users} users pass the rules ({int(few_pos.sum())} with "
+            f"fewer than {cfg.min_positives} positives in their window of {cfg.window}, "
+            f"{int(few_neg.sum())} with fewer than {cfg.min_negatives} negatives, "
+            f"{dropped['collisions']} without {cfg.negatives} distinct negative titles, "
+            f"{dropped['empty history']} with an empty history); train_users + valid_users + 1 "
+            f"test user need {need}; relax the rules or lower the split sizes"
         )
     splits, rest = split_records(records, cfg)
     counts = {
@@ -377,9 +414,14 @@ def build_records(
         "catalog_titles": len(catalog),
         **{f"{s}_users": len(v) for s, v in splits.items()},
     }
-    if len(splits["test"]) < cfg.test_users:
-        counts["warning"] = (
-            f"only {len(splits['test'])} test users instead of {cfg.test_users}: too few users pass"
+    short = [
+        f"{len(splits[split])} {split} users instead of {asked}"
+        for split, asked in (("test", cfg.test_users), ("valid", cfg.valid_users))
+        if len(splits[split]) < asked
+    ]
+    if short:
+        counts["warning"] = f"only {' and '.join(short)}: {len(records)} users pass the rules" + (
+            " (the id split fills test before valid)" if cfg.split == "id" else ""
         )
     return {**splits, "rest": rest}, counts
 
@@ -431,15 +473,63 @@ def _check_out(out: Path) -> None:
         raise DataError(f"cannot be created: {existing} is not a writable directory", file=out)
 
 
+def _settings(cfg: BuildConfig, reviews: str | os.PathLike, meta: str | os.PathLike) -> dict:
+    """What a build's outputs depend on: its rules and its input files."""
+    inputs = {"reviews": str(Path(reviews).resolve()), "meta": str(Path(meta).resolve())}
+    return {**cfg.model_dump(mode="json"), "inputs": inputs}
+
+
+def _previous_outputs(out: Path, settings: dict, overwrite: bool) -> list[str]:
+    """The files an earlier build wrote to `out` (its stats.json lists them). A build with other
+    settings (or whose stats cannot be read) stops the new one unless `overwrite`."""
+    path = out / "stats.json"
+    if not path.is_file():
+        return []
+    try:
+        old = json.loads(path.read_text(encoding="utf-8"))
+        before = {**old["config"], "inputs": old.get("inputs", settings["inputs"])}
+        outputs = [str(f) for f in old["outputs"]]
+    except (OSError, ValueError, KeyError, TypeError):
+        if overwrite:
+            return []
+        raise DataError(
+            "holds a stats.json that does not read as a build's; --overwrite replaces the build "
+            "(it may leave files that build wrote), or choose another --out",
+            file=out,
+        ) from None
+    changed = [
+        f"{key} {before.get(key)!r} -> {settings.get(key)!r}"
+        for key in sorted(set(before) | set(settings))
+        if before.get(key) != settings.get(key)
+    ]
+    if changed and not overwrite:
+        raise DataError(
+            f"holds a build with other settings ({'; '.join(changed)}); --overwrite replaces it "
+            "(its files are removed once the new build is written), or choose another --out",
+            file=out,
+        )
+    return [f for f in outputs if Path(f).name == f]  # plain names inside out, nothing else
+
+
 def prepare(
     cfg: BuildConfig,
     reviews: str | os.PathLike,
     meta: str | os.PathLike,
     out: str | os.PathLike,
     progress: bool = True,
+    overwrite: bool = False,
 ) -> dict[str, Any]:
-    """Read the raw files, apply the rules, write every output; returns the stats written."""
-    _check_out(Path(out))
+    """Read the raw files, apply the rules, write every output; returns the stats written.
+
+    A rerun into the same `out` with the same settings writes the same files again; with other
+    settings it stops before reading anything unless `overwrite`, which replaces the earlier
+    build: its files the new one does not write are removed, so no stale split or alpaca file is
+    left beside the new ones. The new files are written to `out/.partial` first and moved in
+    with stats.json last, so a failed build leaves the earlier one whole."""
+    out = Path(out)
+    _check_out(out)
+    settings = _settings(cfg, reviews, meta)
+    previous = _previous_outputs(out, settings, overwrite)
     read_ratings, read_titles = readers(cfg.source)
     meta_errors = LineErrors(str(meta))
     titles = read_titles(meta, meta_errors)
@@ -457,9 +547,11 @@ def prepare(
         )
     if cfg.window_order == "file":
         check_contiguous(cols, reviews)
+        check_not_item_sorted(cols, reviews)
     splits, rules = build_records(cols, cfg, progress)
     stats = {
         "config": cfg.model_dump(mode="json"),
+        "inputs": settings["inputs"],
         "files": {"reviews": review_errors.summary(), "meta": meta_errors.summary()},
         "items_with_title": len(titles),
         "interactions_read": counts["read"],
@@ -467,5 +559,13 @@ def prepare(
         **items,
         **rules,
     }
-    write_outputs(Path(out), splits, cfg, stats)
-    return json.loads((Path(out) / "stats.json").read_text())
+    partial = out / ".partial"
+    if partial.exists():
+        shutil.rmtree(partial)
+    outputs = write_outputs(partial, splits, cfg, stats)
+    for name in sorted(outputs, key=lambda f: f == "stats.json"):  # stats.json last
+        os.replace(partial / name, out / name)
+    partial.rmdir()
+    for name in set(previous) - set(outputs):
+        (out / name).unlink(missing_ok=True)
+    return json.loads((out / "stats.json").read_text())

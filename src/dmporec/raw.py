@@ -9,6 +9,7 @@ bounded memory and a handful of broken lines never stops a build. Title readers 
 from __future__ import annotations
 
 import ast
+import codecs
 import csv
 import gzip
 import io
@@ -49,20 +50,36 @@ class LineErrors:
             self.examples.append(f"line {line_no}: {reason}")
 
     def check(self, max_bad_fraction: float) -> None:
-        """Raise DataError when no line was usable or the bad share exceeds the user's limit."""
-        if self.lines and self.bad == self.lines:
+        """Raise DataError when the file has no data lines, none was usable, or the bad share
+        exceeds the user's limit."""
+        if not self.lines:
+            raise DataError("holds no data lines (an empty file?)", file=self.file)
+        if self.bad == self.lines:
             raise DataError(
                 f"none of its {self.lines} lines could be read; first problems: "
-                + "; ".join(self.examples),
+                + "; ".join(self.examples)
+                + self.scale_hint(),
                 file=self.file,
             )
-        if self.lines and self.bad / self.lines > max_bad_fraction:
+        if self.bad / self.lines > max_bad_fraction:
             raise DataError(
                 f"{self.bad} of {self.lines} lines are unusable "
                 f"({self.bad / self.lines:.1%} > max_bad_fraction {max_bad_fraction:.1%}); "
-                "first problems: " + "; ".join(self.examples),
+                "first problems: " + "; ".join(self.examples) + self.scale_hint(),
                 file=self.file,
             )
+
+    def off_scale(self) -> int:
+        """Lines left out for a rating outside the rating scale."""
+        return sum(n for reason, n in self.reasons.items() if " outside the scale " in reason)
+
+    def scale_hint(self) -> str:
+        if not self.off_scale():
+            return ""
+        return (
+            "; --rating-scale LOW-HIGH widens the scale (0.5-5 for half stars; 'any' accepts "
+            "every rating)"
+        )
 
     def summary(self) -> dict[str, Any]:
         return {
@@ -89,7 +106,27 @@ def open_text(path: str | os.PathLike, encoding: str = "utf-8") -> TextIO:
     stream = gzip.GzipFile(fileobj=raw, mode="rb") if gz else raw
     # Undecodable bytes become lone surrogates, so a line holding them is told apart (and counted)
     # from one that merely contains U+FFFD.
+    # utf-8-sig reads UTF-8 and drops a leading byte-order mark (spreadsheet "CSV UTF-8" exports).
+    encoding = "utf-8-sig" if encoding.lower().replace("_", "-") == "utf-8" else encoding
     return io.TextIOWrapper(stream, encoding=encoding, errors="surrogateescape", newline="")
+
+
+def text_encoding(path: str | os.PathLike) -> str:
+    """utf-8 when the whole file (plain or gzip) decodes as UTF-8, else latin-1: MovieLens-1M
+    and -100K write titles in latin-1, later MovieLens releases in UTF-8. For title files, which
+    are small (the whole file is read once more)."""
+    decoder = codecs.getincrementaldecoder("utf-8")()
+    with open_text(path, encoding="latin-1") as f:
+        stream = f.buffer
+        try:
+            while chunk := stream.read(1 << 20):
+                decoder.decode(chunk)
+            decoder.decode(b"", final=True)
+        except UnicodeDecodeError:
+            return "latin-1"
+        except (EOFError, zlib.error, gzip.BadGzipFile):
+            return "latin-1"  # the read that follows reports the broken stream with its line
+    return "utf-8"
 
 
 def _lines(f: TextIO, path: str | os.PathLike, errors: LineErrors) -> Iterator[tuple[int, str]]:
@@ -98,6 +135,8 @@ def _lines(f: TextIO, path: str | os.PathLike, errors: LineErrors) -> Iterator[t
     line_no = 0
     try:
         for line_no, line in enumerate(f, 1):
+            if line_no == 1 and line.startswith(_LATIN1_BOM):  # utf-8-sig drops it for UTF-8
+                line = line[len(_LATIN1_BOM) :]
             if _UNDECODABLE.search(line):
                 if line.strip():
                     errors.lines += 1
@@ -111,6 +150,7 @@ def _lines(f: TextIO, path: str | os.PathLike, errors: LineErrors) -> Iterator[t
 
 
 _UNDECODABLE = re.compile("[\udc80-\udcff]")
+_LATIN1_BOM = "\ufeff".encode().decode("latin-1")  # a UTF-8 byte-order mark read as latin-1
 
 
 class _ProgressReader(io.RawIOBase):
@@ -164,7 +204,7 @@ def _objects(
             errors.lines += 1
             try:
                 yield line_no, _parse_object(line)
-            except (ValueError, SyntaxError, MemoryError, RecursionError):
+            except (ValueError, TypeError, SyntaxError, MemoryError, RecursionError):
                 errors.add(line_no, f"not {what}")
 
 
@@ -294,9 +334,10 @@ def read_movielens_ratings(path: str | os.PathLike, errors: LineErrors) -> Itera
 
 
 def _titles(path: str | os.PathLike, sep: str, layout: str, errors: LineErrors) -> dict[str, str]:
-    """`{id: title}` from a latin-1 file of `id<sep>title<sep>...` lines (`layout` names them)."""
+    """`{id: title}` from a file of `id<sep>title<sep>...` lines (`layout` names them), UTF-8 or
+    latin-1 (`text_encoding`)."""
     titles = {}
-    for line_no, parts in _separated(path, sep, "latin-1", errors):
+    for line_no, parts in _separated(path, sep, text_encoding(path), errors):
         if len(parts) < 2:
             errors.add(line_no, f"expected '{layout}', got {len(parts)} field(s)")
             continue
@@ -306,7 +347,7 @@ def _titles(path: str | os.PathLike, sep: str, layout: str, errors: LineErrors) 
 
 
 def read_movielens_titles(path: str | os.PathLike, errors: LineErrors) -> dict[str, str]:
-    """MovieLens-1M `movies.dat`: `MovieID::Title::Genres`, latin-1."""
+    """MovieLens `movies.dat`: `MovieID::Title::Genres` (1M: latin-1; 10M: UTF-8)."""
     return _titles(path, "::", "MovieID::Title::Genres", errors)
 
 
@@ -318,41 +359,84 @@ def read_movielens100k_ratings(
 
 
 def read_movielens100k_titles(path: str | os.PathLike, errors: LineErrors) -> dict[str, str]:
-    """MovieLens-100K `u.item`: `movie id|title|release date|...`, latin-1."""
+    """MovieLens-100K `u.item`: `movie id|title|release date|...`."""
     return _titles(path, "|", "movie id|title|...", errors)
+
+
+# Header names accepted for each column (case-insensitive): MovieLens-20M/25M's ratings.csv says
+# userId,movieId,rating,timestamp and its movies.csv movieId,title,genres.
+_CSV_NAMES = {
+    "user": ("user", "userid", "user_id"),
+    "item": ("item", "itemid", "item_id", "movieid", "movie_id"),
+    "rating": ("rating",),
+    "timestamp": ("timestamp", "time"),
+    "title": ("title",),
+}
 
 
 def _csv_rows(
     path: str | os.PathLike, columns: tuple[str, ...], errors: LineErrors
 ) -> Iterator[tuple[int, list[str]]]:
+    """(line number, the named columns) of each CSV record; a record whose quoted field runs
+    over several lines (a stray quote swallowing the lines after it) is counted unusable, with
+    every line it took."""
     with open_text(path) as f:
-        reader = csv.reader(line for _, line in _lines(f, path, errors))
-        header = [h.strip() for h in next(reader, [])]
-        missing = [c for c in columns if c not in header]
-        if missing:
+        taken: list[int] = []  # line numbers the reader consumed since its last record
+
+        def lines() -> Iterator[str]:
+            for line_no, line in _lines(f, path, errors):
+                taken.append(line_no)
+                yield line
+
+        reader = csv.reader(lines())
+        try:
+            header = [h.strip() for h in next(reader, [])]
+            lowered = [h.lower() for h in header]
+            index, missing = [], []
+            for c in columns:
+                found = next((lowered.index(n) for n in _CSV_NAMES[c] if n in lowered), None)
+                if found is None:
+                    missing.append(c)
+                else:
+                    index.append(found)
+            if missing:
+                accepted = "; ".join(f"{c}: {', '.join(_CSV_NAMES[c])}" for c in missing)
+                raise DataError(
+                    f"the header {header} lacks column(s) {missing}; expected {list(columns)} "
+                    f"(names accepted, any case: {accepted})",
+                    file=path,
+                    record="header",
+                )
+            taken.clear()
+            for row in reader:
+                first, last, n = (taken[0], taken[-1], len(taken)) if taken else (0, 0, 1)
+                taken.clear()
+                if not row:
+                    continue
+                errors.lines += n
+                if n > 1 and any("\n" in v or "\r" in v for v in row):
+                    errors.add(first, f"a quote opened here runs to line {last} ({n} lines taken)")
+                    errors.bad += n - 1
+                    continue
+                if len(row) < len(header):
+                    errors.add(first, f"expected {len(header)} fields, got {len(row)}")
+                    continue
+                yield first, [row[i] for i in index]
+        except csv.Error as e:
+            line = taken[0] if taken else "?"
             raise DataError(
-                f"the header {header} lacks column(s) {missing}; expected {list(columns)}",
-                file=path,
-                record="header",
-            )
-        index = [header.index(c) for c in columns]
-        for row in reader:
-            if not row:
-                continue
-            errors.lines += 1
-            if len(row) < len(header):
-                errors.add(reader.line_num, f"expected {len(header)} fields, got {len(row)}")
-                continue
-            yield reader.line_num, [row[i] for i in index]
+                f"line {line}: {e} (a quote opened there and never closed?)", file=path
+            ) from None
 
 
 def read_csv_ratings(path: str | os.PathLike, errors: LineErrors) -> Iterator[Interaction]:
-    """A CSV with a header naming `user,item,rating,timestamp` (any order, extra columns ignored)."""
+    """A CSV with a header naming `user,item,rating,timestamp` (any order, extra columns ignored;
+    other names `_CSV_NAMES` accepts, e.g. MovieLens-20M's userId,movieId)."""
     yield from _valid(_csv_rows(path, ("user", "item", "rating", "timestamp"), errors), errors)
 
 
 def read_csv_titles(path: str | os.PathLike, errors: LineErrors) -> dict[str, str]:
-    """A CSV with a header naming `item,title`."""
+    """A CSV with a header naming `item,title` (or movieId,title, ...: `_CSV_NAMES`)."""
     return {
         item.strip(): title
         for _, (item, title) in _csv_rows(path, ("item", "title"), errors)

@@ -24,16 +24,18 @@ EXAMPLES = """examples:
   dmporec prepare --source csv --reviews ratings.csv --meta items.csv --out data/music \\
       --rules temporal --domain "music,songs,listened to,listening to,songs"
 
-rules: authors (default) = each user's last --window ratings (file order for movielens and csv,
-else time), the window's first positive and first negatives as targets, its other positives as
+rules: authors (default) = each user's last --window ratings (file order for movielens, as the
+authors took MovieLens-1M's; else time), the window's first positive and first negatives as targets, its other positives as
 history, split by user id (train, then test, then valid); temporal = the window in time order, the
 last positive and negatives as targets, history strictly before them, a seeded shuffle split.
 Details: the docstring of dmporec.build.
 
 inputs: amazon2014/2018 reviews (reviewerID, asin, overall, unixReviewTime) + metadata (asin, title;
 JSON or Python-literal lines); amazon2023 reviews (user_id, parent_asin, rating, timestamp in ms) +
-meta (parent_asin, title); movielens ratings.dat + movies.dat (MovieLens-1M); movielens100k u.data +
-u.item; csv with headers user,item,rating,timestamp and item,title. Plain or gzip.
+meta (parent_asin, title); movielens ratings.dat + movies.dat (MovieLens-1M; -10M with
+--window-order time --rating-scale 0.5-5); movielens100k u.data + u.item; csv with headers
+user,item,rating,timestamp and item,title (or userId,movieId,... as MovieLens-20M/25M write them).
+Plain or gzip; UTF-8 (a byte-order mark is fine) or, for .dat/u.item titles, latin-1.
 """
 
 
@@ -86,6 +88,12 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
         "--strip-year", action="store_true", help="drop a trailing release year from titles"
     )
     p.add_argument("--keep-entities", action="store_true", help="do not decode HTML entities")
+    p.add_argument(
+        "--overwrite",
+        action="store_true",
+        help="replace a build with other settings in --out (its files are removed once the new "
+        "one is written); without it such a rerun stops, naming the settings that differ",
+    )
 
 
 def run(args: argparse.Namespace) -> int:
@@ -106,7 +114,7 @@ def run(args: argparse.Namespace) -> int:
         first = e.errors()[0]
         raise ConfigError(f"prepare: {first['msg']}") from None
     start = time.perf_counter()
-    stats = prepare(cfg, args.reviews, args.meta, args.out)
+    stats = prepare(cfg, args.reviews, args.meta, args.out, overwrite=args.overwrite)
     out = Path(args.out)
     print(
         f"read {stats['interactions_read']:,} interactions "
@@ -119,5 +127,15 @@ def run(args: argparse.Namespace) -> int:
     )
     if "warning" in stats:
         print(f"warning: {stats['warning']}")
+    off_scale = sum(
+        n
+        for reason, n in stats["files"]["reviews"]["reasons"].items()
+        if " outside the scale " in reason
+    )
+    if off_scale:
+        print(
+            f"warning: {off_scale:,} ratings outside the scale {cfg.rating_scale} were left out; "
+            "--rating-scale LOW-HIGH widens it (0.5-5 for half stars)"
+        )
     print(f"wrote {len(stats['outputs'])} files to {out} (counts in {out / 'stats.json'})")
     return 0
