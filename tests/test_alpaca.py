@@ -149,6 +149,16 @@ def test_malformed_file(tmp_path):
         read_alpaca(path)
     with pytest.raises(DataError, match="file not found"):
         read_alpaca(tmp_path / "missing.json")
+    # Records (the .jsonl layout) in a .json file: the error says which layout goes where.
+    record = {"user_id": "u", "history": ["A"], "positive": "P", "negatives": ["N"]}
+    path.write_text(json.dumps(record) + "\n" + json.dumps(record) + "\n")
+    with pytest.raises(
+        DataError, match=r"Extra data.*JSON lines, one record each, go in a \.jsonl"
+    ):
+        read_alpaca(path)
+    path.write_text(json.dumps([record]))
+    with pytest.raises(DataError, match=r"record 0, field 'instruction': missing \(this row is a "):
+        read_alpaca(path)
 
 
 @pytest.mark.skipif(not SHARED.is_dir(), reason="the authors' files are not beside this checkout")

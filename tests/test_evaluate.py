@@ -55,12 +55,15 @@ def test_lists_scored_several_users_per_call_equal_one_at_a_time(tiny, tiny_cfg,
 
 def test_valid_split_holds_users_out_of_training(tmp_path):
     from dmporec.config import DataConfig
-    from dmporec.data import resolve_data, stage_records
+    from dmporec.data import demo_files, stage_records
     from dmporec.demo_data import DemoDataConfig
     from dmporec.records import DataError
 
     demo = DemoDataConfig(train_users=8, valid_users=0, test_users=3, negatives=3)
-    data = resolve_data(DataConfig(demo=demo, valid_users=3), tmp_path)
+    data, files = demo_files(DataConfig(demo=demo, valid_users=3), tmp_path)
+    for path, text in files.items():
+        path.parent.mkdir(parents=True, exist_ok=True)
+        path.write_text(text)
     train = stage_records(data, "sft_train")
     valid = stage_records(data, "valid")
     assert len(train) == 5 and len(valid) == 3

@@ -194,6 +194,8 @@ def test_clear_errors_for_bad_input(tmp_path, capsys):
     assert "dmpo.k" in capsys.readouterr().err
     assert main(["dmpo", *TINY, f"output_dir={tmp_path / 'nosft'}"]) == 2
     assert "not a finished stage" in capsys.readouterr().err
+    assert main(["evaluate", "--stage", "dmop", *TINY, f"output_dir={tmp_path / 'nosft'}"]) == 2
+    assert "no stage dmop: --stage takes zero_shot, sft, dmpo" in capsys.readouterr().err
 
 
 def test_non_finite_settings_and_losses_stop_the_run(tmp_path, capsys):
@@ -244,6 +246,39 @@ def test_a_rerun_with_other_settings_stops_and_relabels_nothing(tmp_path, capsys
     # The same settings reuse, and the table's label comes from what was trained.
     assert main(["run", *TINY, f"output_dir={out}"]) == 0
     assert "| DMPO (k=2) | 5 |" in capsys.readouterr().out
+    # 4. Other demo data: refused before the run's data files are rewritten.
+    data = {p.name: p.read_bytes() for p in (out / "data").iterdir()}
+    other_demo = "data.demo={train_users: 6, valid_users: 0, test_users: 3, negatives: 3, seed: 1}"
+    for command in (["run"], ["evaluate", "--stage", "dmpo", "--out", str(tmp_path / "e")]):
+        assert main([*command, *TINY, other_demo, f"output_dir={out}"]) == 2
+        err = capsys.readouterr().err
+        assert "data.demo: the demo data these settings make differs from" in err, err
+        assert {p.name: p.read_bytes() for p in (out / "data").iterdir()} == data
+    # 5. An evaluation on another test file, even one that fails, leaves the run's config.yaml
+    # as training wrote it (export's model card and recommend read it).
+    resolved = ["-c", str(out / "config.yaml")]
+    empty = tmp_path / "empty.jsonl"
+    empty.write_text("")
+    args = ["evaluate", *resolved, "--stage", "dmpo", f"data.eval={empty}", "--out"]
+    assert main([*args, str(tmp_path / "e1")]) == 2 and "no records" in capsys.readouterr().err
+    other = tmp_path / "other.jsonl"
+    other.write_text("".join((out / "data/test.jsonl").read_text().splitlines(True)[:2]))
+    assert (
+        main(
+            [
+                "evaluate",
+                *resolved,
+                "--stage",
+                "dmpo",
+                f"data.eval={other}",
+                "--out",
+                str(tmp_path / "e2"),
+            ]
+        )
+        == 0
+    )
+    assert (out / "config.yaml").read_text() == config
+    capsys.readouterr()
     # 3. A checkpoint: an unfinished SFT resumes only with the settings it started with.
     half = tmp_path / "half"
     assert main(["sft", *TINY, "sft.epochs=2", f"output_dir={half}"]) == 0
@@ -261,6 +296,7 @@ def test_a_rerun_with_other_settings_stops_and_relabels_nothing(tmp_path, capsys
         ("model.name=/tmp", "is not a model directory"),
         ("model.lora_target_modules=[nothing]", "its linear modules are"),
         ("sft.seed=-1", "sft.seed"),
+        ("sft.epochs=0", "sft.epochs"),
     ],
 )
 def test_settings_that_fail_at_load_time_get_one_line(tmp_path, capsys, override, message):
@@ -323,3 +359,16 @@ def test_two_processes_shard_the_users(tmp_path):
     ]
     assert sft_steps == [1]  # 6 users, 3 per batch, split over 2 processes: one step
     assert (out / "dmpo/eval/eval.json").is_file()
+
+
+def test_ctrl_c_says_how_to_resume(tmp_path, monkeypatch, capsys):
+    import dmporec.stages.sft
+
+    def interrupted(cfg):
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(dmporec.stages.sft, "run_sft", interrupted)
+    assert main(["sft", *TINY, f"output_dir={tmp_path / 'run'}"]) == 130
+    err = capsys.readouterr().err
+    assert "interrupted; the same command resumes from the last checkpoint" in err
+    assert "Traceback" not in err

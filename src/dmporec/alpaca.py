@@ -103,7 +103,13 @@ def _row_to_pair(row: Any, index: int, path: Path) -> tuple[Wording, list[str], 
         raise DataError(f"expected an object, got {type(row).__name__}", **where)
     for key in ("instruction", "output"):
         if key not in row:
-            raise DataError("missing", **where, field=key)
+            hint = (
+                " (this row is a dmporec record: records go in a .jsonl file; a .json file is "
+                "read as the authors' alpaca layout)"
+                if {"history", "positive"} <= row.keys()
+                else ""
+            )
+            raise DataError("missing" + hint, **where, field=key)
     if not isinstance(row["instruction"], str):
         raise DataError("expected a string", **where, field="instruction")
     wording, history, candidates = parse_instruction(
@@ -141,8 +147,14 @@ def read_alpaca(path: str | os.PathLike, norm: TitleNormalization | None = None)
     try:
         rows = json.loads(text)
     except json.JSONDecodeError as e:
+        hint = (
+            "; a .json file holds one JSON list (the authors' alpaca layout): JSON lines, one "
+            "record each, go in a .jsonl file"
+            if e.msg == "Extra data"
+            else ""
+        )
         raise DataError(
-            f"malformed JSON ({e.msg} at line {e.lineno}, column {e.colno})", file=path
+            f"malformed JSON ({e.msg} at line {e.lineno}, column {e.colno}){hint}", file=path
         ) from None
     if not isinstance(rows, list):
         raise DataError(f"expected a JSON list of rows, got {type(rows).__name__}", file=path)

@@ -174,7 +174,7 @@ def main(argv: list[str] | None = None) -> int:
             if _is_main_process():
                 print(table)
             return 0
-        cfg = prepare_run(cfg)
+        cfg = prepare_run(cfg, record=args.command != "evaluate")
         if args.command == "sft":
             from dmporec.stages.sft import run_sft
 
@@ -198,6 +198,15 @@ def main(argv: list[str] | None = None) -> int:
     except (ConfigError, DataError, FileNotFoundError) as e:
         print(f"dmporec: error: {e}", file=sys.stderr)
         return 2
+    except KeyboardInterrupt:
+        # Stages resume from their last checkpoint (every epoch, or sft/dmpo.save_every_steps)
+        # and scoring from its kept batches: the same command picks up from there.
+        print(
+            "dmporec: interrupted; the same command resumes from the last checkpoint "
+            "(sft/dmpo.save_every_steps sets how often one is written) and keeps scored batches",
+            file=sys.stderr,
+        )
+        return 130
 
 
 if __name__ == "__main__":

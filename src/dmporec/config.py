@@ -147,7 +147,7 @@ class TrainConfig(_Scored):
 
 
 class SFTConfig(TrainConfig):
-    epochs: int = 5
+    epochs: int = Field(5, ge=1, description="Passes over the training users.")
 
 
 class DMPOConfig(TrainConfig):

@@ -17,7 +17,7 @@ from dmporec.records import (
     clean_records,
     normalize_record,
     read_records,
-    write_records,
+    records_text,
 )
 
 _DROPPED = {
@@ -43,14 +43,20 @@ def load_records(path: str | os.PathLike, norm: TitleNormalization) -> list[Reco
     return records
 
 
-def resolve_data(cfg: DataConfig, output_dir: str | os.PathLike) -> DataConfig:
-    """The data config with demo data generated (once) under OUTPUT_DIR/data and its paths filled in."""
+def demo_files(
+    cfg: DataConfig, output_dir: str | os.PathLike
+) -> tuple[DataConfig, dict[Path, str]]:
+    """The data config with the demo data's paths under OUTPUT_DIR/data filled in, and the text
+    of each of those files (written by the caller once it has checked the run; see
+    stages.common.prepare_run). No demo: the config as it is, no files."""
     if cfg.demo is None:
-        return cfg
+        return cfg, {}
     out = Path(output_dir) / "data"
     demo = make_demo_data(cfg.demo)
-    for name, records in (("train", demo.train), ("valid", demo.valid), ("test", demo.test)):
-        write_records(out / f"{name}.jsonl", records)
+    files = {
+        out / f"{name}.jsonl": records_text(records)
+        for name, records in (("train", demo.train), ("valid", demo.valid), ("test", demo.test))
+    }
     train = str(out / "train.jsonl")
     return cfg.model_copy(
         update={
@@ -60,7 +66,7 @@ def resolve_data(cfg: DataConfig, output_dir: str | os.PathLike) -> DataConfig:
             "eval": str(out / "test.jsonl"),
             "valid": str(out / "valid.jsonl") if demo.valid else None,
         }
-    )
+    ), files
 
 
 def _user_key(record: Record) -> tuple[tuple[str, ...], str]:

@@ -297,9 +297,14 @@ def atomic_write_text(path: str | os.PathLike, text: str) -> None:
         raise
 
 
-def write_records(path: str | os.PathLike, records: Iterable[Record]) -> None:
+def records_text(records: Iterable[Record]) -> str:
+    """Records as the JSON lines `write_records` writes."""
     lines = [json.dumps(record_to_dict(r), ensure_ascii=False) for r in records]
-    atomic_write_text(path, "\n".join(lines) + ("\n" if lines else ""))
+    return "\n".join(lines) + ("\n" if lines else "")
+
+
+def write_records(path: str | os.PathLike, records: Iterable[Record]) -> None:
+    atomic_write_text(path, records_text(records))
 
 
 def iter_records(path: str | os.PathLike) -> Iterator[Record]:

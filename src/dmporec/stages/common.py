@@ -11,7 +11,7 @@ from typing import Any
 from pydantic import BaseModel
 
 from dmporec.config import ConfigError, RunConfig, dump_config
-from dmporec.data import resolve_data
+from dmporec.data import demo_files
 from dmporec.distributed import process_state  # noqa: F401  (re-exported)
 from dmporec.model import ModelConfig, write_lineage
 from dmporec.plots import plot_curves
@@ -132,16 +132,38 @@ def read_settings(directory: Path) -> dict[str, Any] | None:
     return json.loads(path.read_text()) if path.is_file() else None
 
 
-def prepare_run(cfg: RunConfig) -> RunConfig:
-    """Generate demo data if configured, check that the output dir's finished or checkpointed
-    training stages were made with these settings, and record the resolved config there."""
-    cfg = cfg.model_copy(update={"data": resolve_data(cfg.data, cfg.output_dir)})
+def _holds_results(out: Path) -> bool:
+    """Whether `out` holds any stage's or evaluation's results (see RESULTS)."""
+    return out.is_dir() and any(p.name in RESULTS for p in out.rglob("*"))
+
+
+def prepare_run(cfg: RunConfig, record: bool = True) -> RunConfig:
+    """Write the demo data if configured, check that the output dir's finished or checkpointed
+    training stages were made with these settings, and (`record`: the commands that train)
+    record the resolved config there as config.yaml, which export and recommend read.
+
+    Nothing the run already holds is rewritten before the checks pass: demo data that differs
+    from the files beside results made from them stops here (one line), and only missing files
+    are written first. `dmporec evaluate` passes record=False: an evaluation with another test
+    file or --out leaves the run's config.yaml as its training wrote it."""
+    data, files = demo_files(cfg.data, cfg.output_dir)
+    cfg = cfg.model_copy(update={"data": data})
     out = Path(cfg.output_dir)
+    changed = [p for p, text in files.items() if p.is_file() and p.read_text() != text]
+    if changed and _holds_results(out):
+        raise ConfigError(
+            f"data.demo: the demo data these settings make differs from {changed[0]}, which "
+            f"results in {out} were made from; use another output_dir, or delete {out} to redo it"
+        )
+    for path, text in files.items():
+        if not path.is_file() or path in changed:
+            atomic_write_text(path, text)
     sft = stage_settings(cfg, "sft")
     check_settings(out / "sft", sft, "sft")
     if (out / "sft" / SETTINGS).is_file():
         check_settings(out / "dmpo", stage_settings(cfg, "dmpo", sft), "dmpo")
-    atomic_write_text(out / "config.yaml", dump_config(cfg))
+    if record:
+        atomic_write_text(out / "config.yaml", dump_config(cfg))
     return cfg
 
 

@@ -148,6 +148,11 @@ def run_evaluate(cfg: RunConfig, stage: str, out_dir: str | Path | None = None) 
     if stage == "zero_shot":
         trained = None
     else:
+        if not stage_dir.is_dir():
+            raise ConfigError(
+                f"evaluate: no stage {stage_dir}: --stage takes zero_shot, sft, dmpo (in "
+                f"output_dir {cfg.output_dir}) or a stage directory"
+            )
         trained = read_settings(stage_dir)
         if trained is None:
             raise ConfigError(
