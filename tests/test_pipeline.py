@@ -124,7 +124,7 @@ def test_training_resumes_from_a_checkpoint(tmp_path, monkeypatch, capsys):
             raise KeyboardInterrupt
 
     monkeypatch.setattr(training, "append_jsonl", crash_after_four_steps)
-    with pytest.raises(KeyboardInterrupt):
+    with pytest.raises(KeyboardInterrupt):  # called from Python: the caller's to handle
         main(["sft", *args, f"output_dir={tmp_path / 'b'}"])
     monkeypatch.setattr(training, "append_jsonl", real)
     # As if killed while removing the old checkpoint, before renaming the new one into place: the
@@ -368,7 +368,9 @@ def test_ctrl_c_says_how_to_resume(tmp_path, monkeypatch, capsys):
         raise KeyboardInterrupt
 
     monkeypatch.setattr(dmporec.stages.sft, "run_sft", interrupted)
-    assert main(["sft", *TINY, f"output_dir={tmp_path / 'run'}"]) == 130
+    # From the command line (argv from sys.argv): one line and exit status 130.
+    monkeypatch.setattr(sys, "argv", ["dmporec", "sft", *TINY, f"output_dir={tmp_path / 'run'}"])
+    assert main() == 130
     err = capsys.readouterr().err
     assert "interrupted; the same command resumes from the last checkpoint" in err
     assert "Traceback" not in err

@@ -199,6 +199,8 @@ def main(argv: list[str] | None = None) -> int:
         print(f"dmporec: error: {e}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:
+        if argv is not None:  # called from Python (a script's loop): the interrupt is the caller's
+            raise
         # Stages resume from their last checkpoint (every epoch, or sft/dmpo.save_every_steps)
         # and scoring from its kept batches: the same command picks up from there.
         print(
