@@ -122,10 +122,8 @@ def text_encoding(path: str | os.PathLike) -> str:
             while chunk := stream.read(1 << 20):
                 decoder.decode(chunk)
             decoder.decode(b"", final=True)
-        except UnicodeDecodeError:
-            return "latin-1"
-        except (EOFError, zlib.error, gzip.BadGzipFile):
-            return "latin-1"  # the read that follows reports the broken stream with its line
+        except (UnicodeDecodeError, EOFError, zlib.error, gzip.BadGzipFile):
+            return "latin-1"  # a broken stream: the read that follows reports it with its line
     return "utf-8"
 
 
