@@ -246,6 +246,10 @@ def test_a_rerun_with_other_settings_stops_and_relabels_nothing(tmp_path, capsys
     # The same settings reuse, and the table's label comes from what was trained.
     assert main(["run", *TINY, f"output_dir={out}"]) == 0
     assert "| DMPO (k=2) | 5 |" in capsys.readouterr().out
+    # A k no user's data reaches would train a smaller k under its label: refused.
+    k4 = ["dmpo", "--sft-dir", str(out / "sft"), *TINY, "dmpo.k=4", f"output_dir={out / 'k4'}"]
+    assert main(k4) == 2
+    assert "dmpo.k=4, but no user of" in capsys.readouterr().err
     # 4. Other demo data: refused before the run's data files are rewritten.
     data = {p.name: p.read_bytes() for p in (out / "data").iterdir()}
     other_demo = "data.demo={train_users: 6, valid_users: 0, test_users: 3, negatives: 3, seed: 1}"

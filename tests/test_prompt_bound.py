@@ -69,8 +69,12 @@ def test_refuse_and_unfittable_candidates_name_the_record(enc, demo):
     with pytest.raises(DataError, match=r"record .*history.*max_prompt_tokens=400.*overlong"):
         PromptBound(400, "refuse").records([record], enc, "train.jsonl")
     huge = replace(demo.train[0], positive=Item("word " * 3000))
-    with pytest.raises(DataError, match="candidate titles themselves are too long"):
+    with pytest.raises(DataError, match=r"field 'candidates': the candidate titles alone make"):
         PromptBound(400).records([huge], enc, "train.jsonl")
+    # A history title too long on its own is the history's fault.
+    long_title = replace(demo.train[0], history=(*demo.train[0].history, Item("word " * 3000)))
+    with pytest.raises(DataError, match=r"field 'history': even the newest history title"):
+        PromptBound(400).records([long_title], enc, "train.jsonl")
 
 
 def test_sft_counts_truncated_prompts_and_refuse_stops_with_one_line(tmp_path, demo, capsys):

@@ -161,13 +161,22 @@ class PromptBound:
     def of(cls, data: DataConfig) -> PromptBound:
         return cls(data.max_prompt_tokens, data.overlong)
 
-    def _too_long(self, tokens: int, what: str, *, file: Any, record: Any, hint: str) -> DataError:
+    def _too_long(
+        self,
+        tokens: int,
+        what: str,
+        *,
+        file: Any,
+        record: Any,
+        hint: str,
+        field: str = "history",
+    ) -> DataError:
         return DataError(
             f"{what} makes a sequence of {tokens} tokens, over data.max_prompt_tokens="
             f"{self.max_tokens}; {hint}",
             file=file,
             record=record,
-            field="history",
+            field=field,
         )
 
     def fit(
@@ -190,12 +199,21 @@ class PromptBound:
             )
         kept = newest_that_fit(n_history, tokens_with, self.max_tokens)
         if kept is None:
+            if tokens_with(0) > self.max_tokens:  # no history at all: the candidates' fault
+                raise self._too_long(
+                    tokens_with(0),
+                    "the candidate titles alone",
+                    file=file,
+                    record=record,
+                    hint="shorten them, or raise the limit",
+                    field="candidates",
+                )
             raise self._too_long(
                 tokens_with(1),
                 "even the newest history title with the candidates",
                 file=file,
                 record=record,
-                hint="the candidate titles themselves are too long, or raise the limit",
+                hint="that title is too long, or raise the limit",
             )
         self.truncated += 1
         self.dropped += n_history - kept
@@ -207,7 +225,7 @@ class PromptBound:
         n = len(item.history)
 
         def tokens_with(kept: int) -> int:
-            return tokens(replace(item, history=item.history[-kept:]))
+            return tokens(replace(item, history=item.history[len(item.history) - kept :]))
 
         kept = self.fit(n, tokens_with, file=file, record=record)
         return item if kept == n else replace(item, history=item.history[-kept:])

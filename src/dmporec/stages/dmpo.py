@@ -48,8 +48,14 @@ def run_dmpo(cfg: RunConfig, sft_dir: Path | None = None) -> Path:
     if (out / LINEAGE).is_file():
         main_print(f"dmpo: {out} is finished (same settings); delete it to train again")
         return out
-    record_settings(out, settings)  # before training: a checkpoint resumes only with these
     records = stage_records(cfg.data, "dmpo_train")
+    most = max(r.k for r in records)
+    if most < tc.k:  # the run would train k=most under the label k
+        raise ConfigError(
+            f"dmpo.k={tc.k}, but no user of {cfg.data.dmpo_train} has more than {most} "
+            f"negatives; set dmpo.k={most} or less"
+        )
+    record_settings(out, settings)  # before training: a checkpoint resumes only with these
     short = sum(r.k < tc.k for r in records)
     if short:
         main_print(
