@@ -28,11 +28,20 @@ _K = re.compile(r"\(k=(\d+)\)")
 def read_rows(run_dir: Path) -> list[dict[str, Any]]:
     """Result rows of an experiment (model named 'cell: stage') or of a pipeline run."""
     results, summary = run_dir / "results.jsonl", run_dir / "summary.json"
+    if not run_dir.is_dir():
+        raise DataError("no such directory (report takes a run's or an experiment's)", file=run_dir)
     if results.is_file():
         rows = [json.loads(x) for x in results.read_text().splitlines() if x.strip()]
         return [{**r, "model": f"{r['cell']}: {r['model']}"} for r in rows]
     if summary.is_file():
-        return json.loads(summary.read_text())["rows"]
+        rows = json.loads(summary.read_text()).get("rows")
+        if rows is None:  # a stage's summary.json, not a run's
+            raise DataError(
+                "is a stage's directory (its summary.json has no result rows); report takes the "
+                "run's directory, its parent",
+                file=run_dir,
+            )
+        return rows
     raise DataError(
         "neither results.jsonl (dmporec experiment) nor summary.json (dmporec run) found",
         file=run_dir,

@@ -20,7 +20,7 @@ from dmporec.records import atomic_write_text
 SUMMARY = "summary.json"
 SETTINGS = "settings.json"
 # Fields that change how fast or how often, never what is computed (numbers equal to 1e-4).
-_OPERATIONAL = {
+OPERATIONAL = {
     "save_every_steps",
     "eval_every_steps",
     "report_to",
@@ -43,7 +43,7 @@ def _flat(prefix: str, section: BaseModel, keep: tuple[str, ...] = ()) -> dict[s
     return {
         f"{prefix}.{k}": v
         for k, v in section.model_dump(mode="json").items()
-        if k not in _OPERATIONAL or k in keep
+        if k not in OPERATIONAL or k in keep
     }
 
 

@@ -29,7 +29,7 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError
 from dmporec.config import ConfigError, RunConfig, load_config
 from dmporec.evaluation import read_jsonl
 from dmporec.records import atomic_write_text
-from dmporec.stages.common import prepare_run
+from dmporec.stages.common import OPERATIONAL, prepare_run, read_settings, stage_settings
 from dmporec.stages.dmpo import run_dmpo
 from dmporec.stages.pipeline import baseline_rows, dmpo_label, evaluate_row, written
 from dmporec.stages.sft import run_sft
@@ -69,12 +69,50 @@ def load_experiment(path: str) -> Experiment:
     names = [c.name for c in exp.cells]
     if len(set(names)) != len(names):
         raise ConfigError(f"{path}: cell names must be unique, got {names}")
+    taken = sorted(set(names) & _NOT_CELLS)
+    if taken:
+        raise ConfigError(
+            f"{path}: cell name {taken[0]!r} is not a directory of its own in output_dir"
+        )
+    for where, overrides in [("overrides", exp.overrides)] + [
+        (f"cell {c.name}", c.overrides) for c in exp.cells
+    ]:
+        if any(o.split("=", 1)[0].strip() == "output_dir" for o in overrides):
+            raise ConfigError(
+                f"{path}: {where}: output_dir is the experiment's (its top-level output_dir key, "
+                "or output_dir=... on the command line); each cell runs in OUTPUT_DIR/NAME"
+            )
     for i, cell in enumerate(exp.cells):
         if cell.sft_from is not None and cell.sft_from not in names[:i]:
             raise ConfigError(
                 f"{path}: cell {cell.name}: sft_from {cell.sft_from!r} is not an earlier cell"
             )
     return exp
+
+
+# Names a cell's directory cannot have: the experiment's own files, its folder, its parent.
+_NOT_CELLS = {"results.jsonl", "results.md", "report.md", ".", ".."}
+
+
+def cell_settings(exp: Experiment, cell: Cell, extra: list[str] | None = None) -> dict[str, Any]:
+    """A cell's whole resolved config, flat ('section.key'), without its output_dir, and the
+    cell it takes its SFT from: what its rows depend on (the base file, the shared and the
+    command-line overrides included)."""
+
+    def flat(prefix: str, value: Any) -> dict[str, Any]:
+        if not isinstance(value, dict) or not value:
+            return {prefix: value}
+        return {k: v for key, sub in value.items() for k, v in flat(f"{prefix}.{key}", sub).items()}
+
+    dumped = cell_config(exp, cell, extra).model_dump(mode="json")
+    dumped.pop("output_dir", None)
+    kept = {
+        k: v
+        for k, v in flat("", dumped).items()
+        # as the stages' own checks: how fast or how often never counts, training's batch does
+        if k.rsplit(".", 1)[-1] not in OPERATIONAL or k in (".sft.batch_size", ".dmpo.batch_size")
+    }
+    return {**kept, ".sft_from": cell.sft_from}
 
 
 def cell_config(exp: Experiment, cell: Cell, extra: list[str] | None = None) -> RunConfig:
@@ -84,9 +122,29 @@ def cell_config(exp: Experiment, cell: Cell, extra: list[str] | None = None) -> 
     )
 
 
+def _check_sft_from(exp: Experiment, cell: Cell, wanted: dict[str, Any]) -> None:
+    """Stop when the SFT that `cell.sft_from` trained differs from the one this cell's settings
+    describe (its sft.* settings, its SFT data or its base model; the DMPO adapter's own LoRA
+    settings may differ)."""
+    made = read_settings(Path(exp.output_dir) / cell.sft_from / "sft")
+    if made is None:
+        return
+    keys = [k for k in wanted.keys() | made.keys() if k.startswith("sft.")]
+    keys += ["data.sft_train", "model.name"]
+    diff = sorted(k for k in set(keys) if made.get(k) != wanted.get(k))
+    if diff:
+        said = "; ".join(f"{k}: {made.get(k)!r} there, {wanted.get(k)!r} here" for k in diff[:5])
+        raise ConfigError(
+            f"cell {cell.name}: sft_from {cell.sft_from} trained another SFT ({said}): give the "
+            "cell that cell's SFT settings, or train its own SFT (no sft_from)"
+        )
+
+
 def run_cell(exp: Experiment, cell: Cell, extra: list[str] | None = None) -> list[dict[str, Any]]:
     """Train and evaluate one cell; one result row per evaluated stage."""
     cfg = prepare_run(cell_config(exp, cell, extra))
+    if cell.sft_from:  # that cell's SFT must be the one these settings would train
+        _check_sft_from(exp, cell, stage_settings(cfg, "sft"))
     rows = baseline_rows(cfg) if "baselines" in cell.stages else []
     if "zero_shot" in cell.stages:
         rows.append(evaluate_row(cfg, "zero_shot", "zero-shot", None))
@@ -99,8 +157,15 @@ def run_cell(exp: Experiment, cell: Cell, extra: list[str] | None = None) -> lis
             dmpo_dir = run_dmpo(cfg, sft_dir)
             gc.collect()
             rows.append(evaluate_row(cfg, "dmpo", dmpo_label(dmpo_dir), dmpo_dir))
+    settings = cell_settings(exp, cell, extra)
     return [
-        {"cell": cell.name, "overrides": cell.overrides, "split": cfg.eval.split, **row}
+        {
+            "cell": cell.name,
+            "overrides": cell.overrides,
+            "settings": settings,
+            "split": cfg.eval.split,
+            **row,
+        }
         for row in rows
     ]
 
@@ -118,20 +183,31 @@ def run_experiment(path: str, extra: list[str] | None = None, only: list[str] | 
     out = Path(exp.output_dir)
     out.mkdir(parents=True, exist_ok=True)
     results = out / "results.jsonl"
-    # cell -> the overrides it was made with
-    done = {
-        r["cell"]: r.get("overrides", [])
-        for r in (read_jsonl(results) if results.is_file() else [])
-    }
+    # cell -> the row it was made with (its overrides; its whole settings since they are kept)
+    done = {r["cell"]: r for r in (read_jsonl(results) if results.is_file() else [])}
     for cell in exp.cells:
         if only and cell.name not in only:
             continue
-        if cell.name in done and done[cell.name] != cell.overrides:
+        if cell.name in done and done[cell.name].get("overrides", []) != cell.overrides:
             raise ConfigError(
-                f"{results}: cell {cell.name} was made with overrides {done[cell.name]}, the "
-                f"experiment now gives it {cell.overrides}: rename the cell, or remove its rows "
-                "from results.jsonl to rerun it"
+                f"{results}: cell {cell.name} was made with overrides "
+                f"{done[cell.name].get('overrides', [])}, the experiment now gives it "
+                f"{cell.overrides}: rename the cell, or remove its rows from results.jsonl to "
+                "rerun it"
             )
+        if cell.name in done and "settings" in done[cell.name]:
+            old, now = done[cell.name]["settings"], cell_settings(exp, cell, extra)
+            diff = sorted(k for k in old.keys() | now.keys() if old.get(k) != now.get(k))
+            if diff:
+                said = "; ".join(
+                    f"{k[1:]}: {old.get(k)!r} then, {now.get(k)!r} now" for k in diff[:5]
+                )
+                raise ConfigError(
+                    f"{results}: cell {cell.name} was made with other settings ({said}"
+                    f"{f' and {len(diff) - 5} more' if len(diff) > 5 else ''}; the base file, "
+                    "the shared or the command-line overrides changed): rename the cell, or "
+                    "remove its rows from results.jsonl to rerun it"
+                )
         if cell.name in done:
             print(f"experiment: cell {cell.name} is in {results}; skipped")
             continue
