@@ -230,9 +230,10 @@ def check_not_item_sorted(cols: Columns, file: str | os.PathLike | None = None) 
     if not longer.any():
         return
     sorted_users = np.add.reduceat(rising, starts) >= (ends - starts - 1)
-    if sorted_users[longer].mean() >= 0.95:
+    share = sorted_users[longer].mean()
+    if share >= 0.95:
         raise DataError(
-            f"{sorted_users[longer].mean():.0%} of the users with 5 or more ratings have them in "
+            f"{share:.0%} of the users with 5 or more ratings have them in "
             "increasing item-id order, so the window of 'their last ratings in file order' would "
             "be their highest item ids; pass --window-order time",
             file=file,

@@ -199,9 +199,10 @@ class PromptBound:
             )
         kept = newest_that_fit(n_history, tokens_with, self.max_tokens)
         if kept is None:
-            if tokens_with(0) > self.max_tokens:  # no history at all: the candidates' fault
+            bare = tokens_with(0)
+            if bare > self.max_tokens:  # no history at all: the candidates' fault
                 raise self._too_long(
-                    tokens_with(0),
+                    bare,
                     "the candidate titles alone",
                     file=file,
                     record=record,

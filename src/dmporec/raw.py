@@ -69,12 +69,8 @@ class LineErrors:
                 file=self.file,
             )
 
-    def off_scale(self) -> int:
-        """Lines left out for a rating outside the rating scale."""
-        return sum(n for reason, n in self.reasons.items() if " outside the scale " in reason)
-
     def scale_hint(self) -> str:
-        if not self.off_scale():
+        if not off_scale(self.reasons):
             return ""
         return (
             "; --rating-scale LOW-HIGH widens the scale (0.5-5 for half stars; 'any' accepts "
@@ -89,6 +85,12 @@ class LineErrors:
             "reasons": dict(sorted(self.reasons.items())),
             "examples": self.examples,
         }
+
+
+def off_scale(reasons: dict[str, int]) -> int:
+    """Lines left out for a rating outside the rating scale, from a file's reasons (a
+    `LineErrors`' or its summary's)."""
+    return sum(n for reason, n in reasons.items() if " outside the scale " in reason)
 
 
 def open_text(path: str | os.PathLike, encoding: str = "utf-8") -> TextIO:

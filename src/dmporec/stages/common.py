@@ -116,15 +116,19 @@ def check_settings(directory: Path, settings: dict[str, Any], what: str) -> None
             f"an older dmporec); delete it or choose another output_dir"
         )
     # Keys added by a later dmporec: a record made before has the value that reproduces it.
-    old = {**ADDED_LATER, **json.loads(path.read_text())}
-    diff = sorted(k for k in old.keys() | settings.keys() if old.get(k) != settings.get(k))
-    if diff:
-        said = "; ".join(f"{k}: {old.get(k)!r} then, {settings.get(k)!r} now" for k in diff[:5])
-        more = f" (and {len(diff) - 5} more)" if len(diff) > 5 else ""
+    said = changes({**ADDED_LATER, **json.loads(path.read_text())}, settings)
+    if said:
         raise ConfigError(
-            f"{what}: {directory} was made with other settings ({said}{more}); use another "
+            f"{what}: {directory} was made with other settings ({said}); use another "
             f"output_dir, or delete {directory} to redo it"
         )
+
+
+def changes(then: dict[str, Any], now: dict[str, Any]) -> str:
+    """The settings that differ, 'key: old then, new now' for the first five ('' if none)."""
+    diff = sorted(k for k in then.keys() | now.keys() if then.get(k) != now.get(k))
+    said = "; ".join(f"{k}: {then.get(k)!r} then, {now.get(k)!r} now" for k in diff[:5])
+    return said + (f" (and {len(diff) - 5} more)" if len(diff) > 5 else "")
 
 
 def read_settings(directory: Path) -> dict[str, Any] | None:

@@ -29,7 +29,13 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError
 from dmporec.config import ConfigError, RunConfig, load_config
 from dmporec.evaluation import read_jsonl
 from dmporec.records import atomic_write_text
-from dmporec.stages.common import OPERATIONAL, prepare_run, read_settings, stage_settings
+from dmporec.stages.common import (
+    OPERATIONAL,
+    changes,
+    prepare_run,
+    read_settings,
+    stage_settings,
+)
 from dmporec.stages.dmpo import run_dmpo
 from dmporec.stages.pipeline import baseline_rows, dmpo_label, evaluate_row, written
 from dmporec.stages.sft import run_sft
@@ -99,20 +105,21 @@ def cell_settings(exp: Experiment, cell: Cell, extra: list[str] | None = None) -
     cell it takes its SFT from: what its rows depend on (the base file, the shared and the
     command-line overrides included)."""
 
-    def flat(prefix: str, value: Any) -> dict[str, Any]:
+    def flat(key: str, value: Any) -> dict[str, Any]:
         if not isinstance(value, dict) or not value:
-            return {prefix: value}
-        return {k: v for key, sub in value.items() for k, v in flat(f"{prefix}.{key}", sub).items()}
+            return {key: value}
+        return {k: v for name, sub in value.items() for k, v in flat(f"{key}.{name}", sub).items()}
 
     dumped = cell_config(exp, cell, extra).model_dump(mode="json")
     dumped.pop("output_dir", None)
     kept = {
         k: v
-        for k, v in flat("", dumped).items()
+        for name, section in dumped.items()
+        for k, v in flat(name, section).items()
         # as the stages' own checks: how fast or how often never counts, training's batch does
-        if k.rsplit(".", 1)[-1] not in OPERATIONAL or k in (".sft.batch_size", ".dmpo.batch_size")
+        if k.rsplit(".", 1)[-1] not in OPERATIONAL or k in ("sft.batch_size", "dmpo.batch_size")
     }
-    return {**kept, ".sft_from": cell.sft_from}
+    return {**kept, "sft_from": cell.sft_from}
 
 
 def cell_config(exp: Experiment, cell: Cell, extra: list[str] | None = None) -> RunConfig:
@@ -188,27 +195,25 @@ def run_experiment(path: str, extra: list[str] | None = None, only: list[str] | 
     for cell in exp.cells:
         if only and cell.name not in only:
             continue
-        if cell.name in done and done[cell.name].get("overrides", []) != cell.overrides:
+        made = done.get(cell.name)
+        if made is not None and made.get("overrides", []) != cell.overrides:
             raise ConfigError(
                 f"{results}: cell {cell.name} was made with overrides "
-                f"{done[cell.name].get('overrides', [])}, the experiment now gives it "
-                f"{cell.overrides}: rename the cell, or remove its rows from results.jsonl to "
-                "rerun it"
+                f"{made.get('overrides', [])}, the experiment now gives it {cell.overrides}: "
+                "rename the cell, or remove its rows from results.jsonl to rerun it"
             )
-        if cell.name in done and "settings" in done[cell.name]:
-            old, now = done[cell.name]["settings"], cell_settings(exp, cell, extra)
-            diff = sorted(k for k in old.keys() | now.keys() if old.get(k) != now.get(k))
-            if diff:
-                said = "; ".join(
-                    f"{k[1:]}: {old.get(k)!r} then, {now.get(k)!r} now" for k in diff[:5]
-                )
-                raise ConfigError(
-                    f"{results}: cell {cell.name} was made with other settings ({said}"
-                    f"{f' and {len(diff) - 5} more' if len(diff) > 5 else ''}; the base file, "
-                    "the shared or the command-line overrides changed): rename the cell, or "
-                    "remove its rows from results.jsonl to rerun it"
-                )
-        if cell.name in done:
+        said = (
+            changes(made["settings"], cell_settings(exp, cell, extra))
+            if made and "settings" in made
+            else ""
+        )
+        if said:
+            raise ConfigError(
+                f"{results}: cell {cell.name} was made with other settings ({said}; the base "
+                "file, the shared or the command-line overrides changed): rename the cell, or "
+                "remove its rows from results.jsonl to rerun it"
+            )
+        if made is not None:
             print(f"experiment: cell {cell.name} is in {results}; skipped")
             continue
         print(f"experiment: cell {cell.name} ({' '.join(cell.overrides) or 'base settings'})")

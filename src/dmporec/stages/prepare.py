@@ -11,7 +11,7 @@ from pydantic import ValidationError
 
 from dmporec.build import BuildConfig, prepare
 from dmporec.config import ConfigError
-from dmporec.raw import SOURCES
+from dmporec.raw import SOURCES, off_scale
 from dmporec.records import TitleNormalization
 
 EXAMPLES = """examples:
@@ -127,14 +127,10 @@ def run(args: argparse.Namespace) -> int:
     )
     if "warning" in stats:
         print(f"warning: {stats['warning']}")
-    off_scale = sum(
-        n
-        for reason, n in stats["files"]["reviews"]["reasons"].items()
-        if " outside the scale " in reason
-    )
-    if off_scale:
+    left_out = off_scale(stats["files"]["reviews"]["reasons"])
+    if left_out:
         print(
-            f"warning: {off_scale:,} ratings outside the scale {cfg.rating_scale} were left out; "
+            f"warning: {left_out:,} ratings outside the scale {cfg.rating_scale} were left out; "
             "--rating-scale LOW-HIGH widens it (0.5-5 for half stars)"
         )
     print(f"wrote {len(stats['outputs'])} files to {out} (counts in {out / 'stats.json'})")
