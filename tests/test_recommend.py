@@ -181,3 +181,38 @@ def test_explain_instruction_wording():
         "of Video Games they have shopped:  <Title:Heat> . In one or two sentences, explain why "
         "the user would enjoy shopping the Video Games  <Title:Up> ."
     )
+
+
+def test_a_mixed_users_file_costs_the_sum_of_its_users(
+    tiny, tiny_cfg, tmp_path, monkeypatch, capsys
+):
+    """A long history (its pairs split over several groups) ranked beside a short one used to
+    lose its encoded-once history: the call's shared stem shrank to the chat header and each
+    group re-encoded the whole history (issue #37: 161 s for 18 s + 40 s). Cost here: tokens
+    through the model's forward passes, padding included."""
+    short = {"user": "s", "history": ["Up", "Heat", "Jaws", "Babe"], "candidates": CANDIDATES}
+    long = {
+        "user": "l",
+        "history": [f"Long Movie Title Number {i}" for i in range(120)],  # ~2,500 tokens
+        "candidates": [*CANDIDATES, "Lonely"],
+    }
+    model, tok = tiny
+    monkeypatch.setattr(
+        "dmporec.recommend.load_ranker", lambda spec: Ranker.create(model, tok, tiny_cfg, spec)
+    )
+    tokens: list[int] = []
+    hook = model.register_forward_pre_hook(
+        lambda _m, _a, kw: tokens.append(kw["input_ids"].numel()), with_kwargs=True
+    )
+    cost = {}
+    try:
+        for name, users in (("short", [short]), ("long", [long]), ("mixed", [short, long])):
+            path = tmp_path / f"{name}.json"
+            path.write_text(json.dumps(users))
+            tokens.clear()
+            code, _, err = recommend(capsys, "--model", "tiny", "--users", str(path))
+            assert code == 0, err
+            cost[name] = sum(tokens)
+    finally:
+        hook.remove()
+    assert cost["mixed"] <= 1.05 * (cost["short"] + cost["long"]), cost

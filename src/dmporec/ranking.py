@@ -19,15 +19,19 @@ With the shared layout all prompts of a request hang off the history as one scor
 (prefix = chat header, role line, history; one Branch per (pair, order): the line naming the
 two candidates, then its two answers), so the history is encoded once and each pair adds only
 its ~30-token pair line and two answers. A packed row's attention is quadratic in its length,
-so a request whose tree would exceed `max_group_tokens` is split into several groups that each
-repeat the history (history tokens x number of groups, instead of x N(N-1) in the naive layout).
+so a request whose tree would exceed `max_group_tokens` is split into several groups. Such a
+request is scored in score_groups calls of its own (`scoring_calls`): every row of a call then
+starts with its history, which score_groups encodes once as the call's stem and the groups
+attend to. Beside another user's rows the stem would shrink to the chat header they share and
+every group would encode the history again (issue #37: a 500-title user beside a 4-title one
+took 12x the history's tokens). Requests that fit one group each are scored together.
 """
 
 from __future__ import annotations
 
 import itertools
 import os
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -75,6 +79,28 @@ def check_request(
                 f"duplicate candidate {title!r} (positions {seen[title]} and {i})", "candidates"
             )
         seen[title] = i
+    return request
+
+
+def check_unseen(
+    request: RankRequest,
+    *,
+    file: str | os.PathLike | None = None,
+    record: int | str | None = None,
+) -> RankRequest:
+    """Raise DataError (field 'candidates') when a candidate is a title of the history (both as
+    cleaned): the model never learned to rank a seen item (training removes a positive from its
+    own history), and would rank it anyway. Give it the whole history, before any bound cuts it."""
+    seen = {title: i for i, title in enumerate(request.history)}
+    for title in request.candidates:
+        if title in seen:
+            raise DataError(
+                f"candidate {title!r} is already in the history (history title {seen[title]}); "
+                "rank only titles the user has not seen",
+                file=file,
+                record=record,
+                field="candidates",
+            )
     return request
 
 
@@ -150,6 +176,41 @@ def pair_scores(n: int, first_logps: torch.Tensor, second_logps: torch.Tensor) -
     return (wins / (2 * (n - 1))).tolist()
 
 
+# A request split over several groups is scored in calls of at least this many times its history's
+# tokens (beside max_batch_tokens), so a progress bar can move between calls while the history,
+# encoded again by each call, adds at most a quarter to the work.
+_CALL_HISTORY_FACTOR = 4
+
+
+def scoring_calls(
+    groups_of: Sequence[Sequence[Group]], min_call_tokens: int
+) -> list[list[tuple[int, list[Group]]]]:
+    """How rank_candidates splits its work into score_groups calls: each call a list of
+    (request index, some of its groups, in order). Requests that fit one group each go together
+    in the first call; a request split over several groups goes alone, in calls of at least
+    `min_call_tokens` (and _CALL_HISTORY_FACTOR x its history) tokens after the history, so each
+    call's rows share the history (see the module docstring). Requests with no groups (one
+    candidate) are in no call."""
+    together = [(i, list(groups)) for i, groups in enumerate(groups_of) if len(groups) == 1]
+    calls = [together] if together else []
+    for i, groups in enumerate(groups_of):
+        if len(groups) < 2:
+            continue
+        prefix = len(groups[0].prefix)
+        budget = max(min_call_tokens, _CALL_HISTORY_FACTOR * prefix)
+        chunk: list[Group] = []
+        size = 0
+        for group in groups:
+            chunk.append(group)
+            size += group.tokens("shared") - prefix
+            if size >= budget:
+                calls.append([(i, chunk)])
+                chunk, size = [], 0
+        if chunk:
+            calls.append([(i, chunk)])
+    return calls
+
+
 @torch.no_grad()
 def rank_candidates(
     model: torch.nn.Module,
@@ -159,34 +220,38 @@ def rank_candidates(
     layout: Layout = "shared",
     max_batch_tokens: int = 8192,
     max_group_tokens: int = 2048,
+    progress: Callable[[int], None] | None = None,
 ) -> list[list[float]]:
-    """Scores of every request's candidates (aligned with `request.candidates`), one forward
-    pass series for all requests together (the server batches concurrent requests this way).
+    """Scores of every request's candidates (aligned with `request.candidates`); the requests
+    that fit one prompt tree each share forward passes (the server batches concurrent requests
+    this way), a larger one is scored on its own (`scoring_calls`).
 
     See the module docstring for the rule and its cost. `layout` and `max_batch_tokens` are
     passed to scoring.score_groups; `max_group_tokens` bounds one packed prompt tree.
+    `progress(n)` is called after each score_groups call with the prompts it scored (a request
+    of N candidates has N(N-1)).
     """
     for request in requests:
         check_request(request)
-    groups: list[Group] = []
-    spans: list[tuple[int, int]] = []  # each request's groups: groups[start:end]
-    for request in requests:
-        start = len(groups)
-        if len(request.candidates) > 1:
-            groups.extend(encoder.groups(request, max_group_tokens))
-        spans.append((start, len(groups)))
-    if not groups:  # every request has one candidate
-        return [[1.0] for _ in requests]
-    logps = score_groups(model, groups, layout=layout, max_batch_tokens=max_batch_tokens)
+    groups_of = [
+        encoder.groups(r, max_group_tokens) if len(r.candidates) > 1 else [] for r in requests
+    ]
+    answers: list[list[torch.Tensor]] = [[] for _ in requests]
+    for call in scoring_calls(groups_of, max_batch_tokens):
+        groups = [group for _, chunk in call for group in chunk]
+        logps = score_groups(model, groups, layout=layout, max_batch_tokens=max_batch_tokens)
+        g = 0
+        for i, chunk in call:
+            for _ in chunk:
+                answers[i].append(logps.logps[g, logps.mask[g]].float().cpu())
+                g += 1
+        if progress is not None:
+            progress(sum(len(group.branches) for group in groups))
     out = []
-    for request, (start, end) in zip(requests, spans, strict=True):
+    for request, rows in zip(requests, answers, strict=True):
         n = len(request.candidates)
-        if n == 1:
-            out.append([1.0])
-            continue
         # Answers are (first-listed first, second-listed first) per branch, in pair order.
-        rows = [logps.logps[g, logps.mask[g]].float().cpu() for g in range(start, end)]
-        out.append(pair_scores(n, *split_pairs(torch.cat(rows))))
+        out.append([1.0] if n == 1 else pair_scores(n, *split_pairs(torch.cat(rows))))
     return out
 
 
