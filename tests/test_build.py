@@ -684,10 +684,10 @@ def test_what_a_build_says_when_users_fall_short(tmp_path, capsys):
         tmp_path / "b",
         False,
     )
-    assert stats["warning"] == (
+    assert stats["warnings"] == [
         f"only {stats['test_users']} test users instead of 12 and 0 valid users instead of 2: "
         f"{stats['users_kept']} users pass the rules (the id split fills test before valid)"
-    )
+    ]
     empty = tmp_path / "empty.json"
     empty.write_text("")
     with pytest.raises(DataError, match=r"empty.json: holds no data lines"):
@@ -700,3 +700,114 @@ def test_what_a_build_says_when_users_fall_short(tmp_path, capsys):
     )
     stats = prepare(BuildConfig(source="amazon2014", **SMALL), reviews, lit, tmp_path / "d", False)
     assert stats["files"]["meta"]["examples"][0].startswith("line 1: not a JSON object")
+
+
+# --- the user probe of issue #37: mixed encodings, a cut titles file, a 1 MB title -----------
+
+
+def _movielens(tmp_path: Path) -> tuple[list, dict, Path, Path]:
+    rows, titles = world()
+    rows.sort(key=lambda row: row[0])  # ratings.dat lists each user's ratings together
+    ratings, movies = write_raw(tmp_path, "movielens", rows, titles)
+    return rows, titles, ratings, movies
+
+
+def _prepare_args(ratings: Path, movies: Path, out: Path) -> list[str]:
+    return (
+        ["prepare", "--source", "movielens", "--ratings", str(ratings), "--movies", str(movies)]
+        + ["--train-users", "3", "--valid-users", "2", "--test-users", "4"]
+        + ["--list-negatives", "4", "--out", str(out)]
+    )
+
+
+def test_a_movies_file_mixing_utf8_and_latin1_is_decoded_line_by_line(tmp_path, capsys):
+    """MovieLens-1M writes latin-1; a line added in UTF-8 (an edited file) must not turn the
+    whole file into latin-1 mojibake ('AmÃ©lie'), nor the latin-1 lines into U+FFFD."""
+    _, titles, ratings, movies = _movielens(tmp_path)
+    lines = movies.read_bytes().decode("latin-1").splitlines(keepends=True)
+    utf8 = "I001::Am\u00e9lie (2001)::Comedy\n".encode()  # I900's Café line stays latin-1
+    movies.write_bytes(
+        b"".join(utf8 if x.startswith("I001::") else x.encode("latin-1") for x in lines)
+    )
+    read = read_movielens_titles(movies, errors := LineErrors(str(movies)))
+    assert read["I001"] == "Am\u00e9lie (2001)" and read["I900"] == "Caf\u00e9 Society (2016)"
+    assert (errors.utf8_lines, errors.latin1_lines, errors.bad) == (1, 1, 0)
+
+    assert main(_prepare_args(ratings, movies, tmp_path / "ml")) == 0
+    out = capsys.readouterr().out
+    assert (
+        f"warning: {movies} mixes encodings: 1 of its 2 lines with non-ASCII characters are not "
+        "valid UTF-8 and were read as latin-1, the other 1 as UTF-8" in out
+    )
+    stats = json.loads((tmp_path / "ml" / "stats.json").read_text())
+    assert stats["files"]["meta"]["non_ascii_lines"] == {"utf-8": 1, "latin-1": 1}
+    built = "".join(p.read_text(encoding="utf-8") for p in (tmp_path / "ml").glob("*.jsonl"))
+    assert "\u00c3" not in built and "\ufffd" not in built  # no mojibake, no replacement chars
+    assert "Am\u00e9lie" in built and "Caf\u00e9 Society" in built
+    # A file in one encoding reads as before, without a warning.
+    movies.write_text("".join(f"{i}::{t}::Drama\n" for i, t in titles.items()), encoding="utf-8")
+    assert main(_prepare_args(ratings, movies, tmp_path / "utf8")) == 0
+    assert "mixes encodings" not in capsys.readouterr().out
+
+
+def test_a_cut_titles_file_stops_the_build_naming_it(tmp_path, capsys):
+    """A movies.dat cut in the middle leaves most interactions without a title: that share counts
+    against --max-untitled-fraction (5%), and the error names the file and what to do."""
+    rows, titles, ratings, movies = _movielens(tmp_path)
+    whole = movies.read_bytes()
+    movies.write_bytes(whole[: len(whole) // 2 + 7])  # mid-line, as a cut copy ends
+    assert main(_prepare_args(ratings, movies, tmp_path / "cut")) == 2
+    err = capsys.readouterr().err
+    assert re.search(
+        rf"{re.escape(str(movies))}: \d+ of the {len(rows)} interactions in "
+        rf"{re.escape(str(ratings))} \((\d+\.\d)%\) rate items this file has no title for "
+        r"\(\d+ item ids, e\.g\. 'I\d+'.*over max_untitled_fraction 5\.0%: is the titles file "
+        r"cut short or from another release\? Pass the complete titles file, or "
+        r"--max-untitled-fraction F",
+        err,
+    ), err
+    assert float(re.search(r"\((\d+\.\d)%\)", err)[1]) > 30
+    assert not (tmp_path / "cut").exists()
+    # A few percent untitled: the build goes on and says so.
+    counts = {item: 0 for item in titles}
+    for _, item, _, _ in rows:
+        counts[item] += 1
+    gone: set[str] = set()
+    for item in sorted(counts):
+        if sum(counts[i] for i in gone) / len(rows) > 0.02:
+            break
+        gone.add(item)
+    share = sum(counts[i] for i in gone) / len(rows)
+    assert 0.02 < share <= 0.05
+    movies.write_text(
+        "".join(f"{i}::{t}::Drama\n" for i, t in titles.items() if i not in gone),
+        encoding="latin-1",
+    )
+    assert main(_prepare_args(ratings, movies, tmp_path / "few")) == 0
+    out = capsys.readouterr().out
+    assert f"warning: {movies}: {sum(counts[i] for i in gone)} of the {len(rows)} " in out
+    assert f"({share:.1%}) rate items this file has no title for" in out and "left out" in out
+    # Asked for: a larger share is built without them.
+    cfg = BuildConfig(source="movielens", max_untitled_fraction=0.01, **SMALL)
+    with pytest.raises(DataError, match=r"over max_untitled_fraction 1\.0%"):
+        prepare(cfg, ratings, movies, tmp_path / "strict", False)
+
+
+# Python's csv module stops at fields over 128 KiB (one error naming the line), so the CSV's
+# over-long title is 100,000 characters.
+@pytest.mark.parametrize(
+    ("source", "size"), [("movielens", 1_000_000), ("amazon2018", 1_000_000), ("csv", 100_000)]
+)
+def test_a_megabyte_title_is_an_unusable_line_named_in_a_warning(tmp_path, source, size):
+    rows, titles = world()
+    rows.sort(key=lambda row: row[0])
+    titles["I002"] = "A" * size
+    reviews, meta = write_raw(tmp_path, source, rows, titles)
+    stats = prepare(BuildConfig(source=source, **SMALL), reviews, meta, tmp_path / "o", False)
+    line = 1 + list(titles).index("I002") + (source == "csv")  # the CSV has a header line
+    problem = f"line {line}: a title of {size:,} characters (over 1,000)"
+    assert stats["files"]["meta"]["bad"] == 1
+    assert stats["files"]["meta"]["examples"] == [problem]
+    assert f"{meta}: 1 unusable line(s) left out ({problem})" in stats["warnings"]
+    built = "".join(p.read_text() for p in (tmp_path / "o").glob("*.jsonl"))
+    assert "A" * 1001 not in built

@@ -2,9 +2,12 @@
 
 Two rule sets (`BuildConfig.rules`); both share steps 1, 2, 5 and 6:
 
-1. Interactions whose item has no title are dropped (counted). Each user's ratings are put in
-   order (`window_order`: the ratings file's own order, or time with ties in file order); a user
-   who rated the same item more than once keeps the last rating in that order.
+1. Interactions whose item has no title are dropped (counted; over `max_untitled_fraction` of
+   them the build stops: the titles file is cut short or the wrong one). Each user's ratings are
+   put in order (`window_order`: the ratings file's own order, the default for `movielens` with
+   the authors' rules, or time with ties in file order, the default for every other source and
+   MovieLens-100K's u.data); a user who rated the same item more than once keeps the last rating
+   in that order.
 2. A rating above `positive_above` (3) is positive, otherwise negative. Each user's **window** is
    their last `window` (40) ratings in that order; users qualify with at least `min_positives` (5)
    positives and `min_negatives` (5) negatives inside it. Ratings outside the window are not used.
@@ -119,6 +122,14 @@ class BuildConfig(BaseModel):
     max_bad_fraction: float = Field(
         0.05, ge=0, le=1, description="Fail when a larger share of a file's lines is unusable."
     )
+    max_untitled_fraction: float = Field(
+        0.05,
+        ge=0,
+        le=1,
+        description="Fail when a larger share of the interactions rates items the titles file "
+        "has no title for (a titles file cut short or from another release); raise it for "
+        "metadata that really leaves items untitled.",
+    )
 
     @model_validator(mode="after")
     def _consistent(self) -> BuildConfig:
@@ -174,12 +185,12 @@ def collect(
     user_ids: dict[str, int] = {}
     item_ids: dict[str, int] = {}
     u, it, r, t = array("i"), array("i"), array("f"), array("q")
-    untitled: set[str] = set()
+    untitled: dict[str, None] = {}  # in order of first appearance, for examples
     for user, item, rating, time in interactions:
         stats["read"] += 1
         if item not in titles:
             stats["dropped_no_title"] += 1
-            untitled.add(item)
+            untitled[item] = None
             continue
         u.append(user_ids.setdefault(user, len(user_ids)))
         it.append(item_ids.setdefault(item, len(item_ids)))
@@ -194,7 +205,41 @@ def collect(
         rating=np.frombuffer(r, dtype=np.float32),
         time=np.frombuffer(t, dtype=np.int64),
     )
-    return cols, {"items_without_title": len(untitled)}
+    examples = list(untitled)[:5]
+    return cols, {"items_without_title": len(untitled), "items_without_title_examples": examples}
+
+
+# Above this share of interactions without a title, a build that goes on says so.
+UNTITLED_WARNING = 0.02
+
+
+def check_untitled(
+    counts: dict[str, int],
+    items: dict[str, Any],
+    cfg: BuildConfig,
+    reviews: str | os.PathLike,
+    meta: str | os.PathLike,
+) -> str | None:
+    """Raise DataError when more than `cfg.max_untitled_fraction` of the interactions rate items
+    `meta` has no title for; a warning above `UNTITLED_WARNING`, else None."""
+    dropped, read = counts["dropped_no_title"], counts["read"]
+    share = dropped / read if read else 0.0
+    if share <= UNTITLED_WARNING and share <= cfg.max_untitled_fraction:
+        return None
+    what = (
+        f"{dropped:,} of the {read:,} interactions in {reviews} ({share:.1%}) rate items this "
+        f"file has no title for ({items['items_without_title']:,} item ids, e.g. "
+        + ", ".join(map(repr, items["items_without_title_examples"]))
+        + ")"
+    )
+    if share > cfg.max_untitled_fraction:
+        raise DataError(
+            f"{what}, over max_untitled_fraction {cfg.max_untitled_fraction:.1%}: is the titles "
+            "file cut short or from another release? Pass the complete titles file, or "
+            "--max-untitled-fraction F to build without those interactions",
+            file=meta,
+        )
+    return f"{meta}: {what}; they are left out"
 
 
 def check_contiguous(cols: Columns, file: str | os.PathLike | None = None) -> None:
@@ -546,10 +591,20 @@ def prepare(
             f"none of the {counts['read']} interactions has an item with a title in {meta}",
             file=reviews,
         )
+    untitled = check_untitled(counts, items, cfg, reviews, meta)
     if cfg.window_order == "file":
         check_contiguous(cols, reviews)
         check_not_item_sorted(cols, reviews)
     splits, rules = build_records(cols, cfg, progress)
+    shortfall = rules.pop("warning", None)
+    left_out = (
+        f"{meta}: {meta_errors.bad:,} unusable line(s) left out ("
+        + "; ".join(meta_errors.examples)
+        + ")"
+        if meta_errors.bad
+        else None
+    )
+    warnings = [meta_errors.mixed_encodings(), left_out, untitled, shortfall]
     stats = {
         "config": cfg.model_dump(mode="json"),
         "inputs": settings["inputs"],
@@ -559,6 +614,7 @@ def prepare(
         "interactions_dropped_no_title": counts["dropped_no_title"],
         **items,
         **rules,
+        "warnings": [w for w in warnings if w],
     }
     partial = out / ".partial"
     if partial.exists():

@@ -3,13 +3,13 @@
 Every reader yields `(user, item, rating, timestamp)` one line at a time and counts the lines it
 cannot use in a `LineErrors`, with a few examples by line number, so a 10M-line dump is read in
 bounded memory and a handful of broken lines never stops a build. Title readers return
-`{item id: title}`; items without a title are left out (the builder counts what that drops).
+`{item id: title}`; items without a title are left out (the builder counts what that drops), and
+a title over `MAX_TITLE_CHARS` makes its line unusable.
 """
 
 from __future__ import annotations
 
 import ast
-import codecs
 import csv
 import gzip
 import io
@@ -31,6 +31,10 @@ SOURCES = ("amazon2014", "amazon2018", "amazon2023", "movielens", "movielens100k
 
 Interaction = tuple[str, str, float, int]  # user, item, rating, unix time (seconds)
 
+# A title longer than this is not a title (a swallowed description, a broken export): its line is
+# counted unusable. The longest in the authors' released files has 352 characters.
+MAX_TITLE_CHARS = 1000
+
 
 @dataclass
 class LineErrors:
@@ -42,6 +46,10 @@ class LineErrors:
     bad: int = 0
     reasons: dict[str, int] = field(default_factory=dict)
     examples: list[str] = field(default_factory=list)
+    # Lines with non-ASCII bytes in a file decoded line by line (`UTF8_OR_LATIN1`): how many
+    # were valid UTF-8, and how many were not and so were read as latin-1.
+    utf8_lines: int = 0
+    latin1_lines: int = 0
 
     def add(self, line_no: int, reason: str, max_examples: int = 5) -> None:
         self.bad += 1
@@ -77,14 +85,28 @@ class LineErrors:
             "every rating)"
         )
 
+    def mixed_encodings(self) -> str | None:
+        """A warning when a file decoded line by line held both UTF-8 and latin-1 lines."""
+        if not (self.utf8_lines and self.latin1_lines):
+            return None
+        return (
+            f"{self.file} mixes encodings: {self.latin1_lines:,} of its "
+            f"{self.utf8_lines + self.latin1_lines:,} lines with non-ASCII characters are not "
+            f"valid UTF-8 and were read as latin-1, the other {self.utf8_lines:,} as UTF-8; "
+            "check their titles (or convert the file to UTF-8)"
+        )
+
     def summary(self) -> dict[str, Any]:
-        return {
+        out = {
             "file": self.file,
             "lines": self.lines,
             "bad": self.bad,
             "reasons": dict(sorted(self.reasons.items())),
             "examples": self.examples,
         }
+        if self.utf8_lines or self.latin1_lines:
+            out["non_ascii_lines"] = {"utf-8": self.utf8_lines, "latin-1": self.latin1_lines}
+        return out
 
 
 def off_scale(reasons: dict[str, int]) -> int:
@@ -111,22 +133,6 @@ def open_text(path: str | os.PathLike, encoding: str = "utf-8") -> TextIO:
     # utf-8-sig reads UTF-8 and drops a leading byte-order mark (spreadsheet "CSV UTF-8" exports).
     encoding = "utf-8-sig" if encoding.lower().replace("_", "-") == "utf-8" else encoding
     return io.TextIOWrapper(stream, encoding=encoding, errors="surrogateescape", newline="")
-
-
-def text_encoding(path: str | os.PathLike) -> str:
-    """utf-8 when the whole file (plain or gzip) decodes as UTF-8, else latin-1: MovieLens-1M
-    and -100K write titles in latin-1, later MovieLens releases in UTF-8. For title files, which
-    are small (the whole file is read once more)."""
-    decoder = codecs.getincrementaldecoder("utf-8")()
-    with open_text(path, encoding="latin-1") as f:
-        stream = f.buffer
-        try:
-            while chunk := stream.read(1 << 20):
-                decoder.decode(chunk)
-            decoder.decode(b"", final=True)
-        except (UnicodeDecodeError, EOFError, zlib.error, gzip.BadGzipFile):
-            return "latin-1"  # a broken stream: the read that follows reports it with its line
-    return "utf-8"
 
 
 def _lines(f: TextIO, path: str | os.PathLike, errors: LineErrors) -> Iterator[tuple[int, str]]:
@@ -285,21 +291,45 @@ def read_amazon_titles(path: str | os.PathLike, source: str, errors: LineErrors)
         if item is None:
             errors.add(line_no, f"missing field '{key}'")
             continue
-        title = obj.get("title")
-        if isinstance(title, str) and title.strip():
+        title = _usable_title(obj.get("title"), line_no, errors)
+        if title is not None:
             titles[str(item).strip()] = title
     return titles
+
+
+# The encoding of title files that may be UTF-8 or latin-1, decided line by line: MovieLens-1M
+# and -100K write titles in latin-1, later releases in UTF-8, and an edited file may hold both.
+UTF8_OR_LATIN1 = "utf-8, else latin-1"
+
+
+def _utf8_or_latin1(line: str, errors: LineErrors) -> str:
+    """A line read as latin-1, decoded again as UTF-8 when its bytes are valid UTF-8 (latin-1
+    maps every byte to one character, so encoding it back gives the bytes as they were); the
+    choice is counted in `errors` for lines that are not plain ASCII."""
+    if line.isascii():
+        return line
+    try:
+        decoded = line.encode("latin-1").decode("utf-8")
+    except UnicodeDecodeError:
+        errors.latin1_lines += 1
+        return line
+    errors.utf8_lines += 1
+    return decoded
 
 
 def _separated(
     path: str | os.PathLike, sep: str, encoding: str, errors: LineErrors
 ) -> Iterator[tuple[int, list[str]]]:
-    with open_text(path, encoding=encoding) as f:
+    """(line number, fields) of each non-blank line; `encoding` may be `UTF8_OR_LATIN1`."""
+    per_line = encoding == UTF8_OR_LATIN1
+    with open_text(path, encoding="latin-1" if per_line else encoding) as f:
         for line_no, line in _lines(f, path, errors):
             line = line.rstrip("\r\n")
             if not line.strip():
                 continue
             errors.lines += 1
+            if per_line:
+                line = _utf8_or_latin1(line, errors)
             yield line_no, line.split(sep)
 
 
@@ -333,16 +363,28 @@ def read_movielens_ratings(path: str | os.PathLike, errors: LineErrors) -> Itera
     yield from _ratings(path, "::", "'::'", errors)
 
 
+def _usable_title(title: Any, line_no: int, errors: LineErrors) -> str | None:
+    """The title, or None for a missing or blank one (the item has no title) and for one over
+    `MAX_TITLE_CHARS` (its line counted unusable)."""
+    if not isinstance(title, str) or not title.strip():
+        return None
+    if len(title) > MAX_TITLE_CHARS:
+        errors.add(line_no, f"a title of {len(title):,} characters (over {MAX_TITLE_CHARS:,})")
+        return None
+    return title
+
+
 def _titles(path: str | os.PathLike, sep: str, layout: str, errors: LineErrors) -> dict[str, str]:
-    """`{id: title}` from a file of `id<sep>title<sep>...` lines (`layout` names them), UTF-8 or
-    latin-1 (`text_encoding`)."""
+    """`{id: title}` from a file of `id<sep>title<sep>...` lines (`layout` names them), each
+    line UTF-8 when it decodes as UTF-8, else latin-1 (`UTF8_OR_LATIN1`)."""
     titles = {}
-    for line_no, parts in _separated(path, sep, text_encoding(path), errors):
+    for line_no, parts in _separated(path, sep, UTF8_OR_LATIN1, errors):
         if len(parts) < 2:
             errors.add(line_no, f"expected '{layout}', got {len(parts)} field(s)")
             continue
-        if parts[1].strip():
-            titles[parts[0].strip()] = parts[1]
+        title = _usable_title(parts[1], line_no, errors)
+        if title is not None:
+            titles[parts[0].strip()] = title
     return titles
 
 
@@ -437,11 +479,12 @@ def read_csv_ratings(path: str | os.PathLike, errors: LineErrors) -> Iterator[In
 
 def read_csv_titles(path: str | os.PathLike, errors: LineErrors) -> dict[str, str]:
     """A CSV with a header naming `item,title` (or movieId,title, ...: `_CSV_NAMES`)."""
-    return {
-        item.strip(): title
-        for _, (item, title) in _csv_rows(path, ("item", "title"), errors)
-        if title.strip()
-    }
+    titles = {}
+    for line_no, (item, title) in _csv_rows(path, ("item", "title"), errors):
+        usable = _usable_title(title, line_no, errors)
+        if usable is not None:
+            titles[item.strip()] = usable
+    return titles
 
 
 def readers(

@@ -9,12 +9,12 @@ from typing import Any, Literal, get_args, get_origin
 
 from pydantic import ValidationError
 
-from dmporec.build import BuildConfig, prepare
+from dmporec.build import UNTITLED_WARNING, BuildConfig, prepare
 from dmporec.config import ConfigError
-from dmporec.raw import SOURCES, off_scale
+from dmporec.raw import MAX_TITLE_CHARS, SOURCES, off_scale
 from dmporec.records import TitleNormalization
 
-EXAMPLES = """examples:
+EXAMPLES = f"""examples:
   dmporec prepare --source movielens --ratings ml-1m/ratings.dat --movies ml-1m/movies.dat \\
       --out data/ml-1m --name rec_data_ml_1m          # the authors' rules and split (default)
   dmporec prepare --source movielens100k --ratings ml-100k/u.data --movies ml-100k/u.item \\
@@ -24,18 +24,25 @@ EXAMPLES = """examples:
   dmporec prepare --source csv --reviews ratings.csv --meta items.csv --out data/music \\
       --rules temporal --domain "music,songs,listened to,listening to,songs"
 
-rules: authors (default) = each user's last --window ratings (file order for movielens, as the
-authors took MovieLens-1M's; else time), the window's first positive and first negatives as targets, its other positives as
-history, split by user id (train, then test, then valid); temporal = the window in time order, the
-last positive and negatives as targets, history strictly before them, a seeded shuffle split.
+rules: authors (default) = each user's last --window ratings, in the ratings file's order for
+--source movielens (MovieLens-1M's ratings.dat, as the authors took it) and in time order (ties
+in file order) for every other source, movielens100k's u.data included; the window's first
+positive and first negatives as targets, its other positives as history, split by user id (train,
+then test, then valid); temporal = the window in time order, the last positive and negatives as
+targets, history strictly before them, a seeded shuffle split. --window-order overrides the order.
 Details: the docstring of dmporec.build.
+
+bad input: unusable lines count against --max-bad-fraction per file (a title over {MAX_TITLE_CHARS:,}
+characters makes its line unusable); interactions whose item has no title in the titles file
+against --max-untitled-fraction (a warning above {UNTITLED_WARNING:.0%}).
 
 inputs: amazon2014/2018 reviews (reviewerID, asin, overall, unixReviewTime) + metadata (asin, title;
 JSON or Python-literal lines); amazon2023 reviews (user_id, parent_asin, rating, timestamp in ms) +
 meta (parent_asin, title); movielens ratings.dat + movies.dat (MovieLens-1M; -10M with
 --window-order time --rating-scale 0.5-5); movielens100k u.data + u.item; csv with headers
 user,item,rating,timestamp and item,title (or userId,movieId,... as MovieLens-20M/25M write them).
-Plain or gzip; UTF-8 (a byte-order mark is fine) or, for .dat/u.item titles, latin-1.
+Plain or gzip; UTF-8 (a byte-order mark is fine); .dat/u.item title lines that are not valid UTF-8
+are read as latin-1, line by line (a file mixing both gets a warning with the counts).
 """
 
 
@@ -73,6 +80,7 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
         "test_users",
         "seed",
         "max_bad_fraction",
+        "max_untitled_fraction",
     ):
         info = fields[name]
         choices = _choices(info.annotation)
@@ -125,8 +133,8 @@ def run(args: argparse.Namespace) -> int:
         f"train {stats['train_users']} / valid {stats['valid_users']} / test {stats['test_users']} "
         f"in {time.perf_counter() - start:.1f} s"
     )
-    if "warning" in stats:
-        print(f"warning: {stats['warning']}")
+    for warning in stats["warnings"]:
+        print(f"warning: {warning}")
     left_out = off_scale(stats["files"]["reviews"]["reasons"])
     if left_out:
         print(
