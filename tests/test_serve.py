@@ -51,7 +51,7 @@ def test_rank_happy_path(client, ranker):
     )
     assert top.status_code == 200 and len(top.json()["ranked"]) == 1
     one = client.post("/v1/rank", json={"history": HISTORY, "candidates": ["Up"]}).json()
-    assert one["ranked"] == [{"rank": 1, "title": "Up", "score": 1.0}]
+    assert one["ranked"] == [{"rank": 1, "title": "Up", "normalized_title": "Up", "score": 1.0}]
 
 
 def test_unicode_titles_come_back_as_sent(client, ranker):
@@ -146,9 +146,16 @@ def test_bodies_over_the_limit_are_413(client):
 def test_healthz_and_docs(client):
     health = client.get("/healthz").json()
     assert health["status"] == "ok" and health["model"] == "tiny"
-    assert client.get("/docs").status_code == 200
-    paths = client.get("/openapi.json").json()["paths"]
-    assert {"/v1/rank", "/v1/explain", "/healthz"} <= set(paths)
+    schema = client.get("/openapi.json").json()
+    assert {"/v1/rank", "/v1/explain", "/healthz"} <= set(schema["paths"])
+    assert "X-API-Key" in schema["info"]["description"]
+    assert "20 candidates" in schema["info"]["description"]
+    # No Swagger UI (it loads from a CDN: blank offline): a plain page pointing at the schema.
+    docs = client.get("/docs")
+    assert docs.status_code == 200 and 'href="openapi.json"' in docs.text
+    assert "docs/usage.md" in docs.text and "X-API-Key" in docs.text
+    assert "http://" not in docs.text and "https://" not in docs.text and "<script" not in docs.text
+    assert client.get("/redoc").status_code == 404
 
 
 def test_explain(client, ranker):
@@ -206,3 +213,52 @@ def test_no_batching_scores_one_request_per_call(ranker):
             )
         health = c.get("/healthz").json()
         assert health["batches"] == health["requests"] == 3
+
+
+def test_titles_come_back_as_sent_beside_what_the_model_read(client):
+    """`title` is the caller's string, byte for byte; `normalized_title` the one the model scored
+    (cleaned as the training titles were)."""
+    cands = [" Up  ", "Am&eacute;lie", "Ame\u0301lie (NFD)", "Jaws"]
+    r = client.post("/v1/rank", json={"history": HISTORY, "candidates": cands})
+    assert r.status_code == 200, r.text
+    pairs = {x["title"]: x["normalized_title"] for x in r.json()["ranked"]}
+    assert pairs == {
+        " Up  ": "Up",
+        "Am&eacute;lie": "Am\u00e9lie",
+        "Ame\u0301lie (NFD)": "Ame\u0301lie (NFD)",
+        "Jaws": "Jaws",
+    }
+    r = client.post("/v1/explain", json={"history": HISTORY, "candidates": cands[:2]})
+    assert r.status_code == 200, r.text
+    ranked = r.json()["ranked"]
+    assert {x["title"]: x["normalized_title"] for x in ranked} == {
+        " Up  ": "Up",
+        cands[1]: "Am\u00e9lie",
+    }
+
+
+def test_echoed_values_are_cut_in_422s(ranker):
+    """A 60 KB title (under the 64 KiB body limit) gets a short 422, not its 60 KB back: echoed
+    strings, lists and keys are cut to 200 characters with their size."""
+    with TestClient(create_app(ranker)) as c:
+        r = c.post("/v1/rank", json={"history": ["x" * 60_000], "candidates": ["A"]})
+        assert r.status_code == 422 and len(r.content) < 2_000, len(r.content)
+        assert "history[0]: String should have at most 200 characters" in r.json()["error"]
+        assert r.json()["detail"][0]["input"] == "x" * 200 + "... (60,000 characters)"
+
+        r = c.post("/v1/rank", json={"history": ["h"] * 5_000, "candidates": ["A"]})
+        assert r.status_code == 422 and len(r.content) < 2_000, len(r.content)
+        echoed = r.json()["detail"][0]["input"]
+        assert echoed.startswith('["h", "h"') and echoed.endswith(
+            "... (5,000 items, 25,000 characters of JSON)"
+        )
+
+        key = "k" * 50_000
+        r = c.post("/v1/rank", json={"history": ["h"], "candidates": ["A"], key: 1})
+        assert r.status_code == 422 and len(r.content) < 2_000, len(r.content)
+        assert r.json()["error"].startswith("k" * 200 + "... (50,000 characters): Extra inputs")
+
+        # Many bad titles: the first 20 errors are listed, the rest counted.
+        r = c.post("/v1/rank", json={"history": [1] * 50, "candidates": ["A"]})
+        assert r.status_code == 422 and len(r.json()["detail"]) == 20
+        assert r.json()["error"].endswith("; and 30 more")

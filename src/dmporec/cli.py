@@ -1,4 +1,5 @@
-"""The `dmporec` command: prepare | sft | dmpo | evaluate | run | experiment | report | recommend | serve | export."""
+"""The `dmporec` command: prepare | sft | dmpo | evaluate | run | experiment | report | recommend |
+serve | export | download | random-model."""
 
 from __future__ import annotations
 
@@ -30,7 +31,9 @@ def _parser(argv: list[str] | None = None) -> argparse.ArgumentParser:
     )
     sub = parser.add_subparsers(dest="command", required=True)
     helps = {
-        "run": "zero-shot eval, SFT, eval, DMPO, eval; prints a table (finished stages are skipped)",
+        "run": "the classic baselines (random, popularity, BPR-MF, MiniLM similarity;\n"
+        "baselines=false skips them), zero-shot eval, SFT, eval, DMPO, eval; prints a table\n"
+        "with paired tests between the rows (finished stages are skipped)",
         "sft": "train the SFT adapter into OUTPUT_DIR/sft",
         "dmpo": "train the DMPO adapter on top of OUTPUT_DIR/sft into OUTPUT_DIR/dmpo",
         "evaluate": "evaluate zero_shot, sft, dmpo or a stage directory on the test pairs",
@@ -95,7 +98,7 @@ def _parser(argv: list[str] | None = None) -> argparse.ArgumentParser:
 # Commands that use a trained model (run dir, stage dir or model name) rather than a run config.
 MODEL_COMMANDS = {
     "recommend": "rank candidate titles for a user's history (or a JSON file of users)",
-    "serve": "HTTP service: POST /v1/rank, POST /v1/explain, GET /healthz, docs at /docs",
+    "serve": "HTTP service: POST /v1/rank and /v1/explain, GET /healthz, /openapi.json",
     "export": "merge a run's adapters into its base model; write safetensors, tokenizer, card",
     "download": "fetch the authors' released files (pinned commit) and check their sha256",
     "random_model": "write a random-weight model from a real config and tokenizer (for tests)",

@@ -3,16 +3,24 @@ and GET / (a page to try it: history and candidates in, ranked candidates with s
 top one's explanation out; it calls the same two endpoints).
 
 `dmporec serve --model RUN_DIR [--host 127.0.0.1] [--port 8000] [--max-batch 8] [--batch-wait-ms 5]`
-loads the base model and merges the run's adapters once, then serves; OpenAPI docs at /docs.
+loads the base model and merges the run's adapters once, then serves. The API's schema is at
+/openapi.json; /docs is a plain page pointing there and to docs/usage.md (no Swagger UI: it
+loads from a CDN, which an offline machine cannot reach).
 
 Batching (dmporec.batching): concurrent /v1/rank requests are scored together, up to
-`max_batch` per forward pass after waiting at most `batch_wait_ms` for company; `max_batch=1`
-(`--no-batching`) scores one at a time. A request whose client hangs up while it waits is dropped
-before it reaches the model; at most `max_queue` requests wait, and one more gets 503 with a
+`--max-batch` per forward pass after waiting at most `--batch-wait-ms` for company;
+`--no-batching` scores one at a time. A request whose client hangs up while it waits is dropped
+before it reaches the model; at most `--max-queue` requests wait, and one more gets 503 with a
 Retry-After estimated from the recent batch times.
 
-Limits: history length, candidate count, title length, blank and duplicate titles are refused
-with 422 and a one-line `error` naming the field; a body over `max_body_bytes` with 413.
+Limits (numbers below): history length, candidate count, title length, blank and duplicate
+titles are refused with 422 and a one-line `error` naming the field (values echoed in it are cut
+to 200 characters); a body over the size limit with 413. Each ranked item carries `title`, the
+string sent, and `normalized_title`, what the model read (HTML entities decoded, whitespace
+collapsed, as the run's training data was cleaned).
+
+API key: with --api-key or $DMPOREC_API_KEY set, /v1/ needs `Authorization: Bearer KEY` or
+`X-API-Key: KEY` (401 otherwise); /, /healthz, /docs and /openapi.json stay open.
 """
 
 # No `from __future__ import annotations`: FastAPI reads the request models, which are built
@@ -22,6 +30,7 @@ import argparse
 import asyncio
 import contextlib
 import hmac
+import json
 import os
 import sys
 import time
@@ -72,7 +81,11 @@ class Limits(BaseModel):
 
 class RankedItem(BaseModel):
     rank: int
-    title: str
+    title: str = Field(description="The candidate as sent, character for character.")
+    normalized_title: str = Field(
+        description="The candidate as the model read it: cleaned as the run's training titles "
+        "were (HTML entities decoded, whitespace collapsed; data.title_normalization)."
+    )
     score: float = Field(description="Mean probability of being ranked first, over opponents.")
 
 
@@ -114,6 +127,51 @@ def _printable(value: Any) -> Any:
     if isinstance(value, list | tuple):
         return [_printable(v) for v in value]
     return value
+
+
+# Values a 422 echoes back (the input, a key) are cut to this many characters, so a 60 KB
+# title does not come back as a 60 KB error.
+ECHO_CHARS = 200
+# At most this many validation errors are listed in one 422 (the rest are counted).
+MAX_ERRORS = 20
+
+
+def _clip(value: Any) -> Any:
+    """An echoed value cut to ECHO_CHARS characters, the cut said with the original size: a
+    string keeps its first characters; a list or object longer than that as JSON becomes the
+    start of its JSON text."""
+    if isinstance(value, str):
+        if len(value) <= ECHO_CHARS:
+            return value
+        return f"{value[:ECHO_CHARS]}... ({len(value):,} characters)"
+    if isinstance(value, list | dict):
+        text = json.dumps(value, ensure_ascii=False)
+        if len(text) <= ECHO_CHARS:
+            return value
+        size = f"{len(value):,} {'items' if isinstance(value, list) else 'keys'}"
+        return f"{text[:ECHO_CHARS]}... ({size}, {len(text):,} characters of JSON)"
+    return value
+
+
+def _clipped(error: dict[str, Any]) -> dict[str, Any]:
+    """A pydantic error (already JSON-safe) with the echoed input, location and context cut."""
+    out = dict(error)
+    out["loc"] = [_clip(part) for part in error.get("loc", [])]
+    if "input" in out:
+        out["input"] = _clip(out["input"])
+    if isinstance(out.get("ctx"), dict):
+        out["ctx"] = {k: _clip(v) for k, v in out["ctx"].items()}
+    return out
+
+
+def ranked_response(
+    titles: list[str], scores: list[float], ranker: Ranker, k: int | None = None
+) -> list[dict[str, Any]]:
+    """The ranked items of a response: each candidate as sent beside the title the model read."""
+    return [
+        {**item, "normalized_title": normalize_title(item["title"], ranker.norm)}
+        for item in ranked_items(titles, scores, k)
+    ]
 
 
 def request_models(limits: Limits, ranker: Ranker) -> tuple[type[BaseModel], type[BaseModel]]:
@@ -167,6 +225,36 @@ def request_models(limits: Limits, ranker: Ranker) -> tuple[type[BaseModel], typ
 
 API_KEY_ENV = "DMPOREC_API_KEY"
 
+API_DESCRIPTION = (
+    "Limits per request: {max_history} history titles, {max_candidates} candidates, "
+    "{max_title_chars} characters a title (422 above, naming the field); bodies over "
+    "{max_body_bytes} bytes get 413. With an API key set, /v1/ needs `Authorization: Bearer KEY` "
+    "or `X-API-Key: KEY`. Ranked items carry `title` as sent and `normalized_title` as the model "
+    "read it. Guide: docs/usage.md in the dmporec repository."
+)
+
+DOCS_PAGE = """<!doctype html>
+<html lang="en"><head><meta charset="utf-8"><title>dmporec API</title></head>
+<body style="font-family: sans-serif; max-width: 46em; margin: 2em auto">
+<h1>dmporec API</h1>
+<p>The OpenAPI schema is at <a href="openapi.json">/openapi.json</a> (load it into any OpenAPI
+viewer); the guide is docs/usage.md in the dmporec repository. This server loads nothing from
+elsewhere, so no Swagger UI here.</p>
+<ul>
+<li><code>POST /v1/rank</code> <code>{{"history": [titles], "candidates": [titles], "top_k": K,
+"domain": "movies"}}</code>: candidates best first, each with <code>title</code> (as sent),
+<code>normalized_title</code> (as the model read it) and <code>score</code>.</li>
+<li><code>POST /v1/explain</code> <code>{{"history": [...], "candidates": [...]}}</code> or
+<code>{{"history": [...], "candidate": title}}</code>: a short explanation.</li>
+<li><code>GET /healthz</code>; <code>GET /</code>: a page to try it.</li>
+</ul>
+<p>Limits: {max_history} history titles, {max_candidates} candidates, {max_title_chars}
+characters a title (422 above), bodies up to {max_body_bytes} bytes (413 above).
+With an API key set, <code>/v1/</code> needs <code>Authorization: Bearer KEY</code> or
+<code>X-API-Key: KEY</code>.</p>
+</body></html>
+"""
+
 
 class BodyLimit:
     """ASGI middleware: 413 for a body over `max_bytes`, by its Content-Length header or, when
@@ -216,7 +304,7 @@ def _route_path(scope: Scope) -> str:
 
 class ApiKey:
     """ASGI middleware: /v1/ routes need `Authorization: Bearer KEY` or `X-API-Key: KEY`
-    (401 otherwise; compared in constant time). /healthz and the docs stay open."""
+    (401 otherwise; compared in constant time). /, /healthz, /docs and /openapi.json stay open."""
 
     def __init__(self, app: Callable, key: str) -> None:
         self.app, self.key = app, key.encode()
@@ -230,7 +318,7 @@ class ApiKey:
                 given = bearer[7:].strip()
             if not hmac.compare_digest(given, self.key):
                 response = JSONResponse(
-                    {"error": "missing or wrong API key (Authorization: Bearer KEY)"},
+                    {"error": "missing or wrong API key (Authorization: Bearer KEY or X-API-Key)"},
                     status_code=401,
                     headers={"WWW-Authenticate": "Bearer"},
                 )
@@ -275,7 +363,11 @@ def create_app(
     app = FastAPI(
         title="dmporec",
         summary="Rank candidate items for a user's history with a DMPO-trained LLM.",
+        description=API_DESCRIPTION.format(**limits.model_dump()),
         lifespan=lifespan,
+        # FastAPI's Swagger UI and ReDoc pages load their scripts from a CDN: blank offline.
+        docs_url=None,
+        redoc_url=None,
     )
     app.add_middleware(BodyLimit, max_bytes=limits.max_body_bytes)
     if api_key:
@@ -284,10 +376,10 @@ def create_app(
 
     @app.exception_handler(RequestValidationError)
     async def invalid(request: Request, exc: RequestValidationError) -> JSONResponse:
-        errors = _printable(jsonable_encoder(exc.errors()))
-        return JSONResponse(
-            {"error": "; ".join(map(_describe, errors)), "detail": errors}, status_code=422
-        )
+        errors = [_clipped(e) for e in _printable(jsonable_encoder(exc.errors()))]
+        shown, more = errors[:MAX_ERRORS], len(errors) - MAX_ERRORS
+        text = "; ".join(map(_describe, shown)) + (f"; and {more} more" if more > 0 else "")
+        return JSONResponse({"error": text, "detail": shown}, status_code=422)
 
     @app.exception_handler(QueueFull)
     async def busy(request: Request, exc: QueueFull) -> JSONResponse:
@@ -305,6 +397,11 @@ def create_app(
     async def index() -> HTMLResponse:
         """A page to try the model: paste a history and candidates, see them ranked."""
         return HTMLResponse(page)
+
+    @app.get("/docs", response_class=HTMLResponse, include_in_schema=False)
+    async def docs() -> HTMLResponse:
+        """Where the API is described, with nothing loaded from elsewhere."""
+        return HTMLResponse(DOCS_PAGE.format(**limits.model_dump()))
 
     @app.get("/healthz")
     async def healthz() -> Health:
@@ -324,7 +421,7 @@ def create_app(
         if scores is None:  # nobody is listening; 499 as nginx logs it
             return Response(status_code=499)
         return RankResponse(
-            ranked=ranked_items(body.candidates, scores, body.top_k),
+            ranked=ranked_response(body.candidates, scores, ranker, body.top_k),
             model=ranker.name,
             elapsed_ms=round((time.perf_counter() - start) * 1000, 2),
         )
@@ -343,7 +440,7 @@ def create_app(
             scores = await unless_disconnected(http, batcher.rank(request))
             if scores is None:
                 return Response(status_code=499)
-            ranked = ranked_items(body.candidates, scores)
+            ranked = ranked_response(body.candidates, scores, ranker)
             title = ranked[0]["title"]
         text = await asyncio.to_thread(
             ranker.explain, body.history, title, body.domain, body.max_new_tokens
@@ -383,7 +480,7 @@ def run_serve(args: argparse.Namespace) -> int:
     )
     print(
         f"dmporec: serving {ranker.name} on http://{args.host}:{args.port} "
-        f"(docs at /docs, batches of up to {max_batch})",
+        f"(a page at /, the API schema at /openapi.json, batches of up to {max_batch})",
         flush=True,
     )
     uvicorn.run(app, host=args.host, port=args.port, log_level="warning", access_log=False)
@@ -407,13 +504,17 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument(
         "--model", required=True, help="run dir, stage dir, model dir or model name"
     )
-    parser.add_argument("--host", default="127.0.0.1", help="interface to listen on")
+    parser.add_argument(
+        "--host", default="127.0.0.1", help="interface to listen on (default 127.0.0.1)"
+    )
     parser.add_argument(
         "--api-key",
-        help=f"require this key on /v1/ (Authorization: Bearer KEY); default ${API_KEY_ENV}. "
-        "Set one whenever --host is not 127.0.0.1",
+        help="require this key on /v1/ (Authorization: Bearer KEY or X-API-Key: KEY); "
+        "set one whenever --host is not 127.0.0.1. A key given here is visible to every user "
+        f"of the machine (ps, shell history): prefer the environment variable {API_KEY_ENV}, "
+        "which is read when --api-key is not given",
     )
-    parser.add_argument("--port", type=int, default=8000)
+    parser.add_argument("--port", type=int, default=8000, help="port (default 8000)")
     parser.add_argument(
         "--max-batch",
         type=_at_least(1),
@@ -434,4 +535,14 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     )
     parser.add_argument(
         "--no-batching", action="store_true", help="score one request at a time (max-batch 1)"
+    )
+    limits = Limits()
+    parser.epilog = (
+        f"limits per request: {limits.max_history} history titles, {limits.max_candidates} "
+        f"candidates, {limits.max_title_chars} characters a title\n"
+        f"  (422 above, naming the field); bodies over {limits.max_body_bytes:,} bytes get 413\n"
+        f"API key: --api-key or ${API_KEY_ENV}; clients send Authorization: Bearer KEY\n"
+        "  or X-API-Key: KEY\n"
+        "API schema: GET /openapi.json; guide: docs/usage.md (/docs is a plain page pointing\n"
+        "  there: Swagger UI would load from a CDN)"
     )
