@@ -2,6 +2,7 @@
 baselines `run` scores, the authors' window order. Parsers only: no model is loaded."""
 
 import re
+from pathlib import Path
 
 import pytest
 
@@ -51,3 +52,20 @@ def test_prepare_help_says_which_order_the_window_follows(capsys):
     assert "in the ratings file's order for --source movielens" in text
     assert "in time order (ties in file order) for every other source, movielens100k" in text
     assert "--max-untitled-fraction" in text
+
+
+USAGE = Path(__file__).resolve().parents[1] / "docs" / "usage.md"
+
+
+def test_usage_md_states_the_server_limits_and_the_window_rule():
+    text = " ".join(USAGE.read_text(encoding="utf-8").split())
+    limits = Limits()
+    assert f"more than {limits.max_history} history titles" in text
+    assert f"more than {limits.max_candidates} candidates" in text
+    assert f"titles over {limits.max_title_chars} characters" in text
+    assert "X-API-Key: KEY" in text and "DMPOREC_API_KEY" in text and "`ps`" in text
+    assert "/openapi.json" in text and "normalized_title" in text
+    # The authors' window: file order for movielens only, time order for MovieLens-100K too.
+    assert "in the file's order (MovieLens;" not in text
+    assert "in the ratings file's order for `--source movielens`" in text
+    assert "`movielens100k`'s u.data included" in text
