@@ -6,9 +6,9 @@ import shutil
 import pytest
 
 from dmporec.cli import main
-from dmporec.config import dump_config, load_config
+from dmporec.config import DataConfig, dump_config, load_config
 from dmporec.model import load_stage_model
-from dmporec.ranking import rank_candidates
+from dmporec.ranking import RankRequest, rank_candidates
 from dmporec.recommend import Ranker, explain_instruction, load_ranker
 from dmporec.wording import WORDINGS
 
@@ -183,6 +183,14 @@ def test_explain_instruction_wording():
     )
 
 
+def _tiny_ranker(tiny, tiny_cfg, monkeypatch, **data) -> Ranker:
+    """`recommend` gets the tiny random model whatever --model says (with `data` settings)."""
+    ranker = Ranker.create(*tiny, tiny_cfg, "tiny")
+    ranker.data_cfg = DataConfig(**data)
+    monkeypatch.setattr("dmporec.recommend.load_ranker", lambda spec: ranker)
+    return ranker
+
+
 def test_a_mixed_users_file_costs_the_sum_of_its_users(
     tiny, tiny_cfg, tmp_path, monkeypatch, capsys
 ):
@@ -196,12 +204,9 @@ def test_a_mixed_users_file_costs_the_sum_of_its_users(
         "history": [f"Long Movie Title Number {i}" for i in range(120)],  # ~2,500 tokens
         "candidates": [*CANDIDATES, "Lonely"],
     }
-    model, tok = tiny
-    monkeypatch.setattr(
-        "dmporec.recommend.load_ranker", lambda spec: Ranker.create(model, tok, tiny_cfg, spec)
-    )
+    _tiny_ranker(tiny, tiny_cfg, monkeypatch)
     tokens: list[int] = []
-    hook = model.register_forward_pre_hook(
+    hook = tiny[0].register_forward_pre_hook(
         lambda _m, _a, kw: tokens.append(kw["input_ids"].numel()), with_kwargs=True
     )
     cost = {}
@@ -216,3 +221,127 @@ def test_a_mixed_users_file_costs_the_sum_of_its_users(
     finally:
         hook.remove()
     assert cost["mixed"] <= 1.05 * (cost["short"] + cost["long"]), cost
+
+
+MANY = [f"Film {i}" for i in range(31)]
+BAD_INPUT = [
+    (["--history", "A", "--candidates", "B", "C", "B"], "duplicate candidate 'B'"),
+    (["--history", "A", "--candidates", "Am&eacute;lie", "Amélie"], "duplicate candidate 'Amélie'"),
+    (["--history", " ", "--candidates", "B", "C"], "field 'history': title 0 is empty"),
+    (["--history", "A", "--candidates", "B", ""], "field 'candidates': title 1 is empty"),
+    (
+        ["--history", "Heat", "Up", "--candidates", "Jaws", "Up"],
+        "field 'candidates': candidate 'Up' is already in the history (history title 1)",
+    ),
+    (
+        ["--history", "A", "--candidates", *MANY],
+        "31 candidates (930 prompts) is over --max-candidates=30",
+    ),
+    (
+        ["--history", "A", "--candidates", "B", "C", "D", "--max-candidates", "2"],
+        "--max-candidates=2",
+    ),
+    (["--history", "A", "--candidates", "B", "--max-candidates", "0"], "--max-candidates must be"),
+]
+
+
+@pytest.mark.parametrize(("args", "message"), BAD_INPUT, ids=[m for _, m in BAD_INPUT])
+def test_bad_input_fails_before_the_model_loads(tmp_path, monkeypatch, capsys, args, message):
+    # No model at that path, and loading one would fail the test: the input error comes first.
+    def no_load(spec):
+        raise AssertionError("the model was loaded before the input was checked")
+
+    monkeypatch.setattr("dmporec.recommend.load_ranker", no_load)
+    code, out, err = recommend(capsys, "--model", str(tmp_path / "no-run"), *args)
+    assert code == 2 and message in err and "Traceback" not in err, err
+    assert len(err.strip().splitlines()) == 1 and out == ""
+
+
+BAD_RECORDS = [
+    ('{"history": [], "candidates": ["B", "C"]}', "field 'history': needs at least one title"),
+    ('{"history": ["A"], "candidates": ["B", "B "]}', "field 'candidates': duplicate candidate"),
+    (
+        '{"history": ["A", "B"], "candidates": ["B", "C"]}',
+        "candidate 'B' is already in the history",
+    ),
+    (json.dumps({"history": ["A"], "candidates": MANY}), "--max-candidates=30"),
+]
+
+
+@pytest.mark.parametrize(("record", "message"), BAD_RECORDS, ids=[m for _, m in BAD_RECORDS])
+def test_a_bad_users_record_fails_before_the_model_loads(
+    tmp_path, monkeypatch, capsys, record, message
+):
+    monkeypatch.setattr("dmporec.recommend.load_ranker", lambda spec: pytest.fail("model loaded"))
+    path = tmp_path / "users.json"
+    path.write_text(f'[{{"history": ["A"], "candidates": ["B", "C"]}}, {record}]')
+    code, _, err = recommend(capsys, "--model", "/no/such/run", "--users", str(path))
+    assert code == 2 and "users.json, record 1, field '" in err, err
+    assert message in err and len(err.strip().splitlines()) == 1, err
+
+
+def test_titles_are_checked_as_the_run_cleans_them_before_it_loads(
+    run_dir, tmp_path, monkeypatch, capsys
+):
+    copy = tmp_path / "run"
+    shutil.copytree(run_dir, copy)
+    cfg = load_config(copy / "config.yaml", ["data.title_normalization.strip_year=true"])
+    (copy / "config.yaml").write_text(dump_config(cfg))
+    monkeypatch.setattr("dmporec.recommend.load_ranker", lambda spec: pytest.fail("model loaded"))
+    args = ["--history", "Heat (1995)", "--candidates", "Up (2009)", "Up"]
+    code, _, err = recommend(capsys, "--model", str(copy), *args)
+    assert code == 2 and "duplicate candidate 'Up' (positions 0 and 1)" in err, err
+    code, _, err = recommend(
+        capsys, "--model", str(copy), "--history", "Heat", "--candidates", "Heat (1995)", "Up"
+    )
+    assert code == 2 and "candidate 'Heat' is already in the history" in err, err
+
+
+def test_the_prompt_count_is_printed_before_ranking(run_dir, capsys):
+    code, _, err = recommend(
+        capsys, "--model", str(run_dir), "--history", *HISTORY, "--candidates", *CANDIDATES
+    )
+    assert code == 0 and err.startswith("recommend: 1 user: 6 prompts to score"), err
+
+
+def test_progress_hears_of_every_prompt_as_calls_finish(tiny, tiny_cfg):
+    enc = Ranker.create(*tiny, tiny_cfg, "tiny").encoder
+    requests = [
+        RankRequest(tuple(HISTORY), ("Up", "Jaws", "Heat", "Babe")),  # 12 prompts, split below
+        RankRequest(tuple(HISTORY), ("Up", "Jaws")),  # 2, one group
+        RankRequest(tuple(HISTORY), ("Up",)),  # no prompt
+    ]
+    heard: list[int] = []
+    split = rank_candidates(
+        tiny[0], enc, requests, max_group_tokens=1, max_batch_tokens=64, progress=heard.append
+    )
+    assert sum(heard) == 12 + 2 and len(heard) > 2, heard
+    whole = rank_candidates(tiny[0], enc, requests)
+    for a, b in zip(split, whole, strict=True):
+        assert a == pytest.approx(b, abs=1e-4)
+
+
+def test_a_cut_history_says_how_many_titles_it_kept(tiny, tiny_cfg, tmp_path, monkeypatch, capsys):
+    ranker = _tiny_ranker(tiny, tiny_cfg, monkeypatch, max_prompt_tokens=300)
+    history = [f"Long Movie Title Number {i}" for i in range(40)]
+    kept = len(ranker.request(history, CANDIDATES).history)
+    assert 0 < kept < 40
+    path = tmp_path / "users.json"
+    path.write_text(
+        json.dumps(
+            [
+                {"user": "s", "history": HISTORY, "candidates": CANDIDATES},
+                {"user": "l", "history": history, "candidates": CANDIDATES},
+            ]
+        )
+    )
+    code, _, err = recommend(capsys, "--model", "tiny", "--users", str(path))
+    assert code == 0 and err.count("kept its newest") == 1, err
+    assert (
+        "recommend: user l's history is over data.max_prompt_tokens=300 tokens with its "
+        f"candidates: kept its newest {kept} of 40 titles" in err
+    )
+    code, _, err = recommend(
+        capsys, "--model", "tiny", "--history", *history, "--candidates", *CANDIDATES
+    )
+    assert code == 0 and "recommend: the history is over data.max_prompt_tokens=300 tokens" in err

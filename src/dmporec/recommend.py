@@ -10,20 +10,28 @@ untrained zero-shot model. Titles go through the run's `data.title_normalization
 "Am&eacute;lie" reads as the model saw it in training. A score is the candidate's mean
 probability of being ranked first against each other candidate, asked in both listing orders
 (ranking.py has the rule and its cost).
+
+The input is checked before the model loads (blank or duplicate titles, an empty history, a
+candidate already in the history, more than --max-candidates), so bad input fails at once. The
+number of prompts to score (N(N-1) per user) is printed to stderr first, a progress bar over
+them appears there once scoring has taken 2 s, and a history cut to data.max_prompt_tokens says
+how many titles it kept.
 """
 
 from __future__ import annotations
 
 import argparse
 import json
+import sys
 import threading
-from collections.abc import Sequence
-from dataclasses import dataclass, field
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
 import torch
 from pydantic import ValidationError
+from tqdm.auto import tqdm
 
 from dmporec.collate import PromptBound
 from dmporec.config import ConfigError, DataConfig, EvalConfig, RunConfig, load_config
@@ -35,12 +43,23 @@ from dmporec.model import (
     load_tokenizer,
 )
 from dmporec.prompts import ChatFormat, history_text, title_tag
-from dmporec.ranking import PairEncoder, RankRequest, check_request, rank_candidates, top_k
+from dmporec.ranking import (
+    PairEncoder,
+    RankRequest,
+    check_request,
+    check_unseen,
+    rank_candidates,
+    top_k,
+)
 from dmporec.records import DataError, TitleNormalization, normalize_title, read_text_file
 from dmporec.wording import WORDINGS, Wording, resolve_wording
 
 # A short answer is all the explanation needs; it also bounds a request's generation time.
 EXPLAIN_MAX_NEW_TOKENS = 64
+# recommend's default --max-candidates: 870 prompts per user.
+MAX_CANDIDATES = 30
+# Seconds of scoring before recommend shows its progress bar: quick answers print nothing more.
+PROGRESS_DELAY_S = 2.0
 
 
 def explain_instruction(
@@ -110,26 +129,30 @@ class Ranker:
         file: str | Path | None = None,
         record: int | str | None = None,
     ) -> RankRequest:
-        """A checked request with titles cleaned as in training (DataError names the field).
-        `domain` is a wording: a built-in name, five comma-separated words or an object."""
+        """A checked request with titles cleaned as in training (`clean_request`), its history
+        cut to data.max_prompt_tokens (`bounded`)."""
+        request = clean_request(history, candidates, domain, self.norm, file=file, record=record)
+        return self.bounded(request, file=file, record=record)
 
-        def clean(titles: Sequence[str]) -> tuple[str, ...]:
-            return tuple(normalize_title(t, self.norm) for t in titles)
-
-        try:
-            wording = resolve_wording(domain)
-        except ValueError as e:
-            raise DataError(str(e), file=file, record=record, field="domain") from None
-        request = check_request(
-            RankRequest(clean(history), clean(candidates), wording), file=file, record=record
-        )
+    def bounded(
+        self,
+        request: RankRequest,
+        *,
+        file: str | Path | None = None,
+        record: int | str | None = None,
+    ) -> RankRequest:
+        """`request` with its history cut to the newest titles that fit data.max_prompt_tokens
+        (DataError instead under data.overlong=refuse)."""
         return self.encoder.bounded(request, self._bound(), file=file, record=record)
 
     def _bound(self) -> PromptBound:
         return PromptBound.of(self.data_cfg)
 
-    def rank(self, requests: Sequence[RankRequest]) -> list[list[float]]:
-        """Scores of each request's candidates, all requests in one scoring call."""
+    def rank(
+        self, requests: Sequence[RankRequest], progress: Callable[[int], None] | None = None
+    ) -> list[list[float]]:
+        """Scores of each request's candidates (ranking.rank_candidates: `progress(n)` hears of
+        the prompts scored as they are)."""
         with self._lock:
             return rank_candidates(
                 self.model,
@@ -137,6 +160,7 @@ class Ranker:
                 requests,
                 layout=self.eval_cfg.layout,
                 max_batch_tokens=self.eval_cfg.max_batch_tokens,
+                progress=progress,
             )
 
     @torch.no_grad()
@@ -172,6 +196,31 @@ class Ranker:
         return self.tokenizer.decode(out[0, ids.shape[1] :], skip_special_tokens=True).strip()
 
 
+def clean_request(
+    history: Sequence[str],
+    candidates: Sequence[str],
+    domain: Any,
+    norm: TitleNormalization,
+    *,
+    file: str | Path | None = None,
+    record: int | str | None = None,
+) -> RankRequest:
+    """A checked request (ranking.check_request) with titles cleaned by `norm`, as in training;
+    no model needed. `domain` is a wording: a built-in name, five comma-separated words or an
+    object. DataError names the field."""
+
+    def clean(titles: Sequence[str]) -> tuple[str, ...]:
+        return tuple(normalize_title(t, norm) for t in titles)
+
+    try:
+        wording = resolve_wording(domain)
+    except ValueError as e:
+        raise DataError(str(e), file=file, record=record, field="domain") from None
+    return check_request(
+        RankRequest(clean(history), clean(candidates), wording), file=file, record=record
+    )
+
+
 def find_stage(path: Path) -> Path | None:
     """The stage to load from a stage dir or a run dir (dmpo, else sft); None if neither."""
     if (path / LINEAGE).is_file():
@@ -186,6 +235,14 @@ def run_config(stage_dir: Path) -> RunConfig | None:
     """The config a stage was trained with (its run directory's config.yaml), if there is one."""
     path = stage_dir.parent / "config.yaml"
     return load_config(path) if path.is_file() else None
+
+
+def title_normalization(spec: str) -> TitleNormalization:
+    """The title cleaning `load_ranker(spec)` will use (a run's), read without loading a model."""
+    path = Path(spec).expanduser()
+    stage = find_stage(path) if path.is_dir() else None
+    cfg = run_config(stage) if stage is not None else None
+    return cfg.data.title_normalization if cfg is not None else TitleNormalization()
 
 
 def load_ranker(spec: str, device: torch.device | None = None) -> Ranker:
@@ -230,6 +287,33 @@ class UserQuery:
     user: str
     candidates: list[str]  # as given, for display
     request: RankRequest  # cleaned titles, for the model
+    record: int | None = None  # its index in the --users file
+
+
+def n_prompts(n_candidates: int) -> int:
+    """Prompts a list of n candidates costs: every pair in both listing orders."""
+    return n_candidates * (n_candidates - 1)
+
+
+def check_query(
+    request: RankRequest,
+    max_candidates: int,
+    *,
+    file: str | Path | None = None,
+    record: int | None = None,
+) -> RankRequest:
+    """`request`, unless it has more than `max_candidates` candidates or one of its history's
+    titles (ranking.check_unseen): DataError naming the field."""
+    n = len(request.candidates)
+    if n > max_candidates:
+        raise DataError(
+            f"{n} candidates ({n_prompts(n)} prompts) is over --max-candidates={max_candidates} "
+            f"({n_prompts(max_candidates)} prompts); raise --max-candidates to rank them all",
+            file=file,
+            record=record,
+            field="candidates",
+        )
+    return check_unseen(request, file=file, record=record)
 
 
 def _titles(value: Any, file: Path, index: int, key: str) -> list[str]:
@@ -238,8 +322,11 @@ def _titles(value: Any, file: Path, index: int, key: str) -> list[str]:
     return value
 
 
-def read_users(path: Path, ranker: Ranker, domain: str) -> list[UserQuery]:
-    """The --users file: a JSON list of {"user", "history", "candidates"[, "domain"]}."""
+def read_users(
+    path: Path, norm: TitleNormalization, domain: str, max_candidates: int = MAX_CANDIDATES
+) -> list[UserQuery]:
+    """The --users file: a JSON list of {"user", "history", "candidates"[, "domain"]}, every
+    record checked (`clean_request`, `check_query`); no model needed."""
     text = read_text_file(path)
     try:
         entries = json.loads(text)
@@ -256,11 +343,36 @@ def read_users(path: Path, ranker: Ranker, domain: str) -> list[UserQuery]:
                 raise DataError("missing", file=path, record=i, field=key)
         history = _titles(entry["history"], path, i, "history")
         candidates = _titles(entry["candidates"], path, i, "candidates")
-        request = ranker.request(
-            history, candidates, entry.get("domain", domain), file=path, record=i
+        request = clean_request(
+            history, candidates, entry.get("domain", domain), norm, file=path, record=i
         )
-        queries.append(UserQuery(str(entry.get("user", i)), candidates, request))
+        request = check_query(request, max_candidates, file=path, record=i)
+        queries.append(UserQuery(str(entry.get("user", i)), candidates, request, i))
     return queries
+
+
+def read_queries(args: argparse.Namespace, norm: TitleNormalization) -> list[UserQuery]:
+    """The users to rank, from --users or --history/--candidates, checked before any model loads."""
+    if args.users:
+        return read_users(Path(args.users), norm, args.domain, args.max_candidates)
+    request = clean_request(args.history, args.candidates, args.domain, norm)
+    return [UserQuery("-", list(args.candidates), check_query(request, args.max_candidates))]
+
+
+def bound_query(ranker: Ranker, query: UserQuery, file: Path | None) -> UserQuery:
+    """`query` with its history cut to data.max_prompt_tokens, saying so on stderr (as training
+    and evaluation count what they cut)."""
+    request = ranker.bounded(query.request, file=file, record=query.record)
+    kept, given = len(request.history), len(query.request.history)
+    if kept < given:
+        who = "the history" if file is None else f"user {query.user}'s history"
+        print(
+            f"recommend: {who} is over data.max_prompt_tokens={ranker.data_cfg.max_prompt_tokens} "
+            f"tokens with its candidates: kept its newest {kept} of {given} titles "
+            "(data.overlong=refuse stops instead)",
+            file=sys.stderr,
+        )
+    return replace(query, request=request)
 
 
 def format_table(items: list[dict[str, Any]]) -> str:
@@ -270,27 +382,38 @@ def format_table(items: list[dict[str, Any]]) -> str:
 
 
 def run_recommend(args: argparse.Namespace) -> int:
-    """The `recommend` command: rank, then print a table per user or one JSON document."""
+    """The `recommend` command: check the input, load, rank, then print a table per user or one
+    JSON document."""
     if args.users and (args.history or args.candidates):
         raise ConfigError("give either --users FILE or --history and --candidates, not both")
     if not args.users and not (args.history and args.candidates):
         raise ConfigError("give --history and --candidates (one or more titles each), or --users")
     if args.top_k is not None and args.top_k < 1:
         raise ConfigError(f"--top-k must be at least 1, got {args.top_k}")
+    if args.max_candidates < 1:
+        raise ConfigError(f"--max-candidates must be at least 1, got {args.max_candidates}")
+    queries = read_queries(args, title_normalization(args.model))
+    total = sum(n_prompts(len(q.request.candidates)) for q in queries)
+    users = f"{len(queries)} user{'s' * (len(queries) != 1)}"
+    print(
+        f"recommend: {users}: {total} prompts to score (N(N-1) for N candidates: every pair "
+        "in both listing orders)",
+        file=sys.stderr,
+    )
     ranker = load_ranker(args.model)
-    if args.users:
-        queries = read_users(Path(args.users), ranker, args.domain)
-    else:
-        request = ranker.request(args.history, args.candidates, args.domain)
-        queries = [UserQuery("-", list(args.candidates), request)]
+    file = Path(args.users) if args.users else None
+    queries = [bound_query(ranker, q, file) for q in queries]
     results = []
     step = ranker.eval_cfg.batch_size
-    for start in range(0, len(queries), step):
-        chunk = queries[start : start + step]
-        for query, scores in zip(chunk, ranker.rank([q.request for q in chunk]), strict=True):
-            results.append(
-                {"user": query.user, "ranked": ranked_items(query.candidates, scores, args.top_k)}
-            )
+    with tqdm(
+        total=total, desc="recommend", unit="prompt", delay=PROGRESS_DELAY_S, file=sys.stderr
+    ) as bar:
+        for start in range(0, len(queries), step):
+            chunk = queries[start : start + step]
+            scores = ranker.rank([q.request for q in chunk], progress=bar.update)
+            for query, user_scores in zip(chunk, scores, strict=True):
+                ranked = ranked_items(query.candidates, user_scores, args.top_k)
+                results.append({"user": query.user, "ranked": ranked})
     if args.json:
         doc: dict[str, Any] = {"model": ranker.name}
         doc.update({"users": results} if args.users else {"ranked": results[0]["ranked"]})
@@ -310,6 +433,14 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--candidates", nargs="+", metavar="TITLE", help="titles to rank")
     parser.add_argument("--users", metavar="FILE.json", help="rank a JSON list of users instead")
     parser.add_argument("--top-k", type=int, help="print only the best K")
+    parser.add_argument(
+        "--max-candidates",
+        type=int,
+        default=MAX_CANDIDATES,
+        metavar="N",
+        help="refuse a list of more candidates: the cost grows as N(N-1) prompts "
+        f"(default {MAX_CANDIDATES}: {n_prompts(MAX_CANDIDATES)} prompts per user)",
+    )
     parser.add_argument(
         "--domain",
         default="movies",
