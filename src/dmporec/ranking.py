@@ -19,12 +19,13 @@ With the shared layout all prompts of a request hang off the history as one scor
 (prefix = chat header, role line, history; one Branch per (pair, order): the line naming the
 two candidates, then its two answers), so the history is encoded once and each pair adds only
 its ~30-token pair line and two answers. A packed row's attention is quadratic in its length,
-so a request whose tree would exceed `max_group_tokens` is split into several groups. Such a
-request is scored in score_groups calls of its own (`scoring_calls`): every row of a call then
-starts with its history, which score_groups encodes once as the call's stem and the groups
-attend to. Beside another user's rows the stem would shrink to the chat header they share and
-every group would encode the history again (issue #37: a 500-title user beside a 4-title one
-took 12x the history's tokens). Requests that fit one group each are scored together.
+so a request whose tree would exceed `max_group_tokens` is split into several groups that each
+repeat the history (history tokens x number of groups, instead of x N(N-1) in the naive layout).
+Where those repeats add more than `max_batch_tokens`, the request is scored in score_groups
+calls of its own (`scoring_calls`): every row of such a call starts with its history, which
+score_groups encodes once as the call's stem for the groups to attend to. Beside another user's
+rows the stem shrinks to the chat header they share (issue #37: a 500-title user beside a
+4-title one cost 10.6x the tokens of the two alone). The other requests share calls.
 """
 
 from __future__ import annotations
@@ -176,39 +177,52 @@ def pair_scores(n: int, first_logps: torch.Tensor, second_logps: torch.Tensor) -
     return (wins / (2 * (n - 1))).tolist()
 
 
-# A request split over several groups is scored in calls of at least this many times its history's
-# tokens (beside max_batch_tokens), so a progress bar can move between calls while the history,
-# encoded again by each call, adds at most a quarter to the work.
+# With a progress callback, a request scored alone is cut into calls of at least this many
+# times its history's tokens (and max_batch_tokens), so the history that each call encodes
+# again adds at most a quarter to the work.
 _CALL_HISTORY_FACTOR = 4
 
 
 def scoring_calls(
-    groups_of: Sequence[Sequence[Group]], min_call_tokens: int
-) -> list[list[tuple[int, list[Group]]]]:
+    groups_of: Sequence[Sequence[Group]], max_batch_tokens: int, *, cut: bool = False
+) -> list[list[tuple[int, Group]]]:
     """How rank_candidates splits its work into score_groups calls: each call a list of
-    (request index, some of its groups, in order). Requests that fit one group each go together
-    in the first call; a request split over several groups goes alone, in calls of at least
-    `min_call_tokens` (and _CALL_HISTORY_FACTOR x its history) tokens after the history, so each
-    call's rows share the history (see the module docstring). Requests with no groups (one
-    candidate) are in no call."""
-    together = [(i, list(groups)) for i, groups in enumerate(groups_of) if len(groups) == 1]
-    calls = [together] if together else []
-    for i, groups in enumerate(groups_of):
-        if len(groups) < 2:
-            continue
-        prefix = len(groups[0].prefix)
-        budget = max(min_call_tokens, _CALL_HISTORY_FACTOR * prefix)
-        chunk: list[Group] = []
+    (request index, group), each request's groups in order. A request whose history, repeated
+    in each of its groups, would add more than `max_batch_tokens` tokens goes alone (see the
+    module docstring); the others share the first call. With `cut`, calls are cut where they
+    have at least max_batch_tokens tokens (after the history, and at least _CALL_HISTORY_FACTOR
+    x the history, for a request alone), so a progress bar can move between them."""
+
+    solo = {
+        i
+        for i, groups in enumerate(groups_of)
+        if len(groups) > 1 and (len(groups) - 1) * len(groups[0].prefix) > max_batch_tokens
+    }
+    shared = [(i, g) for i, groups in enumerate(groups_of) if i not in solo for g in groups]
+    calls = ([shared] if shared else []) + [[(i, g) for g in groups_of[i]] for i in sorted(solo)]
+    if not cut:
+        return calls
+
+    def tokens(group: Group) -> int:  # before the trie shares what the branches have in common
+        return len(group.prefix) + sum(
+            len(b.context) + sum(map(len, b.answers)) for b in group.branches
+        )
+
+    pieces = []
+    for call in calls:
+        history = len(call[0][1].prefix) if call[0][0] in solo else 0
+        budget = max(max_batch_tokens, _CALL_HISTORY_FACTOR * history)
+        piece: list[tuple[int, Group]] = []
         size = 0
-        for group in groups:
-            chunk.append(group)
-            size += group.tokens("shared") - prefix
+        for i, group in call:
+            piece.append((i, group))
+            size += tokens(group) - history
             if size >= budget:
-                calls.append([(i, chunk)])
-                chunk, size = [], 0
-        if chunk:
-            calls.append([(i, chunk)])
-    return calls
+                pieces.append(piece)
+                piece, size = [], 0
+        if piece:
+            pieces.append(piece)
+    return pieces
 
 
 @torch.no_grad()
@@ -222,14 +236,14 @@ def rank_candidates(
     max_group_tokens: int = 2048,
     progress: Callable[[int], None] | None = None,
 ) -> list[list[float]]:
-    """Scores of every request's candidates (aligned with `request.candidates`); the requests
-    that fit one prompt tree each share forward passes (the server batches concurrent requests
-    this way), a larger one is scored on its own (`scoring_calls`).
+    """Scores of every request's candidates (aligned with `request.candidates`); requests share
+    forward passes (the server batches concurrent requests this way) unless one has a long
+    history over many groups (`scoring_calls`).
 
     See the module docstring for the rule and its cost. `layout` and `max_batch_tokens` are
-    passed to scoring.score_groups; `max_group_tokens` bounds one packed prompt tree.
-    `progress(n)` is called after each score_groups call with the prompts it scored (a request
-    of N candidates has N(N-1)).
+    passed to scoring.score_groups; `max_group_tokens` bounds one packed prompt tree. With
+    `progress`, the work is cut into calls of about max_batch_tokens tokens (or more) and
+    `progress(n)` hears after each of the prompts it scored (N(N-1) per request of N).
     """
     for request in requests:
         check_request(request)
@@ -237,14 +251,11 @@ def rank_candidates(
         encoder.groups(r, max_group_tokens) if len(r.candidates) > 1 else [] for r in requests
     ]
     answers: list[list[torch.Tensor]] = [[] for _ in requests]
-    for call in scoring_calls(groups_of, max_batch_tokens):
-        groups = [group for _, chunk in call for group in chunk]
+    for call in scoring_calls(groups_of, max_batch_tokens, cut=progress is not None):
+        groups = [group for _, group in call]
         logps = score_groups(model, groups, layout=layout, max_batch_tokens=max_batch_tokens)
-        g = 0
-        for i, chunk in call:
-            for _ in chunk:
-                answers[i].append(logps.logps[g, logps.mask[g]].float().cpu())
-                g += 1
+        for g, (i, _) in enumerate(call):
+            answers[i].append(logps.logps[g, logps.mask[g]].float().cpu())
         if progress is not None:
             progress(sum(len(group.branches) for group in groups))
     out = []
