@@ -294,6 +294,9 @@ def published_rows(
         mine = correct(out, r, orders) if r.get("eval_dir") else None
         if mine is not None:
             carried["pair_correct"] = mine.tolist()
+        scores = r.get("pair_scores") or (scored(out, r, orders) if r.get("eval_dir") else None)
+        if scores is not None:  # the per-pair scores outlive the run directory
+            r = {**r, "pair_scores": scores}
         match, label = _N.search(r["cell"]), series_name(r)
         if match and not r["cell"].startswith(VALID_PREFIX):
             n = int(match.group(1))
@@ -427,6 +430,18 @@ def correct(out: Path, row: dict, orders: str) -> np.ndarray | None:
         return pair_correct(*pair_scores(read_predictions(path), orders))
     kept = row.get("carried", {}).get("pair_correct")
     return None if kept is None else np.asarray(kept, float)
+
+
+def scored(out: Path, row: dict, orders: str) -> dict | None:
+    """A scored cell's per-pair scores (users, chosen, rejected) from its predictions here."""
+    parts = Path(row["eval_dir"]).parts
+    path = out / row["cell"] / Path(*parts[parts.index(row["cell"]) + 1 :])
+    if not (path / "predictions.jsonl").is_file():
+        return None
+    rows = read_predictions(path)
+    chosen, rejected = pair_scores(rows, orders)
+    users = [r["user_id"] for r in rows]
+    return {"users": users, "chosen": chosen.tolist(), "rejected": rejected.tolist()}
 
 
 def paired_md(tests: list[dict]) -> str:

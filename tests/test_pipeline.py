@@ -44,12 +44,17 @@ def test_run_end_to_end_and_skip_finished_stages(tmp_path, capsys):
         ("zero-shot", "bpr-mf"),
         ("SFT", "bpr-mf"),
         ("DMPO (k=2)", "bpr-mf"),
+        ("zero-shot", "als"),
+        ("SFT", "als"),
+        ("DMPO (k=2)", "als"),
         ("SFT", "zero-shot"),
         ("DMPO (k=2)", "zero-shot"),
         ("DMPO (k=2)", "SFT"),
     ]
-    # The classic baselines are scored on the same pairs, in the same table.
+    # The classic baselines are scored on the same pairs, in the same table; AUCs are paired too.
     assert "| popularity | 5 |" in table and "| bpr-mf | 5 |" in table and "| random | 5 |" in table
+    assert "| als | 5 |" in table and "coin-flip AUC difference" in table
+    assert {"auc_difference", "auc_p_value", "auc_stable_p_value"} <= tests[0].keys()
     for path in (
         "config.yaml",
         "data/train.jsonl",

@@ -1,5 +1,5 @@
-"""The `dmporec` command: prepare | sft | dmpo | evaluate | run | experiment | report | recommend |
-serve | export | download | random-model."""
+"""The `dmporec` command: prepare | sft | dmpo | evaluate | hybrid | run | experiment | report |
+recommend | serve | export | download | random-model."""
 
 from __future__ import annotations
 
@@ -37,6 +37,10 @@ def _parser(argv: list[str] | None = None) -> argparse.ArgumentParser:
         "sft": "train the SFT adapter into OUTPUT_DIR/sft",
         "dmpo": "train the DMPO adapter on top of OUTPUT_DIR/sft into OUTPUT_DIR/dmpo",
         "evaluate": "evaluate zero_shot, sft, dmpo or a stage directory on the test pairs",
+        "hybrid": "fuse a trained stage's pair margins with the classic scorers (popularity,\n"
+        "BPR-MF, ALS, MiniLM) by a logistic regression fitted on the validation users only\n"
+        "(data.valid or data.valid_users); score the test pairs, with paired tests against\n"
+        "every component; writes STAGE/hybrid/",
     }
     for name, text in helps.items():
         p = sub.add_parser(
@@ -47,6 +51,10 @@ def _parser(argv: list[str] | None = None) -> argparse.ArgumentParser:
             formatter_class=argparse.RawDescriptionHelpFormatter,
         )
         p.add_argument("--config", "-c", help="YAML config (see configs/)")
+        if name == "hybrid":
+            p.add_argument(
+                "--stage", default="dmpo", help="sft | dmpo | path to a stage dir (default dmpo)"
+            )
         if name == "evaluate":
             p.add_argument(
                 "--stage",
@@ -177,7 +185,7 @@ def main(argv: list[str] | None = None) -> int:
             if _is_main_process():
                 print(table)
             return 0
-        cfg = prepare_run(cfg, record=args.command != "evaluate")
+        cfg = prepare_run(cfg, record=args.command not in ("evaluate", "hybrid"))
         if args.command == "sft":
             from dmporec.stages.sft import run_sft
 
@@ -190,6 +198,13 @@ def main(argv: list[str] | None = None) -> int:
             adapter = run_dmpo(cfg, args.sft_dir) / "adapter"
             if _is_main_process():
                 print(f"dmpo adapter: {adapter}")
+        elif args.command == "hybrid":
+            from dmporec.stages.hybrid import run_hybrid
+            from dmporec.tables import summary_table
+
+            row = run_hybrid(cfg, args.stage)
+            if _is_main_process():
+                print(summary_table([row]) + f"\n\n(results in {row['hybrid_dir']})")
         else:
             from dmporec.evaluation import MD_HEADER, markdown_row
             from dmporec.stages.evaluate import run_evaluate

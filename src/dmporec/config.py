@@ -221,6 +221,14 @@ class RunConfig(_Strict):
         "similarity) on the same pairs, with paired tests against them.",
     )
 
+    hybrid: bool = Field(
+        True,
+        description="`run` also fits the hybrid ranker (the DMPO model's pair margins fused with "
+        "the classic scorers by a logistic regression fitted on the validation users only) and "
+        "scores it on the test pairs; skipped, and said, without validation users (data.valid "
+        "or data.valid_users).",
+    )
+
     @field_validator("output_dir")
     @classmethod
     def _a_directory(cls, value: str) -> str:

@@ -57,7 +57,9 @@ class DemoDataConfig(BaseModel):
 
     model_config = ConfigDict(extra="forbid")
     train_users: int = Field(48, ge=1, description="Users for SFT and DMPO (one record each).")
-    valid_users: int = Field(32, ge=0, description="Held-out users for validation.")
+    valid_users: int = Field(
+        32, ge=0, description="Held-out users for validation (each with `negatives` negatives)."
+    )
     test_users: int = Field(96, ge=1, description="Users for the test pairs.")
     negatives: int = Field(
         5, ge=1, le=10, description="Negatives drawn per training user (DMPO uses the first k)."
@@ -116,6 +118,7 @@ def make_demo_data(cfg: DemoDataConfig | None = None) -> DemoData:
         )
 
     train = [user(f"train-{i}", cfg.negatives) for i in range(cfg.train_users)]
-    valid = [user(f"valid-{i}", 1) for i in range(cfg.valid_users)]
     test = [user(f"test-{i}", 1) for i in range(cfg.test_users)]
+    # Drawn last, so adding validation users leaves the training and test users as they were.
+    valid = [user(f"valid-{i}", cfg.negatives) for i in range(cfg.valid_users)]
     return DemoData(catalog, train, valid, test)

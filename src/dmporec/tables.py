@@ -9,7 +9,7 @@ from typing import Any
 import numpy as np
 
 from dmporec.evaluation import pair_scores, read_predictions
-from dmporec.metrics import pair_correct, paired_test
+from dmporec.metrics import pair_correct, paired_auc_test, paired_test
 
 
 def _fmt_ci(m: dict[str, Any], key: str) -> str:
@@ -48,42 +48,73 @@ def summary_table(rows: list[dict[str, Any]]) -> str:
 
 
 # The baselines each LLM row is tested against (random and MiniLM only appear in the table).
-TESTED_BASELINES = ("popularity", "bpr-mf")
+TESTED_BASELINES = ("popularity", "bpr-mf", "als")
+
+
+def row_pair_scores(row: dict[str, Any], orders: str) -> tuple[np.ndarray, ...] | None:
+    """(users, chosen, rejected) of a results row: an LLM row's from its predictions, a baseline's
+    or the hybrid's from the per-pair scores it carries; None when it has neither."""
+    if "pair_scores" in row:
+        p = row["pair_scores"]
+        return (
+            np.asarray(p["users"]),
+            np.asarray(p["chosen"], float),
+            np.asarray(p["rejected"], float),
+        )
+    if "eval_dir" in row:
+        rows = read_predictions(Path(row["eval_dir"]))
+        chosen, rejected = pair_scores(rows, orders)
+        return np.array([r["user_id"] for r in rows]), chosen, rejected
+    return None
+
+
+def _trained(row: dict[str, Any]) -> bool:
+    return "eval_dir" in row or "hybrid_dir" in row
 
 
 def paired_tests(rows: list[dict[str, Any]], orders: str, seed: int = 0) -> list[dict[str, Any]]:
-    """Each LLM row (one with an eval_dir) against the earlier LLM rows and the popularity and
-    BPR-MF baselines, on the same pairs (metrics.paired_test)."""
-    correct = {}
-    for r in rows:
-        if "eval_dir" in r:
-            chosen, rejected = pair_scores(read_predictions(Path(r["eval_dir"])), orders)
-            correct[r["model"]] = pair_correct(chosen, rejected)
-        elif "correct" in r:
-            correct[r["model"]] = np.asarray(r["correct"], dtype=bool)
+    """Each trained row (an LLM stage or the hybrid) against the rows above it that are trained
+    too or are the popularity, BPR-MF or ALS baselines, on the same pairs: accuracy
+    (metrics.paired_test, exact McNemar) and both AUCs (metrics.paired_auc_test, paired bootstrap
+    over users)."""
+    scores = {r["model"]: s for r in rows if (s := row_pair_scores(r, orders)) is not None}
     tests = []
     for j, b in enumerate(rows):
         for a in rows[j + 1 :]:
-            if "eval_dir" not in a or ("eval_dir" not in b and b["model"] not in TESTED_BASELINES):
+            if not _trained(a) or (not _trained(b) and b["model"] not in TESTED_BASELINES):
                 continue
-            if a["model"] not in correct or b["model"] not in correct:
+            if a["model"] not in scores or b["model"] not in scores:
                 continue
-            test = paired_test(correct[a["model"]], correct[b["model"]], seed=seed)
-            tests.append({"a": a["model"], "b": b["model"], **test})
+            (users, ca, ra), (_, cb, rb) = scores[a["model"]], scores[b["model"]]
+            test = paired_test(pair_correct(ca, ra), pair_correct(cb, rb), seed=seed)
+            auc = paired_auc_test(users, ca, ra, cb, rb, seed=seed)
+            tests.append({"a": a["model"], "b": b["model"], **test,
+                          **{k: v for k, v in auc.items() if k != "pairs"}})  # fmt: skip
     return tests
 
 
 def paired_table(tests: list[dict[str, Any]]) -> str:
-    """Markdown table of `paired_tests`: the accuracy difference, its CI, McNemar's p."""
+    """Markdown table of `paired_tests`: the accuracy difference, its CI and McNemar's p; the
+    coin-flip AUC difference, its CI and bootstrap p (when the tests carry them)."""
+    auc = any("auc_difference" in t for t in tests)
     lines = [
         "| comparison | accuracy difference [95% CI] | pairs A right, B wrong / B right, A wrong "
-        "| McNemar p | significant at 0.05 |",
-        "|---|---|---|---|---|",
+        "| McNemar p | significant at 0.05 |"
+        + (" coin-flip AUC difference [95% CI] | bootstrap p |" if auc else ""),
+        "|---|---|---|---|---|" + ("---|---|" if auc else ""),
     ]
     for t in tests:
-        lines.append(
+        line = (
             f"| {t['a']} vs {t['b']} | {t['difference']:+.3f} [{t['difference_ci_low']:+.3f}, "
             f"{t['difference_ci_high']:+.3f}] | {t['a_better']} / {t['b_better']} "
             f"| {t['p_value']:.2g} | {'yes' if t['p_value'] < 0.05 else 'no'} |"
         )
+        if auc and "auc_difference" in t:
+            line += (
+                f" {t['auc_difference']:+.3f} [{t['auc_difference_ci_low']:+.3f}, "
+                f"{t['auc_difference_ci_high']:+.3f}] | {t['auc_p_value']:.2g} |"
+            )
+        elif auc:
+            line += " - | - |"
+        lines.append(line)
     return "\n".join(lines)

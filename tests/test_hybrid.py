@@ -1,0 +1,112 @@
+"""The hybrid ranker: a fusion fitted on validation pairs that learns, stays antisymmetric, names
+what it lacks; and the pipeline's hybrid row on the tiny model."""
+
+import json
+
+import numpy as np
+import pytest
+
+from dmporec.cli import main
+from dmporec.hybrid import Hybrid, popularity_margin
+from dmporec.metrics import pair_correct
+
+
+def complementary(n_users: int, seed: int) -> tuple[dict[str, np.ndarray], np.ndarray]:
+    """Two components, each right (by a wide margin) on its own half of the pairs and noise on
+    the other half; a third that is pure noise. Two pairs per user."""
+    rng = np.random.default_rng(seed)
+    n = 2 * n_users
+    half = rng.random(n) < 0.5
+    a = np.where(half, 2 + rng.normal(size=n), rng.normal(size=n))
+    b = np.where(~half, 0.02 * (2 + rng.normal(size=n)), 0.02 * rng.normal(size=n))
+    noise = 50 * rng.normal(size=n)
+    return {"a": a, "b": b, "noise": noise}, np.repeat(np.arange(n_users), 2)
+
+
+def accuracy(margin: np.ndarray) -> float:
+    return float(np.mean(pair_correct(margin, -margin)))
+
+
+def test_the_fusion_learns_what_each_component_misses():
+    """Fitted on one draw, scored on another: above each component alone, whatever their scale
+    (b's margins are 100x smaller), and the noise component gets a small weight."""
+    valid, users = complementary(300, seed=0)
+    test, _ = complementary(300, seed=1)
+    model = Hybrid.fit(valid, users)
+    fused = accuracy(model.margin(test))
+    assert fused > accuracy(test["a"]) + 0.1 and fused > accuracy(test["b"]) + 0.1
+    weights = dict(zip(model.components, model.weights, strict=True))
+    assert weights["a"] > 0 and weights["b"] > 0
+    assert abs(weights["noise"]) < 0.2 * min(weights["a"], weights["b"])
+    assert 0.5 < model.cv_accuracy <= 1 and model.valid_pairs == 600 and model.valid_users == 300
+
+
+def test_a_pair_read_the_other_way_round_gets_the_opposite_margin(tmp_path):
+    valid, users = complementary(50, seed=2)
+    model = Hybrid.fit(valid, users)
+    flipped = {c: -v for c, v in valid.items()}
+    np.testing.assert_allclose(model.margin(flipped), -model.margin(valid))
+    chosen, rejected = model.pair_scores(valid)
+    np.testing.assert_allclose(chosen, -rejected)
+    model.save(tmp_path / "model.json")
+    assert Hybrid.load(tmp_path / "model.json") == model
+
+
+def test_what_it_lacks_is_named_never_dropped(tmp_path):
+    valid, users = complementary(50, seed=3)
+    model = Hybrid.fit(valid, users)
+    with pytest.raises(ValueError, match="no margins for b; it was fitted on a, b, noise"):
+        model.margin({"a": valid["a"], "noise": valid["noise"]})
+    with pytest.raises(ValueError, match="component a has non-finite margins"):
+        Hybrid.fit({**valid, "a": np.r_[np.nan, valid["a"][1:]]}, users)
+    with pytest.raises(ValueError, match="3 validation users, at least 5 needed"):
+        Hybrid.fit({"a": valid["a"][:6]}, users[:6])
+    (tmp_path / "bad.json").write_text("{}")
+    with pytest.raises(ValueError, match="bad.json: not a saved hybrid"):
+        Hybrid.load(tmp_path / "bad.json")
+
+
+def test_popularity_margin_is_on_a_log_scale():
+    np.testing.assert_allclose(popularity_margin([0, 9], [0, 99]), [0, np.log(10) - np.log(100)])
+
+
+TINY = [
+    "model.name=builtin:tiny-qwen3",
+    "data.demo={train_users: 6, valid_users: 8, test_users: 5, negatives: 2}",
+    "sft.epochs=1",
+    "sft.batch_size=3",
+    "dmpo.epochs=1",
+    "dmpo.batch_size=3",
+    "dmpo.k=2",
+    "eval.n_boot=20",
+    "zero_shot=false",
+]
+
+
+def test_run_fits_the_hybrid_on_validation_users_and_pairs_it_with_every_component(
+    tmp_path, capsys
+):
+    out = tmp_path / "run"
+    assert main(["run", *TINY, f"output_dir={out}"]) == 0
+    table = capsys.readouterr().out
+    assert "| hybrid (DMPO + classic) | 5 |" in table and "weight per RMS margin" in table
+    model = json.loads((out / "dmpo/hybrid/model.json").read_text())
+    assert model["components"][:3] == ["llm", "popularity", "bpr-mf"]
+    assert model["valid_users"] == 8 and model["valid_pairs"] == 16  # validation users only
+    pairs = (out / "dmpo/hybrid/pairs-test.jsonl").read_text().splitlines()
+    assert len(pairs) == 5 and {"llm", "popularity", "hybrid"} <= json.loads(pairs[0]).keys()
+    summary = json.loads((out / "summary.json").read_text())
+    tested = {t["b"] for t in summary["paired_tests"] if t["a"] == "hybrid (DMPO + classic)"}
+    assert {"DMPO (k=2)", "SFT", "popularity", "bpr-mf"} <= tested
+    test = next(t for t in summary["paired_tests"] if t["a"] == "hybrid (DMPO + classic)")
+    assert {"p_value", "auc_difference", "auc_p_value", "auc_stable_p_value"} <= test.keys()
+    # Every row keeps its per-pair scores beside its numbers.
+    for row in summary["rows"]:
+        assert len(row["pair_scores"]["chosen"]) == 5, row["model"]
+    assert (out / "dmpo/eval-valid/predictions.jsonl").is_file()
+
+
+def test_without_validation_users_the_run_says_it_skips_the_hybrid(tmp_path, capsys):
+    no_valid = [x.replace("valid_users: 8", "valid_users: 0") for x in TINY]
+    assert main(["run", *no_valid, "baselines=false", f"output_dir={tmp_path / 'run'}"]) == 0
+    assert "hybrid: skipped, no validation users" in capsys.readouterr().out
