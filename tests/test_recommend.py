@@ -6,7 +6,7 @@ import shutil
 import pytest
 
 from dmporec.cli import main
-from dmporec.config import DataConfig, dump_config, load_config
+from dmporec.config import DataConfig, EvalConfig, dump_config, load_config
 from dmporec.model import load_stage_model
 from dmporec.ranking import RankRequest, rank_candidates
 from dmporec.recommend import Ranker, explain_instruction, load_ranker
@@ -191,20 +191,27 @@ def _tiny_ranker(tiny, tiny_cfg, monkeypatch, **data) -> Ranker:
     return ranker
 
 
+LONG_HISTORY = [f"Long Movie Title Number {i}" for i in range(120)]  # ~2,500 tokens
+MIXED = [
+    # issue #37's shape: a long history, a few candidates (one prompt tree after the history)
+    ([*CANDIDATES, "Lonely"], 8192),
+    # its pairs over two trees: the history, repeated in each, is over max_batch_tokens
+    ([f"Film {i}" for i in range(10)], 1024),
+]
+
+
+@pytest.mark.parametrize(("candidates", "max_batch_tokens"), MIXED, ids=["4 candidates", "10"])
 def test_a_mixed_users_file_costs_the_sum_of_its_users(
-    tiny, tiny_cfg, tmp_path, monkeypatch, capsys
+    tiny, tiny_cfg, tmp_path, monkeypatch, capsys, candidates, max_batch_tokens
 ):
-    """A long history (its pairs split over several groups) ranked beside a short one used to
-    lose its encoded-once history: the call's shared stem shrank to the chat header and each
-    group re-encoded the whole history (issue #37: 161 s for 18 s + 40 s). Cost here: tokens
-    through the model's forward passes, padding included."""
+    """A long history ranked beside a short one used to be encoded again for every group of
+    its pairs (one group per pair once the history was over max_group_tokens), as the call's
+    shared stem shrank to the chat header (issue #37: 161 s for 18 s + 40 s alone). Cost here:
+    tokens through the model's forward passes, padding included."""
     short = {"user": "s", "history": ["Up", "Heat", "Jaws", "Babe"], "candidates": CANDIDATES}
-    long = {
-        "user": "l",
-        "history": [f"Long Movie Title Number {i}" for i in range(120)],  # ~2,500 tokens
-        "candidates": [*CANDIDATES, "Lonely"],
-    }
-    _tiny_ranker(tiny, tiny_cfg, monkeypatch)
+    long = {"user": "l", "history": LONG_HISTORY, "candidates": candidates}
+    ranker = _tiny_ranker(tiny, tiny_cfg, monkeypatch)
+    ranker.eval_cfg = EvalConfig(max_batch_tokens=max_batch_tokens)
     tokens: list[int] = []
     hook = tiny[0].register_forward_pre_hook(
         lambda _m, _a, kw: tokens.append(kw["input_ids"].numel()), with_kwargs=True

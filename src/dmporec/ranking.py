@@ -19,13 +19,15 @@ With the shared layout all prompts of a request hang off the history as one scor
 (prefix = chat header, role line, history; one Branch per (pair, order): the line naming the
 two candidates, then its two answers), so the history is encoded once and each pair adds only
 its ~30-token pair line and two answers. A packed row's attention is quadratic in its length,
-so a request whose tree would exceed `max_group_tokens` is split into several groups that each
-repeat the history (history tokens x number of groups, instead of x N(N-1) in the naive layout).
-Where those repeats add more than `max_batch_tokens`, the request is scored in score_groups
-calls of its own (`scoring_calls`): every row of such a call starts with its history, which
-score_groups encodes once as the call's stem for the groups to attend to. Beside another user's
-rows the stem shrinks to the chat header they share (issue #37: a 500-title user beside a
-4-title one cost 10.6x the tokens of the two alone). The other requests share calls.
+so a request whose pair lines and answers come to more than `max_group_tokens` is split into
+several groups that each repeat the history (history tokens x number of groups, instead of x
+N(N-1) in the naive layout; the history itself does not count, or a history over the limit
+would put each pair in a group of its own: 870 rows for 30 candidates). Where those repeats add
+more than `max_batch_tokens`, the request is scored in score_groups calls of its own
+(`scoring_calls`): every row of such a call starts with its history, which score_groups
+encodes once as the call's stem for the groups to attend to. Beside another user's rows the
+stem shrinks to the chat header they share (issue #37: a 500-title user beside a 4-title one
+cost 10.6x the tokens of the two alone). The other requests share calls.
 """
 
 from __future__ import annotations
@@ -140,15 +142,16 @@ class PairEncoder(GroupEncoder):
         return bound.cut(request, tokens, file=file, record=record)
 
     def groups(self, request: RankRequest, max_group_tokens: int) -> list[Group]:
-        """Groups holding every ordered pair of the request, in `ordered_pairs` order."""
+        """Groups holding every ordered pair of the request, in `ordered_pairs` order, each with
+        at most `max_group_tokens` tokens after the history (at least one pair)."""
         prefix = self.prefix(request)
-        groups, branches, size = [], [], len(prefix)
+        groups, branches, size = [], [], 0
         for i, j in ordered_pairs(len(request.candidates)):
             branch = self.branch(request, request.candidates[i], request.candidates[j])
             cost = len(branch.context) + sum(map(len, branch.answers))
             if branches and size + cost > max_group_tokens:
                 groups.append(Group(prefix, tuple(branches)))
-                branches, size = [], len(prefix)
+                branches, size = [], 0
             branches.append(branch)
             size += cost
         if branches:
