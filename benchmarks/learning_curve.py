@@ -70,7 +70,7 @@ from dmporec.build import BuildConfig, prepare  # noqa: E402
 from dmporec.config import load_config  # noqa: E402
 from dmporec.data import load_records  # noqa: E402
 from dmporec.evaluation import pair_scores, read_jsonl, read_predictions  # noqa: E402
-from dmporec.metrics import pair_correct, paired_test  # noqa: E402
+from dmporec.metrics import pair_correct, paired_auc_test, paired_test  # noqa: E402
 from dmporec.model import LINEAGE  # noqa: E402
 from dmporec.records import (  # noqa: E402
     TitleNormalization,
@@ -190,6 +190,22 @@ def experiment_file(
             "overrides": [*train(top), "dmpo.k=1", *dmpo],
         }
     )
+    # The paper's ablation over the number of negatives, and S-DPO, at the largest N on the same
+    # SFT, rate and SFT term (issue #36); run only when asked for (--cells).
+    for loss, k in (("dmpo", 2), ("dmpo", 5), ("sdpo", 3)):
+        cells.append(
+            {
+                "name": f"{loss}-k{k}-{top}{tag}",
+                "stages": ["dmpo"],
+                "sft_from": f"sft-{top}",
+                "overrides": [
+                    *train(top),
+                    f"dmpo.k={k}",
+                    *([f"dmpo.loss={loss}"] if loss != "dmpo" else []),
+                    *dmpo,
+                ],
+            }
+        )
     exp = {
         "base": str(BASE),
         "output_dir": str(out),
@@ -393,25 +409,39 @@ def paired(out: Path, data: Path, sizes: list[int], eval_pairs: int, orders: str
     ]
     labels = {r["cell"]: series_name(r) for r in rows}
     scored = {r["cell"]: correct(out, r, orders) for r in rows}
+    # (users, chosen, rejected) where a cell's scores are here or published: AUCs are paired too.
+    scores = {r["cell"]: pair_score_arrays(out, r, orders) for r in rows}
     tests, below = [], None
     for n in sizes:
         fitted = [*read_records(data / f"train_{n}.jsonl"), *test]
-        baselines = {}
+        baselines, baseline_scores = {}, {}
         for scorer in (Popularity.fit(fitted), BPRMF.fit(fitted, seed=seed)):
-            _, chosen, rejected = baseline_pair_scores(scorer, test)
-            baselines[f"{scorer.name} (N = {n})"] = pair_correct(chosen, rejected)
+            users, chosen, rejected = baseline_pair_scores(scorer, test)
+            name = f"{scorer.name} (N = {n})"
+            baselines[name] = pair_correct(chosen, rejected)
+            baseline_scores[name] = (users, chosen, rejected)
         for cell, mine in scored.items():
             match = _N.search(cell)
             if mine is None or match is None or int(match.group(1)) != n:
                 continue
-            others = {"zero-shot": scored.get("zero-shot"), **baselines}
+            tag = match.group(0)[len(f"-{n}") :]
+            others = {"zero-shot": "zero-shot", **{b: b for b in baselines}}
             if cell.startswith("sft-"):  # none at the smallest N
-                others[f"SFT (N = {below})"] = scored.get(f"sft-{below}")
+                others[f"SFT (N = {below})"] = f"sft-{below}"
             else:
-                others["SFT"] = scored.get(f"sft-{n}")
-            for name, other in others.items():
-                if other is not None:
-                    tests.append({"n": n, "a": labels[cell], "b": name, **paired_test(mine, other)})
+                others["SFT"] = f"sft-{n}"
+                if not cell.startswith("dpo-k1-"):  # the paper's claim: several negatives vs one
+                    others["DPO (k=1)"] = f"dpo-k1-{n}{tag}"
+            for name, key in others.items():
+                other = baselines.get(key, scored.get(key))
+                if other is None:
+                    continue
+                test_ = {"n": n, "a": labels[cell], "b": name, **paired_test(mine, other)}
+                a, b = scores.get(cell), baseline_scores.get(key, scores.get(key))
+                if a is not None and b is not None:
+                    auc = paired_auc_test(a[0], a[1], a[2], b[1], b[2], seed=seed)
+                    test_.update({k: v for k, v in auc.items() if k != "pairs"})
+                tests.append(test_)
         below = n
     # Tests of restored cells whose counterpart's per-pair results are gone, as published.
     done = {(t["n"], t["a"], t["b"]) for t in tests}
@@ -432,6 +462,14 @@ def correct(out: Path, row: dict, orders: str) -> np.ndarray | None:
     return None if kept is None else np.asarray(kept, float)
 
 
+def pair_score_arrays(out: Path, row: dict, orders: str) -> tuple[np.ndarray, ...] | None:
+    """A cell's (users, chosen, rejected): from its predictions here, else as published."""
+    kept = scored(out, row, orders) or row.get("pair_scores")
+    if kept is None:
+        return None
+    return np.asarray(kept["users"]), np.asarray(kept["chosen"]), np.asarray(kept["rejected"])
+
+
 def scored(out: Path, row: dict, orders: str) -> dict | None:
     """A scored cell's per-pair scores (users, chosen, rejected) from its predictions here."""
     parts = Path(row["eval_dir"]).parts
@@ -450,15 +488,25 @@ def paired_md(tests: list[dict]) -> str:
         "Accuracy difference A - B with its paired bootstrap 95% CI; McNemar's exact p on the pairs",
         "where the two differ. Popularity and BPR-MF are refitted here exactly as the baselines",
         "cell fits them (their accuracy is column B).\n",
-        "| N | A | B | accuracy A | accuracy B | A - B [95% CI] | A / B better | p |",
-        "|---:|---|---|---:|---:|---|---:|---:|",
+        "Coin-flip AUC difference A - B (the same coins for both) with its paired bootstrap over",
+        "users and the bootstrap p, where both models' per-pair scores are kept ('-' otherwise).\n",
+        "| N | A | B | accuracy A | accuracy B | A - B [95% CI] | A / B better | p "
+        "| AUC A | AUC B | AUC A - B [95% CI] | AUC p |",
+        "|---:|---|---|---:|---:|---|---:|---:|---:|---:|---|---:|",
     ]
     for t in sorted(tests, key=lambda t: t["n"]):  # restored cells' tests come last otherwise
+        auc = (
+            f"| {t['auc_a']:.3f} | {t['auc_b']:.3f} | {t['auc_difference']:+.3f} "
+            f"[{t['auc_difference_ci_low']:+.3f}, {t['auc_difference_ci_high']:+.3f}] "
+            f"| {t['auc_p_value']:.3g} |"
+            if "auc_difference" in t
+            else "| - | - | - | - |"
+        )
         lines.append(
             f"| {t['n']} | {t['a']} | {t['b']} | {t['accuracy_a']:.3f} | {t['accuracy_b']:.3f} "
             f"| {t['difference']:+.3f} [{t['difference_ci_low']:+.3f}, "
             f"{t['difference_ci_high']:+.3f}] | {t['a_better']} / {t['b_better']} "
-            f"| {t['p_value']:.3g} |"
+            f"| {t['p_value']:.3g} {auc}"
         )
     return "\n".join(lines) + "\n"
 

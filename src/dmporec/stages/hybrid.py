@@ -5,7 +5,8 @@ component.
 Per split, the classic scorers are fitted as the baselines row fits them: on the training users'
 histories and that split's (a history is model input, never a label), so the test-side scorers
 are the ones the table's baseline rows report. The LLM's margins come from `dmporec evaluate` of
-the stage on each split (reused when already scored with the same settings).
+the stage on each split (reused when already scored with the same settings; the validation
+pairs into STAGE/hybrid-eval-valid).
 
 Writes STAGE/hybrid/: model.json (the weights), pairs-valid.jsonl and pairs-test.jsonl (every
 component's margin and the fused one, per pair), eval.json (metrics), eval.md (weights, metrics
@@ -31,6 +32,9 @@ from dmporec.metrics import grouped_auc, pair_correct, paired_auc_test, paired_t
 from dmporec.records import atomic_write_text
 
 HYBRID = "hybrid"
+VALID_EVAL = (
+    "hybrid-eval-valid"  # the stage's scores of the validation pairs the hybrid is fitted on
+)
 # Components fused: the LLM and every classic scorer but random (noise by construction).
 SKIPPED = ("random",)
 
@@ -40,8 +44,13 @@ def _split_pairs(cfg: RunConfig, stage: str, split: str) -> dict[str, Any]:
     from dmporec.stages.evaluate import run_evaluate, stage_dirs
 
     scfg = cfg.model_copy(update={"eval": cfg.eval.model_copy(update={"split": split})})
-    run_evaluate(scfg, stage)
-    rows = read_predictions(stage_dirs(scfg, stage)[1])
+    # The validation pairs go to the hybrid's own directory: STAGE/eval-valid may hold another
+    # validation file's scores (the learning curve's training-pair diagnostics).
+    where = (
+        stage_dirs(scfg, stage)[1] if split == "test" else stage_dirs(scfg, stage)[0] / VALID_EVAL
+    )
+    run_evaluate(scfg, stage, where)
+    rows = read_predictions(where)
     records = stage_records(cfg.data, "eval" if split == "test" else "valid")
     scores = {LLM: llm_pair_scores(rows, cfg.eval.orders)}
     users = np.array([r["user_id"] for r in rows])
