@@ -47,8 +47,8 @@ def summary_table(rows: list[dict[str, Any]]) -> str:
     return "\n".join(lines)
 
 
-# The baselines each LLM row is tested against (random and MiniLM only appear in the table).
-TESTED_BASELINES = ("popularity", "bpr-mf", "als")
+# The baselines each trained row is tested against (random only appears in the table).
+TESTED_BASELINES = ("popularity", "bpr-mf", "als", "embedding")
 
 
 def row_pair_scores(row: dict[str, Any], orders: str) -> tuple[np.ndarray, ...] | None:
