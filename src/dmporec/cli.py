@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import argparse
 import sys
+from pathlib import Path
 
 from dmporec.config import ConfigError, load_config
 from dmporec.records import DataError
@@ -202,7 +203,7 @@ def main(argv: list[str] | None = None) -> int:
             from dmporec.stages.hybrid import run_hybrid
             from dmporec.tables import summary_table
 
-            row = run_hybrid(cfg, args.stage)
+            row = run_hybrid(cfg, args.stage, f"hybrid ({Path(args.stage).name} + classic)")
             if _is_main_process():
                 print(summary_table([row]) + f"\n\n(results in {row['hybrid_dir']})")
         else:

@@ -8,6 +8,9 @@ are the ones the table's baseline rows report. The LLM's margins come from `dmpo
 the stage on each split (reused when already scored with the same settings; the validation
 pairs into STAGE/hybrid-eval-valid).
 
+The same fusion fitted on the classic scorers alone (classic-model.json) is scored beside it: what
+the LLM adds over combining the classic scorers is the hybrid's paired test against it.
+
 Writes STAGE/hybrid/: model.json (the weights), pairs-valid.jsonl and pairs-test.jsonl (every
 component's margin and the fused one, per pair), eval.json (metrics), eval.md (weights, metrics
 and paired tests). Recomputed on every call from what the evaluations hold, so it never reuses a
@@ -96,10 +99,15 @@ def run_hybrid(cfg: RunConfig, stage: str, label: str = "hybrid") -> dict[str, A
         raise ConfigError(f"hybrid: {', '.join(missing)} scored one split only")
     model = Hybrid.fit(margins(valid["scores"]), valid["users"])
     model.save(out / "model.json")
-    fused = {}
+    # The same fusion without the LLM: what the LLM adds over combining the classic scorers.
+    classic_valid = {c: v for c, v in margins(valid["scores"]).items() if c != LLM}
+    classic = Hybrid.fit(classic_valid, valid["users"])
+    classic.save(out / "classic-model.json")
+    fused, fused_classic = {}, {}
     for split, part in (("valid", valid), ("test", test)):
         m = margins(part["scores"])
         fused[split] = model.margin(m)
+        fused_classic[split] = classic.margin(m)
         lines = [
             json.dumps(
                 {
@@ -108,6 +116,7 @@ def run_hybrid(cfg: RunConfig, stage: str, label: str = "hybrid") -> dict[str, A
                     "negative": row["negative"],
                     **{name: float(v[i]) for name, v in m.items()},
                     "hybrid": float(fused[split][i]),
+                    "classic_fusion": float(fused_classic[split][i]),
                 }
             )
             for i, row in enumerate(part["rows"])
@@ -120,21 +129,23 @@ def run_hybrid(cfg: RunConfig, stage: str, label: str = "hybrid") -> dict[str, A
     metrics["first_listed_rate"] = None
     metrics["valid_accuracy"] = float(np.mean(pair_correct(fused["valid"], -fused["valid"])))
     tests = []
-    for name, (c, r) in test["scores"].items():
+    others = {**test["scores"], CLASSIC: (fused_classic["test"] / 2, -fused_classic["test"] / 2)}
+    for name, (c, r) in others.items():
         t = paired_test(pair_correct(chosen, rejected), pair_correct(c, r), seed=ec.seed)
         auc = paired_auc_test(test["users"], chosen, rejected, c, r, seed=ec.seed, n_boot=ec.n_boot)
         tests.append({"a": label, "b": LLM_NAMES.get(name, name), **t, **_prefixed(auc)})
     wall = round(time.perf_counter() - start, 1)
     atomic_write_text(
         out / "eval.json",
-        json.dumps({"model": model.__dict__, "metrics": metrics, "paired_tests": tests,
-                    "wall_s": wall}, indent=2) + "\n",
+        json.dumps({"model": model.__dict__, "classic_model": classic.__dict__,
+                    "metrics": metrics, "paired_tests": tests, "wall_s": wall}, indent=2) + "\n",
     )  # fmt: skip
     from dmporec.tables import paired_table
 
     atomic_write_text(
         out / "eval.md",
-        f"{model.table()}\n\nTest pairs: accuracy {metrics['accuracy']:.3f} "
+        f"{model.table()}\n\nWithout the LLM (the same fit on the classic scorers alone):\n\n"
+        f"{classic.table()}\n\nTest pairs: accuracy {metrics['accuracy']:.3f} "
         f"[{metrics['accuracy_ci_low']:.3f}, {metrics['accuracy_ci_high']:.3f}], coin-flip AUC "
         f"{metrics['auc']:.3f} [{metrics['auc_ci_low']:.3f}, {metrics['auc_ci_high']:.3f}]; "
         f"validation accuracy {metrics['valid_accuracy']:.3f} (the pairs it was fitted on)."
@@ -157,7 +168,8 @@ def run_hybrid(cfg: RunConfig, stage: str, label: str = "hybrid") -> dict[str, A
     }
 
 
-LLM_NAMES = {LLM: "its LLM"}
+CLASSIC = "classic_fusion"
+LLM_NAMES = {LLM: "its LLM", CLASSIC: "the same fusion without the LLM"}
 
 
 def _prefixed(auc: dict[str, float]) -> dict[str, float]:
