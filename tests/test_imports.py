@@ -11,6 +11,7 @@ def test_every_module_imports():
         if m.name != "dmporec.__main__"
     ]
     assert "dmporec.losses" in names and "dmporec.stages.pipeline" in names
+    assert "dmporec.build_io" in names and "dmporec.raw_lines" in names  # split out of build, raw
     for name in names:
         importlib.import_module(name)
 
