@@ -141,12 +141,19 @@ class PairEncoder(GroupEncoder):
 
         return bound.cut(request, tokens, file=file, record=record)
 
-    def groups(self, request: RankRequest, max_group_tokens: int) -> list[Group]:
-        """Groups holding every ordered pair of the request, in `ordered_pairs` order, each with
-        at most `max_group_tokens` tokens after the history (at least one pair)."""
+    def groups(
+        self,
+        request: RankRequest,
+        max_group_tokens: int,
+        pairs: Sequence[tuple[int, int]] | None = None,
+    ) -> list[Group]:
+        """Groups holding the request's ordered `pairs` (candidate indices, listed first and
+        second; every ordered pair, `ordered_pairs`, by default) in that order, each with at
+        most `max_group_tokens` tokens after the history (at least one pair)."""
         prefix = self.prefix(request)
         groups, branches, size = [], [], 0
-        for i, j in ordered_pairs(len(request.candidates)):
+        pairs = ordered_pairs(len(request.candidates)) if pairs is None else pairs
+        for i, j in pairs:
             branch = self.branch(request, request.candidates[i], request.candidates[j])
             cost = len(branch.context) + sum(map(len, branch.answers))
             if branches and size + cost > max_group_tokens:
@@ -162,6 +169,49 @@ class PairEncoder(GroupEncoder):
 def ordered_pairs(n: int) -> list[tuple[int, int]]:
     """(listed first, listed second) for every unordered pair, in both orders: n(n-1) pairs."""
     return [order for i, j in itertools.combinations(range(n), 2) for order in ((i, j), (j, i))]
+
+
+def pivot_pairs(n: int, pivots: int) -> list[tuple[int, int]]:
+    """The ordered pairs that compare each of n candidates with each of the first `pivots`, in
+    both listing orders, every unordered pair once: P(n-1) - P(P-1)/2 pairs, so 2P(n-1) - P(P-1)
+    prompts (n = 20, P = 2: 74 instead of 380). With pivots >= n - 1 they are `ordered_pairs(n)`.
+
+    >>> pivot_pairs(3, 1)
+    [(0, 1), (1, 0), (0, 2), (2, 0)]
+    """
+    return [
+        order for p in range(min(pivots, n)) for i in range(p + 1, n) for order in ((p, i), (i, p))
+    ]
+
+
+def margin_matrix(
+    n: int,
+    pairs: Sequence[tuple[int, int]],
+    first_logps: torch.Tensor,
+    second_logps: torch.Tensor,
+) -> torch.Tensor:
+    """[n, n] log-prob margins: m[a, b] = the evidence that a goes before b, summed over the
+    listing orders asked (as evaluation scores a test pair in both orders, and the hybrid reads
+    it): for each prompt listing (f, s), logp(answer f first) - logp(answer s first) is added to
+    m[f, s] and taken from m[s, f]. Antisymmetric; zero where a pair was not asked.
+
+    first_logps[p] / second_logps[p]: summed log-prob of the answer ranking the first-listed /
+    second-listed candidate of pairs[p] first."""
+    m = torch.zeros(n, n, dtype=torch.float64)
+    if not pairs:
+        return m
+    index = torch.tensor(pairs)
+    d = first_logps.double() - second_logps.double()
+    m.index_put_((index[:, 0], index[:, 1]), d, accumulate=True)
+    m.index_put_((index[:, 1], index[:, 0]), -d, accumulate=True)
+    return m
+
+
+def pivot_scores(margins: torch.Tensor, pivots: int) -> list[float]:
+    """Each candidate's mean margin over the first `pivots` candidates (its own margin against
+    itself counts 0): differences of these scores read as pair margins. `pivots` = n is the mean
+    over every candidate (all pairs asked)."""
+    return margins[:, : max(1, pivots)].mean(1).tolist()
 
 
 def pair_scores(n: int, first_logps: torch.Tensor, second_logps: torch.Tensor) -> list[float]:
@@ -229,6 +279,43 @@ def scoring_calls(
 
 
 @torch.no_grad()
+def pair_answers(
+    model: torch.nn.Module,
+    encoder: PairEncoder,
+    requests: Sequence[RankRequest],
+    pairs_of: Sequence[Sequence[tuple[int, int]]],
+    *,
+    layout: Layout = "shared",
+    max_batch_tokens: int = 8192,
+    max_group_tokens: int = 2048,
+    progress: Callable[[int], None] | None = None,
+) -> list[tuple[torch.Tensor, torch.Tensor]]:
+    """(first_logps, second_logps) of every request's ordered `pairs_of[r]`, [P] each in pair
+    order: the summed log-prob of the answer ranking the first-listed / second-listed candidate
+    first. Requests share forward passes unless one has a long history over many groups
+    (`scoring_calls`). `layout` and `max_batch_tokens` are passed to scoring.score_groups;
+    `max_group_tokens` bounds one packed prompt tree. With `progress`, the work is cut into
+    calls of about max_batch_tokens tokens (or more) and `progress(n)` hears after each of the
+    prompts it scored."""
+    for request in requests:
+        check_request(request)
+    groups_of = [
+        encoder.groups(r, max_group_tokens, pairs) if pairs else []
+        for r, pairs in zip(requests, pairs_of, strict=True)
+    ]
+    answers: list[list[torch.Tensor]] = [[] for _ in requests]
+    for call in scoring_calls(groups_of, max_batch_tokens, cut=progress is not None):
+        groups = [group for _, group in call]
+        logps = score_groups(model, groups, layout=layout, max_batch_tokens=max_batch_tokens)
+        for g, (i, _) in enumerate(call):
+            answers[i].append(logps.logps[g, logps.mask[g]].float().cpu())
+        if progress is not None:
+            progress(sum(len(group.branches) for group in groups))
+    # Answers are (first-listed first, second-listed first) per branch, in pair order.
+    return [split_pairs(torch.cat(rows)) if rows else (torch.empty(0),) * 2 for rows in answers]
+
+
+@torch.no_grad()
 def rank_candidates(
     model: torch.nn.Module,
     encoder: PairEncoder,
@@ -243,30 +330,24 @@ def rank_candidates(
     forward passes (the server batches concurrent requests this way) unless one has a long
     history over many groups (`scoring_calls`).
 
-    See the module docstring for the rule and its cost. `layout` and `max_batch_tokens` are
-    passed to scoring.score_groups; `max_group_tokens` bounds one packed prompt tree. With
-    `progress`, the work is cut into calls of about max_batch_tokens tokens (or more) and
-    `progress(n)` hears after each of the prompts it scored (N(N-1) per request of N).
+    See the module docstring for the rule and its cost; `pair_answers` for the arguments
+    (`progress(n)` hears of N(N-1) prompts per request of N).
     """
-    for request in requests:
-        check_request(request)
-    groups_of = [
-        encoder.groups(r, max_group_tokens) if len(r.candidates) > 1 else [] for r in requests
+    pairs_of = [ordered_pairs(len(r.candidates)) for r in requests]
+    answers = pair_answers(
+        model,
+        encoder,
+        requests,
+        pairs_of,
+        layout=layout,
+        max_batch_tokens=max_batch_tokens,
+        max_group_tokens=max_group_tokens,
+        progress=progress,
+    )
+    return [
+        [1.0] if len(r.candidates) == 1 else pair_scores(len(r.candidates), *a)
+        for r, a in zip(requests, answers, strict=True)
     ]
-    answers: list[list[torch.Tensor]] = [[] for _ in requests]
-    for call in scoring_calls(groups_of, max_batch_tokens, cut=progress is not None):
-        groups = [group for _, group in call]
-        logps = score_groups(model, groups, layout=layout, max_batch_tokens=max_batch_tokens)
-        for g, (i, _) in enumerate(call):
-            answers[i].append(logps.logps[g, logps.mask[g]].float().cpu())
-        if progress is not None:
-            progress(sum(len(group.branches) for group in groups))
-    out = []
-    for request, rows in zip(requests, answers, strict=True):
-        n = len(request.candidates)
-        # Answers are (first-listed first, second-listed first) per branch, in pair order.
-        out.append([1.0] if n == 1 else pair_scores(n, *split_pairs(torch.cat(rows))))
-    return out
 
 
 def top_k(
