@@ -1,15 +1,20 @@
-"""`dmporec recommend` on a tiny trained run: run/stage/model resolution, titles, users files, errors."""
+"""`dmporec recommend` on a tiny trained run: run/stage/model resolution, titles, users files, errors;
+top-K from the run's catalogue (retrieve, rerank, fuse) and its bad input."""
 
 import json
 import shutil
 
 import pytest
 
+from dmporec.catalogue import CATALOGUE, read_catalogue
 from dmporec.cli import main
 from dmporec.config import DataConfig, EvalConfig, dump_config, load_config
+from dmporec.export import export_run
+from dmporec.hybrid import Hybrid
 from dmporec.model import load_stage_model
 from dmporec.ranking import RankRequest, rank_candidates
 from dmporec.recommend import Ranker, explain_instruction, load_ranker
+from dmporec.records import TitleNormalization, read_records
 from dmporec.wording import WORDINGS
 
 TINY_RUN = [
@@ -156,7 +161,8 @@ def test_bad_users_files_name_file_entry_and_field(run_dir, tmp_path, capsys, te
 
 def test_usage_errors_are_one_line(run_dir, tmp_path, capsys):
     cases = [
-        (["--model", str(run_dir), "--history", "A"], "give --history and --candidates"),
+        (["--model", str(run_dir)], "give --history"),
+        (["--model", str(run_dir), "--candidates", "B"], "give --history and --candidates"),
         (
             ["--model", str(run_dir), "--users", "u.json", "--history", "A", "--candidates", "B"],
             "not both",
@@ -352,3 +358,158 @@ def test_a_cut_history_says_how_many_titles_it_kept(tiny, tiny_cfg, tmp_path, mo
         capsys, "--model", "tiny", "--history", *history, "--candidates", *CANDIDATES
     )
     assert code == 0 and "recommend: the history is over data.max_prompt_tokens=300 tokens" in err
+
+
+# ---------------------------------------------------------------- top-K from the catalogue
+
+
+def top_k_json(capsys, *args: str) -> tuple[dict, str]:
+    code, out, err = recommend(capsys, *args, "--json")
+    assert code == 0, err
+    return json.loads(out), err
+
+
+def test_top_k_from_the_run_catalogue(run_dir, capsys):
+    (run_dir / CATALOGUE).unlink(missing_ok=True)
+    doc, err = top_k_json(
+        capsys, "--model", str(run_dir), "--history", *HISTORY, "--top-k", "3", "--retrieve", "6"
+    )
+    catalogue = read_catalogue(run_dir / CATALOGUE, TitleNormalization())
+    assert f"catalogue: wrote {run_dir / CATALOGUE} ({len(catalogue)} titles" in err
+    assert "18 prompts to score (pivot rerank)" in err  # 2P(M-1) - P(P-1), M = 6, P = 2
+    assert doc["prompts"] == 18 and doc["candidates"] == 6 and doc["rerank"] == "pivot"
+    assert doc["retriever"] == "bpr-mf" and doc["fusion"] == "rrf" and doc["pivots"] == 2
+    items = doc["recommended"]
+    assert [it["rank"] for it in items] == [1, 2, 3]
+    assert all(it["title"] in catalogue.titles and it["title"] not in HISTORY for it in items)
+    assert all(1 <= it["retriever_rank"] <= 6 and it["llm_score"] is not None for it in items)
+    fused = [it["fused_score"] for it in items]
+    assert fused == sorted(fused, reverse=True)
+    # Every pair of the 6 asked: 30 prompts; the catalogue is read, not written again.
+    doc, err = top_k_json(
+        capsys, "--model", str(run_dir), "--history", *HISTORY, "--top-k", "3", "--retrieve", "6",
+        "--rerank", "all-pairs",
+    )  # fmt: skip
+    assert doc["prompts"] == 30 and "wrote" not in err
+    code, out, _ = recommend(capsys, "--model", str(run_dir), "--history", *HISTORY, "--top-k", "2")
+    lines = out.splitlines()
+    assert code == 0 and lines[0] == f"model: {run_dir / 'dmpo'}"
+    assert lines[1].startswith("retriever bpr-mf: ") and "rerank pivot (P=2)" in lines[1]
+    assert lines[2].split() == ["rank", "fused", "llm", "retr", "title"] and len(lines) == 5
+
+
+def test_a_user_of_the_run_and_an_empty_history(run_dir, monkeypatch, capsys):
+    test_user = read_records(run_dir / "data" / "test.jsonl")[0]
+    doc, err = top_k_json(
+        capsys, "--model", str(run_dir), "--user", test_user.user_id, "--top-k", "2"
+    )
+    assert doc["user"]["file"] == "eval" and doc["user"]["positive"] == test_user.positive.title
+    assert doc["history_titles"] == len(test_user.history)
+    assert f"recommend: user {test_user.user_id} (eval file" in err
+    # An empty history: the most popular titles, said, and no model loaded.
+    monkeypatch.setattr("dmporec.recommend.load_ranker", lambda spec: pytest.fail("model loaded"))
+    doc, err = top_k_json(capsys, "--model", str(run_dir), "--history", "--top-k", "3")
+    assert doc["retriever"] == "popularity" and doc["rerank"] == "none" and doc["prompts"] == 0
+    assert "empty history: the catalogue's most popular titles" in err
+    counts = [it["retriever_score"] for it in doc["recommended"]]
+    assert counts == sorted(counts, reverse=True) and len(counts) == 3
+
+
+def test_another_catalogue_file(run_dir, tmp_path, capsys):
+    path = tmp_path / "mine.jsonl"
+    titles = ["Wicked Asylum", "Sweet Kiss", "Quantum Nebula", "Crazy Roommates", "Haunted Manor"]
+    path.write_text(
+        "".join(json.dumps({"title": t, "item_id": i}) + "\n" for i, t in enumerate(titles))
+    )
+    doc, err = top_k_json(
+        capsys, "--model", str(run_dir), "--history", *HISTORY, "--catalogue", str(path),
+        "--top-k", "2", "--retrieve", "4",
+    )  # fmt: skip
+    assert doc["catalogue_titles"] == 5 and doc["history_matched"] == 1  # Haunted Manor
+    assert {it["title"] for it in doc["recommended"]} <= set(titles[:4])
+    assert all(it["item_id"] == str(titles.index(it["title"])) for it in doc["recommended"])
+
+
+def _hybrid_run(run_dir, tmp_path, components: tuple[str, ...]):
+    copy = tmp_path / "run"
+    shutil.copytree(run_dir, copy)
+    n = len(components)
+    Hybrid(components, (1.0,) * n, (1.0,) * n, 1.0, 10, 5, 0.6).save(
+        copy / "dmpo" / "hybrid" / "model.json"
+    )
+    return copy
+
+
+def test_the_run_hybrid_fuses_and_a_component_it_cannot_compute_is_said(run_dir, tmp_path, capsys):
+    run = _hybrid_run(run_dir, tmp_path, ("llm", "popularity", "bpr-mf"))
+    args = ["--model", str(run), "--history", *HISTORY, "--top-k", "3", "--retrieve", "5"]
+    doc, _ = top_k_json(capsys, *args)
+    assert doc["fusion"] == "hybrid" and not doc["notes"][1:]
+    fused = [it["fused_score"] for it in doc["recommended"]]
+    assert fused == sorted(fused, reverse=True)
+    doc, _ = top_k_json(capsys, *args, "--no-hybrid")
+    assert doc["fusion"] == "rrf"
+    shutil.rmtree(run)
+    run = _hybrid_run(run_dir, tmp_path, ("llm", "nope"))
+    doc, err = top_k_json(capsys, "--model", str(run), *args[2:])
+    assert doc["fusion"] == "rrf"
+    assert (
+        "needs nope (unknown retriever 'nope'" in err and "fused by reciprocal rank instead" in err
+    )
+    assert any("needs nope" in note for note in doc["notes"])
+
+
+def test_export_keeps_the_catalogue(run_dir, tmp_path, capsys):
+    out = export_run(run_dir, tmp_path / "exported")
+    assert (
+        read_catalogue(out / CATALOGUE, TitleNormalization()).items
+        == read_catalogue(run_dir / CATALOGUE, TitleNormalization()).items
+    )
+    doc, err = top_k_json(capsys, "--model", str(out), "--history", *HISTORY, "--top-k", "2")
+    assert (
+        doc["retriever"] == "popularity" and "retriever popularity (the catalogue's counts)" in err
+    )
+
+
+def test_bad_top_k_input_fails_before_the_model_loads(run_dir, tmp_path, monkeypatch, capsys):
+    monkeypatch.setattr("dmporec.recommend.load_ranker", lambda spec: pytest.fail("model loaded"))
+    dup = tmp_path / "dup.jsonl"
+    dup.write_text('{"title": "Up"}\n{"title": "Heat"}\n{"title": "Up "}\n')
+    shape = tmp_path / "shape.jsonl"
+    shape.write_text('{"title": "Up"}\n{"titel": "Heat"}\n')
+    small = tmp_path / "small.jsonl"
+    small.write_text('{"title": "Up"}\n{"title": "Heat"}\n{"title": "Jaws"}\n')
+    run = ["--model", str(run_dir)]
+    cases = [
+        ([*run, "--history", "A", "--top-k", "5", "--retrieve", "3"], "--retrieve 3 is under --top-k 5"),
+        ([*run, "--user", "nobody"], "user 'nobody' is in none of the run's data files"),
+        ([*run, "--user", "x", "--history", "A"], "either --history or --user"),
+        ([*run, "--history", "A", "--candidates", "B", "--retriever", "als"], "--retriever: for top-K"),
+        ([*run, "--history", "A", "--rerank", "all-pairs", "--retrieve", "31"], "--max-candidates=30"),
+        ([*run, "--history", "A", "--top-k", "100000"], "top-K 100000 is more than the"),
+        ([*run, "--history", "A", "--catalogue", str(dup)], "dup.jsonl, record on line 3, field 'title': duplicate title 'Up'"),
+        ([*run, "--history", "A", "--catalogue", str(shape)], "shape.jsonl, record on line 2, field 'titel': unknown key"),
+        ([*run, "--history", "Up", "--catalogue", str(small), "--top-k", "3"], "top-K 3 is more than the 2 catalogue titles left"),
+        ([*run, "--history", "A", "--catalogue", str(tmp_path / "none.jsonl")], "none.jsonl: file not found"),
+        (["--model", "builtin:tiny-qwen3", "--history", "A"], "no catalogue to recommend from"),
+        (["--model", "builtin:tiny-qwen3", "--user", "7"], "--user needs --model RUN_DIR"),
+    ]  # fmt: skip
+    for args, message in cases:
+        code, out, err = recommend(capsys, *args)
+        lines = [line for line in err.strip().splitlines() if not line.startswith("recommend: ")]
+        assert code == 2 and message in err and "Traceback" not in err, (args, err)
+        assert len(lines) == 1 and out == "", (args, err)
+    # More candidates asked than the catalogue has: fewer reranked, said.
+    doc, err = top_k_json(
+        capsys,
+        *run,
+        "--history",
+        "Up",
+        "--catalogue",
+        str(small),
+        "--top-k",
+        "1",
+        "--rerank",
+        "none",
+    )
+    assert len(doc["recommended"]) == 1

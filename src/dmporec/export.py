@@ -6,7 +6,9 @@ stage dir), merges every adapter into the base weights, and writes DIR with
 data, settings, measured metrics). `AutoModelForCausalLM.from_pretrained(DIR)` loads it with no
 dmporec or peft installed. The files are written to DIR.tmp and renamed into place, so DIR is
 never half written; a non-empty DIR is only replaced with --force. Every file gets the mode the
-user's umask gives a new file (safetensors writes its file through a 0600 temp file).
+user's umask gives a new file (safetensors writes its file through a 0600 temp file). The run's
+catalogue goes with it (DIR/catalogue.jsonl: `recommend` and `serve` recommend from it), built
+from the run's training data first if the run has none yet.
 """
 
 from __future__ import annotations
@@ -14,9 +16,11 @@ from __future__ import annotations
 import argparse
 import json
 import shutil
+import sys
 from pathlib import Path
 from typing import Any
 
+from dmporec.catalogue import CATALOGUE, run_catalogue, training_records, write_catalogue
 from dmporec.config import RunConfig
 from dmporec.data import load_records
 from dmporec.model import (
@@ -193,6 +197,24 @@ def _follow_umask(root: Path) -> None:
             path.chmod(mode)
 
 
+def _export_catalogue(stage_dir: Path, cfg: RunConfig | None, tmp: Path) -> None:
+    """RUN/catalogue.jsonl into the export (built from the run's training data first when the
+    run has none); a run whose data cannot be read now exports none, and says why."""
+    path = stage_dir.parent / CATALOGUE
+    if path.is_file():
+        shutil.copyfile(path, tmp / CATALOGUE)
+        return
+    if cfg is None:
+        return
+    norm = cfg.data.title_normalization
+    try:
+        catalogue = run_catalogue(stage_dir.parent, training_records(cfg), norm)
+    except (OSError, ValueError) as e:  # DataError, ConfigError: data moved since training
+        print(f"export: no {CATALOGUE} exported ({e})", file=sys.stderr)
+        return
+    write_catalogue(tmp / CATALOGUE, catalogue)
+
+
 def export_run(model: str | Path, out: str | Path, *, force: bool = False) -> Path:
     """Write the merged model of a run or stage dir to `out` (see the module docstring)."""
     src, out = Path(model), Path(out)
@@ -213,6 +235,7 @@ def export_run(model: str | Path, out: str | Path, *, force: bool = False) -> Pa
     merged.save_pretrained(tmp, safe_serialization=True)
     tokenizer.save_pretrained(tmp)
     (tmp / "README.md").write_text(model_card(stage_dir, model_cfg, cfg, out), encoding="utf-8")
+    _export_catalogue(stage_dir, cfg, tmp)
     _follow_umask(tmp)
     if out.is_dir():
         shutil.rmtree(out)
