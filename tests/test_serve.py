@@ -1,12 +1,19 @@
-"""The HTTP service on the tiny random model: answers, every refusal, batching, body limits."""
+"""The HTTP service on the tiny random model: answers, every refusal, batching, body limits;
+/v1/recommend (top-K from a catalogue) and its refusals."""
 
+import argparse
 import threading
+from collections import Counter
 
 import pytest
 from fastapi.testclient import TestClient
 
+from dmporec.baselines import Popularity
+from dmporec.catalogue import Catalogue, CatalogueItem
 from dmporec.recommend import Ranker
-from dmporec.serve import Limits, create_app
+from dmporec.records import DataError, TitleNormalization
+from dmporec.rerank import Recommender
+from dmporec.serve import Limits, create_app, serve_recommender
 
 HISTORY = ["Haunted Manor", "Cursed Crypt II", "Galactic Starship"]
 CANDIDATES = ["Wicked Asylum", "Sweet Kiss", "Quantum Nebula"]
@@ -147,7 +154,7 @@ def test_healthz_and_docs(client):
     health = client.get("/healthz").json()
     assert health["status"] == "ok" and health["model"] == "tiny"
     schema = client.get("/openapi.json").json()
-    assert {"/v1/rank", "/v1/explain", "/healthz"} <= set(schema["paths"])
+    assert {"/v1/rank", "/v1/explain", "/v1/recommend", "/healthz"} <= set(schema["paths"])
     assert "X-API-Key" in schema["info"]["description"]
     assert "20 candidates" in schema["info"]["description"]
     # No Swagger UI (it loads from a CDN: blank offline): a plain page pointing at the schema.
@@ -262,3 +269,114 @@ def test_echoed_values_are_cut_in_422s(ranker):
         r = c.post("/v1/rank", json={"history": [1] * 50, "candidates": ["A"]})
         assert r.status_code == 422 and len(r.json()["detail"]) == 20
         assert r.json()["error"].endswith("; and 30 more")
+
+
+def test_a_candidate_already_in_the_history_is_a_422_naming_it(client):
+    for path in ("/v1/rank", "/v1/explain"):
+        r = client.post(path, json={"history": ["Heat", " Up "], "candidates": ["Jaws", "Up"]})
+        assert r.status_code == 422, r.text
+        assert r.json()["error"] == (
+            "field 'candidates': candidate 'Up' is already in the history (history title 1); "
+            "rank only titles the user has not seen"
+        )
+
+
+# ---------------------------------------------------------------- /v1/recommend
+
+SHELF = [f"Shelf Title {i}" for i in range(12)]
+
+
+@pytest.fixture(scope="module")
+def recommender():
+    items = tuple(CatalogueItem(t, str(i), 12 - i) for i, t in enumerate(SHELF))
+    popularity = Popularity(Counter({item.title: item.count for item in items}))
+    return Recommender(
+        Catalogue(items, "shelf"), TitleNormalization(), "popularity", {"popularity": popularity}
+    )
+
+
+@pytest.fixture(scope="module")
+def shelf(ranker, recommender):
+    with TestClient(create_app(ranker, recommender=recommender)) as c:
+        yield c
+
+
+def test_recommend_happy_path(shelf, ranker, recommender):
+    body = {"history": [*HISTORY, "Shelf Title 0"], "top_k": 3, "retrieve": 5}
+    r = shelf.post("/v1/recommend", json=body)
+    assert r.status_code == 200, r.text
+    doc = r.json()
+    assert doc["prompts"] == 2 * 2 * 4 - 2 and doc["candidates"] == 5 and doc["pivots"] == 2
+    assert doc["rerank"] == "pivot" and doc["fusion"] == "rrf" and doc["retriever"] == "popularity"
+    assert doc["history_matched"] == 1 and doc["history_titles"] == 4
+    assert doc["catalogue_titles"] == 12 and doc["model"] == "tiny" and doc["elapsed_ms"] > 0
+    items = doc["recommended"]
+    assert [it["rank"] for it in items] == [1, 2, 3]
+    assert all(it["title"] in SHELF[1:6] for it in items)  # the seen Shelf Title 0 left out
+    assert all(it["item_id"] == it["title"].split()[-1] for it in items)
+    expected = recommender.finish(recommender.plan(body["history"], k=3, m=5), ranker)
+    for got, want in zip(items, expected["recommended"], strict=True):
+        assert got["title"] == want["title"] and got["retriever_rank"] == want["retriever_rank"]
+        assert got["llm_score"] == pytest.approx(want["llm_score"], abs=1e-5)
+    all_pairs = shelf.post("/v1/recommend", json={**body, "rerank": "all-pairs"}).json()
+    assert all_pairs["prompts"] == 20 and all_pairs["pivots"] is None
+    health = shelf.get("/healthz").json()
+    assert health["recommendations"] >= 2
+
+
+def test_recommend_for_an_empty_history_is_popularity_said(shelf):
+    doc = shelf.post("/v1/recommend", json={"history": [], "top_k": 2}).json()
+    assert [it["title"] for it in doc["recommended"]] == SHELF[:2]
+    assert doc["rerank"] == "none" and doc["prompts"] == 0 and doc["fusion"] == "none"
+    assert any("empty history" in note for note in doc["notes"])
+
+
+RECOMMEND_REFUSED = [
+    ({"history": ["h"], "top_k": 5, "retrieve": 3}, "retrieve=3 is under top_k=5"),
+    (
+        {"history": ["h"], "retrieve": 40, "pivots": 6},
+        "rerank pivot of 40 candidates with 6 pivots is 438 prompts, over the 380",
+    ),
+    (
+        {"history": ["h"], "retrieve": 21, "rerank": "all-pairs"},
+        "rerank all-pairs of 21 candidates is 420 prompts",
+    ),
+    ({"history": ["h"], "top_k": 41}, "top_k: Input should be less than or equal to 40"),
+    ({"history": ["h"], "retrieve": 41}, "retrieve: Input should be less than or equal to 40"),
+    ({"history": ["h"], "rerank": "bogus"}, "rerank: Input should be 'pivot', 'all-pairs'"),
+    ({"history": ["h", " "]}, "history[1]: title is empty"),
+    ({"history": ["h"], "user": "u"}, "user: Extra inputs are not permitted"),
+    ({"top_k": 3}, "history: Field required"),
+    ({"history": ["h"], "top_k": 20}, "top-K 20 is more than the 12 catalogue titles left"),
+]
+
+
+@pytest.mark.parametrize(
+    ("body", "message"), RECOMMEND_REFUSED, ids=[m for _, m in RECOMMEND_REFUSED]
+)
+def test_every_recommend_refusal_is_a_clear_422(shelf, body, message):
+    r = shelf.post("/v1/recommend", json=body)
+    assert r.status_code == 422, r.text
+    assert message in r.json()["error"] and "\n" not in r.json()["error"]
+
+
+def test_recommend_without_a_catalogue_is_a_404_saying_so(client):
+    r = client.post("/v1/recommend", json={"history": ["Heat"]})
+    assert r.status_code == 404 and "no catalogue to recommend from" in r.json()["error"]
+
+
+def test_serve_builds_its_recommender_from_the_options(tmp_path, capsys):
+    def args(**kw):
+        base = {"model": "builtin:tiny-qwen3", "catalogue": None, "retriever": None}
+        return argparse.Namespace(**{**base, "no_hybrid": False, **kw})
+
+    assert serve_recommender(args()) is None
+    assert "/v1/recommend off: --model builtin:tiny-qwen3: no catalogue" in capsys.readouterr().err
+    path = tmp_path / "c.jsonl"
+    path.write_text('{"title": "Up", "count": 2}\n{"title": "Heat", "count": 5}\n')
+    rec = serve_recommender(args(catalogue=str(path)))
+    assert rec.retriever == "popularity" and rec.catalogue.titles == ["Up", "Heat"]
+    assert rec.plan([], k=1).retrieved.indices == [1]
+    path.write_text('{"title": "Up"}\n{"title": "Up"}\n')
+    with pytest.raises(DataError, match="line 2, field 'title': duplicate title 'Up'"):
+        serve_recommender(args(catalogue=str(path)))

@@ -1,8 +1,14 @@
-"""HTTP service over a loaded Ranker (FastAPI): POST /v1/rank, POST /v1/explain, GET /healthz,
-and GET / (a page to try it: history and candidates in, ranked candidates with score bars and the
-top one's explanation out; it calls the same two endpoints).
+"""HTTP service over a loaded Ranker (FastAPI): POST /v1/rank, POST /v1/recommend, POST
+/v1/explain, GET /healthz, and GET / (a page to try it: history and candidates in, ranked
+candidates with score bars and the top one's explanation out; it calls the same endpoints).
 
-`dmporec serve --model RUN_DIR [--host 127.0.0.1] [--port 8000] [--max-batch 8] [--batch-wait-ms 5]`
+/v1/recommend answers top-K from the catalogue (dmporec.rerank: retrieve M, rerank with the
+model, fuse) for a history alone: the run's catalogue (RUN/catalogue.jsonl, built on first use),
+an export's, or --catalogue FILE; without any, it answers 404 saying so. A request may cost at
+most the prompts of /v1/rank's largest (N(N-1) for N = the candidate limit).
+
+`dmporec serve --model RUN_DIR [--host 127.0.0.1] [--port 8000] [--max-batch 8] [--batch-wait-ms 5]
+[--catalogue FILE] [--retriever NAME] [--no-hybrid]`
 loads the base model and merges the run's adapters once, then serves. The API's schema is at
 /openapi.json; /docs is a plain page pointing there and to docs/usage.md (no Swagger UI: it
 loads from a CDN, which an offline machine cannot reach).
@@ -15,7 +21,8 @@ Retry-After estimated from the recent batch times.
 
 Limits (numbers below): history length, candidate count, title length, blank and duplicate
 titles are refused with 422 and a one-line `error` naming the field (values echoed in it are cut
-to 200 characters); a body over the size limit with 413. Each ranked item carries `title`, the
+to 200 characters), and so is a /v1/rank candidate already in the history; a body over the size
+limit with 413. Each ranked item carries `title`, the
 string sent, and `normalized_title`, what the model read (HTML entities decoded, whitespace
 collapsed, as the run's training data was cleaned).
 
@@ -31,6 +38,7 @@ import asyncio
 import contextlib
 import hmac
 import json
+import math
 import os
 import sys
 import time
@@ -54,8 +62,11 @@ from pydantic import (
 from starlette.requests import Request
 
 from dmporec.batching import Batcher, QueueFull, unless_disconnected
-from dmporec.recommend import EXPLAIN_MAX_NEW_TOKENS, Ranker, ranked_items
+from dmporec.catalogue import RETRIEVERS
+from dmporec.ranking import check_unseen
+from dmporec.recommend import EXPLAIN_MAX_NEW_TOKENS, Ranker, clean_request, ranked_items
 from dmporec.records import DataError, normalize_title
+from dmporec.rerank import PIVOTS, RERANKS, RETRIEVE, TOP_K, Recommender, rerank_prompts
 
 Domain = Literal["movies", "games", "books"]
 Scope = MutableMapping[str, Any]
@@ -77,6 +88,15 @@ class Limits(BaseModel):
     max_new_tokens: int = Field(
         EXPLAIN_MAX_NEW_TOKENS, ge=1, description="Longest explanation, in tokens."
     )
+    max_top_k: int = Field(40, ge=1, description="Items one /v1/recommend returns.")
+    max_retrieve: int = Field(
+        40, ge=1, description="Candidates one /v1/recommend reranks (its `retrieve`, M)."
+    )
+
+    @property
+    def max_prompts(self) -> int:
+        """The prompts a /v1/recommend may cost: those of /v1/rank's largest request."""
+        return self.max_candidates * (self.max_candidates - 1)
 
 
 class RankedItem(BaseModel):
@@ -103,11 +123,43 @@ class ExplainResponse(BaseModel):
     elapsed_ms: float
 
 
+class RecommendedItem(BaseModel):
+    rank: int = Field(
+        description="The final order (by fused_score; by the retriever without a rerank)."
+    )
+    title: str = Field(description="The catalogue title, as the model reads it.")
+    item_id: str | None = Field(description="The catalogue's item id, where it has one.")
+    retriever_rank: int = Field(description="Its rank among the retriever's candidates.")
+    retriever_score: float = Field(description="The retriever's score.")
+    llm_score: float | None = Field(
+        description="Mean log-prob margin over the pivots (all candidates for all-pairs); "
+        "None without a rerank."
+    )
+    fused_score: float | None = Field(description="The hybrid's or reciprocal-rank fusion's score.")
+
+
+class RecommendResponse(BaseModel):
+    recommended: list[RecommendedItem]
+    retriever: str
+    rerank: str = Field(description="pivot, all-pairs or none (always none for an empty history).")
+    pivots: int | None
+    candidates: int = Field(description="M: the candidates retrieved (and reranked).")
+    prompts: int = Field(description="Prompts the rerank scored.")
+    fusion: str = Field(description="hybrid, rrf (reciprocal rank) or none.")
+    history_matched: int = Field(description="History titles found in the catalogue.")
+    history_titles: int
+    catalogue_titles: int
+    notes: list[str] = Field(description="What was done differently from what was asked, and why.")
+    model: str
+    elapsed_ms: float
+
+
 class Health(BaseModel):
     status: str
     model: str
     batches: int = Field(description="Scoring calls so far.")
     requests: int = Field(description="Ranking requests scored so far.")
+    recommendations: int = Field(0, description="/v1/recommend requests answered so far.")
 
 
 def _not_blank(title: str) -> str:
@@ -174,8 +226,10 @@ def ranked_response(
     ]
 
 
-def request_models(limits: Limits, ranker: Ranker) -> tuple[type[BaseModel], type[BaseModel]]:
-    """The /v1/rank and /v1/explain bodies, with the app's limits in their schema."""
+def request_models(
+    limits: Limits, ranker: Ranker
+) -> tuple[type[BaseModel], type[BaseModel], type[BaseModel]]:
+    """The /v1/rank, /v1/explain and /v1/recommend bodies, with the app's limits in their schema."""
     Title = Annotated[
         str, StringConstraints(max_length=limits.max_title_chars), AfterValidator(_not_blank)
     ]
@@ -220,7 +274,52 @@ def request_models(limits: Limits, ranker: Ranker) -> tuple[type[BaseModel], typ
                 raise ValueError("give either 'candidates' or 'candidate'")
             return self
 
-    return RankBody, ExplainBody
+    class RecommendBody(BaseModel):
+        model_config = ConfigDict(extra="forbid")
+        history: Annotated[list[Title], Field(max_length=limits.max_history)] = Field(
+            description="Titles from the user's history; empty: the most popular titles."
+        )
+        top_k: StrictInt = Field(TOP_K, ge=1, le=limits.max_top_k, description="Items returned.")
+        retrieve: StrictInt | None = Field(
+            None,
+            ge=1,
+            le=limits.max_retrieve,
+            description=f"M: candidates reranked (default {RETRIEVE}, or top_k if more).",
+        )
+        rerank: Literal[RERANKS] = Field(  # type: ignore[valid-type]
+            "pivot",
+            description="pivot: each candidate against the retriever's top `pivots`, both "
+            "listing orders, 2P(M-1) - P(P-1) prompts; all-pairs: M(M-1); none: the retriever's "
+            "order.",
+        )
+        pivots: StrictInt = Field(PIVOTS, ge=1, le=limits.max_retrieve)
+        hybrid: bool = Field(True, description="Fuse by the run's hybrid where it has one.")
+        domain: Domain = "movies"
+
+        @model_validator(mode="after")
+        def _affordable(self) -> "RecommendBody":
+            if self.retrieve is None:
+                self.retrieve = max(RETRIEVE, self.top_k)
+            if self.rerank != "none" and self.retrieve > limits.max_retrieve:
+                raise ValueError(
+                    f"retrieve={self.retrieve} (top_k={self.top_k}) is over the "
+                    f"{limits.max_retrieve} candidates a request may rerank"
+                )
+            if self.rerank != "none" and self.retrieve < self.top_k:
+                raise ValueError(
+                    f"retrieve={self.retrieve} is under top_k={self.top_k}: the top K come from "
+                    "the M reranked candidates"
+                )
+            prompts = rerank_prompts(self.retrieve, self.rerank, self.pivots)
+            if prompts > limits.max_prompts:
+                raise ValueError(
+                    f"rerank {self.rerank} of {self.retrieve} candidates"
+                    + (f" with {self.pivots} pivots" if self.rerank == "pivot" else "")
+                    + f" is {prompts} prompts, over the {limits.max_prompts} a request may cost"
+                )
+            return self
+
+    return RankBody, ExplainBody, RecommendBody
 
 
 API_KEY_ENV = "DMPOREC_API_KEY"
@@ -230,7 +329,9 @@ API_DESCRIPTION = (
     "{max_title_chars} characters a title (422 above, naming the field); bodies over "
     "{max_body_bytes} bytes get 413. With an API key set, /v1/ needs `Authorization: Bearer KEY` "
     "or `X-API-Key: KEY`. Ranked items carry `title` as sent and `normalized_title` as the model "
-    "read it. Guide: docs/usage.md in the dmporec repository."
+    "read it. /v1/recommend returns top-K from the catalogue (at most {max_top_k}, from at most "
+    "{max_retrieve} reranked candidates and {max_prompts} prompts). Guide: docs/usage.md in the "
+    "dmporec repository."
 )
 
 DOCS_PAGE = """<!doctype html>
@@ -244,6 +345,9 @@ elsewhere, so no Swagger UI here.</p>
 <li><code>POST /v1/rank</code> <code>{{"history": [titles], "candidates": [titles], "top_k": K,
 "domain": "movies"}}</code>: candidates best first, each with <code>title</code> (as sent),
 <code>normalized_title</code> (as the model read it) and <code>score</code>.</li>
+<li><code>POST /v1/recommend</code> <code>{{"history": [titles], "top_k": 10, "retrieve": 20,
+"rerank": "pivot", "pivots": 2}}</code>: top-K from the catalogue, each item with its
+<code>retriever_rank</code>, <code>llm_score</code> and <code>fused_score</code>.</li>
 <li><code>POST /v1/explain</code> <code>{{"history": [...], "candidates": [...]}}</code> or
 <code>{{"history": [...], "candidate": title}}</code>: a short explanation.</li>
 <li><code>GET /healthz</code>; <code>GET /</code>: a page to try it.</li>
@@ -346,13 +450,18 @@ def create_app(
     batch_wait_ms: float = 5.0,
     max_queue: int = 64,
     api_key: str | None = None,
+    recommender: Recommender | None = None,
 ) -> FastAPI:
-    """The service around an already loaded ranker (tests inject the tiny model here)."""
+    """The service around an already loaded ranker (tests inject the tiny model here);
+    /v1/recommend needs a `recommender` (its catalogue and retriever)."""
     limits = limits or Limits()
     if max_batch < 1 or batch_wait_ms < 0 or max_queue < 1:
         raise ValueError("max_batch and max_queue must be >= 1 and batch_wait_ms >= 0")
     batcher = Batcher(ranker, max_batch, batch_wait_ms, max_queue)
-    RankBody, ExplainBody = request_models(limits, ranker)
+    RankBody, ExplainBody, RecommendBody = request_models(limits, ranker)
+    # /v1/recommend's queue: requests waiting for the model, answered, and the mean seconds one
+    # takes (for Retry-After); the ranker's lock serializes them with /v1/rank's batches.
+    recommending: dict[str, float] = {"waiting": 0, "answered": 0, "seconds": 10.0}
 
     @contextlib.asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
@@ -363,7 +472,7 @@ def create_app(
     app = FastAPI(
         title="dmporec",
         summary="Rank candidate items for a user's history with a DMPO-trained LLM.",
-        description=API_DESCRIPTION.format(**limits.model_dump()),
+        description=API_DESCRIPTION.format(**limits.model_dump(), max_prompts=limits.max_prompts),
         lifespan=lifespan,
         # FastAPI's Swagger UI and ReDoc pages load their scripts from a CDN: blank offline.
         docs_url=None,
@@ -406,13 +515,19 @@ def create_app(
     @app.get("/healthz")
     async def healthz() -> Health:
         return Health(
-            status="ok", model=ranker.name, batches=batcher.batches, requests=batcher.requests
+            status="ok",
+            model=ranker.name,
+            batches=batcher.batches,
+            requests=batcher.requests,
+            recommendations=int(recommending["answered"]),
         )
 
     @app.post("/v1/rank", response_model=RankResponse)
     async def rank(body: RankBody, http: Request) -> Any:
         """Rank the candidates for the history: best first, with scores in [0, 1]."""
         start = time.perf_counter()
+        # Before the history is cut to data.max_prompt_tokens: a seen title anywhere in it counts.
+        check_unseen(clean_request(body.history, body.candidates, body.domain, ranker.norm))
         # Cleaning and bounding tokenize: off the event loop.
         request = await asyncio.to_thread(
             ranker.request, body.history, body.candidates, body.domain
@@ -434,6 +549,7 @@ def create_app(
         ranked = None
         title = body.candidate
         if body.candidates is not None:
+            check_unseen(clean_request(body.history, body.candidates, body.domain, ranker.norm))
             request = await asyncio.to_thread(
                 ranker.request, body.history, body.candidates, body.domain
             )
@@ -453,6 +569,42 @@ def create_app(
             elapsed_ms=round((time.perf_counter() - start) * 1000, 2),
         )
 
+    @app.post("/v1/recommend", response_model=RecommendResponse)
+    async def recommend(body: RecommendBody, http: Request) -> Any:
+        """Top-K from the catalogue for the history: retrieve M candidates, rerank them with the
+        model, fuse (each item says what every stage gave it)."""
+        start = time.perf_counter()
+        if recommender is None:
+            return JSONResponse(
+                {
+                    "error": "this server has no catalogue to recommend from: start it with "
+                    "--model RUN_DIR (or an export with catalogue.jsonl) or --catalogue FILE"
+                },
+                status_code=404,
+            )
+        if recommending["waiting"] >= max_queue:
+            raise QueueFull(max(1, math.ceil(recommending["waiting"] * recommending["seconds"])))
+        recommending["waiting"] += 1
+        try:
+            plan = await asyncio.to_thread(
+                recommender.plan,
+                body.history,
+                k=body.top_k,
+                m=body.retrieve,
+                rerank=body.rerank,
+                pivots=body.pivots,
+                domain=body.domain,
+            )
+            if await http.is_disconnected():
+                return Response(status_code=499)
+            doc = await asyncio.to_thread(recommender.finish, plan, ranker, use_hybrid=body.hybrid)
+        finally:
+            recommending["waiting"] -= 1
+        elapsed = time.perf_counter() - start
+        recommending["answered"] += 1
+        recommending["seconds"] = 0.8 * recommending["seconds"] + 0.2 * elapsed
+        return RecommendResponse(**doc, model=ranker.name, elapsed_ms=round(elapsed * 1000, 2))
+
     return app
 
 
@@ -469,6 +621,7 @@ def run_serve(args: argparse.Namespace) -> int:
             f"it can use it (set --api-key or {API_KEY_ENV})",
             file=sys.stderr,
         )
+    recommender = serve_recommender(args)
     ranker = load_ranker(args.model)
     max_batch = 1 if args.no_batching else args.max_batch
     app = create_app(
@@ -477,6 +630,7 @@ def run_serve(args: argparse.Namespace) -> int:
         batch_wait_ms=args.batch_wait_ms,
         max_queue=args.max_queue,
         api_key=api_key,
+        recommender=recommender,
     )
     print(
         f"dmporec: serving {ranker.name} on http://{args.host}:{args.port} "
@@ -485,6 +639,29 @@ def run_serve(args: argparse.Namespace) -> int:
     )
     uvicorn.run(app, host=args.host, port=args.port, log_level="warning", access_log=False)
     return 0
+
+
+def serve_recommender(args: argparse.Namespace) -> Recommender | None:
+    """The Recommender behind /v1/recommend, or None (said) where --model has no catalogue and
+    --catalogue gives none; a bad catalogue file or option stops the server before it starts."""
+    from dmporec.config import ConfigError
+    from dmporec.recommend import title_normalization
+    from dmporec.rerank import load_recommender
+
+    norm = title_normalization(args.model)
+    try:
+        return load_recommender(
+            args.model,
+            norm,
+            catalogue_file=args.catalogue,
+            retriever=args.retriever,
+            use_hybrid=not args.no_hybrid,
+        )
+    except ConfigError as e:
+        if args.catalogue is not None or args.retriever is not None:
+            raise
+        print(f"dmporec: /v1/recommend off: {e}", file=sys.stderr)
+        return None
 
 
 def _at_least(low: float, kind: type = int) -> Callable[[str], Any]:
@@ -535,6 +712,23 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     )
     parser.add_argument(
         "--no-batching", action="store_true", help="score one request at a time (max-batch 1)"
+    )
+    parser.add_argument(
+        "--catalogue",
+        metavar="FILE.jsonl",
+        help="/v1/recommend's catalogue instead of the run's (RUN/catalogue.jsonl): JSON lines "
+        '{"title": ..., "item_id": ...}',
+    )
+    parser.add_argument(
+        "--retriever",
+        choices=RETRIEVERS,
+        help="/v1/recommend's retriever (default bpr-mf where the run's training data is at hand, "
+        "else popularity; see `dmporec recommend --help`)",
+    )
+    parser.add_argument(
+        "--no-hybrid",
+        action="store_true",
+        help="/v1/recommend fuses by reciprocal rank even where the run has a fitted hybrid",
     )
     limits = Limits()
     parser.epilog = (
