@@ -1,8 +1,14 @@
-"""benchmarks/learning_curve.py end to end on the tiny model, so the script never rots."""
+"""benchmarks/learning_curve.py end to end on the tiny model, so the script never rots.
 
+The script's main runs in this process with its command line in sys.argv (what it prints read
+back through capsys, a stop as the SystemExit it raises): each run started as a subprocess cost
+~5 s of imports before any work, and no check here is about the process boundary.
+"""
+
+import functools
+import importlib.util
 import json
 import shutil
-import subprocess
 import sys
 from pathlib import Path
 
@@ -13,11 +19,46 @@ ROOT = Path(__file__).resolve().parents[1]
 RAW = ROOT.parent / "shared" / "data" / "raw" / "ml-1m-users-1-2999"
 
 
+@pytest.fixture(scope="module")
+def script():
+    """benchmarks/learning_curve.py as a module (imported once for the file's tests)."""
+    spec = importlib.util.spec_from_file_location(
+        "learning_curve_script", ROOT / "benchmarks" / "learning_curve.py"
+    )
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+@pytest.fixture
+def run(script, monkeypatch, capsys):
+    """`run(args)`: the script's main with that command line; returns what it printed."""
+
+    def run(args: list[str]) -> str:
+        capsys.readouterr()  # what came before is not this run's
+        monkeypatch.setattr(sys, "argv", ["benchmarks/learning_curve.py", *args])
+        script.main()
+        return capsys.readouterr().out
+
+    return run
+
+
+def stopped(run, args: list[str]) -> str:
+    """The message of a run that stops (SystemExit with a message, as the script exits)."""
+    with pytest.raises(SystemExit) as stop:
+        run(args)
+    assert isinstance(stop.value.code, str), stop.value.code  # a message, not a bare status
+    return stop.value.code
+
+
 @pytest.mark.skipif(not RAW.is_dir(), reason="../shared/data/raw is not beside this checkout")
-def test_learning_curve_script_runs_and_plots(tmp_path):
+def test_learning_curve_script_runs_and_plots(tmp_path, run, script, monkeypatch):
+    # The paired AUC tests resample 1000 times (the script does not pass eval.n_boot on): ~40
+    # tests a run, over half of this test's time. 10 resamples, as eval.n_boot=10 below, wire
+    # the same tests and tables.
+    paired_auc_test = functools.partial(script.paired_auc_test, n_boot=10)
+    monkeypatch.setattr(script, "paired_auc_test", paired_auc_test)
     cmd = [
-        sys.executable,
-        str(ROOT / "benchmarks" / "learning_curve.py"),
         "--sizes",
         "3,6",
         "--eval-pairs",
@@ -31,28 +72,26 @@ def test_learning_curve_script_runs_and_plots(tmp_path):
         "dmpo.batch_size=3",
         "eval.n_boot=10",
     ]
-    proc = subprocess.run(
-        [*cmd, "--valid-lrs", "1e-3", "--valid-users", "2"],
-        capture_output=True,
-        text=True,
-        timeout=900,
-    )
-    assert proc.returncode == 0, proc.stderr[-3000:]
+    run([*cmd, "--valid-lrs", "1e-3", "--valid-users", "2"])
     curve = json.loads((tmp_path / "published" / "curve.json").read_text())
     assert [n for n, *_ in curve["series"]["DMPO (k=3)"]] == [3, 6]
     assert [n for n, *_ in curve["series"]["SFT"]] == [3, 6]
     assert "popularity" in curve["series"] and "DPO (k=1)" in curve["series"]
     # Every trained model against zero-shot and its N's popularity and BPR-MF; DMPO/DPO against
-    # their SFT, SFT against SFT at the N below.
+    # their SFT, SFT against SFT at the N below; at the largest N the negatives ablation and S-DPO
+    # (#36) too, and every DMPO-family model against DPO k=1 there (several negatives vs one).
+    ablation = ["DMPO (k=2)", "DMPO (k=5)", "SDPO (k=3)"]
+    trained = {3: ["SFT", "DMPO (k=3)"], 6: ["SFT", "DMPO (k=3)", "DPO (k=1)", *ablation]}
+    assert all([n for n, *_ in curve["series"][a]] == [6] for a in ablation)
     tested = {(t["n"], t["a"], t["b"]) for t in curve["paired_tests"]}
     assert tested == {
         (n, a, b)
         for n in (3, 6)
-        for a in ("SFT", "DMPO (k=3)", *(["DPO (k=1)"] if n == 6 else []))
+        for a in trained[n]
         for b in ("zero-shot", f"popularity (N = {n})", f"bpr-mf (N = {n})")
-    } | {(3, "DMPO (k=3)", "SFT"), (6, "DMPO (k=3)", "SFT"), (6, "DPO (k=1)", "SFT")} | {
-        (6, "SFT", "SFT (N = 3)")
-    }
+    } | {(n, a, "SFT") for n in (3, 6) for a in trained[n][1:]} | {
+        (6, a, "DPO (k=1)") for a in ["DMPO (k=3)", *ablation]
+    } | {(6, "SFT", "SFT (N = 3)")}
     assert all(t["pairs"] == 4 for t in curve["paired_tests"])
     assert "| 6 | DPO (k=1) | SFT |" in (tmp_path / "published" / "paired.md").read_text()
     assert (tmp_path / "published" / "curve.png").stat().st_size > 1000
@@ -63,8 +102,10 @@ def test_learning_curve_script_runs_and_plots(tmp_path):
     # Diagnostics: every trained model scored on its own training users' pairs (all 5 negatives),
     # accuracy by position, and DMPO's reward statistics.
     diag = {d["cell"]: d for d in curve["diagnostics"]}
-    assert set(diag) == {"zero-shot", "sft-3", "sft-6", "dmpo-k3-3", "dmpo-k3-6", "dpo-k1-6"}
-    for cell in ("sft-3", "sft-6", "dmpo-k3-3", "dmpo-k3-6", "dpo-k1-6"):
+    models = ["sft-3", "sft-6", "dmpo-k3-3", "dmpo-k3-6", "dpo-k1-6"]
+    models += ["dmpo-k2-6", "dmpo-k5-6", "sdpo-k3-6"]
+    assert set(diag) == {"zero-shot", *models}
+    for cell in models:
         assert list(diag[cell]["train_accuracy_by_negative"]) == ["1", "2", "3", "4", "5"]
         assert 0 <= diag[cell]["train_accuracy"] <= 1
     assert (
@@ -96,8 +137,7 @@ def test_learning_curve_script_runs_and_plots(tmp_path):
     # With listwise lists for the first 2 test users, 3 candidates each, for every model.
     more = [*cmd, "--dmpo-lr", "1e-3", "--cells", "dmpo-k3-6-lr0.001", "--no-train-pairs"]
     more += ["--listwise-users", "2", "--listwise", "3"]
-    proc = subprocess.run(more, capture_output=True, text=True, timeout=900)
-    assert proc.returncode == 0, proc.stderr[-3000:]
+    run(more)
     curve = json.loads((tmp_path / "published" / "curve.json").read_text())
     assert [n for n, *_ in curve["series"]["DMPO (k=3), lr 0.001"]] == [6]
     assert [n for n, *_ in curve["series"]["DMPO (k=3)"]] == [3, 6]
@@ -124,12 +164,8 @@ def test_learning_curve_script_runs_and_plots(tmp_path):
     # Lists ranked by the new cell alone: the rows of the cells ranked before stay in the table,
     # those of the earlier experiment file's -lr0.001 cell too.
     lists_new = ["--listwise-users", "2", "--listwise", "3"]
-    proc = subprocess.run(
-        [*sftw, "--cells", "dmpo-k3-6-lr0.001-sftw1", *lists_new,
-         "--listwise-cells", "dmpo-k3-6-lr0.001-sftw1"],
-        capture_output=True, text=True, timeout=900,
-    )  # fmt: skip
-    assert proc.returncode == 0, proc.stderr[-3000:]
+    run([*sftw, "--cells", "dmpo-k3-6-lr0.001-sftw1", *lists_new,
+         "--listwise-cells", "dmpo-k3-6-lr0.001-sftw1"])  # fmt: skip
     cell = tmp_path / "curve" / "dmpo-k3-6-lr0.001-sftw1"
     config = yaml.safe_load((cell / "config.yaml").read_text())
     assert config["dmpo"]["sft_weight"] == 1.0 and config["dmpo"]["learning_rate"] == 1e-3
@@ -143,13 +179,12 @@ def test_learning_curve_script_runs_and_plots(tmp_path):
     assert "| dmpo-k3-6-lr0.001 |" in md and "| dmpo-k3-6-lr0.001-sftw1 |" in md
 
     # Lists of other settings are never relabelled as this run's: a clear stop instead.
-    proc = subprocess.run(
+    message = stopped(
+        run,
         [*sftw, "--cells", "zero-shot", "--listwise-users", "2", "--listwise", "4",
          "--listwise-cells", "zero-shot"],
-        capture_output=True, text=True, timeout=900,
     )  # fmt: skip
-    assert proc.returncode != 0
-    assert "holds lists of other settings (list3_users=2" in proc.stderr, proc.stderr[-2000:]
+    assert "holds lists of other settings (list3_users=2" in message, message
 
     # A new session: the run directory is gone, the published files are not. Every finished cell
     # comes back from them (nothing trains or scores), with its paired tests, diagnostics, lists.
@@ -157,11 +192,8 @@ def test_learning_curve_script_runs_and_plots(tmp_path):
     before = json.loads((published / "curve.json").read_text())
     assert len((published / "results.jsonl").read_text().splitlines()) > 10
     shutil.rmtree(tmp_path / "curve")
-    proc = subprocess.run(
-        [*sftw, "--cells", "zero-shot"], capture_output=True, text=True, timeout=900
-    )
-    assert proc.returncode == 0, proc.stderr[-3000:]
-    assert "restored from" in proc.stdout and "cell zero-shot is in" in proc.stdout
+    printed = run([*sftw, "--cells", "zero-shot"])
+    assert "restored from" in printed and "cell zero-shot is in" in printed
     assert not (tmp_path / "curve" / "sft-6").exists()
     after = json.loads((published / "curve.json").read_text())
 
@@ -174,11 +206,8 @@ def test_learning_curve_script_runs_and_plots(tmp_path):
     }
     assert after["valid_lrs"] == before["valid_lrs"] and after["listwise"] == before["listwise"]
     # A cell that starts from a published SFT whose adapter is not here trains that SFT again.
-    proc = subprocess.run(
-        [*sftw, "--cells", "dpo-k1-6-lr0.001-sftw1"], capture_output=True, text=True, timeout=900
-    )
-    assert proc.returncode == 0, proc.stderr[-3000:]
-    assert "trained again, their adapters are not in" in proc.stdout
+    printed = run([*sftw, "--cells", "dpo-k1-6-lr0.001-sftw1"])
+    assert "trained again, their adapters are not in" in printed
     assert (tmp_path / "curve" / "sft-6" / "sft" / "lineage.json").is_file()
     after = json.loads((published / "curve.json").read_text())
     assert [n for n, *_ in after["series"]["DPO (k=1), lr 0.001, SFT term 1"]] == [6]
@@ -190,29 +219,18 @@ def test_learning_curve_script_runs_and_plots(tmp_path):
         (t["n"], t["a"], t["b"]) for t in after["paired_tests"]
     }
     # --rerun: a finished, published cell runs again and its new row replaces the published one.
-    proc = subprocess.run(
-        [*sftw, "--rerun", "baselines-3", "--cells", "zero-shot"],
-        capture_output=True, text=True, timeout=900,
-    )  # fmt: skip
-    assert proc.returncode == 0, proc.stderr[-3000:]
-    assert "experiment: cell baselines-3 (" in proc.stdout  # ran, not skipped
+    printed = run([*sftw, "--rerun", "baselines-3", "--cells", "zero-shot"])
+    assert "experiment: cell baselines-3 (" in printed  # ran, not skipped
     rows = [json.loads(x) for x in (published / "results.jsonl").read_text().splitlines()]
     assert sum(r["cell"] == "baselines-3" and r["model"] == "popularity" for r in rows) == 1
     # A cell name the experiment lacks: one line naming it, and nothing published is touched.
     before = (published / "results.jsonl").read_text()
-    proc = subprocess.run(
-        [*sftw, "--rerun", "sft-7", "--cells", "zero-shot"],
-        capture_output=True, text=True, timeout=900,
-    )  # fmt: skip
-    assert proc.returncode != 0
-    assert proc.stderr.strip().splitlines()[-1].startswith("--rerun: no cell named sft-7 in ")
+    message = stopped(run, [*sftw, "--rerun", "sft-7", "--cells", "zero-shot"])
+    assert message.startswith("--rerun: no cell named sft-7 in ") and "\n" not in message
     assert (published / "results.jsonl").read_text() == before
     # Rows published with other overrides are never relabelled: another --out stops the run.
-    proc = subprocess.run(
-        [*sftw, "--cells", "zero-shot", "--out", str(tmp_path / "elsewhere")],
-        capture_output=True, text=True, timeout=900,
-    )  # fmt: skip
-    assert proc.returncode != 0 and "was published with overrides" in proc.stderr
+    message = stopped(run, [*sftw, "--cells", "zero-shot", "--out", str(tmp_path / "elsewhere")])
+    assert "was published with overrides" in message
 
 
 @pytest.mark.parametrize(
@@ -223,14 +241,9 @@ def test_learning_curve_script_runs_and_plots(tmp_path):
         (["--dmpo-sft-weight", "-1"], "--dmpo-sft-weight: expected a finite weight >= 0"),
     ],
 )
-def test_bad_settings_are_one_line(tmp_path, args, message):
-    script = str(ROOT / "benchmarks" / "learning_curve.py")
-    proc = subprocess.run(
-        [sys.executable, script, *args, "--out", str(tmp_path)],
-        capture_output=True,
-        text=True,
-        timeout=120,
-    )
-    assert proc.returncode == 2 and "Traceback" not in proc.stderr
-    assert message in proc.stderr
+def test_bad_settings_are_one_line(tmp_path, run, capsys, args, message):
+    with pytest.raises(SystemExit) as stop:  # argparse's usage error: a line, no traceback
+        run([*args, "--out", str(tmp_path)])
+    assert stop.value.code == 2
+    assert message in capsys.readouterr().err
     assert not any(tmp_path.iterdir())  # refused before any work
