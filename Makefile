@@ -29,7 +29,7 @@ demo: install
 	$(BIN)/dmporec run --config configs/demo.yaml
 
 test: install
-	$(BIN)/python -m pytest -q
+	$(BIN)/python -m pytest -q --durations=15
 
 # The oldest transformers/peft/accelerate that pyproject.toml allows, laid over .venv through
 # PYTHONPATH (nothing in .venv changes), running the tests that go through their APIs; builtin

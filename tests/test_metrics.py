@@ -188,3 +188,30 @@ def test_listwise_report():
     for key in ("hr@1", "hr@5", "ndcg@5", "ndcg@10", "mrr", "mean_rank"):
         assert rep[f"{key}_ci_low"] <= rep[key] <= rep[f"{key}_ci_high"]
     assert listwise_report(ranks, n_boot=100) == pytest.approx(rep)  # ties=None: as given
+
+
+def test_paired_auc_test_pairs_the_coins_and_resamples_users():
+    """A model that separates every pair against one at chance: the AUCs are the unpaired ones
+    (the same coins for both), the difference is clearly positive; a model against itself
+    differs by exactly 0 with p = 1. The rank-sum AUC equals sklearn's, ties included."""
+    from sklearn.metrics import roc_auc_score
+
+    from dmporec.metrics import _auc, coin_flip_auc, paired_auc_test, stable_auc
+
+    rng = np.random.default_rng(0)
+    n = 200
+    users = np.repeat(np.arange(n // 2), 2)  # two pairs per user, resampled together
+    good_c, good_r = 1 + rng.random(n), rng.random(n)
+    flat_c, flat_r = rng.random(n), rng.random(n)
+    t = paired_auc_test(users, good_c, good_r, flat_c, flat_r, n_boot=200, seed=3)
+    assert t["auc_a"] == coin_flip_auc(good_c, good_r, seed=3) == 1.0
+    assert t["auc_b"] == coin_flip_auc(flat_c, flat_r, seed=3)
+    assert t["auc_stable_b"] == stable_auc(flat_c, flat_r)
+    assert t["auc_difference"] > 0.3 and t["auc_difference_ci_low"] > 0.2
+    assert t["auc_p_value"] == pytest.approx(2 / 201) and t["pairs"] == n
+    same = paired_auc_test(users, flat_c, flat_r, flat_c, flat_r, n_boot=50)
+    assert same["auc_difference"] == 0 and same["auc_p_value"] == 1.0
+    labels, scores = rng.random(60) < 0.4, rng.integers(0, 4, 60).astype(float)
+    assert _auc(labels, scores) == pytest.approx(roc_auc_score(labels, scores))
+    with pytest.raises(ValueError, match="same length"):
+        paired_auc_test(users[:-1], good_c, good_r, flat_c, flat_r)
