@@ -123,6 +123,7 @@ def test_pivot_pairs_cost_2p_m_minus_1_prompts_not_m_m_minus_1():
             assert len(pairs) == rerank_prompts(m, "pivot", p) == len(set(pairs))
             assert all(min(a, b) < p for a, b in pairs)  # every pair holds a pivot
         assert len(rerank_pairs(m, "all-pairs", 2)) == rerank_prompts(m, "all-pairs", 2)
+        assert sorted(pivot_pairs(m, 2)) == rerank_pairs(m, "pivot", 2)  # by the first listed
         assert pivot_pairs(m, m - 1) == ordered_pairs(m)
     assert rerank_prompts(20, "pivot", 2) == 2 * 2 * 19 - 2 == 74
     assert rerank_prompts(20, "all-pairs", 2) == 380 and rerank_prompts(40, "pivot", 2) == 154
@@ -154,7 +155,7 @@ class StubRanker:
     def bounded(self, request: RankRequest) -> RankRequest:
         return request
 
-    def answers(self, requests, pairs_of, progress=None):
+    def answers(self, requests, pairs_of, progress=None, **_):
         out = []
         for request, pairs in zip(requests, pairs_of, strict=True):
             c = request.candidates

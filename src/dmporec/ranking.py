@@ -28,6 +28,10 @@ more than `max_batch_tokens`, the request is scored in score_groups calls of its
 encodes once as the call's stem for the groups to attend to. Beside another user's rows the
 stem shrinks to the chat header they share (issue #37: a 500-title user beside a 4-title one
 cost 10.6x the tokens of the two alone). The other requests share calls.
+
+A subset of the pairs goes through the same machinery (`pair_answers` with the pairs to ask):
+the pivot rerank of dmporec.rerank asks only the pairs holding one of P pivots (`pivot_pairs`:
+2P(N-1) - P(P-1) prompts) and reads them as log-prob margins (`margin_matrix`, `pivot_scores`).
 """
 
 from __future__ import annotations

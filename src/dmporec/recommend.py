@@ -185,6 +185,8 @@ class Ranker:
         requests: Sequence[RankRequest],
         pairs_of: Sequence[Sequence[tuple[int, int]]],
         progress: Callable[[int], None] | None = None,
+        *,
+        max_group_tokens: int = 2048,
     ) -> list[tuple[torch.Tensor, torch.Tensor]]:
         """The answer log-probs of each request's ordered pairs (ranking.pair_answers): a subset
         of the pairs, for the pivot rerank (dmporec.rerank)."""
@@ -196,6 +198,7 @@ class Ranker:
                 pairs_of,
                 layout=self.eval_cfg.layout,
                 max_batch_tokens=self.eval_cfg.max_batch_tokens,
+                max_group_tokens=max_group_tokens,
                 progress=progress,
             )
 

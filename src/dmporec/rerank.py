@@ -70,14 +70,22 @@ RETRIEVE = 20  # M: candidates the retriever hands the LLM
 PIVOTS = 2
 RRF_K = 60  # reciprocal-rank fusion's constant, as Cormack et al. set it
 HYBRID_FILE = Path("hybrid") / "model.json"  # under the stage directory (stages/hybrid.py)
+# Pair lines and answers per packed prompt tree of a rerank (ranking.pair_answers): one request
+# alone encodes its history once as the call's stem, so small trees cost no repeated history
+# and less attention over masked tokens. SmolLM2-135M, 2 cores, pivot M = 20 over a 30-title
+# history: 10.1 s at 512 against 12.9 s at 2,048 (with the pair order of `rerank_pairs`).
+RERANK_GROUP_TOKENS = 512
 
 
 def rerank_pairs(n: int, rerank: str, pivots: int) -> list[tuple[int, int]]:
-    """The ordered pairs (listed first, second) a rerank of n candidates asks the LLM."""
+    """The ordered pairs (listed first, second) a rerank of n candidates asks the LLM, sorted by
+    the candidate listed first: a prompt tree's pair lines then share their first title (the
+    trie encodes "... <Title:A>  and  <Title:" once for every B listed after A), 7% fewer
+    seconds for pivot M = 20 than both orders of a pair side by side."""
     if rerank == "pivot":
-        return pivot_pairs(n, pivots)
+        return sorted(pivot_pairs(n, pivots))
     if rerank == "all-pairs":
-        return ordered_pairs(n)
+        return sorted(ordered_pairs(n))
     return []
 
 
@@ -245,7 +253,9 @@ class Recommender:
             pairs = rerank_pairs(n, plan.rerank, plan.pivots)
             first = second = torch.empty(0)
             if pairs:
-                ((first, second),) = ranker.answers([bounded], [pairs], progress)
+                ((first, second),) = ranker.answers(
+                    [bounded], [pairs], progress, max_group_tokens=RERANK_GROUP_TOKENS
+                )
             llm = llm_scores(n, plan.rerank, plan.pivots, first, second)
             if use_hybrid and self.hybrid is not None:
                 fused = self._hybrid(plan, titles, llm).tolist()
