@@ -380,3 +380,10 @@ def test_serve_builds_its_recommender_from_the_options(tmp_path, capsys):
     path.write_text('{"title": "Up"}\n{"title": "Up"}\n')
     with pytest.raises(DataError, match="line 2, field 'title': duplicate title 'Up'"):
         serve_recommender(args(catalogue=str(path)))
+
+
+def test_the_page_has_a_catalogue_mode(client):
+    """Its script is driven in Chromium by test_page.py where that is installed; here: served."""
+    page = client.get("/").text
+    assert '<button id="recommend">Recommend from the catalogue</button>' in page
+    assert 'post("/v1/recommend"' in page and "retriever_rank" in page

@@ -1,6 +1,7 @@
 """HTTP service over a loaded Ranker (FastAPI): POST /v1/rank, POST /v1/recommend, POST
 /v1/explain, GET /healthz, and GET / (a page to try it: history and candidates in, ranked
-candidates with score bars and the top one's explanation out; it calls the same endpoints).
+candidates with score bars and the top one's explanation out, or the history alone in and the
+top 10 of the catalogue out; it calls the same endpoints).
 
 /v1/recommend answers top-K from the catalogue (dmporec.rerank: retrieve M, rerank with the
 model, fuse) for a history alone: the run's catalogue (RUN/catalogue.jsonl, built on first use),
