@@ -17,8 +17,9 @@ pairs, both ways round, stay in one fold). Test users never touch the fit.
 
 As scores: chosen = m / 2, rejected = -m / 2, so pairwise accuracy is the share of m > 0 and both
 AUCs pool the fused confidence across users. For a candidate list the classic terms are item
-scores already (w_c * score_c / scale_c); the LLM term is the item's pairwise-derived score
-(ranking.rank_candidates), which the same weight carries over.
+scores already (w_c * score_c / scale_c); the LLM term is the item's mean log-prob margin against
+the other candidates it was compared with (ranking.pivot_scores: the pivots, or all of them), so
+differences of item scores read as the pair margins the weights were fitted on.
 """
 
 from __future__ import annotations
@@ -115,8 +116,8 @@ class Hybrid:
         return m / 2, -m / 2
 
     def item_scores(self, scores: Mapping[str, Sequence[float]]) -> Array:
-        """One fused score per candidate from per-item component scores (the LLM's as
-        ranking.rank_candidates gives them); differences of these are the fused margins."""
+        """One fused score per candidate from per-item component scores (the LLM's its mean
+        log-prob margin, ranking.pivot_scores); differences of these are the fused margins."""
         return self.margin({c: np.asarray(v, float) for c, v in scores.items()})
 
     def table(self) -> str:
