@@ -441,7 +441,7 @@ def paired(out: Path, data: Path, sizes: list[int], eval_pairs: int, orders: str
                 a, b = scores.get(cell), baseline_scores.get(key, scores.get(key))
                 if a is not None and b is not None:
                     auc = paired_auc_test(a[0], a[1], a[2], b[1], b[2], seed=seed)
-                    test_.update({k: v for k, v in auc.items() if k != "pairs"})
+                    test_.update(auc)  # its "pairs" is paired_test's
                 tests.append(test_)
         below = n
     # Tests of restored cells whose counterpart's per-pair results are gone, as published.
@@ -455,10 +455,9 @@ def paired(out: Path, data: Path, sizes: list[int], eval_pairs: int, orders: str
 
 def correct(out: Path, row: dict, orders: str) -> np.ndarray | None:
     """A scored cell's per-pair correctness: from its predictions here, else as published."""
-    parts = Path(row["eval_dir"]).parts  # recorded relative to where the run started
-    path = out / row["cell"] / Path(*parts[parts.index(row["cell"]) + 1 :])
-    if (path / "predictions.jsonl").is_file():
-        return pair_correct(*pair_scores(read_predictions(path), orders))
+    here = scored(out, row, orders)
+    if here is not None:
+        return pair_correct(here["chosen"], here["rejected"])
     kept = row.get("carried", {}).get("pair_correct")
     return None if kept is None else np.asarray(kept, float)
 
@@ -473,7 +472,7 @@ def pair_score_arrays(out: Path, row: dict, orders: str) -> tuple[np.ndarray, ..
 
 def scored(out: Path, row: dict, orders: str) -> dict | None:
     """A scored cell's per-pair scores (users, chosen, rejected) from its predictions here."""
-    parts = Path(row["eval_dir"]).parts
+    parts = Path(row["eval_dir"]).parts  # recorded relative to where the run started
     path = out / row["cell"] / Path(*parts[parts.index(row["cell"]) + 1 :])
     if not (path / "predictions.jsonl").is_file():
         return None

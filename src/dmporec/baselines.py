@@ -92,6 +92,21 @@ def history_titles(records: Iterable[Record]) -> list[list[str]]:
     return [[item.title for item in r.history] for r in records]
 
 
+def interactions(
+    records: Sequence[Record],
+) -> tuple[dict[str, int], dict[str, int], list[tuple[int, int]]]:
+    """(user index, item index, every (user, item) history interaction in record order): the
+    implicit feedback the factor models are fitted on; indices in order of first appearance."""
+    users: dict[str, int] = {}
+    items: dict[str, int] = {}
+    pairs = [
+        (users.setdefault(r.user_id, len(users)), items.setdefault(t, len(items)))
+        for r, titles in zip(records, history_titles(records), strict=True)
+        for t in titles
+    ]
+    return users, items, pairs
+
+
 # ---------------------------------------------------------------- random and popularity
 
 
@@ -170,13 +185,7 @@ class BPRMF:
         seed: int = 0,
     ) -> BPRMF:
         records = list(records)
-        users: dict[str, int] = {}
-        items: dict[str, int] = {}
-        pairs = [
-            (users.setdefault(r.user_id, len(users)), items.setdefault(t, len(items)))
-            for r, titles in zip(records, history_titles(records), strict=True)
-            for t in titles
-        ]
+        users, items, pairs = interactions(records)
         ui = torch.tensor(pairs, dtype=torch.long).reshape(-1, 2)
         gen = torch.Generator().manual_seed(seed)
         model = _Factors(len(users), len(items), dim, gen)
@@ -287,14 +296,8 @@ class ALS:
         from threadpoolctl import threadpool_limits
 
         records = list(records)
-        users: dict[str, int] = {}
-        items: dict[str, int] = {}
-        pairs = {
-            (users.setdefault(r.user_id, len(users)), items.setdefault(t, len(items)))
-            for r, titles in zip(records, history_titles(records), strict=True)
-            for t in titles
-        }
-        rows, cols = zip(*sorted(pairs), strict=True) if pairs else ((), ())
+        users, items, pairs = interactions(records)
+        rows, cols = zip(*sorted(set(pairs)), strict=True) if pairs else ((), ())
         matrix = csr_matrix(
             (np.ones(len(rows), np.float32), (rows, cols)), shape=(len(users), len(items))
         )

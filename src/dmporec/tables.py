@@ -88,8 +88,7 @@ def paired_tests(rows: list[dict[str, Any]], orders: str, seed: int = 0) -> list
             (users, ca, ra), (_, cb, rb) = scores[a["model"]], scores[b["model"]]
             test = paired_test(pair_correct(ca, ra), pair_correct(cb, rb), seed=seed)
             auc = paired_auc_test(users, ca, ra, cb, rb, seed=seed)
-            tests.append({"a": a["model"], "b": b["model"], **test,
-                          **{k: v for k, v in auc.items() if k != "pairs"}})  # fmt: skip
+            tests.append({"a": a["model"], "b": b["model"], **test, **auc})
     return tests
 
 

@@ -133,7 +133,7 @@ def run_hybrid(cfg: RunConfig, stage: str, label: str = "hybrid") -> dict[str, A
     for name, (c, r) in others.items():
         t = paired_test(pair_correct(chosen, rejected), pair_correct(c, r), seed=ec.seed)
         auc = paired_auc_test(test["users"], chosen, rejected, c, r, seed=ec.seed, n_boot=ec.n_boot)
-        tests.append({"a": label, "b": LLM_NAMES.get(name, name), **t, **_prefixed(auc)})
+        tests.append({"a": label, "b": LLM_NAMES.get(name, name), **t, **auc})
     wall = round(time.perf_counter() - start, 1)
     atomic_write_text(
         out / "eval.json",
@@ -170,8 +170,3 @@ def run_hybrid(cfg: RunConfig, stage: str, label: str = "hybrid") -> dict[str, A
 
 CLASSIC = "classic_fusion"
 LLM_NAMES = {LLM: "its LLM", CLASSIC: "the same fusion without the LLM"}
-
-
-def _prefixed(auc: dict[str, float]) -> dict[str, float]:
-    """paired_auc_test's fields beside paired_test's (which has its own 'pairs')."""
-    return {k: v for k, v in auc.items() if k != "pairs"}
