@@ -37,293 +37,36 @@ API key: with --api-key or $DMPOREC_API_KEY set, /v1/ needs `Authorization: Bear
 import argparse
 import asyncio
 import contextlib
-import hmac
-import json
 import math
 import os
 import sys
 import time
-from collections.abc import AsyncIterator, Awaitable, Callable, MutableMapping
+from collections.abc import AsyncIterator, Callable
 from importlib.resources import files
-from typing import Annotated, Any, Literal
+from typing import Any
 
 from fastapi import FastAPI
-from fastapi.encoders import jsonable_encoder
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import HTMLResponse, JSONResponse, Response
-from pydantic import (
-    AfterValidator,
-    BaseModel,
-    ConfigDict,
-    Field,
-    StrictInt,
-    StringConstraints,
-    model_validator,
-)
 from starlette.requests import Request
 
 from dmporec.batching import Batcher, QueueFull, unless_disconnected
 from dmporec.catalogue import RETRIEVERS
 from dmporec.ranking import check_unseen
-from dmporec.recommend import EXPLAIN_MAX_NEW_TOKENS, Ranker, clean_request, ranked_items
-from dmporec.records import DataError, normalize_title
-from dmporec.rerank import PIVOTS, RERANKS, RETRIEVE, TOP_K, Recommender, rerank_prompts
-
-Domain = Literal["movies", "games", "books"]
-Scope = MutableMapping[str, Any]
-Message = MutableMapping[str, Any]
-Receive = Callable[[], Awaitable[Message]]
-Send = Callable[[Message], Awaitable[None]]
-
-
-class Limits(BaseModel):
-    """What one request may ask for; larger requests are refused, not truncated."""
-
-    model_config = ConfigDict(extra="forbid")
-    max_history: int = Field(50, ge=1, description="Titles in a history.")
-    max_candidates: int = Field(
-        20, ge=1, description="Candidates per request (cost grows as N(N-1) prompts)."
-    )
-    max_title_chars: int = Field(200, ge=1, description="Characters in one title.")
-    max_body_bytes: int = Field(64 * 1024, ge=1, description="Request body size (413 above).")
-    max_new_tokens: int = Field(
-        EXPLAIN_MAX_NEW_TOKENS, ge=1, description="Longest explanation, in tokens."
-    )
-    max_top_k: int = Field(40, ge=1, description="Items one /v1/recommend returns.")
-    max_retrieve: int = Field(
-        40, ge=1, description="Candidates one /v1/recommend reranks (its `retrieve`, M)."
-    )
-
-    @property
-    def max_prompts(self) -> int:
-        """The prompts a /v1/recommend may cost: those of /v1/rank's largest request."""
-        return self.max_candidates * (self.max_candidates - 1)
-
-
-class RankedItem(BaseModel):
-    rank: int
-    title: str = Field(description="The candidate as sent, character for character.")
-    normalized_title: str = Field(
-        description="The candidate as the model read it: cleaned as the run's training titles "
-        "were (HTML entities decoded, whitespace collapsed; data.title_normalization)."
-    )
-    score: float = Field(description="Mean probability of being ranked first, over opponents.")
-
-
-class RankResponse(BaseModel):
-    ranked: list[RankedItem]
-    model: str
-    elapsed_ms: float
-
-
-class ExplainResponse(BaseModel):
-    title: str = Field(description="The candidate explained: the given one or the top ranked.")
-    explanation: str
-    ranked: list[RankedItem] | None = Field(None, description="The ranking, if one was needed.")
-    model: str
-    elapsed_ms: float
-
-
-class RecommendedItem(BaseModel):
-    rank: int = Field(
-        description="The final order (by fused_score; by the retriever without a rerank)."
-    )
-    title: str = Field(description="The catalogue title, as the model reads it.")
-    item_id: str | None = Field(description="The catalogue's item id, where it has one.")
-    retriever_rank: int = Field(description="Its rank among the retriever's candidates.")
-    retriever_score: float = Field(description="The retriever's score.")
-    llm_score: float | None = Field(
-        description="Mean log-prob margin over the pivots (all candidates for all-pairs); "
-        "None without a rerank."
-    )
-    fused_score: float | None = Field(description="The hybrid's or reciprocal-rank fusion's score.")
-
-
-class RecommendResponse(BaseModel):
-    recommended: list[RecommendedItem]
-    retriever: str
-    rerank: str = Field(description="pivot, all-pairs or none (always none for an empty history).")
-    pivots: int | None
-    candidates: int = Field(description="M: the candidates retrieved (and reranked).")
-    prompts: int = Field(description="Prompts the rerank scored.")
-    fusion: str = Field(description="hybrid, rrf (reciprocal rank) or none.")
-    history_matched: int = Field(description="History titles found in the catalogue.")
-    history_titles: int
-    catalogue_titles: int
-    notes: list[str] = Field(description="What was done differently from what was asked, and why.")
-    model: str
-    elapsed_ms: float
-
-
-class Health(BaseModel):
-    status: str
-    model: str
-    batches: int = Field(description="Scoring calls so far.")
-    requests: int = Field(description="Ranking requests scored so far.")
-    recommendations: int = Field(0, description="/v1/recommend requests answered so far.")
-
-
-def _not_blank(title: str) -> str:
-    if not title.strip():
-        raise ValueError("title is empty")
-    if any("\ud800" <= c <= "\udfff" for c in title):
-        raise ValueError("title holds a lone surrogate (\\uD800-\\uDFFF); send valid Unicode")
-    return title
-
-
-def _printable(value: Any) -> Any:
-    """`value` with lone surrogates escaped, so an error that echoes the input can be sent."""
-    if isinstance(value, str):
-        return value.encode("utf-8", "backslashreplace").decode("utf-8")
-    if isinstance(value, dict):
-        return {_printable(k): _printable(v) for k, v in value.items()}
-    if isinstance(value, list | tuple):
-        return [_printable(v) for v in value]
-    return value
-
-
-# Values a 422 echoes back (the input, a key) are cut to this many characters, so a 60 KB
-# title does not come back as a 60 KB error.
-ECHO_CHARS = 200
-# At most this many validation errors are listed in one 422 (the rest are counted).
-MAX_ERRORS = 20
-
-
-def _clip(value: Any) -> Any:
-    """An echoed value cut to ECHO_CHARS characters, the cut said with the original size: a
-    string keeps its first characters; a list or object longer than that as JSON becomes the
-    start of its JSON text."""
-    if isinstance(value, str):
-        if len(value) <= ECHO_CHARS:
-            return value
-        return f"{value[:ECHO_CHARS]}... ({len(value):,} characters)"
-    if isinstance(value, list | dict):
-        text = json.dumps(value, ensure_ascii=False)
-        if len(text) <= ECHO_CHARS:
-            return value
-        size = f"{len(value):,} {'items' if isinstance(value, list) else 'keys'}"
-        return f"{text[:ECHO_CHARS]}... ({size}, {len(text):,} characters of JSON)"
-    return value
-
-
-def _clipped(error: dict[str, Any]) -> dict[str, Any]:
-    """A pydantic error (already JSON-safe) with the echoed input, location and context cut."""
-    out = dict(error)
-    out["loc"] = [_clip(part) for part in error.get("loc", [])]
-    if "input" in out:
-        out["input"] = _clip(out["input"])
-    if isinstance(out.get("ctx"), dict):
-        out["ctx"] = {k: _clip(v) for k, v in out["ctx"].items()}
-    return out
-
-
-def ranked_response(
-    titles: list[str], scores: list[float], ranker: Ranker, k: int | None = None
-) -> list[dict[str, Any]]:
-    """The ranked items of a response: each candidate as sent beside the title the model read."""
-    return [
-        {**item, "normalized_title": normalize_title(item["title"], ranker.norm)}
-        for item in ranked_items(titles, scores, k)
-    ]
-
-
-def request_models(
-    limits: Limits, ranker: Ranker
-) -> tuple[type[BaseModel], type[BaseModel], type[BaseModel]]:
-    """The /v1/rank, /v1/explain and /v1/recommend bodies, with the app's limits in their schema."""
-    Title = Annotated[
-        str, StringConstraints(max_length=limits.max_title_chars), AfterValidator(_not_blank)
-    ]
-
-    def distinct(candidates: list[str]) -> list[str]:
-        # Compared after title cleaning: "Heat" and "Heat " are the same item to the model.
-        seen: dict[str, int] = {}
-        for i, title in enumerate(candidates):
-            clean = normalize_title(title, ranker.norm)
-            if clean in seen:
-                raise ValueError(f"duplicate candidate {title!r} (positions {seen[clean]} and {i})")
-            seen[clean] = i
-        return candidates
-
-    History = Annotated[list[Title], Field(min_length=1, max_length=limits.max_history)]
-    Candidates = Annotated[
-        list[Title],
-        Field(min_length=1, max_length=limits.max_candidates),
-        AfterValidator(distinct),
-    ]
-
-    class RankBody(BaseModel):
-        model_config = ConfigDict(extra="forbid")
-        history: History = Field(description="Titles from the user's history.")
-        candidates: Candidates = Field(description="Distinct titles to rank.")
-        top_k: StrictInt | None = Field(None, ge=1, description="Return only the best K.")
-        domain: Domain = "movies"
-
-    class ExplainBody(BaseModel):
-        model_config = ConfigDict(extra="forbid")
-        history: History
-        candidates: Candidates | None = Field(
-            None, description="Ranked first; the top is explained."
-        )
-        candidate: Title | None = Field(None, description="Or: the one title to explain.")
-        domain: Domain = "movies"
-        max_new_tokens: StrictInt = Field(limits.max_new_tokens, ge=1, le=limits.max_new_tokens)
-
-        @model_validator(mode="after")
-        def _one_target(self) -> "ExplainBody":
-            if (self.candidates is None) == (self.candidate is None):
-                raise ValueError("give either 'candidates' or 'candidate'")
-            return self
-
-    class RecommendBody(BaseModel):
-        model_config = ConfigDict(extra="forbid")
-        history: Annotated[list[Title], Field(max_length=limits.max_history)] = Field(
-            description="Titles from the user's history; empty: the most popular titles."
-        )
-        top_k: StrictInt = Field(TOP_K, ge=1, le=limits.max_top_k, description="Items returned.")
-        retrieve: StrictInt | None = Field(
-            None,
-            ge=1,
-            le=limits.max_retrieve,
-            description=f"M: candidates reranked (default {RETRIEVE}, or top_k if more).",
-        )
-        rerank: Literal[RERANKS] = Field(  # type: ignore[valid-type]
-            "pivot",
-            description="pivot: each candidate against the retriever's top `pivots`, both "
-            "listing orders, 2P(M-1) - P(P-1) prompts; all-pairs: M(M-1); none: the retriever's "
-            "order.",
-        )
-        pivots: StrictInt = Field(PIVOTS, ge=1, le=limits.max_retrieve)
-        hybrid: bool = Field(True, description="Fuse by the run's hybrid where it has one.")
-        domain: Domain = "movies"
-
-        @model_validator(mode="after")
-        def _affordable(self) -> "RecommendBody":
-            if self.retrieve is None:
-                self.retrieve = max(RETRIEVE, self.top_k)
-            if self.rerank != "none" and self.retrieve > limits.max_retrieve:
-                raise ValueError(
-                    f"retrieve={self.retrieve} (top_k={self.top_k}) is over the "
-                    f"{limits.max_retrieve} candidates a request may rerank"
-                )
-            if self.rerank != "none" and self.retrieve < self.top_k:
-                raise ValueError(
-                    f"retrieve={self.retrieve} is under top_k={self.top_k}: the top K come from "
-                    "the M reranked candidates"
-                )
-            prompts = rerank_prompts(self.retrieve, self.rerank, self.pivots)
-            if prompts > limits.max_prompts:
-                raise ValueError(
-                    f"rerank {self.rerank} of {self.retrieve} candidates"
-                    + (f" with {self.pivots} pivots" if self.rerank == "pivot" else "")
-                    + f" is {prompts} prompts, over the {limits.max_prompts} a request may cost"
-                )
-            return self
-
-    return RankBody, ExplainBody, RecommendBody
-
-
-API_KEY_ENV = "DMPOREC_API_KEY"
+from dmporec.recommend import Ranker, clean_request
+from dmporec.records import DataError
+from dmporec.rerank import Recommender
+from dmporec.serve_middleware import API_KEY_ENV, ApiKey, BodyLimit
+from dmporec.serve_models import (
+    ExplainResponse,
+    Health,
+    Limits,
+    RankResponse,
+    RecommendResponse,
+    ranked_response,
+    request_models,
+    validation_error,
+)
 
 API_DESCRIPTION = (
     "Limits per request: {max_history} history titles, {max_candidates} candidates, "
@@ -359,88 +102,6 @@ With an API key set, <code>/v1/</code> needs <code>Authorization: Bearer KEY</co
 <code>X-API-Key: KEY</code>.</p>
 </body></html>
 """
-
-
-class BodyLimit:
-    """ASGI middleware: 413 for a body over `max_bytes`, by its Content-Length header or, when
-    that is missing or wrong (chunked uploads), by the bytes actually received."""
-
-    def __init__(self, app: Callable, max_bytes: int) -> None:
-        self.app, self.max_bytes = app, max_bytes
-
-    async def _too_large(self, scope: Scope, receive: Receive, send: Send) -> None:
-        response = JSONResponse(
-            {"error": f"request body larger than {self.max_bytes} bytes"}, status_code=413
-        )
-        await response(scope, receive, send)
-
-    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
-        if scope["type"] != "http":
-            return await self.app(scope, receive, send)
-        length = dict(scope["headers"]).get(b"content-length")
-        if length is not None and (not length.isdigit() or int(length) > self.max_bytes):
-            return await self._too_large(scope, receive, send)
-        body, more = b"", True
-        while more:
-            message = await receive()
-            if message["type"] != "http.request":  # the client went away
-                return
-            body += message.get("body", b"")
-            more = message.get("more_body", False)
-            if len(body) > self.max_bytes:
-                return await self._too_large(scope, receive, send)
-        replayed = False
-
-        async def replay() -> Message:
-            nonlocal replayed
-            if not replayed:
-                replayed = True
-                return {"type": "http.request", "body": body, "more_body": False}
-            return await receive()
-
-        await self.app(scope, replay, send)
-
-
-def _route_path(scope: Scope) -> str:
-    """The path the router matches: without the app's root_path (uvicorn --root-path)."""
-    path, root = scope["path"], scope.get("root_path", "")
-    return path[len(root) :] if root and path.startswith(root) else path
-
-
-class ApiKey:
-    """ASGI middleware: /v1/ routes need `Authorization: Bearer KEY` or `X-API-Key: KEY`
-    (401 otherwise; compared in constant time). /, /healthz, /docs and /openapi.json stay open."""
-
-    def __init__(self, app: Callable, key: str) -> None:
-        self.app, self.key = app, key.encode()
-
-    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
-        if scope["type"] == "http" and _route_path(scope).startswith("/v1/"):
-            headers = dict(scope["headers"])
-            given = headers.get(b"x-api-key", b"")
-            bearer = headers.get(b"authorization", b"")
-            if bearer[:7].lower() == b"bearer ":
-                given = bearer[7:].strip()
-            if not hmac.compare_digest(given, self.key):
-                response = JSONResponse(
-                    {"error": "missing or wrong API key (Authorization: Bearer KEY or X-API-Key)"},
-                    status_code=401,
-                    headers={"WWW-Authenticate": "Bearer"},
-                )
-                return await response(scope, receive, send)
-        await self.app(scope, receive, send)
-
-
-def _describe(error: dict[str, Any]) -> str:
-    """'candidates[2]: String should have at most 200 characters' from a pydantic error."""
-    where = ""
-    loc = list(error["loc"])
-    for part in loc[1:] if loc[:1] == ["body"] else loc:
-        where += f"[{part}]" if isinstance(part, int) else f"{'.' if where else ''}{part}"
-    message = error["msg"].removeprefix("Value error, ")
-    text = f"{where}: {message}" if where else message
-    # One line whatever the client sent: control characters of echoed keys are escaped.
-    return "".join(c if c.isprintable() else repr(c)[1:-1] for c in text)
 
 
 def create_app(
@@ -486,10 +147,7 @@ def create_app(
 
     @app.exception_handler(RequestValidationError)
     async def invalid(request: Request, exc: RequestValidationError) -> JSONResponse:
-        errors = [_clipped(e) for e in _printable(jsonable_encoder(exc.errors()))]
-        shown, more = errors[:MAX_ERRORS], len(errors) - MAX_ERRORS
-        text = "; ".join(map(_describe, shown)) + (f"; and {more} more" if more > 0 else "")
-        return JSONResponse({"error": text, "detail": shown}, status_code=422)
+        return JSONResponse(validation_error(exc.errors()), status_code=422)
 
     @app.exception_handler(QueueFull)
     async def busy(request: Request, exc: QueueFull) -> JSONResponse:
