@@ -17,7 +17,7 @@ sys.path.insert(0, str(ROOT / "tests"))
 
 from test_page import _fill, _wait, browser, serve  # noqa: E402
 
-from dmporec.recommend import load_ranker  # noqa: E402
+from dmporec.ranker import load_ranker  # noqa: E402
 
 
 def main() -> None:

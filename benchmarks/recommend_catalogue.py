@@ -55,9 +55,9 @@ from dmporec.catalogue import (
     read_catalogue,
     write_catalogue,
 )
+from dmporec.ranker import load_ranker
 from dmporec.raw import read_movielens_ratings, read_movielens_titles
 from dmporec.raw_lines import LineErrors
-from dmporec.recommend import load_ranker
 from dmporec.records import TitleNormalization, normalize_title, read_records
 from dmporec.rerank import Recommender
 

@@ -9,7 +9,7 @@ import time
 import pytest
 import uvicorn
 
-from dmporec.recommend import Ranker
+from dmporec.ranker import Ranker
 from dmporec.serve import Limits, create_app
 
 webdriver = pytest.importorskip("selenium.webdriver")

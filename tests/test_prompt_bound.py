@@ -12,7 +12,7 @@ from dmporec.collate import GroupEncoder, PromptBound, longest_sequence, newest_
 from dmporec.config import DataConfig
 from dmporec.model import load_tokenizer
 from dmporec.prompts import ChatFormat
-from dmporec.recommend import Ranker
+from dmporec.ranker import Ranker
 from dmporec.records import DataError, Item, write_records
 from dmporec.serve import Limits, create_app
 

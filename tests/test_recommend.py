@@ -9,11 +9,12 @@ import pytest
 from dmporec.catalogue import CATALOGUE, read_catalogue
 from dmporec.cli import main
 from dmporec.config import DataConfig, EvalConfig, dump_config, load_config
+from dmporec.explain import explain_instruction
 from dmporec.export import export_run
 from dmporec.hybrid import Hybrid
 from dmporec.model import load_stage_model
+from dmporec.ranker import Ranker, load_ranker
 from dmporec.ranking import RankRequest, rank_candidates
-from dmporec.recommend import Ranker, explain_instruction, load_ranker
 from dmporec.records import TitleNormalization, read_records
 from dmporec.wording import WORDINGS
 
@@ -38,6 +39,12 @@ def run_dir(tmp_path_factory):
     out = tmp_path_factory.mktemp("recommend") / "run"
     assert main(["run", *TINY_RUN, f"output_dir={out}"]) == 0
     return out
+
+
+def use_loader(monkeypatch, load) -> None:
+    """`recommend` (either path: ranking candidates or top-K) loads its model with `load`."""
+    for module in ("dmporec.recommend", "dmporec.recommend_top_k"):
+        monkeypatch.setattr(f"{module}.load_ranker", load)
 
 
 def recommend(capsys, *args: str) -> tuple[int, str, str]:
@@ -193,7 +200,7 @@ def _tiny_ranker(tiny, tiny_cfg, monkeypatch, **data) -> Ranker:
     """`recommend` gets the tiny random model whatever --model says (with `data` settings)."""
     ranker = Ranker.create(*tiny, tiny_cfg, "tiny")
     ranker.data_cfg = DataConfig(**data)
-    monkeypatch.setattr("dmporec.recommend.load_ranker", lambda spec: ranker)
+    use_loader(monkeypatch, lambda spec: ranker)
     return ranker
 
 
@@ -264,7 +271,7 @@ def test_bad_input_fails_before_the_model_loads(tmp_path, monkeypatch, capsys, a
     def no_load(spec):
         raise AssertionError("the model was loaded before the input was checked")
 
-    monkeypatch.setattr("dmporec.recommend.load_ranker", no_load)
+    use_loader(monkeypatch, no_load)
     code, out, err = recommend(capsys, "--model", str(tmp_path / "no-run"), *args)
     assert code == 2 and message in err and "Traceback" not in err, err
     assert len(err.strip().splitlines()) == 1 and out == ""
@@ -285,7 +292,7 @@ BAD_RECORDS = [
 def test_a_bad_users_record_fails_before_the_model_loads(
     tmp_path, monkeypatch, capsys, record, message
 ):
-    monkeypatch.setattr("dmporec.recommend.load_ranker", lambda spec: pytest.fail("model loaded"))
+    use_loader(monkeypatch, lambda spec: pytest.fail("model loaded"))
     path = tmp_path / "users.json"
     path.write_text(f'[{{"history": ["A"], "candidates": ["B", "C"]}}, {record}]')
     code, _, err = recommend(capsys, "--model", "/no/such/run", "--users", str(path))
@@ -300,7 +307,7 @@ def test_titles_are_checked_as_the_run_cleans_them_before_it_loads(
     shutil.copytree(run_dir, copy)
     cfg = load_config(copy / "config.yaml", ["data.title_normalization.strip_year=true"])
     (copy / "config.yaml").write_text(dump_config(cfg))
-    monkeypatch.setattr("dmporec.recommend.load_ranker", lambda spec: pytest.fail("model loaded"))
+    use_loader(monkeypatch, lambda spec: pytest.fail("model loaded"))
     args = ["--history", "Heat (1995)", "--candidates", "Up (2009)", "Up"]
     code, _, err = recommend(capsys, "--model", str(copy), *args)
     assert code == 2 and "duplicate candidate 'Up' (positions 0 and 1)" in err, err
@@ -407,7 +414,7 @@ def test_a_user_of_the_run_and_an_empty_history(run_dir, monkeypatch, capsys):
     assert doc["history_titles"] == len(test_user.history)
     assert f"recommend: user {test_user.user_id} (eval file" in err
     # An empty history: the most popular titles, said, and no model loaded.
-    monkeypatch.setattr("dmporec.recommend.load_ranker", lambda spec: pytest.fail("model loaded"))
+    use_loader(monkeypatch, lambda spec: pytest.fail("model loaded"))
     doc, err = top_k_json(capsys, "--model", str(run_dir), "--history", "--top-k", "3")
     assert doc["retriever"] == "popularity" and doc["rerank"] == "none" and doc["prompts"] == 0
     assert "empty history: the catalogue's most popular titles" in err
@@ -472,7 +479,7 @@ def test_export_keeps_the_catalogue(run_dir, tmp_path, capsys):
 
 
 def test_bad_top_k_input_fails_before_the_model_loads(run_dir, tmp_path, monkeypatch, capsys):
-    monkeypatch.setattr("dmporec.recommend.load_ranker", lambda spec: pytest.fail("model loaded"))
+    use_loader(monkeypatch, lambda spec: pytest.fail("model loaded"))
     dup = tmp_path / "dup.jsonl"
     dup.write_text('{"title": "Up"}\n{"title": "Heat"}\n{"title": "Up "}\n')
     shape = tmp_path / "shape.jsonl"

@@ -10,7 +10,7 @@ from fastapi.testclient import TestClient
 
 from dmporec.baselines import Popularity
 from dmporec.catalogue import Catalogue, CatalogueItem
-from dmporec.recommend import Ranker
+from dmporec.ranker import Ranker
 from dmporec.records import DataError, TitleNormalization
 from dmporec.rerank import Recommender
 from dmporec.serve import Limits, create_app, serve_recommender

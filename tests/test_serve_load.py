@@ -14,7 +14,7 @@ import httpx
 import pytest
 import uvicorn
 
-from dmporec.recommend import Ranker
+from dmporec.ranker import Ranker
 from dmporec.serve import Limits, create_app
 
 HISTORY = ["Heat", "Up", "Jaws", "Alien", "Fargo"]

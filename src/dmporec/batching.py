@@ -17,8 +17,8 @@ from typing import Any
 
 from starlette.requests import Request
 
+from dmporec.ranker import Ranker
 from dmporec.ranking import RankRequest
-from dmporec.recommend import Ranker
 
 
 class QueueFull(Exception):

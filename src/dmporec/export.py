@@ -32,7 +32,7 @@ from dmporec.model import (
     read_lineage,
 )
 from dmporec.prompts import render_answer, render_instruction
-from dmporec.recommend import find_stage, run_config
+from dmporec.ranker import find_stage, run_config
 from dmporec.records import _umask
 
 _BUILTINS = {

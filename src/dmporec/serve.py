@@ -52,8 +52,8 @@ from starlette.requests import Request
 
 from dmporec.batching import Batcher, QueueFull, unless_disconnected
 from dmporec.catalogue import RETRIEVERS
+from dmporec.ranker import Ranker, clean_request
 from dmporec.ranking import check_unseen
-from dmporec.recommend import Ranker, clean_request
 from dmporec.records import DataError
 from dmporec.rerank import Recommender
 from dmporec.serve_middleware import API_KEY_ENV, ApiKey, BodyLimit
@@ -271,7 +271,7 @@ def run_serve(args: argparse.Namespace) -> int:
     """The `serve` command: load the model once, then serve until interrupted."""
     import uvicorn
 
-    from dmporec.recommend import load_ranker
+    from dmporec.ranker import load_ranker
 
     api_key = args.api_key or os.environ.get(API_KEY_ENV) or None
     if not api_key and args.host not in ("127.0.0.1", "localhost", "::1"):
@@ -304,7 +304,7 @@ def serve_recommender(args: argparse.Namespace) -> Recommender | None:
     """The Recommender behind /v1/recommend, or None (said) where --model has no catalogue and
     --catalogue gives none; a bad catalogue file or option stops the server before it starts."""
     from dmporec.config import ConfigError
-    from dmporec.recommend import title_normalization
+    from dmporec.ranker import title_normalization
     from dmporec.rerank import load_recommender
 
     norm = title_normalization(args.model)

@@ -18,7 +18,8 @@ from pydantic import (
     model_validator,
 )
 
-from dmporec.recommend import EXPLAIN_MAX_NEW_TOKENS, Ranker, ranked_items
+from dmporec.explain import EXPLAIN_MAX_NEW_TOKENS
+from dmporec.ranker import Ranker, ranked_items
 from dmporec.records import normalize_title
 from dmporec.rerank import PIVOTS, RERANKS, RETRIEVE, TOP_K, rerank_prompts
 
