@@ -58,3 +58,68 @@ def test_shipped_configs_validate():
         assert path.read_text().startswith("# dmporec"), (
             f"{path.name} should open with the command that uses it"
         )
+
+
+def test_operational_fields_are_marked_on_the_models():
+    """How fast, how often or where: marked on the config models, left out of every settings
+    record; everything else, training's batch size included, counts."""
+    from dmporec.config import flat_settings, operational_keys
+
+    assert operational_keys() == {
+        "output_dir",
+        "zero_shot",
+        "baselines",
+        "hybrid",
+        "model.attention",
+        "model.trust_remote_code",
+        *(
+            f"{stage}.{key}"
+            for stage in ("sft", "dmpo")
+            for key in (
+                "layout",
+                "max_batch_tokens",
+                "gradient_checkpointing",
+                "save_every_steps",
+                "eval_every_steps",
+                "report_to",
+            )
+        ),
+        "eval.batch_size",
+        "eval.layout",
+        "eval.max_batch_tokens",
+    }
+    flat = flat_settings(load_config(None))
+    assert not operational_keys() & flat.keys()
+    assert {
+        "sft.batch_size",
+        "dmpo.batch_size",
+        "data.title_normalization.strip_year",
+    } <= flat.keys()
+
+
+def test_one_fingerprint_for_stages_and_experiments(tmp_path):
+    """A stage's settings.json and an experiment cell's row ask the same function: an operational
+    field changes neither, a result's field changes both, and settings_changes says which."""
+    from dmporec.config import flat_settings
+    from dmporec.stages.common import settings_changes, stage_settings
+
+    base = ["data.sft_train=x.jsonl", "data.eval=y.jsonl"]
+
+    def both(extra: list[str]) -> tuple[dict, dict]:
+        cfg = load_config(None, [*base, *extra])
+        return stage_settings(cfg, "sft"), flat_settings(cfg)
+
+    sft, cell = both([])
+    for fast in ("sft.save_every_steps=5", "sft.layout=naive", "eval.batch_size=1",
+                 "model.attention=eager", "output_dir=elsewhere", "hybrid=false"):  # fmt: skip
+        assert both([fast]) == (sft, cell), fast
+    for changed in ("sft.batch_size=3", "sft.seed=1", "data.prompt_seed=2"):
+        sft2, cell2 = both([changed])
+        key = changed.split("=")[0]
+        assert settings_changes(sft, sft2).startswith(f"{key}: ")
+        assert settings_changes(cell, cell2).startswith(f"{key}: ")
+    # A record made before a field was marked operational (or existed) still matches.
+    older = {**cell, "zero_shot": True, "baselines": True}
+    older.pop("data.overlong")
+    assert settings_changes(older, cell) == ""
+    assert "sft.seed: 42 then, 1 now" in settings_changes(cell, both(["sft.seed=1"])[1])

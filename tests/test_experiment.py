@@ -93,7 +93,10 @@ cells:
     Path(path).write_text(text)
     assert main(["experiment", "--config", path, "--cells", "other-sft"]) == 2
     err = capsys.readouterr().err
-    assert "cell other-sft: sft_from k2 trained another SFT (sft.learning_rate: 0.0001 there" in err
+    assert (
+        "cell other-sft: sft_from k2 trained another SFT (sft.learning_rate: 0.0001 then, 0.5 now"
+        in err
+    )
     assert not (tmp_path / "exp/other-sft/dmpo").exists()
 
 

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import os
 from pathlib import Path
-from typing import Any, Literal
+from typing import Any, Literal, get_args
 
 import yaml
 from pydantic import (
@@ -17,7 +17,7 @@ from pydantic import (
 )
 
 from dmporec.demo_data import DemoDataConfig
-from dmporec.model_config import ModelConfig
+from dmporec.model_config import OPERATIONAL, ModelConfig
 from dmporec.records import TitleNormalization
 
 
@@ -110,10 +110,14 @@ class TrainConfig(_Scored):
     )
     layout: Literal["shared", "naive"] = Field(
         "shared",
+        json_schema_extra=OPERATIONAL,
         description="shared: encode each prompt once for all its answers; naive: one row per answer (debugging, benchmarks).",
     )
     max_batch_tokens: int = Field(
-        8192, ge=64, description="Rows x padded length per forward pass; lower it to save memory."
+        8192,
+        ge=64,
+        json_schema_extra=OPERATIONAL,
+        description="Rows x padded length per forward pass; lower it to save memory.",
     )
     orders: Literal["listed", "both"] = Field(
         "listed",
@@ -122,22 +126,26 @@ class TrainConfig(_Scored):
     )
     gradient_checkpointing: bool = Field(
         False,
+        json_schema_extra=OPERATIONAL,
         description="Recompute activations in backward: less memory, ~30% slower (for big models on GPU).",
     )
     save_every_steps: int = Field(
         0,
         ge=0,
+        json_schema_extra=OPERATIONAL,
         description="Checkpoint every N optimizer steps (0: at the end of each epoch only).",
     )
     eval_every_steps: int = Field(
         0,
         ge=0,
+        json_schema_extra=OPERATIONAL,
         description="Score the validation pairs (data.valid or data.valid_users) every N "
         "optimizer steps and at the end, in eval.orders: `valid_accuracy` in metrics.jsonl and "
         "curves.png, a learning curve from one run (0: off).",
     )
     report_to: Literal["none", "tensorboard", "wandb", "mlflow"] = Field(
         "none",
+        json_schema_extra=OPERATIONAL,
         description="Experiment tracking through accelerate's trackers: every optimizer step's "
         "loss, reward margin and accuracy, learning rate and validation metrics, and the run "
         "config as hyperparameters, under OUTPUT_DIR/<stage>/tracking (tensorboard, mlflow) or "
@@ -164,15 +172,20 @@ class DMPOConfig(TrainConfig):
 
 
 class EvalConfig(_Scored):
-    batch_size: int = Field(16, ge=1, description="Test users scored per call.")
+    batch_size: int = Field(
+        16, ge=1, json_schema_extra=OPERATIONAL, description="Test users scored per call."
+    )
     layout: Literal["shared", "naive", "cached"] = Field(
         "shared",
+        json_schema_extra=OPERATIONAL,
         description="shared: the prefix all users share once per call (KV cache), then one packed "
         "row per user (prompt tree under a block mask); cached: the same tokens, the history "
         "encoded causally into the KV cache that the pair lines and answers then attend to (one "
         "more pass; slower on a CPU); naive: one row per answer (debugging, benchmarks).",
     )
-    max_batch_tokens: int = Field(8192, ge=64)
+    max_batch_tokens: int = Field(
+        8192, ge=64, json_schema_extra=OPERATIONAL, description="Rows x padded length per pass."
+    )
     split: Literal["test", "valid"] = Field(
         "test", description="test: data.eval; valid: the users held out by data.valid_users."
     )
@@ -208,21 +221,32 @@ class EvalConfig(_Scored):
 
 
 class RunConfig(_Strict):
-    output_dir: str = Field("runs/default", description="Where every stage writes its results.")
+    output_dir: str = Field(
+        "runs/default",
+        json_schema_extra=OPERATIONAL,
+        description="Where every stage writes its results.",
+    )
     model: ModelConfig = Field(default_factory=ModelConfig)
     data: DataConfig = Field(default_factory=DataConfig)
     sft: SFTConfig = Field(default_factory=SFTConfig)
     dmpo: DMPOConfig = Field(default_factory=DMPOConfig)
     eval: EvalConfig = Field(default_factory=EvalConfig)
-    zero_shot: bool = Field(True, description="`run` also evaluates the untrained base model.")
+    # Which stages `run` runs: each stage's results are checked by its own settings.
+    zero_shot: bool = Field(
+        True,
+        json_schema_extra=OPERATIONAL,
+        description="`run` also evaluates the untrained base model.",
+    )
     baselines: bool = Field(
         True,
+        json_schema_extra=OPERATIONAL,
         description="`run` also scores the classic baselines (random, popularity, BPR-MF, MiniLM "
         "similarity) on the same pairs, with paired tests against them.",
     )
 
     hybrid: bool = Field(
         True,
+        json_schema_extra=OPERATIONAL,
         description="`run` also fits the hybrid ranker (the DMPO model's pair margins fused with "
         "the classic scorers by a logistic regression fitted on the validation users only) and "
         "scores it on the test pairs; skipped, and said, without validation users (data.valid "
@@ -292,6 +316,51 @@ def load_config(
             f"{'.'.join(map(str, err['loc'])) or '(top)'}: {err['msg']}" for err in e.errors()
         )
         raise ConfigError(f"{source}{' + overrides' if overrides else ''}: {problems}") from None
+
+
+def _operational(section: type[BaseModel], name: str) -> bool:
+    extra = section.model_fields[name].json_schema_extra
+    return isinstance(extra, dict) and bool(extra.get("operational"))
+
+
+def result_settings(section: BaseModel) -> dict[str, Any]:
+    """What a config section's results depend on, as JSON values: every field but those marked
+    OPERATIONAL (how fast, how often, where), nested sections likewise. The one rule every reuse
+    check applies: a stage's settings.json (stages/common.py) and an experiment cell's row."""
+    dumped = section.model_dump(mode="json")
+    return {
+        name: result_settings(value) if isinstance(value, BaseModel) else dumped[name]
+        for name, value in section
+        if not _operational(type(section), name)
+    }
+
+
+def flat_settings(section: BaseModel) -> dict[str, Any]:
+    """result_settings flattened to 'section.key' entries ('data.title_normalization.strip_year')."""
+
+    def flat(key: str, value: Any) -> dict[str, Any]:
+        if not isinstance(value, dict) or not value:
+            return {key: value}
+        return {k: v for name, sub in value.items() for k, v in flat(f"{key}.{name}", sub).items()}
+
+    return {
+        k: v
+        for name, value in result_settings(section).items()
+        for k, v in flat(name, value).items()
+    }
+
+
+def operational_keys(section: type[BaseModel] = RunConfig, prefix: str = "") -> set[str]:
+    """The 'section.key' names of every OPERATIONAL field: a record made before a field was
+    marked still carries it, and it is left out of the comparison (stages.common.settings_changes)."""
+    keys = set()
+    for name, field in section.model_fields.items():
+        if _operational(section, name):
+            keys.add(prefix + name)
+        for sub in (field.annotation, *get_args(field.annotation)):
+            if isinstance(sub, type) and issubclass(sub, BaseModel):
+                keys |= operational_keys(sub, f"{prefix}{name}.")
+    return keys
 
 
 def dump_config(cfg: RunConfig) -> str:

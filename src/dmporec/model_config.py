@@ -11,6 +11,10 @@ BUILTIN_SMOLLM2 = "builtin:smollm2-135m"
 BUILTIN_GEMMA3 = "builtin:gemma3-270m"
 BUILTIN_TINY = "builtin:tiny-qwen3"
 
+# A field's json_schema_extra when it changes how fast, how often or where, never what is computed
+# (numbers equal to 1e-4): config.result_settings leaves it out of every reuse check.
+OPERATIONAL: dict[str, Any] = {"operational": True}
+
 
 class ModelConfig(BaseModel):
     """Which base model to load and how to adapt it."""
@@ -28,6 +32,7 @@ class ModelConfig(BaseModel):
     )
     attention: Literal["auto", "sdpa", "flex_attention", "eager"] = Field(
         "auto",
+        json_schema_extra=OPERATIONAL,
         description=(
             "Attention kernel: auto (FlexAttention on CUDA when torch has it, so the shared "
             "layout's block mask skips the blocks no token sees; SDPA elsewhere), sdpa, "
@@ -49,7 +54,9 @@ class ModelConfig(BaseModel):
         description="Modules to adapt; all-linear = every linear layer but the output head.",
     )
     trust_remote_code: bool = Field(
-        False, description="Allow model code from the hub; off unless you trust the repository."
+        False,
+        json_schema_extra=OPERATIONAL,
+        description="Allow model code from the hub; off unless you trust the repository.",
     )
 
     @field_validator("name")

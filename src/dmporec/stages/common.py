@@ -8,9 +8,13 @@ import json
 from pathlib import Path
 from typing import Any
 
-from pydantic import BaseModel
-
-from dmporec.config import ConfigError, RunConfig, dump_config
+from dmporec.config import (
+    ConfigError,
+    RunConfig,
+    dump_config,
+    operational_keys,
+    result_settings,
+)
 from dmporec.data import demo_files
 from dmporec.distributed import process_state  # noqa: F401  (re-exported)
 from dmporec.model import ModelConfig, write_lineage
@@ -19,18 +23,6 @@ from dmporec.records import atomic_write_text
 
 SUMMARY = "summary.json"
 SETTINGS = "settings.json"
-# Fields that change how fast or how often, never what is computed (numbers equal to 1e-4).
-OPERATIONAL = {
-    "save_every_steps",
-    "eval_every_steps",
-    "report_to",
-    "max_batch_tokens",
-    "layout",
-    "gradient_checkpointing",
-    "attention",
-    "trust_remote_code",
-    "batch_size",  # training's is kept (it shapes the optimizer steps)
-}
 
 
 def _digest(path: str | None) -> str | None:
@@ -39,12 +31,8 @@ def _digest(path: str | None) -> str | None:
     return "sha256:" + hashlib.sha256(Path(path).read_bytes()).hexdigest()[:16]
 
 
-def _flat(prefix: str, section: BaseModel, keep: tuple[str, ...] = ()) -> dict[str, Any]:
-    return {
-        f"{prefix}.{k}": v
-        for k, v in section.model_dump(mode="json").items()
-        if k not in OPERATIONAL or k in keep
-    }
+def _prefixed(prefix: str, settings: dict[str, Any]) -> dict[str, Any]:
+    return {f"{prefix}.{k}": v for k, v in settings.items()}
 
 
 def stage_settings(
@@ -52,11 +40,12 @@ def stage_settings(
 ) -> dict[str, Any]:
     """What the results of `stage` ('sft', 'dmpo', or 'eval' of a model whose settings are
     `parent`; zero-shot when None) depend on, as flat 'section.key' entries; data files by
-    content. Compared on every rerun: see check_settings."""
+    content; the config's fields as config.result_settings keeps them. Compared on every rerun:
+    see check_settings."""
     data = cfg.data
     out: dict[str, Any] = {
-        **_flat("model", cfg.model),
-        "data.title_normalization": data.title_normalization.model_dump(mode="json"),
+        **_prefixed("model", result_settings(cfg.model)),
+        "data.title_normalization": result_settings(data.title_normalization),
         "data.prompt_seed": data.prompt_seed,
         "data.max_prompt_tokens": data.max_prompt_tokens,
         "data.overlong": data.overlong,
@@ -65,7 +54,7 @@ def stage_settings(
         source = data.sft_train if stage == "sft" else data.dmpo_train
         out[f"data.{stage}_train"] = _digest(source)
         out["data.valid_users"] = data.valid_users
-        out.update(_flat(stage, getattr(cfg, stage), keep=("batch_size",)))
+        out.update(_prefixed(stage, result_settings(getattr(cfg, stage))))
     else:
         split = cfg.eval.split
         out["data.eval" if split == "test" else "data.valid"] = _digest(
@@ -115,8 +104,7 @@ def check_settings(directory: Path, settings: dict[str, Any], what: str) -> None
             f"{what}: {directory} holds results without a record of their settings (made by "
             f"an older dmporec); delete it or choose another output_dir"
         )
-    # Keys added by a later dmporec: a record made before has the value that reproduces it.
-    said = changes({**ADDED_LATER, **json.loads(path.read_text())}, settings)
+    said = settings_changes(json.loads(path.read_text()), settings)
     if said:
         raise ConfigError(
             f"{what}: {directory} was made with other settings ({said}); use another "
@@ -124,8 +112,18 @@ def check_settings(directory: Path, settings: dict[str, Any], what: str) -> None
         )
 
 
-def changes(then: dict[str, Any], now: dict[str, Any]) -> str:
-    """The settings that differ, 'key: old then, new now' for the first five ('' if none)."""
+def settings_changes(then: dict[str, Any], now: dict[str, Any]) -> str:
+    """Why a result made with the settings `then` is not one `now` would make: the settings
+    that differ, 'key: old then, new now' for the first five; '' when it is. Every reuse check
+    asks this (a stage's directory, an experiment's cell, a cell's sft_from, a restored row).
+
+    A record made by an older dmporec is read as it behaves now: keys added since (ADDED_LATER)
+    take the value that reproduces it, and fields marked operational since are left out."""
+    stale = operational_keys()
+    then = {
+        **{k: v for k, v in ADDED_LATER.items() if k in now},
+        **{k: v for k, v in then.items() if k not in stale},
+    }
     diff = sorted(k for k in then.keys() | now.keys() if then.get(k) != now.get(k))
     said = "; ".join(f"{k}: {then.get(k)!r} then, {now.get(k)!r} now" for k in diff[:5])
     return said + (f" (and {len(diff) - 5} more)" if len(diff) > 5 else "")

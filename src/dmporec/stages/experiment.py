@@ -26,14 +26,13 @@ from typing import Any, Literal
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
-from dmporec.config import ConfigError, RunConfig, load_config
+from dmporec.config import ConfigError, RunConfig, flat_settings, load_config
 from dmporec.evaluation import read_jsonl
 from dmporec.records import atomic_write_text
 from dmporec.stages.common import (
-    OPERATIONAL,
-    changes,
     prepare_run,
     read_settings,
+    settings_changes,
     stage_settings,
 )
 from dmporec.stages.dmpo import run_dmpo
@@ -101,25 +100,10 @@ _NOT_CELLS = {"results.jsonl", "results.md", "report.md", ".", ".."}
 
 
 def cell_settings(exp: Experiment, cell: Cell, extra: list[str] | None = None) -> dict[str, Any]:
-    """A cell's whole resolved config, flat ('section.key'), without its output_dir, and the
-    cell it takes its SFT from: what its rows depend on (the base file, the shared and the
-    command-line overrides included)."""
-
-    def flat(key: str, value: Any) -> dict[str, Any]:
-        if not isinstance(value, dict) or not value:
-            return {key: value}
-        return {k: v for name, sub in value.items() for k, v in flat(f"{key}.{name}", sub).items()}
-
-    dumped = cell_config(exp, cell, extra).model_dump(mode="json")
-    dumped.pop("output_dir", None)
-    kept = {
-        k: v
-        for name, section in dumped.items()
-        for k, v in flat(name, section).items()
-        # as the stages' own checks: how fast or how often never counts, training's batch does
-        if k.rsplit(".", 1)[-1] not in OPERATIONAL or k in ("sft.batch_size", "dmpo.batch_size")
-    }
-    return {**kept, "sft_from": cell.sft_from}
+    """A cell's whole resolved config as config.flat_settings keeps it (operational fields and
+    output_dir left out), and the cell it takes its SFT from: what its rows depend on (the base
+    file, the shared and the command-line overrides included)."""
+    return {**flat_settings(cell_config(exp, cell, extra)), "sft_from": cell.sft_from}
 
 
 def cell_config(exp: Experiment, cell: Cell, extra: list[str] | None = None) -> RunConfig:
@@ -131,16 +115,16 @@ def cell_config(exp: Experiment, cell: Cell, extra: list[str] | None = None) -> 
 
 def _check_sft_from(exp: Experiment, cell: Cell, wanted: dict[str, Any]) -> None:
     """Stop when the SFT that `cell.sft_from` trained differs from the one this cell's settings
-    describe (its sft.* settings, its SFT data or its base model; the DMPO adapter's own LoRA
-    settings may differ)."""
+    would train (its stage settings; the DMPO adapter's own LoRA settings may differ)."""
     made = read_settings(Path(exp.output_dir) / cell.sft_from / "sft")
     if made is None:
         return
-    keys = [k for k in wanted.keys() | made.keys() if k.startswith("sft.")]
-    keys += ["data.sft_train", "model.name"]
-    diff = sorted(k for k in set(keys) if made.get(k) != wanted.get(k))
-    if diff:
-        said = "; ".join(f"{k}: {made.get(k)!r} there, {wanted.get(k)!r} here" for k in diff[:5])
+
+    def sft(settings: dict[str, Any]) -> dict[str, Any]:
+        return {k: v for k, v in settings.items() if not k.startswith("model.lora_")}
+
+    said = settings_changes(sft(made), sft(wanted))
+    if said:
         raise ConfigError(
             f"cell {cell.name}: sft_from {cell.sft_from} trained another SFT ({said}): give the "
             "cell that cell's SFT settings, or train its own SFT (no sft_from)"
@@ -203,7 +187,7 @@ def run_experiment(path: str, extra: list[str] | None = None, only: list[str] | 
                 "rename the cell, or remove its rows from results.jsonl to rerun it"
             )
         said = (
-            changes(made["settings"], cell_settings(exp, cell, extra))
+            settings_changes(made["settings"], cell_settings(exp, cell, extra))
             if made and "settings" in made
             else ""
         )
