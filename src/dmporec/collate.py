@@ -1,4 +1,5 @@
-"""Turn canonical records into token groups for the scorer (prefix -> pair line -> answers).
+"""Turn canonical records into token groups for the scorer (prefix -> pair line -> answers), and
+groups into DMPO's training batches (`collate_preferences`).
 
 Worked example, one record with k=2 negatives and the ChatML template:
 
@@ -16,6 +17,9 @@ branch by branch; with answers='both' column 2p is pair p's chosen answer and 2p
 one. Pairs are the k negatives as listed, then with orders='both' the same k listed the other way
 round (pair k+i is pair i swapped). Training, evaluation and ranking read scores only through
 these two functions.
+
+A DMPO batch (`PreferenceBatch`) is B users' groups and the reference model's log-probs of their
+answers, scored once before training (reference.py), in the same columns as the policy's scores.
 """
 
 from __future__ import annotations
@@ -63,6 +67,35 @@ def split_pairs(scores: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
     """[..., 2P] scores of a group built with answers='both' -> (chosen, rejected), [..., P] each,
     pairs in branch order (the listed pairs, then the swapped ones)."""
     return scores[..., 0::2], scores[..., 1::2]
+
+
+@dataclass(frozen=True)
+class PreferenceBatch:
+    """One DMPO micro-batch: B users' prompt trees (answers='both') and the reference model's
+    summed log-prob of each of their answers, [B, M] in the columns of the policy's scores
+    (M = the most answers of a group in the batch; 0 where a group has fewer)."""
+
+    groups: list[Group]
+    ref_logps: torch.Tensor
+
+
+def collate_preferences(examples: Sequence[tuple[Group, torch.Tensor]]) -> PreferenceBatch:
+    """DMPO's collate function: (group, its reference log-probs [2P]) per user -> one batch.
+
+    Worked example, k=2, two users, the second with one negative only (P = 2 pairs):
+
+        examples  = [(g0, [-4.1, -6.0, -3.9, -5.2]),   g0: 4 answers (2 pairs)
+                     (g1, [-4.4, -5.8,  0.0,  0.0])]   g1: 2 answers, zeros where none
+        -> groups    [g0, g1]
+           ref_logps [[-4.1, -6.0, -3.9, -5.2],
+                      [-4.4, -5.8,  0.0,  0.0]]      [2, 4]
+
+    With g0 a one-negative user too, ref_logps would be [2, 2]: the scorer's width for these
+    groups, so the reference lines up with the policy column by column."""
+    groups = [group for group, _ in examples]
+    width = max(group.n_answers for group in groups)  # score_groups' width for these groups
+    ref_logps = torch.stack([ref for _, ref in examples])[:, :width]
+    return PreferenceBatch(groups, ref_logps)
 
 
 class GroupEncoder:

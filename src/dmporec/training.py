@@ -32,7 +32,8 @@ from dmporec.distributed import warn_if_unsharded
 from dmporec.hf_compat import enable_checkpointing
 from dmporec.records import atomic_write_text
 
-LossFn = Callable[[torch.nn.Module, list[Any]], tuple[torch.Tensor, dict[str, float]]]
+LossFn = Callable[[torch.nn.Module, Any], tuple[torch.Tensor, dict[str, float]]]
+Collate = Callable[[list[Any]], Any]
 ValidateFn = Callable[[torch.nn.Module], dict[str, float]]
 
 
@@ -150,10 +151,13 @@ def train_lora(
     out_dir: Path,
     *,
     stage: str,
+    collate: Collate = list,
     validate: ValidateFn | None = None,
     hparams: dict[str, Any] | None = None,
 ) -> dict[str, float]:
     """Train the model's LoRA adapter on `examples`; saves `out_dir/adapter`. Returns a summary.
+
+    `collate` turns a list of examples into the batch `loss_fn` takes (default: the list itself).
 
     With `validate` and `tc.eval_every_steps`, `validate(model)` (in eval mode, no gradients)
     runs every that many optimizer steps and after the last; its values join that step's row of
@@ -172,7 +176,7 @@ def train_lora(
     if tracking:
         accelerator.init_trackers(f"dmporec-{stage}", config=flat_hparams(hparams or {}))
     try:
-        return _fit(accelerator, model, examples, loss_fn, tc, out_dir, stage, validate)
+        return _fit(accelerator, model, examples, loss_fn, collate, tc, out_dir, stage, validate)
     finally:
         # Also when the stage stops (diverged, interrupted, bad data): what was logged reaches
         # the tracker's files. Not end_training(), which would end the process group that the
@@ -186,6 +190,7 @@ def _fit(
     model: PeftModel,
     examples: Sequence[Any],
     loss_fn: LossFn,
+    collate: Collate,
     tc: TrainConfig,
     out_dir: Path,
     stage: str,
@@ -195,7 +200,7 @@ def _fit(
     set_seed(tc.seed)
     if tc.gradient_checkpointing:
         enable_checkpointing(model)
-    loader = DataLoader(list(examples), batch_size=tc.batch_size, shuffle=True, collate_fn=list)
+    loader = DataLoader(list(examples), batch_size=tc.batch_size, shuffle=True, collate_fn=collate)
     params = [p for p in model.parameters() if p.requires_grad]
     optimizer = torch.optim.AdamW(params, lr=tc.learning_rate, weight_decay=tc.weight_decay)
     model, optimizer, loader = accelerator.prepare(model, optimizer, loader)

@@ -8,7 +8,13 @@ from pathlib import Path
 
 import torch
 
-from dmporec.collate import bound_records, model_encoder, split_pairs
+from dmporec.collate import (
+    PreferenceBatch,
+    bound_records,
+    collate_preferences,
+    model_encoder,
+    split_pairs,
+)
 from dmporec.config import ConfigError, RunConfig
 from dmporec.data import stage_records
 from dmporec.distributed import main_print
@@ -80,12 +86,13 @@ def run_dmpo(cfg: RunConfig, sft_dir: Path | None = None) -> Path:
         )
         examples = list(zip(groups, ref, strict=True))
 
-        def loss_fn(model: torch.nn.Module, batch: list) -> tuple[torch.Tensor, dict[str, float]]:
+        def loss_fn(
+            model: torch.nn.Module, batch: PreferenceBatch
+        ) -> tuple[torch.Tensor, dict[str, float]]:
             scores = score_groups(
-                model, [g for g, _ in batch], layout=tc.layout, max_batch_tokens=tc.max_batch_tokens
+                model, batch.groups, layout=tc.layout, max_batch_tokens=tc.max_batch_tokens
             )
-            width = scores.logps.shape[1]
-            ref_logps = torch.stack([r for _, r in batch])[:, :width].to(scores.logps.device)
+            ref_logps = batch.ref_logps.to(scores.logps.device)
             chosen, rejected = split_pairs(scores.logps)  # [B, pairs] each
             mask = split_pairs(scores.mask)[1]
             result = loss(chosen, rejected, *split_pairs(ref_logps), tc.beta, mask)
@@ -107,6 +114,7 @@ def run_dmpo(cfg: RunConfig, sft_dir: Path | None = None) -> Path:
             tc,
             out,
             stage="dmpo",
+            collate=collate_preferences,
             validate=validate,
             hparams=cfg.model_dump(mode="json"),
         )
