@@ -367,6 +367,58 @@ def test_a_cut_history_says_how_many_titles_it_kept(tiny, tiny_cfg, tmp_path, mo
     assert code == 0 and "recommend: the history is over data.max_prompt_tokens=300 tokens" in err
 
 
+def test_explain_says_why_the_top_one_and_what_it_cost(
+    tiny, tiny_cfg, tmp_path, monkeypatch, capsys
+):
+    _tiny_ranker(tiny, tiny_cfg, monkeypatch)
+    history = [*HISTORY, "Galactic Starship"]
+    args = ["--model", "tiny", "--history", *history, "--candidates", *CANDIDATES, "--explain"]
+    code, out, err = recommend(capsys, *args, "--json")
+    doc = json.loads(out)
+    assert code == 0 and "recommend: --explain: 16 prompts more" in err, err
+    why, top = doc["explanation"], doc["ranked"][0]
+    # Its score with the whole history is the score it was ranked by; 4 histories x 4 prompts.
+    assert why["title"] == top["title"] and why["score"] == pytest.approx(top["score"], abs=1e-5)
+    assert why["prompts"] == 16 and why["left_out"] == why["history_titles"] == 3
+    assert sorted(why["versus"]) == sorted(set(CANDIDATES) - {top["title"]})
+    drops = [r["drop"] for r in why["reasons"]]
+    assert drops == sorted(drops, reverse=True) and {r["title"] for r in why["reasons"]} == set(
+        history
+    )
+    named = [r["title"] for r in why["reasons"] if r["drop"] > 0][:3]
+    assert why["because"] == (
+        f"because you watched {', '.join(named)} (score drop "
+        + ", ".join(f"{d:.4f}" for d in drops[: len(named)])
+        + ")"
+    )
+    code, out, _ = recommend(capsys, *args)
+    lines = out.strip().splitlines()
+    assert code == 0 and lines[-2] == f"why {top['title']}: {why['because']}"
+    assert lines[-1].startswith("  (16 prompts, ") and "against 2 others" in lines[-1]
+    # A users file: each user explained; a lone candidate has nothing to explain; a long
+    # history is explained over its newest titles.
+    long = [f"Film {i}" for i in range(14)]
+    users = [
+        {"user": "a", "history": HISTORY, "candidates": CANDIDATES},
+        {"user": "b", "history": HISTORY, "candidates": ["Up"]},
+        {"user": "c", "history": long, "candidates": ["Up", "Jaws"]},
+    ]
+    path = tmp_path / "users.json"
+    path.write_text(json.dumps(users))
+    code, out, err = recommend(
+        capsys, "--model", "tiny", "--users", str(path), "--explain", "--json"
+    )
+    doc = json.loads(out)
+    a, b, c = (u["explanation"] for u in doc["users"])
+    assert code == 0 and a["prompts"] == 12 and b is None and c["prompts"] == 11 * 2
+    assert c["left_out"] == 10 and c["history_titles"] == 14
+    assert {r["title"] for r in c["reasons"]} == set(long[4:])
+    assert f"recommend: --explain: {12 + 22} prompts more" in err
+    code, out, _ = recommend(capsys, "--model", "tiny", "--users", str(path), "--explain")
+    assert code == 0 and "why Up: a lone candidate has no score to explain" in out
+    assert "without each of 10 titles (the newest 10 of 14))" in out
+
+
 # ---------------------------------------------------------------- top-K from the catalogue
 
 
@@ -403,6 +455,26 @@ def test_top_k_from_the_run_catalogue(run_dir, capsys):
     assert code == 0 and lines[0] == f"model: {run_dir / 'dmpo'}"
     assert lines[1].startswith("retriever bpr-mf: ") and "rerank pivot (P=2)" in lines[1]
     assert lines[2].split() == ["rank", "fused", "llm", "retr", "title"] and len(lines) == 5
+
+
+def test_top_k_explains_its_first_item_against_the_next_three(run_dir, capsys):
+    args = ["--model", str(run_dir), "--history", *HISTORY, "--top-k", "5", "--retrieve", "6"]
+    doc, err = top_k_json(capsys, *args, "--explain")
+    why, items = doc["explanation"], [it["title"] for it in doc["recommended"]]
+    assert why["title"] == items[0] and why["versus"] == items[1:4]
+    assert why["prompts"] == (2 + 1) * 2 * 3 and why["left_out"] == 2
+    assert "recommend: --explain: 18 prompts more (the first item against the next 3" in err
+    # Grounded: its score with the whole history is its Ranker score among these four titles.
+    ranker = load_ranker(str(run_dir))
+    scores = ranker.rank([ranker.request(HISTORY, items[:4])])[0]
+    assert why["score"] == pytest.approx(scores[0], abs=1e-5)
+    code, out, _ = recommend(capsys, *args, "--explain")
+    lines = out.strip().splitlines()
+    assert code == 0 and lines[-2].startswith(f"why {items[0]}: ")
+    assert lines[-1].startswith("  (18 prompts, ") and "against 3 others" in lines[-1]
+    # An empty history: no model scores, nothing to explain, said.
+    code, out, _ = recommend(capsys, "--model", str(run_dir), "--history", "--explain")
+    assert code == 0 and "nothing to explain: no model scores (rerank none)" in out
 
 
 def test_a_user_of_the_run_and_an_empty_history(run_dir, monkeypatch, capsys):

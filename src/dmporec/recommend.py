@@ -33,14 +33,23 @@ from tqdm.auto import tqdm
 
 from dmporec.catalogue import DEFAULT_RETRIEVER, RETRIEVERS
 from dmporec.config import ConfigError
+from dmporec.explain import (
+    EXPLAIN_TITLES,
+    EXPLAIN_VERSUS,
+    Explanation,
+    explain_prompts,
+    leave_one_out,
+)
+from dmporec.ranker import Ranker, load_ranker, ranked_items, title_normalization
 
 # find_stage and run_config are re-exported, as before the split: rerank.py imports them here.
 from dmporec.ranker import find_stage as find_stage
-from dmporec.ranker import load_ranker, ranked_items, title_normalization
 from dmporec.ranker import run_config as run_config
+from dmporec.ranking import top_k
 from dmporec.recommend_queries import (
     MAX_CANDIDATES,
     PROGRESS_DELAY_S,
+    UserQuery,
     bound_query,
     n_prompts,
     read_queries,
@@ -97,7 +106,8 @@ def run_recommend(args: argparse.Namespace) -> int:
     ranker = load_ranker(args.model)
     file = Path(args.users) if args.users else None
     queries = [bound_query(ranker, q, file) for q in queries]
-    results = []
+    results: list[dict[str, Any]] = []
+    best: list[int] = []  # each user's top candidate, the one --explain explains
     step = ranker.eval_cfg.batch_size
     with tqdm(
         total=total, desc="recommend", unit="prompt", delay=PROGRESS_DELAY_S, file=sys.stderr
@@ -108,15 +118,60 @@ def run_recommend(args: argparse.Namespace) -> int:
             for query, user_scores in zip(chunk, scores, strict=True):
                 ranked = ranked_items(query.candidates, user_scores, args.top_k)
                 results.append({"user": query.user, "ranked": ranked})
+                best.append(top_k(query.candidates, user_scores, 1)[0][0])
+    explained = explain_users(ranker, queries, best) if args.explain else None
+    if explained is not None:
+        for query, result, explanation in zip(queries, results, explained, strict=True):
+            wording = query.request.wording
+            result["explanation"] = explanation and explanation.to_json(wording)
     if args.json:
         doc: dict[str, Any] = {"model": ranker.name}
-        doc.update({"users": results} if args.users else {"ranked": results[0]["ranked"]})
+        doc.update({"users": results} if args.users else results[0])
+        doc.pop("user", None)
         print(json.dumps(doc, ensure_ascii=False, indent=2))
-    else:
-        print(f"model: {ranker.name}")
-        for r in results:
-            print(("" if not args.users else f"\nuser {r['user']}\n") + format_table(r["ranked"]))
+        return 0
+    print(f"model: {ranker.name}")
+    for i, (query, result) in enumerate(zip(queries, results, strict=True)):
+        print(
+            ("" if not args.users else f"\nuser {result['user']}\n")
+            + format_table(result["ranked"])
+        )
+        if explained is not None:
+            explanation = explained[i]
+            top = query.candidates[best[i]]
+            print(
+                f"why {top}: a lone candidate has no score to explain"
+                if explanation is None
+                else explanation.describe(query.request.wording)
+            )
     return 0
+
+
+def explain_users(
+    ranker: Ranker, queries: list[UserQuery], best: list[int]
+) -> list[Explanation | None]:
+    """--explain: each user's top candidate (`best`) explained against the others
+    (explain.leave_one_out); None for a lone candidate (no score to explain)."""
+    cost = sum(
+        explain_prompts(len(q.request.candidates), len(q.request.history))
+        for q in queries
+        if len(q.request.candidates) > 1
+    )
+    print(
+        f"recommend: --explain: {cost} prompts more (each top candidate against the others, "
+        f"with the whole history and without each of its newest {EXPLAIN_TITLES} titles)",
+        file=sys.stderr,
+    )
+    explained: list[Explanation | None] = []
+    with tqdm(
+        total=cost, desc="explain", unit="prompt", delay=PROGRESS_DELAY_S, file=sys.stderr
+    ) as bar:
+        for query, item in zip(queries, best, strict=True):
+            if len(query.request.candidates) < 2:
+                explained.append(None)
+            else:
+                explained.append(leave_one_out(ranker, query.request, item, progress=bar.update))
+    return explained
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
@@ -154,6 +209,14 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         "role,history,past,gerund,candidates (e.g. 'music,songs,listened to,listening to,songs')",
     )
     parser.add_argument("--json", action="store_true", help="print JSON instead of a table")
+    parser.add_argument(
+        "--explain",
+        action="store_true",
+        help="say why the top one: the history titles whose removal lowers its score most "
+        "(leave-one-out over the newest "
+        f"{EXPLAIN_TITLES} titles, against the other candidates or, from the catalogue, the next "
+        f"{EXPLAIN_VERSUS}: (L+1) x 2(N-1) prompts more, printed with the time it took)",
+    )
     top = parser.add_argument_group(
         "top-K from the catalogue (no --candidates)",
         "The catalogue is the run's training items (RUN/catalogue.jsonl, written on first use; "

@@ -13,10 +13,18 @@ from tqdm.auto import tqdm
 
 from dmporec.config import ConfigError
 from dmporec.data import load_records
-from dmporec.ranker import find_stage, load_ranker, run_config, title_normalization
+from dmporec.explain import (
+    EXPLAIN_TITLES,
+    EXPLAIN_VERSUS,
+    Explanation,
+    explain_prompts,
+    leave_one_out,
+)
+from dmporec.ranker import Ranker, find_stage, load_ranker, run_config, title_normalization
+from dmporec.ranking import RankRequest, check_request
 from dmporec.recommend_queries import PROGRESS_DELAY_S, n_prompts
 from dmporec.records import DataError, Record, TitleNormalization
-from dmporec.rerank import PIVOTS, RETRIEVE, TOP_K, load_recommender
+from dmporec.rerank import PIVOTS, RETRIEVE, TOP_K, Plan, load_recommender
 
 # The data files --user looks in, in this order: a test user's history is the model's input at
 # test time, and its positive was never trained on.
@@ -133,10 +141,36 @@ def run_top_k(args: argparse.Namespace) -> int:
             f"their positive {user['positive']!r} is {where}",
             file=sys.stderr,
         )
+    why = explain_top(ranker, plan, doc) if args.explain else None
     name = ranker.name if ranker is not None else args.model
     if args.json:
         out: dict[str, Any] = {"model": name, **({"user": user} if user else {}), **doc}
+        if args.explain:
+            out["explanation"] = why.to_json(plan.wording) if isinstance(why, Explanation) else None
         print(json.dumps(out, ensure_ascii=False, indent=2))
     else:
         print(f"model: {name}\n{format_top_k(doc)}")
+        if why is not None:
+            print(why.describe(plan.wording) if isinstance(why, Explanation) else why)
     return 0
+
+
+def explain_top(ranker: Ranker | None, plan: Plan, doc: dict[str, Any]) -> Explanation | str:
+    """--explain: the first item against the next EXPLAIN_VERSUS (explain.leave_one_out: why the
+    model scores it above them; the fused order also weighs the retriever), or why not."""
+    items = [it["title"] for it in doc["recommended"][: EXPLAIN_VERSUS + 1]]
+    if ranker is None or len(items) < 2:
+        reason = "no model scores (rerank none)" if ranker is None else "no item to compare it with"
+        return f"why {items[0] if items else 'nothing'}: nothing to explain: {reason}"
+    request = ranker.bounded(check_request(RankRequest(plan.history, tuple(items), plan.wording)))
+    cost = explain_prompts(len(items), len(request.history))
+    print(
+        f"recommend: --explain: {cost} prompts more (the first item against the next "
+        f"{len(items) - 1}, with the whole history and without each of its newest "
+        f"{EXPLAIN_TITLES} titles)",
+        file=sys.stderr,
+    )
+    with tqdm(
+        total=cost, desc="explain", unit="prompt", delay=PROGRESS_DELAY_S, file=sys.stderr
+    ) as bar:
+        return leave_one_out(ranker, request, 0, progress=bar.update)
