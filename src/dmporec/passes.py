@@ -23,7 +23,8 @@ from tqdm.auto import tqdm
 
 from dmporec.distributed import gather_chunks, main_print, my_chunks, process_state
 from dmporec.model import ModelConfig
-from dmporec.scoring import Group, Layout, length_order, score_groups
+from dmporec.scoring import Group, Layout, length_order
+from dmporec.scoring.forward import score_groups
 
 
 def pass_key(

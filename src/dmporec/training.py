@@ -1,9 +1,10 @@
 """The LoRA training loop both stages share: Accelerate, accumulation, cosine schedule, resume.
 
-A stage supplies the examples and a `loss_fn(model, batch) -> (loss, logs)`; the loop does the
-rest: seeded order per epoch, gradient accumulation and clipping, checkpoints it can resume
-from (adapter + optimizer + scheduler + position; safetensors for weights), metrics as JSON
-lines and a progress bar.
+A stage supplies the examples, a collate function that makes a batch of them, and its step,
+`step_fn(model, batch) -> (loss, logs)` (stages/sft.py's sft_step, stages/dmpo.py's dmpo_step);
+the loop does the rest: seeded order per epoch, gradient accumulation and clipping, checkpoints
+it can resume from (adapter + optimizer + scheduler + position; safetensors for weights),
+metrics as JSON lines and a progress bar.
 """
 
 from __future__ import annotations
@@ -32,7 +33,7 @@ from dmporec.distributed import warn_if_unsharded
 from dmporec.hf_compat import enable_checkpointing
 from dmporec.records import atomic_write_text
 
-LossFn = Callable[[torch.nn.Module, Any], tuple[torch.Tensor, dict[str, float]]]
+StepFn = Callable[[torch.nn.Module, Any], tuple[torch.Tensor, dict[str, float]]]
 Collate = Callable[[list[Any]], Any]
 ValidateFn = Callable[[torch.nn.Module], dict[str, float]]
 
@@ -146,7 +147,7 @@ def flat_hparams(tree: dict[str, Any], prefix: str = "") -> dict[str, Any]:
 def train_lora(
     model: PeftModel,
     examples: Sequence[Any],
-    loss_fn: LossFn,
+    step_fn: StepFn,
     tc: TrainConfig,
     out_dir: Path,
     *,
@@ -157,7 +158,7 @@ def train_lora(
 ) -> dict[str, float]:
     """Train the model's LoRA adapter on `examples`; saves `out_dir/adapter`. Returns a summary.
 
-    `collate` turns a list of examples into the batch `loss_fn` takes (default: the list itself).
+    `collate` turns a list of examples into the batch `step_fn` takes (default: the list itself).
 
     With `validate` and `tc.eval_every_steps`, `validate(model)` (in eval mode, no gradients)
     runs every that many optimizer steps and after the last; its values join that step's row of
@@ -176,7 +177,7 @@ def train_lora(
     if tracking:
         accelerator.init_trackers(f"dmporec-{stage}", config=flat_hparams(hparams or {}))
     try:
-        return _fit(accelerator, model, examples, loss_fn, collate, tc, out_dir, stage, validate)
+        return _fit(accelerator, model, examples, step_fn, collate, tc, out_dir, stage, validate)
     finally:
         # Also when the stage stops (diverged, interrupted, bad data): what was logged reaches
         # the tracker's files. Not end_training(), which would end the process group that the
@@ -189,7 +190,7 @@ def _fit(
     accelerator: Accelerator,
     model: PeftModel,
     examples: Sequence[Any],
-    loss_fn: LossFn,
+    step_fn: StepFn,
     collate: Collate,
     tc: TrainConfig,
     out_dir: Path,
@@ -258,7 +259,7 @@ def _fit(
             for batch_index, batch in enumerate(epoch_loader, start=skip):
                 with accelerator.accumulate(model):
                     lr = scheduler.get_last_lr()[0]  # the rate this step uses
-                    loss, logs = loss_fn(model, batch)
+                    loss, logs = step_fn(model, batch)
                     if not torch.isfinite(loss.detach()).all():
                         raise TrainingDiverged(
                             f"{stage}: the loss became {loss.item()} at step {step + 1} (epoch "

@@ -1,9 +1,15 @@
-"""Stage 2: DMPO. Policy = SFT model + a new LoRA adapter; reference = the same with it disabled."""
+"""Stage 2: DMPO. Policy = SFT model + a new LoRA adapter; reference = the same with it disabled.
+
+`run_dmpo` sets the stage up (data, model, the reference's log-probs, scored once) and hands
+training.py's loop `dmpo_step`, one micro-batch from batch to loss, which reads top to bottom here
+with losses.py and scoring/ beside it.
+"""
 
 from __future__ import annotations
 
 import os
 import time
+from functools import partial
 from pathlib import Path
 
 import torch
@@ -15,7 +21,7 @@ from dmporec.collate import (
     model_encoder,
     split_pairs,
 )
-from dmporec.config import ConfigError, RunConfig
+from dmporec.config import ConfigError, DMPOConfig, RunConfig
 from dmporec.data import stage_records
 from dmporec.distributed import main_print
 from dmporec.evaluation import validation_fn
@@ -28,8 +34,9 @@ from dmporec.model import (
     merge_adapters,
     read_lineage,
 )
+from dmporec.records import Record
 from dmporec.reference import cached_reference_logps
-from dmporec.scoring import score_groups
+from dmporec.scoring.forward import score_groups
 from dmporec.stages.common import (
     check_settings,
     finish_stage,
@@ -54,26 +61,13 @@ def run_dmpo(cfg: RunConfig, sft_dir: Path | None = None) -> Path:
     if (out / LINEAGE).is_file():
         main_print(f"dmpo: {out} is finished (same settings); delete it to train again")
         return out
-    records = stage_records(cfg.data, "dmpo_train")
-    most = max(r.k for r in records)
-    if most < tc.k:  # the run would train k=most under the label k
-        raise ConfigError(
-            f"dmpo.k={tc.k}, but no user of {cfg.data.dmpo_train} has more than {most} "
-            f"negatives; set dmpo.k={most} or less"
-        )
+    records = _dmpo_records(cfg)
     record_settings(out, settings)  # before training: a checkpoint resumes only with these
-    short = sum(r.k < tc.k for r in records)
-    if short:
-        main_print(
-            f"dmpo: {short} of {len(records)} users have fewer than k={tc.k} negatives; "
-            "their missing negatives are masked out of the loss"
-        )
     tokenizer = load_tokenizer(cfg.model)
     enc = model_encoder(tokenizer, cfg.model, cfg.data.prompt_seed)
     records, cut = bound_records(records, enc, cfg.data, cfg.data.dmpo_train, "dmpo")
     groups = [enc.group(r, k=tc.k, orders=tc.orders) for r in records]
     pairs = tc.k * (2 if tc.orders == "both" else 1)  # each its own (chosen, rejected) in the loss
-    loss = LOSSES[tc.loss]
 
     start = time.perf_counter()
     with PeakMemory() as mem:
@@ -84,33 +78,12 @@ def run_dmpo(cfg: RunConfig, sft_dir: Path | None = None) -> Path:
         ref = cached_reference_logps(
             model, cfg.model, sft_adapters, groups, 2 * pairs, tc, cfg.eval.batch_size
         )
-        examples = list(zip(groups, ref, strict=True))
-
-        def loss_fn(
-            model: torch.nn.Module, batch: PreferenceBatch
-        ) -> tuple[torch.Tensor, dict[str, float]]:
-            scores = score_groups(
-                model, batch.groups, layout=tc.layout, max_batch_tokens=tc.max_batch_tokens
-            )
-            ref_logps = batch.ref_logps.to(scores.logps.device)
-            chosen, rejected = split_pairs(scores.logps)  # [B, pairs] each
-            mask = split_pairs(scores.mask)[1]
-            result = loss(chosen, rejected, *split_pairs(ref_logps), tc.beta, mask)
-            total = result.loss
-            if tc.sft_weight:
-                n_tokens = split_pairs(scores.n_tokens)[0]
-                total = total + tc.sft_weight * sft_loss(chosen, n_tokens, mask)
-            return total.mean(), {
-                "reward_margin": result.margin.mean().item(),
-                "reward_accuracy": result.accuracy.mean().item(),
-                "chosen_reward": result.chosen_rewards.mean().item(),
-            }
-
+        examples = list(zip(groups, ref, strict=True))  # (group, its reference log-probs)
         validate = validation_fn(cfg, tokenizer, tc)
         result = train_lora(
             model,
             examples,
-            loss_fn,
+            partial(dmpo_step, tc=tc),
             tc,
             out,
             stage="dmpo",
@@ -137,3 +110,53 @@ def run_dmpo(cfg: RunConfig, sft_dir: Path | None = None) -> Path:
         },
     )
     return out
+
+
+def _dmpo_records(cfg: RunConfig) -> list[Record]:
+    """The training users, refused (one line) when none has dmpo.k negatives."""
+    tc = cfg.dmpo
+    records = stage_records(cfg.data, "dmpo_train")
+    most = max(r.k for r in records)
+    if most < tc.k:  # the run would train k=most under the label k
+        raise ConfigError(
+            f"dmpo.k={tc.k}, but no user of {cfg.data.dmpo_train} has more than {most} "
+            f"negatives; set dmpo.k={most} or less"
+        )
+    short = sum(r.k < tc.k for r in records)
+    if short:
+        main_print(
+            f"dmpo: {short} of {len(records)} users have fewer than k={tc.k} negatives; "
+            "their missing negatives are masked out of the loss"
+        )
+    return records
+
+
+def dmpo_step(
+    model: torch.nn.Module, batch: PreferenceBatch, tc: DMPOConfig
+) -> tuple[torch.Tensor, dict[str, float]]:
+    """One DMPO micro-batch: its mean loss (training.py runs backward) and what to log.
+
+    Only the policy runs here. The reference's log-probs of the same answers come in the batch:
+    the same model with the adapter disabled scored them once before training (reference.py).
+    A group holds P pairs (the k negatives, twice with orders='both'), each a chosen and a
+    rejected answer; a user with fewer than k negatives has the pairs it lacks masked out.
+    """
+    # [B, 2P] summed log-prob of each answer: chosen, rejected, chosen, ... (collate.py's layout)
+    policy = score_groups(
+        model, batch.groups, layout=tc.layout, max_batch_tokens=tc.max_batch_tokens
+    )
+    policy_chosen, policy_rejected = split_pairs(policy.logps)  # [B, P] each
+    ref_chosen, ref_rejected = split_pairs(batch.ref_logps.to(policy.logps.device))
+    real_pairs = split_pairs(policy.mask)[1]  # [B, P], False where a user has no such pair
+    out = LOSSES[tc.loss](
+        policy_chosen, policy_rejected, ref_chosen, ref_rejected, tc.beta, real_pairs
+    )
+    loss = out.loss  # [B]
+    if tc.sft_weight:  # plus SFT's loss on the chosen answers (per answer token)
+        chosen_tokens = split_pairs(policy.n_tokens)[0]
+        loss = loss + tc.sft_weight * sft_loss(policy_chosen, chosen_tokens, real_pairs)
+    return loss.mean(), {
+        "reward_margin": out.margin.mean().item(),
+        "reward_accuracy": out.accuracy.mean().item(),
+        "chosen_reward": out.chosen_rewards.mean().item(),
+    }

@@ -3,18 +3,20 @@
 from __future__ import annotations
 
 import time
+from functools import partial
 from pathlib import Path
 
 import torch
 
 from dmporec.collate import bound_records, model_encoder
-from dmporec.config import RunConfig
+from dmporec.config import RunConfig, SFTConfig
 from dmporec.data import stage_records
 from dmporec.distributed import main_print
 from dmporec.evaluation import validation_fn
 from dmporec.losses import sft_loss
 from dmporec.model import LINEAGE, add_lora, load_base_model, load_tokenizer
-from dmporec.scoring import Group, score_groups
+from dmporec.scoring import Group
+from dmporec.scoring.forward import score_groups
 from dmporec.stages.common import (
     check_settings,
     finish_stage,
@@ -41,12 +43,6 @@ def run_sft(cfg: RunConfig) -> Path:
     # The paper's SFT sees one pair per user: the first negative (in both orders if asked).
     groups = [enc.group(r, k=1, answers="chosen", orders=tc.orders) for r in records]
 
-    def loss_fn(
-        model: torch.nn.Module, batch: list[Group]
-    ) -> tuple[torch.Tensor, dict[str, float]]:
-        scores = score_groups(model, batch, layout=tc.layout, max_batch_tokens=tc.max_batch_tokens)
-        return sft_loss(scores.logps, scores.n_tokens, scores.mask).mean(), {}
-
     start = time.perf_counter()
     with PeakMemory() as mem:
         model = add_lora(load_base_model(cfg.model), cfg.model, tc.seed)
@@ -54,7 +50,7 @@ def run_sft(cfg: RunConfig) -> Path:
         result = train_lora(
             model,
             groups,
-            loss_fn,
+            partial(sft_step, tc=tc),
             tc,
             out,
             stage="sft",
@@ -77,3 +73,12 @@ def run_sft(cfg: RunConfig) -> Path:
         },
     )
     return out
+
+
+def sft_step(
+    model: torch.nn.Module, groups: list[Group], tc: SFTConfig
+) -> tuple[torch.Tensor, dict[str, float]]:
+    """One SFT micro-batch (a list of groups, the chosen answers only): the mean over users of
+    each user's negative log-likelihood per answer token; nothing else to log."""
+    scores = score_groups(model, groups, layout=tc.layout, max_batch_tokens=tc.max_batch_tokens)
+    return sft_loss(scores.logps, scores.n_tokens, scores.mask).mean(), {}
