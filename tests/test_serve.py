@@ -209,6 +209,8 @@ def test_concurrent_requests_are_batched_and_equal_unbatched_scores(client, rank
     after = client.get("/healthz").json()
     assert after["requests"] - before["requests"] == len(users)
     assert after["batches"] - before["batches"] < len(users)  # some requests shared a forward
+    # The batcher records how many requests each scoring call held: some held several.
+    assert max(map(int, after["batch_sizes"])) > 1
 
 
 def test_no_batching_scores_one_request_per_call(ranker):
@@ -322,6 +324,35 @@ def test_recommend_happy_path(shelf, ranker, recommender):
     assert all_pairs["prompts"] == 20 and all_pairs["pivots"] is None
     health = shelf.get("/healthz").json()
     assert health["recommendations"] >= 2
+    assert health["requests"] >= 2  # the reranks went through the model queue
+
+
+def test_concurrent_recommends_share_forward_passes_and_match_one_at_a_time(ranker, recommender):
+    """/v1/recommend's reranks wait in the same queue as /v1/rank: those waiting together are
+    scored in one call, with the scores each gets alone."""
+    app = create_app(ranker, max_batch=8, batch_wait_ms=300, recommender=recommender)
+    histories = [[*HISTORY[: 1 + i % 3], f"Shelf Title {i}"] for i in range(4)]
+    docs: dict[int, dict] = {}
+    with TestClient(app) as c:
+
+        def ask(i: int) -> None:
+            body = {"history": histories[i], "top_k": 3, "retrieve": 5}
+            docs[i] = c.post("/v1/recommend", json=body).json()
+
+        threads = [threading.Thread(target=ask, args=(i,)) for i in range(len(histories))]
+        for t in threads:
+            t.start()
+        for t in threads:
+            t.join()
+        health = c.get("/healthz").json()
+    for i, history in enumerate(histories):
+        alone = recommender.finish(recommender.plan(history, k=3, m=5), ranker)
+        for got, want in zip(docs[i]["recommended"], alone["recommended"], strict=True):
+            assert got["title"] == want["title"]
+            # log-prob margins; padding in a batch moves fp32 sums by ~1e-5
+            assert got["llm_score"] == pytest.approx(want["llm_score"], abs=1e-4)
+    assert health["requests"] == len(histories) and health["batches"] < len(histories)
+    assert max(map(int, health["batch_sizes"])) > 1
 
 
 def test_recommend_for_an_empty_history_is_popularity_said(shelf):

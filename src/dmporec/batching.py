@@ -1,31 +1,51 @@
-"""The request queue of `dmporec serve`: concurrent ranking requests are scored together.
+"""The model queue of `dmporec serve`: requests waiting together are scored in one forward pass.
 
-Every /v1/rank request goes on one asyncio queue; a single worker takes the first waiting request,
-waits up to `batch_wait_ms` for more (unless `max_batch` are already there), and scores up to
-`max_batch` requests in one `Ranker.rank` call, in a thread so the event loop keeps accepting
-requests meanwhile. At most `max_queue` requests wait (clients that left do not count); one more
-raises QueueFull with a Retry-After estimated from the recent batch times. A request whose client
-hangs up while it waits is dropped before it reaches the model (`unless_disconnected`).
+Each model call of a request is a Job: a RankRequest and the ordered pairs to ask (all of them for
+/v1/rank; the pivot pairs of a /v1/recommend rerank). Jobs wait in one queue, first come first
+served; a single worker takes the first, waits up to `batch_wait_ms` for company (unless
+`max_batch` are already there), and scores up to `max_batch` jobs holding at most `max_prompts`
+prompts (the largest request a client may send) in one `Ranker.answers` call, in a thread so the
+event loop keeps accepting requests. There each job's prompts are one or more prompt trees
+(scoring.Group) and the trees of all its jobs share the forward passes (ranking.pair_answers).
+Jobs built with different prompt-tree sizes (`group_tokens`) are scored in calls of their own.
+
+503 with Retry-After (QueueFull): when `max_queue` jobs already wait (clients that left do not
+count), and for a job that has waited `deadline_s` without reaching the model (it is dropped, not
+scored). Retry-After is the queued prompts times the recent seconds per prompt. A job whose client
+hangs up while it waits is dropped too (`unless_disconnected`).
+
+What a batch gains on a CPU is small: the forward passes are compute-bound (the GEMMs of one
+request's ~500-token prompt tree already run near the cores' peak), so batching saves only what
+is paid per pass (Python and kernel launches, the shared chat header); benchmarks/serve_load.py
+measures it. On a GPU one request's tree leaves most of the device idle and the batch pays more.
 """
 
 import asyncio
+import concurrent.futures
 import contextlib
 import math
 import time
-from collections.abc import Awaitable
+from collections import Counter, deque
+from collections.abc import Awaitable, Callable, Sequence
+from dataclasses import dataclass, field
 from typing import Any
 
+import torch
 from starlette.requests import Request
 
 from dmporec.ranker import Ranker
-from dmporec.ranking import RankRequest
+from dmporec.ranking import RankRequest, ordered_pairs, pair_scores
+
+# Seconds a request may wait in the queue before it is answered 503 (`dmporec serve --deadline-s`).
+DEADLINE_S = 30.0
 
 
 class QueueFull(Exception):
-    """The ranking queue is full; `retry_after` seconds is a fair wait."""
+    """The model queue is full, or a request waited past its deadline; `retry_after` seconds is
+    a fair wait."""
 
-    def __init__(self, retry_after: int) -> None:
-        super().__init__(f"the server is busy; retry after {retry_after} s")
+    def __init__(self, retry_after: int, why: str = "") -> None:
+        super().__init__(f"the server is busy{why}; retry after {retry_after} s")
         self.retry_after = retry_after
 
 
@@ -44,22 +64,47 @@ async def unless_disconnected(request: Request, work: Awaitable[Any], poll_s: fl
             return None
 
 
+@dataclass(eq=False)
+class Job:
+    """One model call waiting for a batch."""
+
+    request: RankRequest
+    pairs: Sequence[tuple[int, int]]
+    group_tokens: int | None  # the prompt-tree size it asks for (None: the scorer's default)
+    future: asyncio.Future
+    queued_at: float = field(default_factory=time.monotonic)
+    expired: bool = False  # dropped at its deadline
+
+    @property
+    def prompts(self) -> int:
+        return len(self.pairs)
+
+
 class Batcher:
-    """One queue, one worker: concurrent ranking requests are scored together (see the module docstring)."""
+    """One queue, one worker: jobs waiting together are scored together (see the module docstring)."""
 
     def __init__(
-        self, ranker: Ranker, max_batch: int, batch_wait_ms: float, max_queue: int = 64
+        self,
+        ranker: Ranker,
+        max_batch: int,
+        batch_wait_ms: float,
+        max_queue: int = 64,
+        *,
+        deadline_s: float = DEADLINE_S,
+        max_prompts: int = 380,
     ) -> None:
         self.ranker, self.max_batch, self.wait_s = ranker, max_batch, batch_wait_ms / 1000
-        self.max_queue = max_queue
-        self.batches = self.requests = self.dropped = 0
-        self._waiting: set[asyncio.Future] = set()  # queued requests whose clients still wait
-        self.batch_s = 1.0  # running mean of a batch's scoring time, for Retry-After
-        self._queue: asyncio.Queue[tuple[RankRequest, asyncio.Future]] | None = None
+        self.max_queue, self.deadline_s, self.max_prompts = max_queue, deadline_s, max_prompts
+        self.batches = self.requests = self.dropped = self.expired = 0
+        self.sizes: Counter[int] = Counter()  # jobs per scored batch -> how many such batches
+        self.prompt_s = 0.1  # running mean of the seconds one prompt takes, for Retry-After
+        self._waiting: set[asyncio.Future] = set()  # queued jobs whose clients still wait
+        self._queue: deque[Job] = deque()
+        self._arrived: asyncio.Event | None = None
         self._task: asyncio.Task | None = None
 
     def start(self) -> None:
-        self._queue = asyncio.Queue()  # bounded by `waiting`: live requests only
+        self._arrived = asyncio.Event()
         self._task = asyncio.create_task(self._work())
 
     async def stop(self) -> None:
@@ -69,50 +114,137 @@ class Batcher:
                 await self._task
 
     async def rank(self, request: RankRequest) -> list[float]:
-        if self._queue is None:
+        """Scores of the request's candidates, as `Ranker.rank` gives them (every ordered pair)."""
+        n = len(request.candidates)
+        first, second = await self.answers(request, ordered_pairs(n))
+        return [1.0] if n == 1 else pair_scores(n, first, second)
+
+    async def answers(
+        self,
+        request: RankRequest,
+        pairs: Sequence[tuple[int, int]],
+        group_tokens: int | None = None,
+    ) -> tuple[torch.Tensor, torch.Tensor]:
+        """(first_logps, second_logps) of the request's ordered `pairs` (`Ranker.answers`), once
+        a batch has taken them; QueueFull when the queue is full or the deadline passes first."""
+        if self._arrived is None:
             raise RuntimeError("the batcher is not running (app started without its lifespan?)")
         if len(self._waiting) >= self.max_queue:  # clients that left do not count
             raise QueueFull(self.retry_after())
         future = asyncio.get_running_loop().create_future()
+        job = Job(request, pairs, group_tokens, future)
         self._waiting.add(future)
         future.add_done_callback(self._waiting.discard)  # answered, or its client left
-        self._queue.put_nowait((request, future))
-        return await future
+        self._queue.append(job)
+        self._arrived.set()
+        try:
+            await asyncio.wait({future}, timeout=self.deadline_s)
+        except asyncio.CancelledError:  # the client left: drop the job
+            future.cancel()
+            raise
+        if future in self._waiting:  # not at the model yet
+            job.expired = True
+            future.cancel()
+            self.expired += 1
+            raise QueueFull(
+                self.retry_after(), f": this request waited {self.deadline_s:g} s for the model"
+            )
+        return await future  # at the model: its answer is on the way
 
     def retry_after(self) -> int:
-        """Seconds until the queue has likely drained: its batches times the mean batch time."""
-        assert self._queue is not None
-        return max(1, math.ceil(len(self._waiting) / self.max_batch * self.batch_s))
+        """Seconds until the queue has likely drained: its prompts times the recent time a
+        prompt takes."""
+        prompts = sum(job.prompts for job in self._queue if job.future in self._waiting)
+        return max(1, math.ceil(prompts * self.prompt_s))
 
-    async def _next_batch(self) -> list[tuple[RankRequest, asyncio.Future]]:
-        assert self._queue is not None
-        batch = [await self._queue.get()]
-        if self.max_batch > 1 and self._queue.qsize() < self.max_batch - 1 and self.wait_s > 0:
+    async def _next_batch(self) -> list[Job]:
+        assert self._arrived is not None
+        while not self._queue:
+            self._arrived.clear()
+            await self._arrived.wait()
+        if self.max_batch > 1 and len(self._queue) < self.max_batch and self.wait_s > 0:
             await asyncio.sleep(self.wait_s)  # let concurrent requests join this forward pass
-        while len(batch) < self.max_batch and not self._queue.empty():
-            batch.append(self._queue.get_nowait())
-        for _, f in batch:
-            self._waiting.discard(f)  # at the model now: no longer waiting
-        kept = [(r, f) for r, f in batch if not f.cancelled()]  # skip clients that left
-        self.dropped += len(batch) - len(kept)
-        return kept
+        batch: list[Job] = []
+        prompts = 0
+        while self._queue and len(batch) < self.max_batch:
+            job = self._queue[0]
+            if job.future.done():  # its client left, or its deadline passed: not scored
+                self._queue.popleft()
+                self.dropped += not job.expired
+                continue
+            if batch and (
+                job.group_tokens != batch[0].group_tokens
+                or prompts + job.prompts > self.max_prompts
+            ):
+                break
+            batch.append(self._queue.popleft())
+            prompts += job.prompts
+        for job in batch:
+            self._waiting.discard(job.future)  # at the model now: no longer waiting
+        return batch
 
     async def _work(self) -> None:
         while True:
             batch = await self._next_batch()
             if not batch:
                 continue
+            tokens = batch[0].group_tokens
             start = time.perf_counter()
             try:
-                scores = await asyncio.to_thread(self.ranker.rank, [r for r, _ in batch])
+                answers = await asyncio.to_thread(
+                    self.ranker.answers,
+                    [job.request for job in batch],
+                    [job.pairs for job in batch],
+                    **({} if tokens is None else {"max_group_tokens": tokens}),
+                )
             except Exception as e:  # every waiting request gets the error, the worker goes on
-                for _, future in batch:
-                    if not future.done():
-                        future.set_exception(e)
+                for job in batch:
+                    if not job.future.done():
+                        job.future.set_exception(e)
                 continue
-            self.batch_s = 0.8 * self.batch_s + 0.2 * (time.perf_counter() - start)
+            prompts = sum(job.prompts for job in batch)
+            if prompts:
+                seconds = (time.perf_counter() - start) / prompts
+                self.prompt_s = 0.8 * self.prompt_s + 0.2 * seconds
             self.batches += 1
             self.requests += len(batch)
-            for (_, future), s in zip(batch, scores, strict=True):
-                if not future.done():
-                    future.set_result(s)
+            self.sizes[len(batch)] += 1
+            for job, answer in zip(batch, answers, strict=True):
+                if not job.future.done():
+                    job.future.set_result(answer)
+
+
+class QueuedRanker:
+    """The batcher's ranker, its `answers` queued with every other request's (for code that
+    calls a Ranker from a worker thread: Recommender.finish); `cancel` drops what it queued."""
+
+    def __init__(self, batcher: Batcher, loop: asyncio.AbstractEventLoop) -> None:
+        self.batcher, self.loop = batcher, loop
+        self._pending: list[concurrent.futures.Future] = []
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self.batcher.ranker, name)
+
+    def answers(
+        self,
+        requests: Sequence[RankRequest],
+        pairs_of: Sequence[Sequence[tuple[int, int]]],
+        progress: Callable[[int], None] | None = None,
+        *,
+        max_group_tokens: int | None = None,
+    ) -> list[tuple[torch.Tensor, torch.Tensor]]:
+        futures = [
+            asyncio.run_coroutine_threadsafe(
+                self.batcher.answers(r, pairs, max_group_tokens), self.loop
+            )
+            for r, pairs in zip(requests, pairs_of, strict=True)
+        ]
+        self._pending += futures
+        out = [f.result() for f in futures]
+        if progress is not None:
+            progress(sum(map(len, pairs_of)))
+        return out
+
+    def cancel(self) -> None:
+        for future in self._pending:
+            future.cancel()

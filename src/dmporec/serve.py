@@ -9,16 +9,19 @@ an export's, or --catalogue FILE; without any, it answers 404 saying so. A reque
 most the prompts of /v1/rank's largest (N(N-1) for N = the candidate limit).
 
 `dmporec serve --model RUN_DIR [--host 127.0.0.1] [--port 8000] [--max-batch 8] [--batch-wait-ms 5]
-[--catalogue FILE] [--retriever NAME] [--no-hybrid]`
+[--max-queue 64] [--deadline-s 30] [--catalogue FILE] [--retriever NAME] [--no-hybrid]`
 loads the base model and merges the run's adapters once, then serves. The API's schema is at
 /openapi.json; /docs is a plain page pointing there and to docs/usage.md (no Swagger UI: it
 loads from a CDN, which an offline machine cannot reach).
 
-Batching (dmporec.batching): concurrent /v1/rank requests are scored together, up to
-`--max-batch` per forward pass after waiting at most `--batch-wait-ms` for company;
-`--no-batching` scores one at a time. A request whose client hangs up while it waits is dropped
-before it reaches the model; at most `--max-queue` requests wait, and one more gets 503 with a
-Retry-After estimated from the recent batch times.
+Batching (dmporec.batching): the model work of /v1/rank, /v1/explain's ranking and
+/v1/recommend's rerank waits in one queue; requests waiting together are scored together, up to
+`--max-batch` per forward pass (and at most the prompts of the largest allowed request) after
+waiting at most `--batch-wait-ms` for company; `--no-batching` scores one at a time. A request
+whose client hangs up while it waits is dropped before it reaches the model. 503 with
+Retry-After (the queued prompts times the recent seconds per prompt) and a one-line `error`: when
+`--max-queue` requests already wait, and for a request that has waited `--deadline-s` seconds
+without reaching the model (it is not scored).
 
 Limits (numbers below): history length, candidate count, title length, blank and duplicate
 titles are refused with 422 and a one-line `error` naming the field (values echoed in it are cut
@@ -37,10 +40,10 @@ API key: with --api-key or $DMPOREC_API_KEY set, /v1/ needs `Authorization: Bear
 import argparse
 import asyncio
 import contextlib
-import math
 import os
 import sys
 import time
+from collections import Counter
 from collections.abc import AsyncIterator, Callable
 from importlib.resources import files
 from typing import Any
@@ -50,7 +53,7 @@ from fastapi.exceptions import RequestValidationError
 from fastapi.responses import HTMLResponse, JSONResponse, Response
 from starlette.requests import Request
 
-from dmporec.batching import Batcher, QueueFull, unless_disconnected
+from dmporec.batching import DEADLINE_S, Batcher, QueuedRanker, QueueFull, unless_disconnected
 from dmporec.catalogue import RETRIEVERS
 from dmporec.ranker import Ranker, clean_request
 from dmporec.ranking import check_unseen
@@ -111,19 +114,27 @@ def create_app(
     max_batch: int = 8,
     batch_wait_ms: float = 5.0,
     max_queue: int = 64,
+    deadline_s: float = DEADLINE_S,
     api_key: str | None = None,
     recommender: Recommender | None = None,
 ) -> FastAPI:
     """The service around an already loaded ranker (tests inject the tiny model here);
     /v1/recommend needs a `recommender` (its catalogue and retriever)."""
     limits = limits or Limits()
-    if max_batch < 1 or batch_wait_ms < 0 or max_queue < 1:
-        raise ValueError("max_batch and max_queue must be >= 1 and batch_wait_ms >= 0")
-    batcher = Batcher(ranker, max_batch, batch_wait_ms, max_queue)
+    if max_batch < 1 or batch_wait_ms < 0 or max_queue < 1 or not deadline_s > 0:
+        raise ValueError(
+            "max_batch and max_queue must be >= 1, batch_wait_ms >= 0 and deadline_s > 0"
+        )
+    batcher = Batcher(
+        ranker,
+        max_batch,
+        batch_wait_ms,
+        max_queue,
+        deadline_s=deadline_s,
+        max_prompts=limits.max_prompts,
+    )
     RankBody, ExplainBody, RecommendBody = request_models(limits, ranker)
-    # /v1/recommend's queue: requests waiting for the model, answered, and the mean seconds one
-    # takes (for Retry-After); the ranker's lock serializes them with /v1/rank's batches.
-    recommending: dict[str, float] = {"waiting": 0, "answered": 0, "seconds": 10.0}
+    recommendations = Counter[str]()  # /v1/recommend requests answered
 
     @contextlib.asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
@@ -178,7 +189,10 @@ def create_app(
             model=ranker.name,
             batches=batcher.batches,
             requests=batcher.requests,
-            recommendations=int(recommending["answered"]),
+            batch_sizes={str(k): v for k, v in sorted(batcher.sizes.items())},
+            dropped=batcher.dropped,
+            expired=batcher.expired,
+            recommendations=recommendations["answered"],
         )
 
     @app.post("/v1/rank", response_model=RankResponse)
@@ -241,27 +255,26 @@ def create_app(
                 },
                 status_code=404,
             )
-        if recommending["waiting"] >= max_queue:
-            raise QueueFull(max(1, math.ceil(recommending["waiting"] * recommending["seconds"])))
-        recommending["waiting"] += 1
-        try:
-            plan = await asyncio.to_thread(
-                recommender.plan,
-                body.history,
-                k=body.top_k,
-                m=body.retrieve,
-                rerank=body.rerank,
-                pivots=body.pivots,
-                domain=body.domain,
-            )
-            if await http.is_disconnected():
-                return Response(status_code=499)
-            doc = await asyncio.to_thread(recommender.finish, plan, ranker, use_hybrid=body.hybrid)
-        finally:
-            recommending["waiting"] -= 1
+        plan = await asyncio.to_thread(
+            recommender.plan,
+            body.history,
+            k=body.top_k,
+            m=body.retrieve,
+            rerank=body.rerank,
+            pivots=body.pivots,
+            domain=body.domain,
+        )
+        # The rerank's model calls wait in the batcher's queue (its deadline, its 503s), and
+        # share forward passes with other requests waiting there.
+        queued = QueuedRanker(batcher, asyncio.get_running_loop())
+        doc = await unless_disconnected(
+            http, asyncio.to_thread(recommender.finish, plan, queued, use_hybrid=body.hybrid)
+        )
+        if doc is None:
+            queued.cancel()
+            return Response(status_code=499)
         elapsed = time.perf_counter() - start
-        recommending["answered"] += 1
-        recommending["seconds"] = 0.8 * recommending["seconds"] + 0.2 * elapsed
+        recommendations["answered"] += 1
         return RecommendResponse(**doc, model=ranker.name, elapsed_ms=round(elapsed * 1000, 2))
 
     return app
@@ -288,6 +301,7 @@ def run_serve(args: argparse.Namespace) -> int:
         max_batch=max_batch,
         batch_wait_ms=args.batch_wait_ms,
         max_queue=args.max_queue,
+        deadline_s=args.deadline_s,
         api_key=api_key,
         recommender=recommender,
     )
@@ -367,7 +381,14 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         "--max-queue",
         type=_at_least(1),
         default=64,
-        help="ranking requests that may wait; one more gets 503 with Retry-After (default 64)",
+        help="requests that may wait for the model; one more gets 503 with Retry-After (default 64)",
+    )
+    parser.add_argument(
+        "--deadline-s",
+        type=_at_least(0.1, float),
+        default=DEADLINE_S,
+        help="a request that has waited this long for the model gets 503 with Retry-After "
+        f"instead of waiting on (default {DEADLINE_S:g})",
     )
     parser.add_argument(
         "--no-batching", action="store_true", help="score one request at a time (max-batch 1)"

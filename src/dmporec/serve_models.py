@@ -109,7 +109,12 @@ class Health(BaseModel):
     status: str
     model: str
     batches: int = Field(description="Scoring calls so far.")
-    requests: int = Field(description="Ranking requests scored so far.")
+    requests: int = Field(description="Requests (model calls) scored so far.")
+    batch_sizes: dict[str, int] = Field(
+        {}, description="Requests per scoring call -> how many calls scored that many."
+    )
+    dropped: int = Field(0, description="Queued requests dropped: their clients left.")
+    expired: int = Field(0, description="Queued requests answered 503 at their deadline.")
     recommendations: int = Field(0, description="/v1/recommend requests answered so far.")
 
 
