@@ -1,38 +1,71 @@
 """The experiment runner: cells with their own overrides, a shared SFT, resume, one table."""
 
+import contextlib
+import io
 import json
+import shutil
 from pathlib import Path
 
+import numpy as np
 import pytest
 
 from dmporec.cli import main
 from dmporec.config import ConfigError
-from dmporec.stages.experiment import load_experiment
+from dmporec.metrics import pair_correct, paired_auc_test, paired_test
+from dmporec.stages.experiment import cell_config, load_experiment
 
 ROOT = Path(__file__).resolve().parents[1]
 
 
 def write(tmp_path: Path, text: str) -> str:
     path = tmp_path / "exp.yaml"
-    path.write_text(text.replace("ROOT", str(ROOT)).replace("OUT", str(tmp_path / "exp")))
+    text = text.replace("ROOT", str(ROOT)).replace("OUT", str(tmp_path / "exp"))
+    path.write_text(text.replace("PUB", str(tmp_path / "published")))
     return str(path)
 
 
-def test_cells_run_once_and_share_an_sft(tmp_path, capsys):
-    path = write(
-        tmp_path,
-        """
+EXPERIMENT = """
 base: ROOT/configs/tiny.yaml
 output_dir: OUT
+publish: PUB
 overrides: [data.valid_users=3, eval.split=valid, eval.n_boot=20]
+paired: {baselines: [popularity, bpr-mf]}
+evals:
+  - {name: lists, overrides: [eval.listwise=3], cells: [zero, k2]}
+plots:
+  - {x: dmpo.k, file: sweep_k.png, bands: [zero], title: accuracy against k}
 cells:
   - {name: zero, stages: [baselines, zero_shot]}
   - {name: k2, overrides: [dmpo.k=2]}
   - {name: k3-beta, overrides: [dmpo.k=3, dmpo.beta=0.5], stages: [dmpo], sft_from: k2}
-""",
-    )
-    assert main(["experiment", "--config", path]) == 0
-    table = capsys.readouterr().out
+"""
+
+
+@pytest.fixture(scope="module")
+def finished(tmp_path_factory):
+    """EXPERIMENT run once: (its directory, what it printed). Tests that change its files work on
+    a copy (`copy_of`)."""
+    tmp = tmp_path_factory.mktemp("experiment")
+    path = write(tmp, EXPERIMENT)
+    with contextlib.redirect_stdout(io.StringIO()) as printed:
+        assert main(["experiment", "--config", path]) == 0
+    return tmp, printed.getvalue()
+
+
+def copy_of(finished, tmp_path: Path) -> str:
+    """The finished experiment's output and published directories under tmp_path, and its file."""
+    for name in ("exp", "published"):
+        shutil.copytree(finished[0] / name, tmp_path / name)
+    return write(tmp_path, EXPERIMENT)
+
+
+def rows_of(path: Path) -> list[dict]:
+    return [json.loads(x) for x in path.read_text().splitlines()]
+
+
+def test_cells_run_once_and_share_an_sft(finished, tmp_path, capsys):
+    table = finished[1]
+    path = copy_of(finished, tmp_path)
     for row in (
         "| zero: zero-shot | 9 |",
         "| k2: SFT | 9 |",
@@ -40,11 +73,12 @@ cells:
         "| k3-beta: DMPO (k=3) | 9 |",
     ):
         assert row in table, row
-    rows = [json.loads(x) for x in (tmp_path / "exp/results.jsonl").read_text().splitlines()]
+    rows = rows_of(tmp_path / "exp/results.jsonl")
     n_rows = len(rows)
     assert [r["model"] for r in rows[:3]] == ["random", "popularity", "bpr-mf"]
     rows = [r for r in rows if "eval_dir" in r]  # the LLM rows; the baselines carry scores only
     assert [r["cell"] for r in rows] == ["zero", "k2", "k2", "k3-beta"]
+    assert [r["stage"] for r in rows] == ["zero_shot", "sft", "dmpo", "dmpo"]
     assert rows[-1]["overrides"] == ["dmpo.k=3", "dmpo.beta=0.5"] and rows[-1]["split"] == "valid"
     assert not (tmp_path / "exp/k3-beta/sft").exists()  # its DMPO started from k2's SFT
     lineage = json.loads((tmp_path / "exp/k3-beta/dmpo/lineage.json").read_text())
@@ -70,8 +104,8 @@ cells:
     Path(path).write_text(Path(path).read_text().replace("dmpo.beta=0.5", "dmpo.beta=0.2"))
     assert main(["experiment", "--config", path]) == 2
     err = capsys.readouterr().err
-    assert "cell k3-beta was made with overrides ['dmpo.k=3', 'dmpo.beta=0.5']" in err
-    assert "rename the cell" in err
+    assert "cell k3-beta was made with other settings (dmpo.beta: 0.5 then, 0.2 now)" in err
+    assert "rename the cell, or run it again with --rerun k3-beta" in err
     assert len((tmp_path / "exp/results.jsonl").read_text().splitlines()) == n_rows
     Path(path).write_text(Path(path).read_text().replace("dmpo.beta=0.2", "dmpo.beta=0.5"))
     # ... nor one whose shared or command-line overrides changed.
@@ -98,6 +132,140 @@ cells:
         in err
     )
     assert not (tmp_path / "exp/other-sft/dmpo").exists()
+
+
+def test_paired_tests_extra_evaluations_and_publishing(finished):
+    out, published = finished[0] / "exp", finished[0] / "published"
+    rows = rows_of(out / "results.jsonl")
+    by = {(r["cell"], r["model"]): r for r in rows}
+    # A trained stage's row keeps its training statistics (held-out reward accuracy by quarter).
+    training = by[("k2", "DMPO (k=2)")]["training"]
+    assert {"loss_first10", "loss_last10", "reward_accuracy_by_quarter"} <= training.keys()
+    assert "reward_accuracy_last10" not in by[("k2", "SFT")]["training"]
+    # Paired tests as the file asks: each trained row against zero-shot, popularity and BPR-MF
+    # (random and MiniLM were not asked for), DMPO against the SFT it started from.
+    tests = json.loads((out / "paired.json").read_text())
+    trained = ("k2: SFT", "k2: DMPO (k=2)", "k3-beta: DMPO (k=3)")
+    assert {(t["a"], t["b"]) for t in tests} == {
+        (a, b) for a in trained for b in ("zero: zero-shot", "zero: popularity", "zero: bpr-mf")
+    } | {("k2: DMPO (k=2)", "k2: SFT"), ("k3-beta: DMPO (k=3)", "k2: SFT")}
+    # ... each the paired test of the two rows' kept per-pair scores.
+    a, b = by[("k3-beta", "DMPO (k=3)")]["pair_scores"], by[("k2", "SFT")]["pair_scores"]
+    ca, ra, cb, rb = (np.array(x[k]) for x in (a, b) for k in ("chosen", "rejected"))
+    expected = {
+        **paired_test(pair_correct(ca, ra), pair_correct(cb, rb)),
+        **paired_auc_test(np.array(a["users"]), ca, ra, cb, rb),
+    }
+    (test,) = [t for t in tests if (t["a"], t["b"]) == ("k3-beta: DMPO (k=3)", "k2: SFT")]
+    assert {k: test[k] for k in expected} == expected
+    assert "| k3-beta: DMPO (k=3) vs k2: SFT |" in (out / "paired.md").read_text()
+    # The extra evaluation of the cells it names, called directly: lists of 3 candidates per
+    # validation user, and the accuracy on each user's 1st, 2nd, 3rd negative.
+    for key in (("zero", "zero-shot"), ("zero", "popularity"), ("k2", "SFT"), ("k2", "DMPO (k=2)")):
+        assert by[key]["evals"]["lists"]["list3_users"] == 3, key
+    assert "evals" not in by[("k3-beta", "DMPO (k=3)")]
+    assert list(by[("k2", "SFT")]["evals"]["lists"]["accuracy_by_negative"]) == ["1", "2", "3"]
+    assert (out / "k2/dmpo/eval-lists/lists.jsonl").is_file()
+    report = (out / "report.md").read_text()
+    assert "## Extra evaluation: lists" in report and "## Training" in report
+    assert "## Paired tests" in report and "](sweep_k.png)" in report
+    assert (out / "sweep_k.png").stat().st_size > 1000
+    # Published: every row with its settings, per-pair scores and paired tests, and the tables.
+    rows = rows_of(published / "results.jsonl")
+    assert [(r["cell"], r["model"]) for r in rows] == list(by)
+    assert all("settings" in r and "pair_scores" in r for r in rows)
+    (k3,) = [r for r in rows if r["cell"] == "k3-beta"]
+    assert [t["b"] for t in k3["paired_tests"]] == [
+        "zero: zero-shot", "zero: popularity", "zero: bpr-mf", "k2: SFT"
+    ]  # fmt: skip
+    for name in ("results.md", "paired.md", "report.md", "sweep_k.png", "report_training.png"):
+        assert (published / name).stat().st_size > 100, name
+
+
+def test_a_new_checkout_restores_the_published_cells(finished, tmp_path, capsys):
+    path = copy_of(finished, tmp_path)
+    out, published = tmp_path / "exp", tmp_path / "published"
+    tests, rows = (out / "paired.json").read_text(), (published / "results.jsonl").read_text()
+    shutil.rmtree(out)  # runs/ does not outlive a session; the published files do
+    assert main(["experiment", "--config", path, "--cells", "zero"]) == 0
+    printed = capsys.readouterr().out
+    assert f"restored from {published / 'results.jsonl'}: zero, k2, k3-beta" in printed
+    assert "cell zero is in" in printed
+    assert not (out / "k2").exists()  # nothing trained or scored
+    assert (out / "paired.json").read_text() == tests
+    assert (published / "results.jsonl").read_text() == rows
+    # A cell to run again whose sft_from is restored (no adapter here) runs that cell first;
+    # its new rows replace the published ones.
+    assert main(["experiment", "--config", path, "--rerun", "k3-beta"]) == 0
+    assert "experiment: cell k2 runs first: k3-beta starts from its SFT" in capsys.readouterr().out
+    assert (out / "k2/sft/lineage.json").is_file()
+    again = rows_of(published / "results.jsonl")
+    assert [r["cell"] for r in again].count("k3-beta") == 1
+    assert {r["cell"] for r in again} == {"zero", "k2", "k3-beta"}
+
+
+def test_rows_of_an_older_run_are_restored_with_their_scores(finished, tmp_path, capsys):
+    """Rows as a dmporec before #38 wrote them (benchmarks/learning_curve.py's runs): no stage,
+    no per-pair scores, settings with the fields marked operational since: restored from their
+    results.jsonl with the scores and training statistics of the run directory beside it."""
+    path = copy_of(finished, tmp_path)
+    old = tmp_path / "exp"
+    made = rows_of(old / "results.jsonl")
+    strip = ("pair_scores", "stage", "vars", "training", "evals")
+    written = [
+        {
+            **{k: v for k, v in r.items() if k not in strip},
+            "settings": {**r["settings"], "zero_shot": True, "baselines": True},
+        }
+        for r in made
+        if r["cell"] != "zero"  # the baselines' scores were never beside them
+    ]
+    (old / "results.jsonl").write_text("".join(json.dumps(r) + "\n" for r in written))
+    new, pub = tmp_path / "new", tmp_path / "pub2"
+    args = ["--publish", str(pub), "--restore", str(old / "results.jsonl"), "--cells", "k2"]
+    assert main(["experiment", "--config", path, *args, f"output_dir={new}"]) == 0
+    assert "restored from" in capsys.readouterr().out
+    restored = {(r["cell"], r["model"]): r for r in rows_of(new / "results.jsonl")}
+    for r in made[-3:]:
+        mine = restored[(r["cell"], r["model"])]
+        assert mine["pair_scores"] == r["pair_scores"] and mine["stage"] == r["stage"]
+        assert mine["training"] == r["training"]
+    assert {(t["a"], t["b"]) for t in json.loads((new / "paired.json").read_text())} == {
+        ("k2: DMPO (k=2)", "k2: SFT"), ("k3-beta: DMPO (k=3)", "k2: SFT")
+    }  # fmt: skip
+    # Rows of other settings are never relabelled as this experiment's.
+    assert main(["experiment", "--config", path, *args, "output_dir=" + str(tmp_path / "x"),
+                 "dmpo.beta=0.3"]) == 2  # fmt: skip
+    assert "cell k2 was made with other settings (dmpo.beta: 0.1 then, 0.3 now)" in (
+        capsys.readouterr().err
+    )
+
+
+def test_a_grid_is_one_cell_per_combination(tmp_path):
+    path = write(
+        tmp_path,
+        """
+base: ROOT/configs/tiny.yaml
+output_dir: OUT
+cells:
+  - {name: sft, stages: [sft]}
+  - name: "dmpo-k{k}-lr{lr}"
+    grid: {k: [1, 3], lr: [1.0e-3, 0.0002]}
+    vars: {family: dmpo}
+    stages: [dmpo]
+    sft_from: sft
+    label: "lr {lr}"
+    overrides: ["dmpo.k={k}", "dmpo.learning_rate={lr}"]
+""",
+    )
+    exp = load_experiment(path)
+    assert [c.name for c in exp.cells] == [
+        "sft", "dmpo-k1-lr0.001", "dmpo-k1-lr0.0002", "dmpo-k3-lr0.001", "dmpo-k3-lr0.0002"
+    ]  # fmt: skip
+    cell = exp.cells[2]
+    assert cell.overrides == ["dmpo.k=1", "dmpo.learning_rate=0.0002"] and cell.label == "lr 0.0002"
+    assert cell.vars == {"family": "dmpo", "k": 1, "lr": 0.0002} and cell.sft_from == "sft"
+    assert cell_config(exp, cell).dmpo.learning_rate == 0.0002
 
 
 def test_bad_experiment_files_are_named(tmp_path, capsys):

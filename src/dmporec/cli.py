@@ -93,8 +93,28 @@ def _parser(argv: list[str] | None = None) -> argparse.ArgumentParser:
         "overrides (key=value) apply to every cell, after the file's own.",
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
-    p.add_argument("--config", "-c", required=True, help="experiment YAML (see configs/sweep-*)")
+    p.add_argument(
+        "--config", "-c", required=True, help="experiment YAML (see configs/experiments/)"
+    )
     p.add_argument("--cells", metavar="A,B", help="run only these cells (comma-separated names)")
+    p.add_argument(
+        "--rerun",
+        metavar="A,B",
+        help="run these finished cells again: their new rows replace the old, here and published",
+    )
+    p.add_argument(
+        "--publish",
+        metavar="DIR",
+        help="publish every finished row, the tables and plots to DIR, and restore the cells it "
+        "holds first (default: the file's publish key)",
+    )
+    p.add_argument(
+        "--restore",
+        metavar="FILE",
+        action="append",
+        help="also restore the cells this results.jsonl holds (e.g. another checkout's "
+        "OUTPUT_DIR/results.jsonl; per-pair scores from the predictions beside it); repeatable",
+    )
     p.add_argument("overrides", nargs="*", metavar="key=value")
     text = "write RUN_DIR/report.md with tables and plots of a run or an experiment"
     p = sub.add_parser("report", help=text, description=text)
@@ -170,7 +190,10 @@ def main(argv: list[str] | None = None) -> int:
             from dmporec.stages.experiment import run_experiment
 
             only = [c for c in (args.cells or "").split(",") if c]
-            table = run_experiment(args.config, args.overrides, only)
+            rerun = [c for c in (args.rerun or "").split(",") if c]
+            table = run_experiment(
+                args.config, args.overrides, only, rerun, args.publish, args.restore
+            )
             if _is_main_process():
                 print(table)
             return 0

@@ -1,15 +1,18 @@
 """`dmporec report RUN_DIR`: a markdown report with tables and plots of a run or an experiment.
 
 RUN_DIR is an experiment directory (results.jsonl, from `dmporec experiment`) or a pipeline run
-(summary.json, from `dmporec run`). The report holds the results table, accuracy with 95% CIs of
-every model side by side, accuracy against k for the DPO/DMPO rows, listwise metrics when they
-were measured, and the training curves of every stage found (loss, reward margin, reward accuracy).
+(summary.json, from `dmporec run`). The report holds the results table, the paired tests, listwise
+metrics when they were measured, an experiment's extra evaluations and training statistics,
+accuracy with 95% CIs of every model side by side, accuracy against k for the DPO/DMPO rows (and
+against whatever settings key an experiment file's `plots` name), and the training curves of every
+stage found (loss, reward margin, reward accuracy).
 """
 
 from __future__ import annotations
 
 import json
 import re
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
@@ -20,19 +23,37 @@ import matplotlib.pyplot as plt  # noqa: E402
 
 from dmporec.plots import CURVES  # noqa: E402
 from dmporec.records import DataError, atomic_write_text  # noqa: E402
-from dmporec.tables import summary_table  # noqa: E402
+from dmporec.tables import (  # noqa: E402
+    eval_table,
+    paired_table,
+    summary_table,
+    training_table,
+)
 
-_K = re.compile(r"\(k=(\d+)\)")
+
+def series_name(row: dict[str, Any]) -> str:
+    """A row's line on a plot: its model, and its cell's label ('DMPO (k=3), lr 0.001')."""
+    return ", ".join([row["model"], *([row["label"]] if row.get("label") else [])])
+
+
+def row_value(row: dict[str, Any], key: str) -> Any:
+    """A row's value of `key`: its cell's vars, else its settings (None when it has neither)."""
+    if key in row.get("vars", {}):
+        return row["vars"][key]
+    return row.get("settings", {}).get(key)
 
 
 def read_rows(run_dir: Path) -> list[dict[str, Any]]:
-    """Result rows of an experiment (model named 'cell: stage') or of a pipeline run."""
+    """Result rows of an experiment (model named 'cell: stage', `series` its line on plots) or of
+    a pipeline run."""
     results, summary = run_dir / "results.jsonl", run_dir / "summary.json"
     if not run_dir.is_dir():
         raise DataError("no such directory (report takes a run's or an experiment's)", file=run_dir)
     if results.is_file():
         rows = [json.loads(x) for x in results.read_text().splitlines() if x.strip()]
-        return [{**r, "model": f"{r['cell']}: {r['model']}"} for r in rows]
+        return [
+            {**r, "model": f"{r['cell']}: {r['model']}", "series": series_name(r)} for r in rows
+        ]
     if summary.is_file():
         rows = json.loads(summary.read_text()).get("rows")
         if rows is None:  # a stage's summary.json, not a run's
@@ -75,36 +96,76 @@ def plot_models(rows: list[dict[str, Any]], out: Path) -> Path:
     return out
 
 
-def plot_vs_k(rows: list[dict[str, Any]], out: Path) -> Path | None:
-    """Accuracy against the number of negatives k, one line per loss; None without two k values."""
-    series: dict[str, list[tuple[int, tuple[float, float, float]]]] = {}
+def plot_sweep(
+    rows: list[dict[str, Any]],
+    x: str,
+    out: Path,
+    *,
+    line: str | None = None,
+    bands: Sequence[str] = (),
+    log_x: bool = False,
+    title: str = "",
+) -> Path | None:
+    """Accuracy (95% CI) against `x` (a vars or settings key, see row_value), one line per model
+    (`series`) or per value of the key `line`; the rows of the `bands` cells as horizontal
+    bands. None without two x values."""
+    series: dict[str, list[tuple[float, float, float, float]]] = {}
     for r in rows:
-        match = _K.search(r["model"])
-        if match:
-            loss = "S-DPO" if "SDPO" in r["model"] else "DPO / DMPO"
-            series.setdefault(loss, []).append((int(match.group(1)), _ci(r["metrics"], "accuracy")))
-    if not any(len({k for k, _ in pts}) > 1 for pts in series.values()):
+        value = row_value(r, x)
+        if r.get("cell") in bands or isinstance(value, bool) or not isinstance(value, int | float):
+            continue
+        name = str(row_value(r, line)) if line else r.get("series", r["model"])
+        acc, lo, hi = _ci(r["metrics"], "accuracy")
+        series.setdefault(name, []).append((float(value), acc, lo, hi))
+    xs = sorted({p[0] for pts in series.values() for p in pts})
+    if len(xs) < 2:
         return None
-    fig, ax = plt.subplots(figsize=(4.5, 3.4))
-    for name, pts in series.items():
+    fig, ax = plt.subplots(figsize=(8.6 if len(series) > 4 else 4.8, 4.0))
+    for r in rows:
+        if r.get("cell") in bands:
+            acc, lo, hi = _ci(r["metrics"], "accuracy")
+            ax.axhspan(acc - lo, acc + hi, color="gray", alpha=0.15)
+            ax.axhline(
+                acc,
+                color="gray",
+                linestyle=":",
+                label=f"{r.get('series', r['model'])} (95% CI band)",
+            )
+    # Each line a little to the side, so CIs at the same x do not cover each other.
+    step = 0.025 if log_x else 0.01 * (xs[-1] - xs[0])
+    for i, (name, pts) in enumerate(series.items()):
         pts.sort()
+        shift = i - (len(series) - 1) / 2
+        at = [p[0] * (1 + step) ** shift if log_x else p[0] + step * shift for p in pts]
         ax.errorbar(
-            [k for k, _ in pts],
-            [v for _, (v, _, _) in pts],
-            yerr=[[lo for _, (_, lo, _) in pts], [hi for _, (_, _, hi) in pts]],
+            at,
+            [p[1] for p in pts],
+            yerr=[[p[2] for p in pts], [p[3] for p in pts]],
             marker="o",
-            capsize=4,
+            capsize=3,
             label=name,
         )
-    ax.axhline(0.5, color="gray", linestyle="--", linewidth=1)
-    ax.set_xlabel("negatives per user (k)")
+    ax.axhline(0.5, color="black", linewidth=0.8, linestyle="--")
+    if log_x:
+        ax.set_xscale("log")
+    ax.set_xticks(xs, [f"{v:g}" for v in xs])
+    ax.set_xlabel(x)
     ax.set_ylabel("pairwise accuracy (95% CI)")
-    ax.legend(fontsize=8)
+    if title:
+        ax.set_title(title)
     ax.grid(alpha=0.3)
+    ax.legend(fontsize=7, loc="upper left", bbox_to_anchor=(1.01, 1))  # beside: no point hidden
     fig.tight_layout()
     fig.savefig(out, dpi=90)
     plt.close(fig)
     return out
+
+
+def plot_vs_k(rows: list[dict[str, Any]], out: Path) -> Path | None:
+    """Accuracy against the number of negatives k of the DPO/DMPO rows, one line per loss (their
+    settings: dmpo.k, dmpo.loss); None without two k values."""
+    trained = [r for r in rows if r.get("stage") == "dmpo"]
+    return plot_sweep(trained, "dmpo.k", out, line="dmpo.loss")
 
 
 def plot_training(run_dir: Path, out: Path) -> Path | None:
@@ -155,8 +216,19 @@ def listwise_table(rows: list[dict[str, Any]]) -> str | None:
     return head + "\n" + "\n".join(lines)
 
 
-def write_report(run_dir: str | Path) -> Path:
-    """Write RUN_DIR/report.md and its PNGs; return the report's path."""
+def _paired_tests(run_dir: Path) -> list[dict[str, Any]]:
+    """The paired tests of an experiment (paired.json) or of a pipeline run (summary.json)."""
+    experiment, summary = run_dir / "paired.json", run_dir / "summary.json"
+    if experiment.is_file():
+        return json.loads(experiment.read_text())
+    if summary.is_file():
+        return json.loads(summary.read_text()).get("paired_tests", [])
+    return []
+
+
+def write_report(run_dir: str | Path, plots: Sequence[Any] = ()) -> Path:
+    """Write RUN_DIR/report.md and its PNGs; return the report's path. `plots`: an experiment
+    file's sweep plots (x, file, line, bands, log_x, title)."""
     run_dir = Path(run_dir)
     rows = read_rows(run_dir)
     if not rows:
@@ -164,17 +236,35 @@ def write_report(run_dir: str | Path) -> Path:
     parts = [f"# Results: {run_dir.name}", "", summary_table(rows), ""]
     split = {r.get("split", "test") for r in rows}
     parts += [f"Evaluated on the {' and '.join(sorted(split))} split.", ""]
+    tests = _paired_tests(run_dir)
+    if tests:
+        parts += ["## Paired tests (the same pairs)", "", paired_table(tests), ""]
     listwise = listwise_table(rows)
     if listwise:
         parts += ["## Listwise (sampled candidates)", "", listwise, ""]
-    plots = [
+    for name in dict.fromkeys(n for r in rows for n in r.get("evals", {})):
+        parts += [f"## Extra evaluation: {name}", "", eval_table(rows, name), ""]
+    training = training_table(rows)
+    if training:
+        parts += ["## Training", "", training, ""]
+    figures = [
         ("Models side by side", plot_models(rows, run_dir / "report_models.png")),
         ("Accuracy against k", plot_vs_k(rows, run_dir / "report_k.png")),
-        ("Training curves", plot_training(run_dir, run_dir / "report_training.png")),
     ]
-    for title, path in plots:
+    for p in plots:
+        path = plot_sweep(
+            rows, p.x, run_dir / p.file, line=p.line, bands=p.bands, log_x=p.log_x, title=p.title
+        )
+        figures.append((p.title or f"Accuracy against {p.x}", path))
+    figures.append(("Training curves", plot_training(run_dir, run_dir / "report_training.png")))
+    for title, path in figures:
         if path is not None:
             parts += [f"## {title}", "", f"![{title}]({path.name})", ""]
     out = run_dir / "report.md"
     atomic_write_text(out, "\n".join(parts))
     return out
+
+
+def report_images(report: Path) -> list[Path]:
+    """The PNGs a report.md shows (beside it)."""
+    return [report.parent / name for name in re.findall(r"\]\(([^)]+\.png)\)", report.read_text())]

@@ -52,8 +52,8 @@ TESTED_BASELINES = ("popularity", "bpr-mf", "als", "embedding")
 
 
 def row_pair_scores(row: dict[str, Any], orders: str) -> tuple[np.ndarray, ...] | None:
-    """(users, chosen, rejected) of a results row: an LLM row's from its predictions, a baseline's
-    or the hybrid's from the per-pair scores it carries; None when it has neither."""
+    """(users, chosen, rejected) of a results row: the per-pair scores it carries, else (a row
+    of an older dmporec) its predictions where they are; None when it has neither."""
     if "pair_scores" in row:
         p = row["pair_scores"]
         return (
@@ -61,11 +61,44 @@ def row_pair_scores(row: dict[str, Any], orders: str) -> tuple[np.ndarray, ...] 
             np.asarray(p["chosen"], float),
             np.asarray(p["rejected"], float),
         )
-    if "eval_dir" in row:
+    if "eval_dir" in row and (Path(row["eval_dir"]) / "predictions.jsonl").is_file():
         rows = read_predictions(Path(row["eval_dir"]))
         chosen, rejected = pair_scores(rows, orders)
         return np.array([r["user_id"] for r in rows]), chosen, rejected
     return None
+
+
+def row_correct(row: dict[str, Any], orders: str = "both") -> np.ndarray | None:
+    """Per-pair correctness (1, 0, 0.5 for a tie) of a row: from its scores, else as a row of the
+    learning curve script kept it (pair_correct, no scores); None when it has neither."""
+    scores = row_pair_scores(row, orders)
+    if scores is not None:
+        return pair_correct(scores[1], scores[2])
+    return None if row.get("pair_correct") is None else np.asarray(row["pair_correct"], float)
+
+
+def paired_row_test(
+    a: dict[str, Any],
+    b: dict[str, Any],
+    *,
+    orders: str = "both",
+    seed: int = 0,
+    names: tuple[str, str] | None = None,
+) -> dict[str, Any] | None:
+    """Row `a` against row `b` on the same pairs: accuracy (metrics.paired_test, exact McNemar)
+    and, where both keep their scores, both AUCs (metrics.paired_auc_test, paired bootstrap over
+    users). None when either keeps no per-pair results or they scored different pairs."""
+    ca, cb = row_correct(a, orders), row_correct(b, orders)
+    if ca is None or cb is None or len(ca) != len(cb):
+        return None
+    sa, sb = row_pair_scores(a, orders), row_pair_scores(b, orders)
+    if sa is not None and sb is not None and not np.array_equal(sa[0], sb[0]):
+        return None  # other users' pairs
+    name_a, name_b = names or (a["model"], b["model"])
+    test = {"a": name_a, "b": name_b, **paired_test(ca, cb, seed=seed)}
+    if sa is not None and sb is not None:
+        test.update(paired_auc_test(sa[0], sa[1], sa[2], sb[1], sb[2], seed=seed))
+    return test
 
 
 def _trained(row: dict[str, Any]) -> bool:
@@ -77,18 +110,14 @@ def paired_tests(rows: list[dict[str, Any]], orders: str, seed: int = 0) -> list
     too or are the popularity, BPR-MF or ALS baselines, on the same pairs: accuracy
     (metrics.paired_test, exact McNemar) and both AUCs (metrics.paired_auc_test, paired bootstrap
     over users)."""
-    scores = {r["model"]: s for r in rows if (s := row_pair_scores(r, orders)) is not None}
     tests = []
     for j, b in enumerate(rows):
         for a in rows[j + 1 :]:
             if not _trained(a) or (not _trained(b) and b["model"] not in TESTED_BASELINES):
                 continue
-            if a["model"] not in scores or b["model"] not in scores:
-                continue
-            (users, ca, ra), (_, cb, rb) = scores[a["model"]], scores[b["model"]]
-            test = paired_test(pair_correct(ca, ra), pair_correct(cb, rb), seed=seed)
-            auc = paired_auc_test(users, ca, ra, cb, rb, seed=seed)
-            tests.append({"a": a["model"], "b": b["model"], **test, **auc})
+            test = paired_row_test(a, b, orders=orders, seed=seed)
+            if test is not None:
+                tests.append(test)
     return tests
 
 
@@ -116,4 +145,68 @@ def paired_table(tests: list[dict[str, Any]]) -> str:
         elif auc:
             line += " - | - |"
         lines.append(line)
+    return "\n".join(lines)
+
+
+def eval_table(rows: list[dict[str, Any]], name: str) -> str | None:
+    """Markdown table of an experiment's extra evaluation `name` (rows' evals.NAME): accuracy
+    with its CI where measured, accuracy on each user's i-th negative, listwise HR@1 and MRR."""
+    have = [(r, r["evals"][name]) for r in rows if name in r.get("evals", {})]
+    if not have:
+        return None
+    lines = [
+        "| model | pairs | accuracy [95% CI] | accuracy by negative 1, 2, ... | lists: users, "
+        "candidates | HR@1 [95% CI] | MRR |",
+        "|---|---|---|---|---|---|---|",
+    ]
+    for r, m in have:
+        acc = _fmt_ci(m, "accuracy") if "accuracy_ci_low" in m else _fmt_num(m.get("accuracy"))
+        by = ", ".join(f"{v:.2f}" for v in m.get("accuracy_by_negative", {}).values()) or "-"
+        lists = next(
+            (k[: -len("_users")] for k in m if k.startswith("list") and k.endswith("_users")), None
+        )
+        listed = (
+            f"{m[lists + '_users']}, {lists[4:]} | {_fmt_ci(m, lists + '_hr@1')} | {m[lists + '_mrr']:.3f}"
+            if lists
+            else "- | - | -"
+        )
+        lines.append(f"| {r['model']} | {m.get('pairs', '-')} | {acc} | {by} | {listed} |")
+    return "\n".join(lines)
+
+
+def _fmt_num(x: float | None, spec: str = ".3f") -> str:
+    return "-" if x is None else format(x, spec)
+
+
+def training_table(rows: list[dict[str, Any]]) -> str | None:
+    """Markdown table of the trained rows' training statistics (experiment rows' `training`):
+    loss and DMPO's reward accuracy and margin over the first -> last 10 steps; the held-out
+    reward accuracy (chosen reward) by quarter of training."""
+    have = [(r, r["training"]) for r in rows if r.get("training")]
+    if not have:
+        return None
+    lines = [
+        "| model | loss, first -> last 10 steps | reward acc / margin, first -> last 10 steps "
+        "| held-out reward acc (chosen reward) by quarter |",
+        "|---|---|---|---|",
+    ]
+    for r, t in have:
+        loss = (
+            f"{_fmt_num(t.get('loss_first10'), '.4f')} -> {_fmt_num(t.get('loss_last10'), '.4f')}"
+        )
+        reward = "-"
+        if "reward_accuracy_last10" in t:
+            first = (
+                f"{t['reward_accuracy_first10']:.2f} / {t['reward_margin_first10']:+.4f}"
+                if "reward_accuracy_first10" in t
+                else "-"
+            )
+            reward = (
+                f"{first} -> {t['reward_accuracy_last10']:.2f} / {t['reward_margin_last10']:+.4f}"
+            )
+        quarters = "-"
+        if "reward_accuracy_by_quarter" in t and "chosen_reward_by_quarter" in t:
+            pairs = zip(t["reward_accuracy_by_quarter"], t["chosen_reward_by_quarter"], strict=True)
+            quarters = " / ".join(f"{a:.2f} ({c:+.1f})" for a, c in pairs)
+        lines.append(f"| {r['model']} | {loss} | {reward} | {quarters} |")
     return "\n".join(lines)
