@@ -14,7 +14,8 @@ import math
 import shutil
 import threading
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -197,143 +198,213 @@ def _fit(
     stage: str,
     validate: ValidateFn | None,
 ) -> dict[str, float]:
-    """train_lora's loop, with `accelerator` set up (and its tracker, if any, started)."""
-    set_seed(tc.seed)
-    if tc.gradient_checkpointing:
-        enable_checkpointing(model)
-    loader = DataLoader(list(examples), batch_size=tc.batch_size, shuffle=True, collate_fn=collate)
-    params = [p for p in model.parameters() if p.requires_grad]
-    optimizer = torch.optim.AdamW(params, lr=tc.learning_rate, weight_decay=tc.weight_decay)
-    model, optimizer, loader = accelerator.prepare(model, optimizer, loader)
-    steps_per_epoch = math.ceil(len(loader) / tc.grad_accum)
-    total_steps = steps_per_epoch * tc.epochs
-    scheduler = accelerator.prepare(
-        get_cosine_schedule_with_warmup(
-            optimizer,
-            int(tc.warmup_ratio * total_steps) * accelerator.num_processes,
-            total_steps * accelerator.num_processes,
-        )
-    )
-
-    ckpt, metrics_path = out_dir / "checkpoint", out_dir / "metrics.jsonl"
-    position = {"epoch": 0, "batch": 0, "step": 0}
-    if accelerator.is_main_process:
-        _finish_swap(ckpt)
-    accelerator.wait_for_everyone()
-    if (ckpt / "position.json").is_file():
-        position = _load_checkpoint(ckpt, accelerator, model, optimizer, scheduler)
-        if (
-            metrics_path.is_file() and accelerator.is_main_process
-        ):  # drop steps the checkpoint lacks
-            kept = [
-                line
-                for line in metrics_path.read_text().splitlines()
-                if line.strip() and json.loads(line)["step"] <= position["step"]
-            ]
-            atomic_write_text(metrics_path, "".join(line + "\n" for line in kept))
-        accelerator.print(
-            f"{stage}: resuming from {ckpt} at epoch {position['epoch']}, step {position['step']}"
-        )
-    elif metrics_path.exists() and accelerator.is_main_process:
-        metrics_path.unlink()  # a fresh start: old curves would mislead
-
-    model.train()
-    step, start, last_logs = position["step"], time.perf_counter(), {}
-    before = position.get("elapsed_s", 0.0)  # training time of the invocations this resumes
-
-    def elapsed() -> float:
-        return round(before + time.perf_counter() - start, 2)
-
+    """train_lora's loop, with `accelerator` set up (and its tracker, if any, started): set up,
+    resume, then a forward and backward pass per micro-batch (`_Training.train_on`) and, after
+    each optimizer step, the end-of-step work (`_Training.end_of_step`: logs, validation,
+    metrics row, checkpoint)."""
+    run = _Training.prepare(accelerator, model, examples, collate, tc, out_dir, stage, validate)
+    position = run.resume()
+    clock = _Clock(before=position.get("elapsed_s", 0.0))
+    run.model.train()
+    step, last_logs = position["step"], {}
     micro_logs: list[dict[str, float]] = []  # the micro-batches of the current optimizer step
     with tqdm(
-        total=total_steps,
+        total=run.total_steps,
         initial=step,
         desc=stage,
         unit="step",
         disable=not accelerator.is_local_main_process,
     ) as bar:
         for epoch in range(position["epoch"], tc.epochs):
-            loader.set_epoch(epoch)
-            skip = position["batch"] if epoch == position["epoch"] else 0
-            epoch_loader = accelerator.skip_first_batches(loader, skip) if skip else loader
-            for batch_index, batch in enumerate(epoch_loader, start=skip):
-                with accelerator.accumulate(model):
-                    lr = scheduler.get_last_lr()[0]  # the rate this step uses
-                    loss, logs = step_fn(model, batch)
-                    if not torch.isfinite(loss.detach()).all():
-                        raise TrainingDiverged(
-                            f"{stage}: the loss became {loss.item()} at step {step + 1} (epoch "
-                            f"{epoch + 1}, batch {batch_index + 1}); the stage is not finished and "
-                            f"its last checkpoint is kept. Lower {stage}.learning_rate "
-                            f"({tc.learning_rate:g}) or check the data"
-                        )
-                    micro_logs.append({"loss": loss.item(), **logs})
-                    accelerator.backward(loss)
-                    if accelerator.sync_gradients:
-                        accelerator.clip_grad_norm_(params, tc.max_grad_norm)
-                    optimizer.step()
-                    scheduler.step()
-                    optimizer.zero_grad()
+            for batch_index, batch in run.batches(epoch, position):
+                lr = run.scheduler.get_last_lr()[0]  # the rate this step uses
+                where = f"step {step + 1} (epoch {epoch + 1}, batch {batch_index + 1})"
+                micro_logs.append(run.train_on(batch, step_fn, where))
                 if not accelerator.sync_gradients:
-                    continue
+                    continue  # the optimizer steps once every tc.grad_accum micro-batches
                 step += 1
-                keys = list(micro_logs[0])
-                means = torch.tensor(
-                    [sum(m[k] for m in micro_logs) / len(micro_logs) for k in keys],
-                    device=accelerator.device,
-                )
-                means = accelerator.reduce(means, reduction="mean")  # average over processes too
-                last_logs = dict(zip(keys, means.tolist(), strict=True))
+                done = {"epoch": epoch, "batch": batch_index + 1, "step": step}
+                last_logs = run.end_of_step(micro_logs, lr, done, clock)
                 micro_logs.clear()
-                if (
-                    validate
-                    and tc.eval_every_steps
-                    and (step % tc.eval_every_steps == 0 or step == total_steps)
-                ):
-                    model.eval()
-                    with torch.no_grad():
-                        last_logs.update(validate(accelerator.unwrap_model(model)))
-                    model.train()
                 bar.update(1)
                 bar.set_postfix({k: f"{v:.4g}" for k, v in last_logs.items()})
-                if not accelerator.is_main_process:
-                    continue
-                accelerator.log({"lr": lr, **last_logs}, step=step)  # no tracker: a no-op
-                append_jsonl(
-                    metrics_path,
-                    {
-                        "stage": stage,
-                        "step": step,
-                        "epoch": epoch + (batch_index + 1) / len(loader),
-                        "lr": lr,
-                        **last_logs,
-                        "elapsed_s": elapsed(),
-                    },
-                )
-                if tc.save_every_steps and step % tc.save_every_steps == 0:
-                    _save_checkpoint(
-                        ckpt,
-                        accelerator,
-                        model,
-                        optimizer,
-                        scheduler,
-                        {
-                            "epoch": epoch,
-                            "batch": batch_index + 1,
-                            "step": step,
-                            "elapsed_s": elapsed(),
-                        },
-                    )
-            _save_checkpoint(
-                ckpt,
-                accelerator,
-                model,
-                optimizer,
-                scheduler,
-                {"epoch": epoch + 1, "batch": 0, "step": step, "elapsed_s": elapsed()},
+            run.save_checkpoint(
+                {"epoch": epoch + 1, "batch": 0, "step": step, "elapsed_s": clock()}
             )
     accelerator.wait_for_everyone()
     if accelerator.is_main_process:
-        accelerator.unwrap_model(model).save_pretrained(out_dir / "adapter")
-        shutil.rmtree(ckpt, ignore_errors=True)  # finished: the adapter is the result
-    return {"steps": step, **last_logs, "resumed_s": before}
+        accelerator.unwrap_model(run.model).save_pretrained(out_dir / "adapter")
+        shutil.rmtree(run.checkpoint, ignore_errors=True)  # finished: the adapter is the result
+    return {"steps": step, **last_logs, "resumed_s": clock.before}
+
+
+@dataclass
+class _Clock:
+    """Seconds of training, counting those of the invocations a resumed run continues."""
+
+    before: float
+    start: float = field(default_factory=time.perf_counter)
+
+    def __call__(self) -> float:
+        return round(self.before + time.perf_counter() - self.start, 2)
+
+
+@dataclass
+class _Training:
+    """What train_lora's loop works on, as Accelerate prepared it, and its pieces of work."""
+
+    accelerator: Accelerator
+    model: PeftModel
+    optimizer: torch.optim.Optimizer
+    scheduler: Any
+    loader: Any  # the prepared DataLoader
+    params: list[torch.nn.Parameter]  # the adapter's, which the optimizer steps
+    total_steps: int
+    tc: TrainConfig
+    stage: str
+    out_dir: Path
+    validate: ValidateFn | None
+
+    @property
+    def checkpoint(self) -> Path:
+        return self.out_dir / "checkpoint"
+
+    @property
+    def metrics(self) -> Path:
+        return self.out_dir / "metrics.jsonl"
+
+    @classmethod
+    def prepare(
+        cls,
+        accelerator: Accelerator,
+        model: PeftModel,
+        examples: Sequence[Any],
+        collate: Collate,
+        tc: TrainConfig,
+        out_dir: Path,
+        stage: str,
+        validate: ValidateFn | None,
+    ) -> _Training:
+        """A loader shuffling the examples in a seeded order per epoch, AdamW on the adapter,
+        a cosine schedule with warm-up."""
+        set_seed(tc.seed)
+        if tc.gradient_checkpointing:
+            enable_checkpointing(model)
+        loader = DataLoader(
+            list(examples), batch_size=tc.batch_size, shuffle=True, collate_fn=collate
+        )
+        params = [p for p in model.parameters() if p.requires_grad]
+        optimizer = torch.optim.AdamW(params, lr=tc.learning_rate, weight_decay=tc.weight_decay)
+        model, optimizer, loader = accelerator.prepare(model, optimizer, loader)
+        total_steps = math.ceil(len(loader) / tc.grad_accum) * tc.epochs
+        scheduler = accelerator.prepare(
+            get_cosine_schedule_with_warmup(
+                optimizer,
+                int(tc.warmup_ratio * total_steps) * accelerator.num_processes,
+                total_steps * accelerator.num_processes,
+            )
+        )
+        return cls(
+            accelerator=accelerator,
+            model=model,
+            optimizer=optimizer,
+            scheduler=scheduler,
+            loader=loader,
+            params=params,
+            total_steps=total_steps,
+            tc=tc,
+            stage=stage,
+            out_dir=out_dir,
+            validate=validate,
+        )
+
+    def resume(self) -> dict[str, Any]:
+        """Where the loop starts: the checkpoint's position (its state loaded, metrics.jsonl cut
+        to its steps), or the beginning (an old metrics.jsonl removed)."""
+        acc, ckpt = self.accelerator, self.checkpoint
+        if acc.is_main_process:
+            _finish_swap(ckpt)
+        acc.wait_for_everyone()
+        if not (ckpt / "position.json").is_file():
+            if self.metrics.exists() and acc.is_main_process:
+                self.metrics.unlink()  # a fresh start: old curves would mislead
+            return {"epoch": 0, "batch": 0, "step": 0}
+        position = _load_checkpoint(ckpt, acc, self.model, self.optimizer, self.scheduler)
+        if self.metrics.is_file() and acc.is_main_process:  # drop steps the checkpoint lacks
+            kept = [
+                line
+                for line in self.metrics.read_text().splitlines()
+                if line.strip() and json.loads(line)["step"] <= position["step"]
+            ]
+            atomic_write_text(self.metrics, "".join(line + "\n" for line in kept))
+        acc.print(
+            f"{self.stage}: resuming from {ckpt} at epoch {position['epoch']}, "
+            f"step {position['step']}"
+        )
+        return position
+
+    def batches(self, epoch: int, position: dict[str, Any]) -> Iterator[tuple[int, Any]]:
+        """(index, batch) in the epoch's seeded order, from where `position` left it."""
+        self.loader.set_epoch(epoch)
+        skip = position["batch"] if epoch == position["epoch"] else 0
+        loader = self.accelerator.skip_first_batches(self.loader, skip) if skip else self.loader
+        return enumerate(loader, start=skip)
+
+    def train_on(self, batch: Any, step_fn: StepFn, where: str) -> dict[str, float]:
+        """One micro-batch: the stage's step, backward, and (once the micro-batches of an
+        optimizer step are all in; Accelerate skips them before) clipping and the optimizer
+        step. Returns the step's logs and its loss."""
+        acc, tc = self.accelerator, self.tc
+        with acc.accumulate(self.model):
+            loss, logs = step_fn(self.model, batch)
+            if not torch.isfinite(loss.detach()).all():
+                raise TrainingDiverged(
+                    f"{self.stage}: the loss became {loss.item()} at {where}; the stage is not "
+                    f"finished and its last checkpoint is kept. Lower {self.stage}.learning_rate "
+                    f"({tc.learning_rate:g}) or check the data"
+                )
+            acc.backward(loss)
+            if acc.sync_gradients:
+                acc.clip_grad_norm_(self.params, tc.max_grad_norm)
+            self.optimizer.step()
+            self.scheduler.step()
+            self.optimizer.zero_grad()
+        return {"loss": loss.item(), **logs}
+
+    def end_of_step(
+        self,
+        micro_logs: list[dict[str, float]],
+        lr: float,
+        position: dict[str, Any],
+        clock: _Clock,
+    ) -> dict[str, float]:
+        """After the optimizer step that ends at `position`: its logs (the mean over its
+        micro-batches and the processes) with the validation metrics when due (every
+        tc.eval_every_steps and at the end); on the main process, its row for the tracker and
+        metrics.jsonl, and a checkpoint every tc.save_every_steps. Returns the logs."""
+        acc, tc, step = self.accelerator, self.tc, position["step"]
+        keys = list(micro_logs[0])
+        means = torch.tensor(
+            [sum(m[k] for m in micro_logs) / len(micro_logs) for k in keys], device=acc.device
+        )
+        logs = dict(zip(keys, acc.reduce(means, reduction="mean").tolist(), strict=True))
+        due = tc.eval_every_steps and (step % tc.eval_every_steps == 0 or step == self.total_steps)
+        if self.validate and due:
+            self.model.eval()
+            with torch.no_grad():
+                logs.update(self.validate(acc.unwrap_model(self.model)))
+            self.model.train()
+        if not acc.is_main_process:
+            return logs
+        acc.log({"lr": lr, **logs}, step=step)  # no tracker: a no-op
+        epoch = position["epoch"] + position["batch"] / len(self.loader)
+        row = {"stage": self.stage, "step": step, "epoch": epoch, "lr": lr, **logs}
+        append_jsonl(self.metrics, {**row, "elapsed_s": clock()})
+        if tc.save_every_steps and step % tc.save_every_steps == 0:
+            self.save_checkpoint({**position, "elapsed_s": clock()})
+        return logs
+
+    def save_checkpoint(self, position: dict[str, Any]) -> None:
+        _save_checkpoint(
+            self.checkpoint, self.accelerator, self.model, self.optimizer, self.scheduler, position
+        )
