@@ -5,11 +5,16 @@ import shutil
 import socket
 import threading
 import time
+from collections import Counter
 
 import pytest
 import uvicorn
 
+from dmporec.baselines import Popularity
+from dmporec.catalogue import Catalogue, CatalogueItem
 from dmporec.ranker import Ranker
+from dmporec.records import TitleNormalization
+from dmporec.rerank import Recommender
 from dmporec.serve import Limits, create_app
 
 webdriver = pytest.importorskip("selenium.webdriver")
@@ -61,10 +66,19 @@ def _wait(condition, seconds=120):
     raise AssertionError("timed out")
 
 
+def shelf() -> Recommender:
+    """A catalogue of 14 titles, retrieved by popularity (the first most counted)."""
+    items = tuple(CatalogueItem(f"Shelf Title {i}", str(i), 14 - i) for i in range(14))
+    popularity = Popularity(Counter({item.title: item.count for item in items}))
+    return Recommender(
+        Catalogue(items, "shelf"), TitleNormalization(), "popularity", {"popularity": popularity}
+    )
+
+
 @pytest.fixture(scope="module")
 def page(tiny, tiny_cfg):
     ranker = Ranker.create(tiny[0], tiny[1], tiny_cfg, "tiny-qwen3")
-    server, url = serve(ranker)
+    server, url = serve(ranker, recommender=shelf())
     driver = browser()
     yield driver, url
     driver.quit()
@@ -88,7 +102,27 @@ def test_the_page_loads_ranks_and_explains(page):
         e.get_attribute("style") for e in driver.find_elements("css selector", "#ranked .fill")
     ]
     assert all("width" in w for w in widths)
+    # Why the top one: the reasons from its scores (/v1/explain's `why`), and their cost.
     _wait(lambda: driver.find_element("id", "explanation").is_displayed())
+    why = driver.find_element("id", "explanation").text
+    assert why.startswith(f"{names[0]}: ") and (
+        ": because you watched " in why or ": no history title" in why
+    ), why
+    cost = driver.find_element("id", "explain-cost").text
+    assert cost.startswith(f"{(3 + 1) * 2 * 3} prompts, ") and "against 3 others" in cost, cost
+
+
+def test_the_page_recommends_and_explains_the_top_one_against_the_next_three(page):
+    driver, url = page
+    driver.get(url)
+    _fill(driver, "history", "Heat\nCasino\nUp")
+    driver.find_element("id", "recommend").click()
+    _wait(lambda: len(driver.find_elements("css selector", "#ranked li")) == 10)
+    top = driver.find_elements("css selector", "#ranked .name")[0].text
+    _wait(lambda: driver.find_element("id", "explanation").is_displayed())
+    assert driver.find_element("id", "explanation").text.startswith(f"{top}: ")
+    cost = driver.find_element("id", "explain-cost").text
+    assert cost.startswith(f"{(3 + 1) * 2 * 3} prompts, ") and "against 3 others" in cost, cost
 
 
 def test_the_page_shows_a_validation_error(page):

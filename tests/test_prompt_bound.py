@@ -111,7 +111,9 @@ def test_recommend_and_serve_bound_the_history(tiny, tiny_cfg):
     with TestClient(app) as client:
         r = client.post("/v1/rank", json={"history": history, "candidates": ["Up", "Heat"]})
         assert r.status_code == 422 and "max_prompt_tokens=300" in r.text
-        r = client.post("/v1/explain", json={"history": history, "candidate": "Up"})
+        r = client.post(
+            "/v1/explain", json={"history": history, "candidate": "Up", "versus": ["Heat"]}
+        )
         assert r.status_code == 422 and "max_prompt_tokens=300" in r.text
 
 

@@ -165,25 +165,87 @@ def test_healthz_and_docs(client):
     assert client.get("/redoc").status_code == 404
 
 
-def test_explain(client, ranker):
-    r = client.post(
-        "/v1/explain", json={"history": HISTORY, "candidates": CANDIDATES, "max_new_tokens": 8}
-    )
+def test_explain_gives_grounded_reasons_and_their_cost(client, ranker):
+    """The top candidate's reasons: its /v1/rank score with the whole history, and per history
+    title the drop of that score with the title left out, each equal to ranking the smaller
+    history alone; the generated text only when asked for."""
+    r = client.post("/v1/explain", json={"history": HISTORY, "candidates": CANDIDATES})
     assert r.status_code == 200, r.text
     body = r.json()
-    assert body["title"] == body["ranked"][0]["title"] and isinstance(body["explanation"], str)
-    assert len(ranker.tokenizer(body["explanation"])["input_ids"]) <= 8 + 2
-    single = client.post("/v1/explain", json={"history": HISTORY, "candidate": "Sweet Kiss"})
-    assert single.status_code == 200 and single.json()["title"] == "Sweet Kiss"
-    assert single.json()["ranked"] is None
+    top, why = body["ranked"][0], body["why"]
+    assert body["title"] == top["title"] and body["explanation"] is None
+    assert why["score"] == pytest.approx(top["score"], abs=1e-5)
+    assert sorted(why["versus"]) == sorted(set(CANDIDATES) - {top["title"]})
+    assert why["prompts"] == (3 + 1) * 2 * 2 and why["left_out"] == why["history_titles"] == 3
+    assert why["cost"].startswith("16 prompts, ")
+    drops = [x["drop"] for x in why["reasons"]]
+    assert drops == sorted(drops, reverse=True)
+    item = CANDIDATES.index(top["title"])
+    for reason in why["reasons"]:
+        assert HISTORY[reason["position"]] == reason["title"] == reason["normalized_title"]
+        rest = [t for t in HISTORY if t != reason["title"]]
+        alone = direct(ranker, rest, CANDIDATES)[item]
+        assert reason["drop"] == pytest.approx(top["score"] - alone, abs=1e-4)
+    assert why["because"].startswith(("because you watched ", "no history title"))
+    # One candidate against the ones listed below it; generated text on request.
+    single = client.post(
+        "/v1/explain",
+        json={
+            "history": HISTORY,
+            "candidate": "Sweet Kiss",
+            "versus": ["Up"],
+            "generate": True,
+            "max_new_tokens": 8,
+        },
+    )
+    assert single.status_code == 200, single.text
+    one = single.json()
+    assert one["title"] == "Sweet Kiss" and one["ranked"] is None
+    assert one["why"]["versus"] == ["Up"] and one["why"]["prompts"] == 4 * 2
+    assert isinstance(one["explanation"], str)
+    assert len(ranker.tokenizer(one["explanation"])["input_ids"]) <= 8 + 2
+    assert direct(ranker, HISTORY, ["Sweet Kiss", "Up"])[0] == pytest.approx(
+        one["why"]["score"], abs=1e-5
+    )
+    generated = client.post(
+        "/v1/explain", json={"history": HISTORY, "candidate": "Up", "generate": True}
+    ).json()
+    assert generated["why"] is None and isinstance(generated["explanation"], str)
     for bad, message in (
         ({"history": HISTORY}, "give either 'candidates' or 'candidate'"),
         ({"history": HISTORY, "candidate": "A", "candidates": ["B"]}, "give either"),
-        ({"history": HISTORY, "candidate": "A", "max_new_tokens": 10_000}, "max_new_tokens"),
+        ({"history": HISTORY, "candidate": "A"}, "'candidate' alone has no score to explain"),
+        ({"history": HISTORY, "candidates": ["A", "B"], "versus": ["C"]}, "'versus' goes with"),
+        ({"history": HISTORY, "candidate": "A", "versus": ["A"]}, "duplicate candidate 'A'"),
+        (
+            {"history": HISTORY, "candidate": "A", "generate": True, "max_new_tokens": 10_000},
+            "max_new_tokens",
+        ),
         ({"history": HISTORY, "candidates": ["A", "A"]}, "duplicate candidate 'A'"),
     ):
         r = client.post("/v1/explain", json=bad)
         assert r.status_code == 422 and message in r.json()["error"], r.text
+
+
+def test_a_long_history_is_explained_over_its_newest_titles_within_the_request_limit(ranker):
+    """Left out: the newest 10 titles at most, fewer where (L + 1) x 2(N-1) prompts would pass
+    /v1/rank's largest request; the reasons name the titles as sent, at their place."""
+    history = [f"Old Film {i}" for i in range(14)]
+    limits = Limits(max_candidates=4)  # 12 prompts a request at most: 2 titles against 2 others
+    with TestClient(create_app(ranker, limits)) as c:
+        body = c.post(
+            "/v1/explain", json={"history": history, "candidates": ["Up", "Jaws", "Heat"]}
+        ).json()
+    why = body["why"]
+    assert why["left_out"] == 2 and why["prompts"] == 3 * 4 <= 4 * 3
+    assert {x["position"] for x in why["reasons"]} == {12, 13}
+    assert all(x["title"] == history[x["position"]] for x in why["reasons"])
+    assert "(the newest 2 of 14)" in why["cost"]
+    with TestClient(create_app(ranker)) as c:
+        why = c.post(
+            "/v1/explain", json={"history": history, "candidate": "Up", "versus": ["Jaws"]}
+        ).json()["why"]
+    assert why["left_out"] == 10 and {x["position"] for x in why["reasons"]} == set(range(4, 14))
 
 
 def test_concurrent_requests_are_batched_and_equal_unbatched_scores(client, ranker):

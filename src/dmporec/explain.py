@@ -1,5 +1,5 @@
 """Why a recommended item: the history titles whose removal lowers its score most, from the model's
-own scores (leave-one-out over the history, one batched pass); and, on request, a generated text.
+own scores (leave-one-out over the history, one batched scoring call); on request, generated text.
 
 The item's score is its Ranker score against its opponents (the other candidates of the ranking,
 or the items listed below it): the mean, over each opponent and both listing orders, of the
@@ -14,10 +14,11 @@ Cost: (L + 1) x 2(N-1) prompts for L titles left out and N-1 opponents (3 oppone
 66). L is at most `EXPLAIN_TITLES`, the newest titles of a longer history (the others stay in
 every prompt; the answer says how many were left out).
 
-A generated explanation (`explain_instruction`, `Ranker.explain`) is opt-in: the
-adapters were trained on ranking answers only, so the text comes from what the base model
-already knows, and the packaged SmolLM2 run answers in the ranking format (`<Title:X> ,
-<Title:Y>`), which explains nothing.
+A generated explanation (`explain_instruction`, `Ranker.generate_explanation`) is opt-in: the
+adapters were trained on ranking answers only, so the demo's trained SmolLM2 run answers in
+their format ('<Title:Stellar Mothership> ,  <Title:Stellar Mothership>'), and the untrained
+SmolLM2 writes fluent text not drawn from its scores ("because of its unique blend of
+action, adventure, and romance" for a history of space, war and romance titles).
 """
 
 from __future__ import annotations
@@ -191,6 +192,16 @@ def explain_prompts(
     """Prompts `leave_one_out` costs for an item among n candidates: (L + 1) x 2(n-1) for the L
     titles left out."""
     return (titles_left_out(history_titles, max_titles) + 1) * 2 * (n_candidates - 1)
+
+
+def titles_within(n_candidates: int, max_prompts: int) -> int:
+    """The most titles to leave out for an item among n candidates so that `leave_one_out` costs
+    at most `max_prompts` prompts ((L + 1) x 2(n-1)), and at most EXPLAIN_TITLES; at least 1.
+
+    >>> titles_within(20, 380), titles_within(4, 380)
+    (9, 10)
+    """
+    return max(1, min(EXPLAIN_TITLES, max_prompts // (2 * max(1, n_candidates - 1)) - 1))
 
 
 def explain_instruction(

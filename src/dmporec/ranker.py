@@ -147,14 +147,16 @@ class Ranker:
             )
 
     @torch.no_grad()
-    def explain(
+    def generate_explanation(
         self,
         history: Sequence[str],
         title: str,
         domain: Any = "movies",
         max_new_tokens: int = EXPLAIN_MAX_NEW_TOKENS,
     ) -> str:
-        """A greedy, bounded answer to `explain_instruction` (titles cleaned as in training)."""
+        """A greedy, bounded answer to `explain_instruction` (titles cleaned as in training):
+        opt-in, since a model trained on ranking answers may answer in their format
+        (dmporec.explain has the grounded reasons)."""
         titles, wording = [normalize_title(t, self.norm) for t in history], resolve_wording(domain)
 
         def prompt_ids(kept: int) -> list[int]:

@@ -55,8 +55,9 @@ from starlette.requests import Request
 
 from dmporec.batching import DEADLINE_S, Batcher, QueuedRanker, QueueFull, unless_disconnected
 from dmporec.catalogue import RETRIEVERS
+from dmporec.explain import leave_one_out, titles_within
 from dmporec.ranker import Ranker, clean_request
-from dmporec.ranking import check_unseen
+from dmporec.ranking import check_unseen, top_k
 from dmporec.records import DataError
 from dmporec.rerank import Recommender
 from dmporec.serve_middleware import API_KEY_ENV, ApiKey, BodyLimit
@@ -69,6 +70,7 @@ from dmporec.serve_models import (
     ranked_response,
     request_models,
     validation_error,
+    why_response,
 )
 
 API_DESCRIPTION = (
@@ -96,7 +98,9 @@ elsewhere, so no Swagger UI here.</p>
 "rerank": "pivot", "pivots": 2}}</code>: top-K from the catalogue, each item with its
 <code>retriever_rank</code>, <code>llm_score</code> and <code>fused_score</code>.</li>
 <li><code>POST /v1/explain</code> <code>{{"history": [...], "candidates": [...]}}</code> or
-<code>{{"history": [...], "candidate": title}}</code>: a short explanation.</li>
+<code>{{"history": [...], "candidate": title, "versus": [titles]}}</code>: why the top one (or
+the given one): the history titles whose removal lowers its score most, with their drops and the
+cost; <code>"generate": true</code> adds the model's generated text.</li>
 <li><code>GET /healthz</code>; <code>GET /</code>: a page to try it.</li>
 </ul>
 <p>Limits: {max_history} history titles, {max_candidates} candidates, {max_title_chars}
@@ -216,26 +220,46 @@ def create_app(
 
     @app.post("/v1/explain", response_model=ExplainResponse)
     async def explain(body: ExplainBody, http: Request) -> Any:
-        """A short greedy explanation of why the top candidate (or the given one) fits the
-        history; the prompt is recommend.explain_instruction."""
+        """Why the top candidate (or the given one, against `versus`): the history titles whose
+        removal lowers its score most (dmporec.explain.leave_one_out), with the cost; the
+        model's generated text only with `generate: true`."""
         start = time.perf_counter()
-        ranked = None
-        title = body.candidate
+        candidates = body.candidates or [body.candidate, *(body.versus or [])]
+        # Before the history is cut to data.max_prompt_tokens: a seen title anywhere in it counts.
+        check_unseen(clean_request(body.history, candidates, body.domain, ranker.norm))
+        request = await asyncio.to_thread(ranker.request, body.history, candidates, body.domain)
+        ranked, item = None, 0
         if body.candidates is not None:
-            check_unseen(clean_request(body.history, body.candidates, body.domain, ranker.norm))
-            request = await asyncio.to_thread(
-                ranker.request, body.history, body.candidates, body.domain
-            )
             scores = await unless_disconnected(http, batcher.rank(request))
             if scores is None:
                 return Response(status_code=499)
             ranked = ranked_response(body.candidates, scores, ranker)
-            title = ranked[0]["title"]
-        text = await asyncio.to_thread(
-            ranker.explain, body.history, title, body.domain, body.max_new_tokens
-        )
+            item = top_k(candidates, scores, 1)[0][0]
+        why = None
+        if len(candidates) > 1:
+            # Its model calls wait in the batcher's queue, as /v1/recommend's do; the titles
+            # left out are capped so that they cost at most /v1/rank's largest request.
+            queued = QueuedRanker(batcher, asyncio.get_running_loop())
+            max_titles = titles_within(len(candidates), limits.max_prompts)
+            work = asyncio.to_thread(leave_one_out, queued, request, item, max_titles)
+            explanation = await unless_disconnected(http, work)
+            if explanation is None:
+                queued.cancel()
+                return Response(status_code=499)
+            versus = [c for i, c in enumerate(candidates) if i != item]
+            why = why_response(explanation, body.history, versus, ranker, request.wording)
+        text = None
+        if body.generate:
+            text = await asyncio.to_thread(
+                ranker.generate_explanation,
+                body.history,
+                candidates[item],
+                body.domain,
+                body.max_new_tokens,
+            )
         return ExplainResponse(
-            title=title,
+            title=candidates[item],
+            why=why,
             explanation=text,
             ranked=ranked,
             model=ranker.name,

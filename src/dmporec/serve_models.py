@@ -18,10 +18,11 @@ from pydantic import (
     model_validator,
 )
 
-from dmporec.explain import EXPLAIN_MAX_NEW_TOKENS
+from dmporec.explain import EXPLAIN_MAX_NEW_TOKENS, Explanation
 from dmporec.ranker import Ranker, ranked_items
 from dmporec.records import normalize_title
 from dmporec.rerank import PIVOTS, RERANKS, RETRIEVE, TOP_K, rerank_prompts
+from dmporec.wording import Wording
 
 Domain = Literal["movies", "games", "books"]
 
@@ -66,12 +67,83 @@ class RankResponse(BaseModel):
     elapsed_ms: float
 
 
+class Reason(BaseModel):
+    title: str = Field(description="The history title, as sent.")
+    normalized_title: str = Field(description="The title as the model read it.")
+    position: int = Field(description="Its index in the history sent.")
+    drop: float = Field(
+        description="The item's score with the whole history minus its score with this title "
+        "left out: how much the title raised it (negative: lowered)."
+    )
+
+
+class Why(BaseModel):
+    """Grounded reasons (dmporec.explain.leave_one_out): the history titles whose removal lowers
+    the item's score most."""
+
+    score: float = Field(
+        description="The item's score against `versus` with the whole history: its mean "
+        "probability of being ranked first over each of them, both listing orders (with "
+        "`candidates`, its /v1/rank score)."
+    )
+    versus: list[str] = Field(description="The titles it is scored against, as sent.")
+    reasons: list[Reason] = Field(description="Each title left out, by drop, largest first.")
+    because: str = Field(
+        description="'because you watched A, B (score drop x, y)': up to 3 titles with a "
+        "positive drop; or why there is none."
+    )
+    cost: str = Field(description="What the reasons cost and cover, in words.")
+    history_titles: int = Field(
+        description="Titles of the history the model read (the newest that fit "
+        "data.max_prompt_tokens)."
+    )
+    left_out: int = Field(
+        description="The newest this many titles were left out one at a time: at most 10, "
+        "fewer where the prompts would pass the request limit."
+    )
+    prompts: int = Field(description="(left_out + 1) x 2 x len(versus).")
+    seconds: float
+
+
 class ExplainResponse(BaseModel):
     title: str = Field(description="The candidate explained: the given one or the top ranked.")
-    explanation: str
+    why: Why | None = Field(
+        description="Why, from the model's scores; null for an item with no opponent."
+    )
+    explanation: str | None = Field(
+        None,
+        description="The model's generated text, with `generate: true` only (a model trained "
+        "on ranking answers may repeat their format, as the demo's SmolLM2 run does).",
+    )
     ranked: list[RankedItem] | None = Field(None, description="The ranking, if one was needed.")
     model: str
     elapsed_ms: float
+
+
+def why_response(
+    explanation: Explanation,
+    history: list[str],
+    versus: list[str],
+    ranker: Ranker,
+    wording: Wording,
+) -> dict[str, Any]:
+    """`explanation` with its titles as sent: the history the model read is the newest
+    `history_titles` of `history` (cleaned), so position p is history[offset + p]."""
+    offset = len(history) - explanation.history_titles
+    doc = explanation.to_json(wording)
+    del doc["title"]  # the response's own `title` is the one as sent
+    doc["versus"] = versus
+    doc["cost"] = explanation.cost()
+    doc["reasons"] = [
+        {
+            "title": history[offset + r.position],
+            "normalized_title": normalize_title(history[offset + r.position], ranker.norm),
+            "position": offset + r.position,
+            "drop": round(r.drop, 6),
+        }
+        for r in explanation.reasons
+    ]
+    return doc
 
 
 class RecommendedItem(BaseModel):
@@ -235,13 +307,29 @@ def request_models(
         top_k: StrictInt | None = Field(None, ge=1, description="Return only the best K.")
         domain: Domain = "movies"
 
+    Versus = Annotated[
+        list[Title],
+        Field(min_length=1, max_length=max(1, limits.max_candidates - 1)),
+        AfterValidator(distinct),
+    ]
+
     class ExplainBody(BaseModel):
         model_config = ConfigDict(extra="forbid")
         history: History
         candidates: Candidates | None = Field(
-            None, description="Ranked first; the top is explained."
+            None, description="Ranked first; the top is explained against the others."
         )
         candidate: Title | None = Field(None, description="Or: the one title to explain.")
+        versus: Versus | None = Field(
+            None,
+            description="With 'candidate': the titles its score is taken against (e.g. the "
+            "items listed below it).",
+        )
+        generate: bool = Field(
+            False,
+            description="Also the model's generated text (greedy, up to max_new_tokens): a "
+            "model trained on ranking answers may repeat their format.",
+        )
         domain: Domain = "movies"
         max_new_tokens: StrictInt = Field(limits.max_new_tokens, ge=1, le=limits.max_new_tokens)
 
@@ -249,6 +337,16 @@ def request_models(
         def _one_target(self) -> "ExplainBody":
             if (self.candidates is None) == (self.candidate is None):
                 raise ValueError("give either 'candidates' or 'candidate'")
+            if self.versus is not None and self.candidate is None:
+                raise ValueError(
+                    "'versus' goes with 'candidate' (with 'candidates' the top is "
+                    "scored against the others)"
+                )
+            if self.candidate is not None and self.versus is None and not self.generate:
+                raise ValueError(
+                    "'candidate' alone has no score to explain: give 'versus' (the titles it "
+                    "was ranked against) or 'generate': true"
+                )
             return self
 
     class RecommendBody(BaseModel):
