@@ -116,6 +116,18 @@ def test_retrieval_leaves_the_history_out_and_keeps_the_catalogue_order_on_ties(
     assert retrieve(POPULARITY, reordered, [], 2).indices == [1, 0]  # A, then C listed before B
 
 
+def test_retrieval_among_a_candidate_set_draws_only_from_it():
+    # An evaluation's candidates: B is left out of them, A is the history's.
+    got = retrieve(POPULARITY, CATALOGUE, ["A"], 2, among=[4, 3, 2, 0])
+    assert got.indices == [2, 3] and got.scores == [3.0, 1.0]
+    assert retrieve(POPULARITY, CATALOGUE, [], 5, among=[4, 2, 1]).indices == [1, 2, 4]
+    rec = Recommender(CATALOGUE, TitleNormalization(), "popularity", {"popularity": POPULARITY})
+    plan = rec.plan(["A"], k=2, m=3, among=[0, 3, 4])
+    assert plan.retrieved.indices == [3, 4] and any("reranking 2" in n for n in plan.notes)
+    with pytest.raises(DataError, match="top-K 3 is more than the 2 catalogue titles left"):
+        rec.plan(["A"], k=3, m=3, among=[0, 3, 4])
+
+
 def test_pivot_pairs_cost_2p_m_minus_1_prompts_not_m_m_minus_1():
     for m in range(1, 12):
         for p in range(1, 5):

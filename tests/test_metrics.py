@@ -15,11 +15,14 @@ from dmporec.metrics import (
     ndcg_at_k,
     pair_correct,
     paired_test,
+    paired_user_test,
     pairwise_accuracy,
     pairwise_report,
     rank_of_positive,
     stable_auc,
     ties_with_positive,
+    user_hits,
+    user_ndcg,
 )
 
 CHOSEN = np.array([-1.0, -2.0, -3.0, -4.0])
@@ -215,3 +218,39 @@ def test_paired_auc_test_pairs_the_coins_and_resamples_users():
     assert _auc(labels, scores) == pytest.approx(roc_auc_score(labels, scores))
     with pytest.raises(ValueError, match="same length"):
         paired_auc_test(users[:-1], good_c, good_r, flat_c, flat_r)
+
+
+def test_per_user_hits_and_ndcg_are_the_terms_of_the_means():
+    ranks, ties = [1.0, 3.0, 11.0, 2.5], [0, 0, 0, 1]
+    # NDCG@10 by hand: 1/log2(2), 1/log2(4), rank 11 misses, ranks 2 or 3 half each
+    expected = [1.0, 0.5, 0.0, (1 / math.log2(3) + 0.5) / 2]
+    assert user_ndcg(ranks, 10, ties) == pytest.approx(expected)
+    assert user_hits(ranks, 2, ties) == pytest.approx([1, 0, 0, 0.5])
+    assert user_ndcg(ranks, 10, ties).mean() == pytest.approx(ndcg_at_k(ranks, 10, ties))
+    assert user_hits(ranks, 2, ties).mean() == pytest.approx(hit_ratio_at_k(ranks, 2, ties))
+    assert user_ndcg([1, 3], 10) == pytest.approx([1.0, 0.5])  # no ties: ranks as given
+    assert user_ndcg([], 10).shape == (0,)
+    with pytest.raises(ValueError, match="NaN"):
+        user_hits([1.0, np.nan], 10)
+
+
+def test_paired_user_test_hand_computed():
+    """A beats B on users 0-3 by 0.5 each, they tie on user 4 (both 0: left out), B wins on
+    user 5 by 0.25: Wilcoxon over the 5 non-zero differences, ranks 2.5 (x4, A) and 1 (B):
+    W = min(10, 1) = 1, exact two-sided p = 2 * P[W <= 1] = 2 * 2/32 = 0.125."""
+    a = np.array([1.0, 1.0, 0.5, 0.5, 0.0, 0.0])
+    b = np.array([0.5, 0.5, 0.0, 0.0, 0.0, 0.25])
+    t = paired_user_test(a, b, n_boot=200)
+    assert t["users"] == 6 and (t["a_better"], t["b_better"]) == (4, 1)
+    assert t["mean_a"] == pytest.approx(0.5) and t["mean_b"] == pytest.approx(1.25 / 6)
+    assert t["difference"] == pytest.approx((4 * 0.5 - 0.25) / 6)
+    assert t["difference_ci_low"] <= t["difference"] <= t["difference_ci_high"]
+    assert t["p_value"] == pytest.approx(0.125)
+    same = paired_user_test(a, a, n_boot=50)
+    assert same["p_value"] == 1.0 and same["difference"] == 0.0
+    assert same["difference_ci_low"] == same["difference_ci_high"] == 0.0
+    assert paired_user_test(a, b, n_boot=200) == t  # seeded
+    empty = paired_user_test([], [], n_boot=10)
+    assert empty["users"] == 0 and math.isnan(empty["difference"]) and empty["p_value"] == 1.0
+    with pytest.raises(ValueError, match="shape"):
+        paired_user_test(a, b[:3])

@@ -273,11 +273,14 @@ def retrieve(
     history: Sequence[str],
     m: int,
     user_id: str | None = None,
+    among: Iterable[int] | None = None,
 ) -> Retrieved:
     """The `m` catalogue items `scorer` ranks highest for `history`, its own items left out;
-    ties keep the catalogue's order (most counted first)."""
-    scores = np.asarray(scorer.score(query_record(history, user_id), catalogue.titles), float)
+    ties keep the catalogue's order (most counted first). `among`: the catalogue indices to
+    draw from instead of the whole catalogue (an evaluation's candidate set)."""
+    pool = list(range(len(catalogue))) if among is None else sorted(set(among))
+    titles = [catalogue.items[i].title for i in pool]
+    scores = np.asarray(scorer.score(query_record(history, user_id), titles), float)
     seen = {i for t in history if (i := catalogue.index(t)) is not None}
-    order = [int(i) for i in np.argsort(-scores, kind="stable") if int(i) not in seen]
-    top = order[:m]
-    return Retrieved(top, [float(scores[i]) for i in top])
+    order = [int(j) for j in np.argsort(-scores, kind="stable") if pool[j] not in seen][:m]
+    return Retrieved([pool[j] for j in order], [float(scores[j]) for j in order])

@@ -50,6 +50,36 @@ def sample_unrated(
     return picked
 
 
+def unrated_candidates(
+    record: Record, catalog: Sequence[str], sample: int | None = None, seed: int = 0
+) -> CandidateSet:
+    """The record's positive among catalog titles its user is not known to have rated, in
+    catalog order, for top-K metrics over a catalogue (benchmarks/catalogue_eval.py).
+
+    Known rated: the record's history and negatives (its positive aside). `sample` None gives
+    every other catalog title (the full-catalogue protocol); `sample` = n gives n of them drawn
+    uniformly without replacement from random.Random(f"{seed}:{user_id}") (the sampled
+    protocol: SASRec's 1 positive + 100). A positive the catalog lacks is listed last. The
+    catalog's order is kept, not shuffled: a retriever breaks its ties by it, as `recommend`
+    does, and the metrics average over ties, so the positive's place gives nothing away.
+    `catalog` holds distinct titles; DataError when fewer than `sample` are left to draw.
+    """
+    positive = record.positive.title
+    rated = rated_titles(record)
+    if sample is None:
+        titles = [t for t in catalog if t not in rated or t == positive]
+    else:
+        rng = random.Random(f"{seed}:{record.user_id}")
+        try:
+            drawn = set(sample_unrated(catalog, rated, sample, rng))
+        except DataError as e:
+            raise DataError(str(e), record=record.user_id) from None
+        titles = [t for t in catalog if t in drawn or t == positive]
+    if positive not in titles:
+        titles.append(positive)
+    return titles, titles.index(positive)
+
+
 def candidate_sets(
     records: Sequence[Record],
     n: int = 20,

@@ -310,22 +310,45 @@ def ties_with_positive(scores: Array, positive_index: int) -> int:
     return int(np.sum(scores == scores[positive_index])) - 1
 
 
-def _expected_gain(gain: Callable[[Array], Array], ranks: Array, ties: Array | None) -> float:
-    """Mean over users of gain(rank), or of its expectation over the tied positions."""
+def _user_gains(gain: Callable[[Array], Array], ranks: Array, ties: Array | None) -> Array:
+    """[users] gain(rank) of each user, or its expectation over the tied positions."""
     ranks = np.asarray(ranks, float)
-    if ranks.size == 0:
-        return float("nan")
-    if np.isnan(ranks).any():
-        return float("nan")
-    if ties is None:
-        return float(np.mean(gain(ranks)))
+    if ties is None or ranks.size == 0:
+        return np.asarray(gain(ranks), float)
     ties = np.asarray(ties, float)
     first, last = ranks - ties / 2, ranks + ties / 2
     if (first < 1).any() or not np.allclose(first, np.round(first)):
         raise ValueError("with ties, ranks must be expected ranks: rank_of_positive(tie='mean')")
     first, last = np.round(first).astype(int), np.round(last).astype(int)
     cumulative = np.r_[0.0, np.cumsum(gain(np.arange(1, last.max() + 1, dtype=float)))]
-    return float(np.mean((cumulative[last] - cumulative[first - 1]) / (ties + 1)))
+    return (cumulative[last] - cumulative[first - 1]) / (ties + 1)
+
+
+def _expected_gain(gain: Callable[[Array], Array], ranks: Array, ties: Array | None) -> float:
+    """Mean over users of `_user_gains`; NaN for no users or a NaN rank."""
+    ranks = np.asarray(ranks, float)
+    if ranks.size == 0 or np.isnan(ranks).any():
+        return float("nan")
+    return float(np.mean(_user_gains(gain, ranks, ties)))
+
+
+def user_hits(ranks: Array, k: int, ties: Array | None = None) -> Array:
+    """[users] each user's term of `hit_ratio_at_k` (expected over tie-breaks when `ties` is
+    given): what a paired test over users compares. NaN ranks raise ValueError."""
+    return _user_gains(lambda r: (r <= k).astype(float), _finite(ranks), ties)
+
+
+def user_ndcg(ranks: Array, k: int, ties: Array | None = None) -> Array:
+    """[users] each user's term of `ndcg_at_k`, 1[rank <= k] / log2(rank + 1) (expected over
+    tie-breaks when `ties` is given). NaN ranks raise ValueError."""
+    return _user_gains(lambda r: (r <= k) / np.log2(r + 1), _finite(ranks), ties)
+
+
+def _finite(ranks: Array) -> Array:
+    ranks = np.asarray(ranks, float)
+    if np.isnan(ranks).any():
+        raise ValueError("NaN in ranks")
+    return ranks
 
 
 def hit_ratio_at_k(ranks: Array, k: int, ties: Array | None = None) -> float:
@@ -386,3 +409,37 @@ def listwise_report(
             fn, *arrays, n_boot=n_boot, seed=seed
         )
     return out
+
+
+def paired_user_test(
+    values_a: Array, values_b: Array, *, n_boot: int = 1000, seed: int = 0, level: float = 0.95
+) -> dict[str, float]:
+    """Two rankers on the same users: one per-user metric (e.g. `user_ndcg`) compared.
+
+    `difference` = mean(A) - mean(B); its CI is the percentile bootstrap over users, each
+    resample taking both values of a user together (seeded). `p_value` is the two-sided
+    Wilcoxon signed-rank test of the per-user differences (scipy; users where A and B are equal
+    are dropped, 'wilcox', as in the sign test: two rankers that both miss a user's positive say
+    nothing about which is better); 1.0 when no user differs. `a_better` / `b_better` count the
+    users where A's / B's value is the higher. NaN means and CI for no users. ValueError when the
+    shapes differ."""
+    from scipy.stats import wilcoxon
+
+    a, b = np.asarray(values_a, float), np.asarray(values_b, float)
+    if a.shape != b.shape:
+        raise ValueError(f"values_a has shape {a.shape}, values_b {b.shape}")
+    nan = float("nan")
+    d = a - b
+    low, high = bootstrap_ci(lambda x: float(np.mean(x)), d, n_boot=n_boot, seed=seed, level=level)
+    p = float(wilcoxon(d, zero_method="wilcox").pvalue) if np.any(d != 0) else 1.0
+    return {
+        "users": int(a.size),
+        "mean_a": float(a.mean()) if a.size else nan,
+        "mean_b": float(b.mean()) if b.size else nan,
+        "difference": float(d.mean()) if a.size else nan,
+        "difference_ci_low": low,
+        "difference_ci_high": high,
+        "a_better": int(np.sum(d > 0)),
+        "b_better": int(np.sum(d < 0)),
+        "p_value": p,
+    }

@@ -166,10 +166,12 @@ class Recommender:
         pivots: int = PIVOTS,
         user_id: str | None = None,
         domain: Any = "movies",
+        among: Sequence[int] | None = None,
     ) -> Plan:
         """Clean and check the request, retrieve its candidates; no model needed. DataError (one
         line) for a blank history title, a bad domain, M < K or a catalogue smaller than K; a
-        catalogue smaller than M gives fewer candidates, said in the notes."""
+        catalogue smaller than M gives fewer candidates, said in the notes. `among`: catalogue
+        indices to retrieve from instead of the whole catalogue (an evaluation's candidates)."""
         if rerank not in RERANKS:
             raise DataError(f"rerank must be one of {', '.join(RERANKS)}, got {rerank!r}")
         for name, value in (("top-K", k), ("M (candidates to rerank)", m), ("pivots", pivots)):
@@ -186,7 +188,8 @@ class Recommender:
             titles.append(normalize_title(title, self.norm))
         seen = {i for t in titles if (i := self.catalogue.index(t)) is not None}
         matched = sum(self.catalogue.index(t) is not None for t in titles)
-        left = len(self.catalogue) - len(seen)
+        pool = set(range(len(self.catalogue))) if among is None else set(among)
+        left = len(pool - seen)
         notes = list(self.notes)
         if titles and matched < len(titles):
             notes.append(
@@ -218,7 +221,7 @@ class Recommender:
                 f"taken out: reranking {left}"
             )
             m = left
-        retrieved = retrieve(self.scorers[retriever], self.catalogue, titles, m, user_id)
+        retrieved = retrieve(self.scorers[retriever], self.catalogue, titles, m, user_id, among)
         return Plan(
             tuple(titles), wording, user_id, retrieved, k, rerank, pivots, retriever, matched,
             tuple(notes),
@@ -323,7 +326,7 @@ def load_recommender(
     are at hand) and popularity fitted on the run's training records, and the stage's hybrid with
     its components fitted (unless `use_hybrid` is off). A hybrid component that cannot be fitted
     here turns the hybrid off, said in every answer's notes."""
-    from dmporec.recommend import find_stage, run_config
+    from dmporec.ranker import find_stage, run_config
 
     path = Path(spec).expanduser()
     stage = find_stage(path) if path.is_dir() else None
