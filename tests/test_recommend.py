@@ -142,7 +142,10 @@ BAD_USERS = [
     ('{"user": "a"}', "expected a non-empty JSON list of users"),
     ("[1, 2", "malformed JSON"),
     ('[{"history": ["A"], "candidates": ["B"]}, 7]', "record 1: expected an object"),
-    ('[{"history": ["A"]}]', "record 0, field 'candidates': missing"),
+    (  # without candidates in any record, a file asks for top-K; with some, all need them
+        '[{"history": ["A"], "candidates": ["B"]}, {"history": ["A"]}]',
+        "record 1, field 'candidates': missing",
+    ),
     ('[{"history": "A", "candidates": ["B"]}]', "record 0, field 'history': expected a list"),
     (
         '[{"history": ["A"], "candidates": ["B", 3]}]',
@@ -492,6 +495,49 @@ def test_a_user_of_the_run_and_an_empty_history(run_dir, monkeypatch, capsys):
     assert "empty history: the catalogue's most popular titles" in err
     counts = [it["retriever_score"] for it in doc["recommended"]]
     assert counts == sorted(counts, reverse=True) and len(counts) == 3
+
+
+def test_top_k_for_every_user_of_a_file(run_dir, tmp_path, monkeypatch, capsys):
+    test_user = read_records(run_dir / "data" / "test.jsonl")[0]
+    users = [
+        {"user": "ann", "history": HISTORY},
+        {"user": test_user.user_id},  # a user of the run's data files: their history
+        {"user": "new", "history": []},  # the most popular titles
+    ]
+    path = tmp_path / "users.json"
+    path.write_text(json.dumps(users))
+    args = ["--model", str(run_dir), "--users", str(path), "--top-k", "3", "--retrieve", "5"]
+    doc, err = top_k_json(capsys, *args)
+    ann, run_user, new = doc["users"]
+    assert [u.get("user") for u in doc["users"]] == ["ann", test_user.user_id, "new"]
+    assert "recommend: 3 users: bpr-mf retrieved 5 candidates" in err
+    # Each answer is what recommending for that user alone gives.
+    alone, _ = top_k_json(capsys, *args[:2], "--history", *HISTORY, *args[4:])
+    assert ann["recommended"] == alone["recommended"] and ann["prompts"] == alone["prompts"]
+    by_id, _ = top_k_json(capsys, *args[:2], "--user", test_user.user_id, *args[4:])
+    assert run_user["recommended"] == by_id["recommended"] and run_user["run_user"] == by_id["user"]
+    assert run_user["run_user"]["positive"] == test_user.positive.title
+    assert new["retriever"] == "popularity" and new["rerank"] == "none"
+    code, out, _ = recommend(capsys, *args, "--explain")
+    assert code == 0 and out.count("\nuser ") == 3 and out.count("why ") == 3, out
+    assert "nothing to explain: no model scores (rerank none)" in out
+    # Checked before the model loads, each error naming the file, record and field.
+    use_loader(monkeypatch, lambda spec: pytest.fail("model loaded"))
+    for records, message in (
+        ([{"user": "ann", "history": HISTORY}, {"user": "nobody"}], "record 1, field 'user': user 'nobody' is in none"),
+        ([{"history": HISTORY}, {"domain": "games"}], "record 1, field 'history': missing: give 'history', or 'user' alone"),
+        ([{"history": "Up"}], "record 0, field 'history': expected a list of title strings"),
+        ([{"history": ["Up", " "]}], "record 0, field 'history': title 1 is empty"),
+        ([{"history": ["Up"], "domain": "music"}], "record 0, field 'domain': unknown wording 'music'"),
+    ):  # fmt: skip
+        path.write_text(json.dumps(records))
+        code, out, err = recommend(capsys, *args)
+        assert code == 2 and f"users.json, {message}" in err and out == "", err
+        assert "Traceback" not in err and len(err.strip().splitlines()) == 1, err
+    # What only the catalogue can check names the record too.
+    path.write_text(json.dumps([{"history": HISTORY}]))
+    code, _, err = recommend(capsys, *args[:4], "--top-k", "40", "--retrieve", "40")
+    assert code == 2 and "users.json, record 0: top-K 40 is more than the" in err, err
 
 
 def test_another_catalogue_file(run_dir, tmp_path, capsys):

@@ -1,7 +1,8 @@
 """Rank candidates for users with a trained run: load it once, clean titles as training did, answer.
 
 `dmporec recommend --model RUN_DIR --history "A" "B" --candidates "X" "Y" "Z" [--top-k 2] [--json]`
-or `--users FILE.json` (a JSON list of {"user", "history", "candidates"[, "domain"]}).
+or `--users FILE.json` (a JSON list of {"user", "history", "candidates"[, "domain"]}; without
+candidates in any record, top-K from the catalogue for each {"user", "history"} or {"user": ID}).
 
 Without --candidates, top-K from the whole catalogue (dmporec.rerank): `dmporec recommend --model
 RUN_DIR --history "A" "B" --top-k 10` (or `--user ID`, a user of the run's data files) retrieves
@@ -52,7 +53,9 @@ from dmporec.recommend_queries import (
     UserQuery,
     bound_query,
     n_prompts,
+    ranks_candidates,
     read_queries,
+    read_users_file,
 )
 from dmporec.recommend_top_k import run_top_k
 from dmporec.rerank import PIVOTS, RERANKS, RETRIEVE, TOP_K
@@ -74,6 +77,9 @@ def run_recommend(args: argparse.Namespace) -> int:
         raise ConfigError(f"--top-k must be at least 1, got {args.top_k}")
     if args.max_candidates < 1:
         raise ConfigError(f"--max-candidates must be at least 1, got {args.max_candidates}")
+    entries = read_users_file(Path(args.users)) if args.users else None
+    if entries is not None and not ranks_candidates(entries):
+        return run_top_k(args, entries)  # a file of histories (or run users) without candidates
     if not args.users and not args.candidates:
         return run_top_k(args)
     catalogue_options = [
@@ -95,7 +101,7 @@ def run_recommend(args: argparse.Namespace) -> int:
         )
     if not args.users and not args.history:
         raise ConfigError("give --history and --candidates (one or more titles each), or --users")
-    queries = read_queries(args, title_normalization(args.model))
+    queries = read_queries(args, title_normalization(args.model), entries)
     total = sum(n_prompts(len(q.request.candidates)) for q in queries)
     users = f"{len(queries)} user{'s' * (len(queries) != 1)}"
     print(
@@ -190,7 +196,13 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         metavar="TITLE",
         help="titles to rank (without it: top-K from the whole catalogue)",
     )
-    parser.add_argument("--users", metavar="FILE.json", help="rank a JSON list of users instead")
+    parser.add_argument(
+        "--users",
+        metavar="FILE.json",
+        help='a JSON list of users instead: {"user", "history", "candidates"[, "domain"]} ranks '
+        "their candidates; without candidates in any record, top-K from the catalogue for each "
+        '{"user", "history"}, or {"user": ID} alone for a user of the run\'s data files',
+    )
     parser.add_argument(
         "--top-k", type=int, help=f"print only the best K (from the catalogue: default {TOP_K})"
     )

@@ -55,17 +55,15 @@ def check_query(
     return check_unseen(request, file=file, record=record)
 
 
-def _titles(value: Any, file: Path, index: int, key: str) -> list[str]:
+def titles_of(value: Any, file: Path, index: int, key: str) -> list[str]:
+    """`value`, a record's list of titles (DataError naming the field otherwise)."""
     if not isinstance(value, list) or not all(isinstance(t, str) for t in value):
         raise DataError("expected a list of title strings", file=file, record=index, field=key)
     return value
 
 
-def read_users(
-    path: Path, norm: TitleNormalization, domain: str, max_candidates: int = MAX_CANDIDATES
-) -> list[UserQuery]:
-    """The --users file: a JSON list of {"user", "history", "candidates"[, "domain"]}, every
-    record checked (`clean_request`, `check_query`); no model needed."""
+def read_users_file(path: Path) -> list[dict[str, Any]]:
+    """The --users file's records: a non-empty JSON list of objects (DataError otherwise)."""
     text = read_text_file(path)
     try:
         entries = json.loads(text)
@@ -73,15 +71,36 @@ def read_users(
         raise DataError(f"malformed JSON ({e.msg} at line {e.lineno})", file=path) from None
     if not isinstance(entries, list) or not entries:
         raise DataError("expected a non-empty JSON list of users", file=path)
-    queries = []
     for i, entry in enumerate(entries):
         if not isinstance(entry, dict):
             raise DataError(f"expected an object, got {type(entry).__name__}", file=path, record=i)
+    return entries
+
+
+def ranks_candidates(entries: list[dict[str, Any]]) -> bool:
+    """Whether a --users file ranks given candidates (any record has them) or asks for top-K
+    from the catalogue (none has)."""
+    return any("candidates" in entry for entry in entries)
+
+
+def read_users(
+    path: Path,
+    norm: TitleNormalization,
+    domain: str,
+    max_candidates: int = MAX_CANDIDATES,
+    entries: list[dict[str, Any]] | None = None,
+) -> list[UserQuery]:
+    """The --users file (its `entries`, if already read): a JSON list of {"user", "history",
+    "candidates"[, "domain"]}, every record checked (`clean_request`, `check_query`); no model
+    needed."""
+    entries = read_users_file(path) if entries is None else entries
+    queries = []
+    for i, entry in enumerate(entries):
         for key in ("history", "candidates"):
             if key not in entry:
                 raise DataError("missing", file=path, record=i, field=key)
-        history = _titles(entry["history"], path, i, "history")
-        candidates = _titles(entry["candidates"], path, i, "candidates")
+        history = titles_of(entry["history"], path, i, "history")
+        candidates = titles_of(entry["candidates"], path, i, "candidates")
         request = clean_request(
             history, candidates, entry.get("domain", domain), norm, file=path, record=i
         )
@@ -90,10 +109,15 @@ def read_users(
     return queries
 
 
-def read_queries(args: argparse.Namespace, norm: TitleNormalization) -> list[UserQuery]:
-    """The users to rank, from --users or --history/--candidates, checked before any model loads."""
+def read_queries(
+    args: argparse.Namespace,
+    norm: TitleNormalization,
+    entries: list[dict[str, Any]] | None = None,
+) -> list[UserQuery]:
+    """The users to rank, from --users (its `entries`, if already read) or --history and
+    --candidates, checked before any model loads."""
     if args.users:
-        return read_users(Path(args.users), norm, args.domain, args.max_candidates)
+        return read_users(Path(args.users), norm, args.domain, args.max_candidates, entries)
     request = clean_request(args.history, args.candidates, args.domain, norm)
     return [UserQuery("-", list(args.candidates), check_query(request, args.max_candidates))]
 
