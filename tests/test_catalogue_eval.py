@@ -1,0 +1,209 @@
+"""benchmarks/catalogue_eval.py (issue #35: top-10 from the catalogue evaluated as papers report
+it): each user's candidates (dmporec.listwise.unrated_candidates and the script's additions),
+and the script end to end on a tiny trained run: rows, paired values, resuming, refusing other
+settings, and the pivot-vs-all-pairs agreement."""
+
+import importlib.util
+import json
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from dmporec.catalogue import Catalogue, CatalogueItem
+from dmporec.cli import main as dmporec
+from dmporec.hybrid import Hybrid
+from dmporec.listwise import unrated_candidates
+from dmporec.metrics import user_ndcg
+from dmporec.records import DataError, Item, Record
+
+ROOT = Path(__file__).resolve().parents[1]
+CATALOG = ["A", "B", "C", "D", "E", "F", "G"]
+
+
+@pytest.fixture(scope="module")
+def script():
+    spec = importlib.util.spec_from_file_location(
+        "catalogue_eval_script", ROOT / "benchmarks" / "catalogue_eval.py"
+    )
+    module = importlib.util.module_from_spec(spec)
+    sys.modules[spec.name] = module  # its dataclasses look their module up
+    spec.loader.exec_module(module)
+    yield module
+    del sys.modules[spec.name]
+
+
+def record(user: str, history: list[str], positive: str, negatives: list[str]) -> Record:
+    return Record(user, [Item(t) for t in history], Item(positive), [Item(t) for t in negatives])
+
+
+def test_full_candidates_are_the_unrated_catalogue_in_its_order():
+    r = record("u", ["B"], "E", ["D"])  # rated: history B, negative D
+    assert unrated_candidates(r, CATALOG) == (["A", "C", "E", "F", "G"], 2)
+    # A positive the catalogue lacks is ranked too, listed last.
+    assert unrated_candidates(record("u", ["B"], "Z", ["D"]), CATALOG) == (
+        ["A", "C", "E", "F", "G", "Z"],
+        5,
+    )
+
+
+def test_sampled_candidates_draw_unrated_titles_per_user_seeded():
+    r = record("u", ["B"], "E", ["D"])
+    titles, pos = unrated_candidates(r, CATALOG, sample=2, seed=0)
+    assert len(titles) == 3 and titles[pos] == "E"
+    assert set(titles) - {"E"} <= {"A", "C", "F", "G"}  # never rated, never the positive
+    assert titles == sorted(titles, key=CATALOG.index)  # catalogue order, not shuffled
+    assert unrated_candidates(r, CATALOG, sample=2, seed=0) == (titles, pos)
+    draws = {tuple(unrated_candidates(r, CATALOG, 2, seed)[0]) for seed in range(20)}
+    assert len(draws) > 1  # the seed draws
+    assert unrated_candidates(r, CATALOG, sample=4)[0] == ["A", "C", "E", "F", "G"]
+    with pytest.raises(DataError, match="record u: the catalog has 4 titles the user did not"):
+        unrated_candidates(r, CATALOG, sample=5)
+
+
+def test_a_positive_the_catalogue_lacks_is_a_candidate_of_its_own_user_only(script):
+    run = Catalogue(
+        tuple(CatalogueItem(t, None, c) for t, c in zip("ABCD", (3, 2, 0, 0), strict=True)), "x"
+    )
+    users = [
+        record("1", ["A"], "X", ["C"]),
+        record("2", ["B"], "Y", []),
+        record("3", ["A"], "D", ["B"]),
+    ]
+    catalogue = script.with_positives(run, users, seed=0)
+    assert catalogue.titles[:2] == ["A", "B"]  # counted titles first, as they were
+    assert {catalogue.index("X"), catalogue.index("Y")} <= {2, 3, 4, 5}  # among the count 0s
+    assert script.with_positives(run, users, seed=0) == catalogue  # seeded
+    sets = script.candidate_sets(run, catalogue, users, None, seed=0)["full"]
+    for (titles, pos), user in zip(sets, users, strict=True):
+        assert titles[pos] == user.positive.title
+        assert not ({"X", "Y"} - {user.positive.title}) & set(titles)
+    assert sorted(sets[0][0]) == ["B", "D", "X"]  # A seen, C rated low
+
+
+TINY = [
+    "model.name=builtin:tiny-qwen3",
+    "data.demo={train_users: 6, valid_users: 3, test_users: 4, negatives: 2}",
+    "sft.epochs=1",
+    "sft.batch_size=4",
+]
+
+
+@pytest.fixture(scope="module")
+def run_dir(tmp_path_factory):
+    """A tiny SFT run with a fitted hybrid of the LLM, popularity and BPR-MF."""
+    out = tmp_path_factory.mktemp("catalogue-eval") / "run"
+    assert dmporec(["sft", *TINY, f"output_dir={out}"]) == 0
+    hybrid = Hybrid(("llm", "popularity", "bpr-mf"), (1.0, 1.0, 1.0), (0.5, 0.2, 1.0), 1, 9, 3, 0.6)
+    (out / "sft" / "hybrid").mkdir()
+    hybrid.save(out / "sft" / "hybrid" / "model.json")
+    return out
+
+
+def evaluate(script, capsys, run_dir, out, *more: str) -> tuple[int, str, str]:
+    argv = ["--model", str(run_dir), "--out", str(out), "--retrieve", "10", "--sampled", "5"]
+    code = script.main([*argv, *more])
+    captured = capsys.readouterr()
+    return code, captured.out, captured.err
+
+
+def test_end_to_end_rows_resuming_and_the_agreement(script, run_dir, tmp_path, capsys, monkeypatch):
+    out = tmp_path / "eval"
+    code, printed, err = evaluate(
+        script, capsys, run_dir, out, "--llm-users", "2", "--valid-users", "2"
+    )
+    assert code == 0, err
+    assert "retriever " in err and "target (full): fused NDCG@10" in printed
+    doc = json.loads((out / "test.json").read_text())
+    assert doc["fusion"] == "hybrid" and doc["llm_users"] == 2 and doc["retriever"] in printed
+    users, llm_users = doc["per_user"]["users"], doc["per_user"]["llm_users"]
+    assert len(users) == 4 and len(llm_users) == 2 and set(llm_users) <= set(users)
+    for p in ("full", "sampled"):
+        everyone = doc["protocols"][p]["all_users"]["rows"]
+        assert {"random", "popularity", "bpr-mf"} <= set(everyone)
+        if importlib.util.find_spec("cornac") is None:  # SASRec: a row where it is installed
+            assert "sasrec skipped" in err and "sasrec" not in everyone
+        else:
+            assert "sasrec" in everyone
+        sub = doc["protocols"][p]["llm_users"]["rows"]
+        assert set(sub) == set(everyone) | {"llm-rerank", "fused"}
+        # The classic rows on the LLM users are the same users' values of the full run.
+        ranks = doc["per_user"]["classic"][p]["bpr-mf"]
+        idx = [users.index(u) for u in llm_users]
+        expected = user_ndcg(np.array(ranks["rank"])[idx], 10, np.array(ranks["ties"])[idx])
+        assert sub["bpr-mf"]["ndcg@10"] == pytest.approx(expected.mean())
+        for row in ("llm-rerank", "fused"):
+            assert len(doc["per_user"]["llm"][p][row]["rank"]) == 2
+        pairs = {(t["a"], t["b"]) for t in doc["protocols"][p]["llm_users"]["tests"]}
+        assert ("llm-rerank", "fused") in pairs and len(pairs) == len(sub) * (len(sub) - 1) / 2
+    lines = (out / "test-llm.jsonl").read_text().splitlines()
+    assert json.loads(lines[0])["settings"]["pivots"] == 2 and len(lines) == 3
+    for p, n_candidates in (("full", None), ("sampled", 6)):
+        for line in lines[1:]:
+            result = json.loads(line)[p]
+            m = min(10, n_candidates or 10)
+            assert len(result["retrieved"]) == m and result["prompts"] == 2 * 2 * (m - 1) - 2
+            rank, ties = script.reranked_rank(result, "llm")
+            if result["positive_position"] > m:  # not retrieved: the retriever's place
+                assert (rank, ties) == (result["positive_position"], 0)
+            else:
+                assert rank <= m
+    agreement = json.loads((out / "agreement.json").read_text())
+    assert agreement["users"] == 2
+    assert (
+        agreement["means"]["pivot_prompts"] == 34 and agreement["means"]["all-pairs_prompts"] == 90
+    )
+
+    # A rerun reuses every user (no model is loaded) and gives the same rows.
+    def no_model(spec):
+        raise AssertionError("nothing was left to score")
+
+    monkeypatch.setattr(script, "load_ranker", no_model)
+    cache = out / "test-llm.jsonl"
+    with cache.open("a") as f:
+        f.write('{"user": "cut by a ki')  # a run killed mid-line
+    code, _, err = evaluate(script, capsys, run_dir, out, "--llm-users", "2", "--part", "test")
+    assert code == 0, err
+    assert json.loads((out / "test.json").read_text())["protocols"] == doc["protocols"]
+    assert cache.read_text().splitlines() == lines  # the cut line is gone
+    # Other settings are refused, naming them; the results are kept.
+    code, _, err = evaluate(
+        script, capsys, run_dir, out, "--llm-users", "2", "--part", "test", "--pivots", "3"
+    )
+    assert code == 2 and "made with other settings (pivots: 2 then, 3 now)" in err
+    assert cache.read_text().splitlines() == lines
+    # Cached candidates the retriever no longer gives are refused too.
+    tampered = json.loads(lines[1])
+    tampered["full"]["retrieved"].reverse()
+    cache.write_text("\n".join([lines[0], json.dumps(tampered), lines[2]]) + "\n")
+    code, _, err = evaluate(script, capsys, run_dir, out, "--llm-users", "2", "--part", "test")
+    assert code == 2 and "cached candidates are not what the retriever gives now" in err
+    monkeypatch.undo()
+
+    # With every candidate a pivot, the pivot rerank is all pairs: the two agree exactly.
+    code, printed, err = evaluate(
+        script, capsys, run_dir, tmp_path / "p10", "--part", "agreement", "--valid-users", "2",
+        "--pivots", "10",
+    )  # fmt: skip
+    assert code == 0, err
+    means = json.loads((tmp_path / "p10" / "agreement.json").read_text())["means"]
+    assert means["llm_top10_overlap"] == means["fused_top10_overlap"] == 1.0
+    assert means["llm_kendall_tau"] == pytest.approx(1.0)
+    assert means["llm_ndcg@10_vs_all_pairs"] == pytest.approx(1.0)
+    assert means["pivot_prompts"] == means["all-pairs_prompts"] == 90
+    assert not (tmp_path / "p10" / "test.json").exists()
+
+
+def test_bad_settings_are_one_line_errors(script, run_dir, tmp_path, capsys):
+    code, _, err = evaluate(
+        script, capsys, run_dir, tmp_path / "x", "--sampled", "500", "--llm-users", "0",
+        "--part", "test",
+    )  # fmt: skip
+    assert code == 2 and "titles the user did not rate; 500 are needed" in err
+    assert err.strip().splitlines()[-1].startswith("catalogue_eval: ") and "Traceback" not in err
+    code, _, err = evaluate(script, capsys, run_dir, tmp_path / "x", "--test", "nope.jsonl")
+    assert code == 2 and "--test: nope.jsonl: no such file" in err
+    with pytest.raises(SystemExit):
+        script.main(["--model", str(run_dir), "--retrieve", "5"])
+    assert "--retrieve must be at least 10" in capsys.readouterr().err
