@@ -1,11 +1,10 @@
-"""benchmarks/learning_curve.py end to end on the tiny model, so the script never rots.
+"""The learning curve: its experiment file, the script that builds its data, and its published
+results, which the engine restores and republishes to the same numbers and paired tests.
 
-The script's main runs in this process with its command line in sys.argv (what it prints read
-back through capsys, a stop as the SystemExit it raises): each run started as a subprocess cost
-~5 s of imports before any work, and no check here is about the process boundary.
+The script runs in this process with its command line in sys.argv (a stop is the SystemExit it
+raises); the experiment runs through `dmporec`'s main.
 """
 
-import functools
 import importlib.util
 import json
 import shutil
@@ -15,8 +14,13 @@ from pathlib import Path
 import pytest
 import yaml
 
+from dmporec.cli import main as dmporec
+from dmporec.stages.experiment import cell_config, load_experiment
+
 ROOT = Path(__file__).resolve().parents[1]
 RAW = ROOT.parent / "shared" / "data" / "raw" / "ml-1m-users-1-2999"
+CONFIG = ROOT / "configs" / "experiments" / "learning-curve-ml1m.yaml"
+PUBLISHED = ROOT / "docs" / "results" / "learning-curve"
 
 
 @pytest.fixture(scope="module")
@@ -30,220 +34,157 @@ def script():
     return module
 
 
-@pytest.fixture
-def run(script, monkeypatch, capsys):
-    """`run(args)`: the script's main with that command line; returns what it printed."""
-
-    def run(args: list[str]) -> str:
-        capsys.readouterr()  # what came before is not this run's
-        monkeypatch.setattr(sys, "argv", ["benchmarks/learning_curve.py", *args])
-        script.main()
-        return capsys.readouterr().out
-
-    return run
+def run(script, monkeypatch, args: list[str]) -> None:
+    monkeypatch.setattr(sys, "argv", ["benchmarks/learning_curve.py", *args])
+    script.main()
 
 
-def stopped(run, args: list[str]) -> str:
-    """The message of a run that stops (SystemExit with a message, as the script exits)."""
-    with pytest.raises(SystemExit) as stop:
-        run(args)
-    assert isinstance(stop.value.code, str), stop.value.code  # a message, not a bare status
-    return stop.value.code
+def test_the_script_builds_every_file_the_experiment_file_reads(script):
+    exp = load_experiment(str(CONFIG))
+    named = set()
+    for cell in exp.cells:
+        data = cell_config(exp, cell).data
+        named |= {getattr(data, k) for k in ("sft_train", "dmpo_train", "eval", "valid")}
+    for ev in exp.evals:
+        named |= {o.split("=", 1)[1] for o in ev.overrides if o.startswith("data.")}
+    named.discard(None)
+    assert {Path(p).parent for p in named} == {Path("runs/learning-curve/data")}
+    defaults = script.parser().parse_args([])
+    assert Path(defaults.out) == Path("runs/learning-curve/data")
+    assert {Path(p).name for p in named} == set(script.written(defaults))
 
 
 @pytest.mark.skipif(not RAW.is_dir(), reason="../shared/data/raw is not beside this checkout")
-def test_learning_curve_script_runs_and_plots(tmp_path, run, script, monkeypatch):
-    # The paired AUC tests resample 1000 times (the script does not pass eval.n_boot on): ~40
-    # tests a run, over half of this test's time. 10 resamples, as eval.n_boot=10 below, wire
-    # the same tests and tables.
-    paired_auc_test = functools.partial(script.paired_auc_test, n_boot=10)
-    monkeypatch.setattr(script, "paired_auc_test", paired_auc_test)
-    cmd = [
-        "--sizes",
-        "3,6",
-        "--eval-pairs",
-        "4",
-        "--out",
-        str(tmp_path / "curve"),
-        "--publish",
-        str(tmp_path / "published"),
-        "model.name=builtin:tiny-qwen3",
-        "sft.batch_size=3",
-        "dmpo.batch_size=3",
-        "eval.n_boot=10",
-    ]
-    run([*cmd, "--valid-lrs", "1e-3", "--valid-users", "2"])
-    curve = json.loads((tmp_path / "published" / "curve.json").read_text())
-    assert [n for n, *_ in curve["series"]["DMPO (k=3)"]] == [3, 6]
-    assert [n for n, *_ in curve["series"]["SFT"]] == [3, 6]
-    assert "popularity" in curve["series"] and "DPO (k=1)" in curve["series"]
-    # Every trained model against zero-shot and its N's popularity and BPR-MF; DMPO/DPO against
-    # their SFT, SFT against SFT at the N below; at the largest N the negatives ablation and S-DPO
-    # (#36) too, and every DMPO-family model against DPO k=1 there (several negatives vs one).
-    ablation = ["DMPO (k=2)", "DMPO (k=5)", "SDPO (k=3)"]
-    trained = {3: ["SFT", "DMPO (k=3)"], 6: ["SFT", "DMPO (k=3)", "DPO (k=1)", *ablation]}
-    assert all([n for n, *_ in curve["series"][a]] == [6] for a in ablation)
-    tested = {(t["n"], t["a"], t["b"]) for t in curve["paired_tests"]}
-    assert tested == {
-        (n, a, b)
-        for n in (3, 6)
-        for a in trained[n]
-        for b in ("zero-shot", f"popularity (N = {n})", f"bpr-mf (N = {n})")
-    } | {(n, a, "SFT") for n in (3, 6) for a in trained[n][1:]} | {
-        (6, a, "DPO (k=1)") for a in ["DMPO (k=3)", *ablation]
-    } | {(6, "SFT", "SFT (N = 3)")}
-    assert all(t["pairs"] == 4 for t in curve["paired_tests"])
-    assert "| 6 | DPO (k=1) | SFT |" in (tmp_path / "published" / "paired.md").read_text()
-    assert (tmp_path / "published" / "curve.png").stat().st_size > 1000
-    data = tmp_path / "curve" / "data"
-    assert len((data / "train_6.jsonl").read_text().splitlines()) == 6
+def test_the_data_script_builds_the_curves_data(tmp_path, script, monkeypatch, capsys):
+    data = tmp_path / "data"
+    args = ["--out", str(data), "--sizes", "6,3", "--valid-users", "2", "--list-users", "4"]
+    run(script, monkeypatch, args)
+    assert [len((data / f"train_{n}.jsonl").read_text().splitlines()) for n in (3, 6)] == [3, 6]
+    six = (data / "train_6.jsonl").read_text().splitlines()
+    assert (data / "train_3.jsonl").read_text().splitlines() == six[:3]  # prefixes of one pool
     # The test users are the authors': the build's first test user is their first eval record's.
     assert json.loads((data / "test.jsonl").read_text().splitlines()[0])["user_id"] == "109"
-    # Diagnostics: every trained model scored on its own training users' pairs (all 5 negatives),
-    # accuracy by position, and DMPO's reward statistics.
-    diag = {d["cell"]: d for d in curve["diagnostics"]}
-    models = ["sft-3", "sft-6", "dmpo-k3-3", "dmpo-k3-6", "dpo-k1-6"]
-    models += ["dmpo-k2-6", "dmpo-k5-6", "sdpo-k3-6"]
-    assert set(diag) == {"zero-shot", *models}
-    for cell in models:
-        assert list(diag[cell]["train_accuracy_by_negative"]) == ["1", "2", "3", "4", "5"]
-        assert 0 <= diag[cell]["train_accuracy"] <= 1
-    assert (
-        "reward_margin_last10" in diag["dmpo-k3-6"] and "reward_margin_last10" not in diag["sft-6"]
-    )
-    assert 1 <= len(diag["dmpo-k3-6"]["reward_accuracy_by_quarter"]) <= 4
-    assert "| dmpo-k3-6 |" in (tmp_path / "published" / "diagnostics.md").read_text()
-
-    # What the labels alone carry: the training positives counted, per N.
-    assert [r["n"] for r in curve["label_counts"]] == [3, 6]
-    assert all(0 <= r["accuracy"] <= 1 and 0 <= r["ties"] <= 1 for r in curve["label_counts"])
-    assert (
-        "What the training labels alone carry"
-        in (tmp_path / "published" / "diagnostics.md").read_text()
-    )
-
-    # The DMPO learning rate compared on the validation users: its own cell, scored on the
-    # validation users' pairs (all 5 negatives), kept out of the curve.
-    (probe,) = curve["valid_lrs"]
-    assert probe["cell"] == "valid-dmpo-k3-3-lr0.001" and probe["learning_rate"] == "0.001"
-    assert probe["valid_pairs"] == 10  # 2 users x 5 negatives
-    assert (
-        "| valid-dmpo-k3-3-lr0.001 | 0.001 |"
-        in (tmp_path / "published" / "diagnostics.md").read_text()
-    )
-    assert not any(c.startswith("valid-") for c in diag)
-
-    # The curve at a chosen learning rate: new cells with their own line beside the old one.
-    # With listwise lists for the first 2 test users, 3 candidates each, for every model.
-    more = [*cmd, "--dmpo-lr", "1e-3", "--cells", "dmpo-k3-6-lr0.001", "--no-train-pairs"]
-    more += ["--listwise-users", "2", "--listwise", "3"]
-    run(more)
-    curve = json.loads((tmp_path / "published" / "curve.json").read_text())
-    assert [n for n, *_ in curve["series"]["DMPO (k=3), lr 0.001"]] == [6]
-    assert [n for n, *_ in curve["series"]["DMPO (k=3)"]] == [3, 6]
-    lists = {(r["cell"], r["model"]): r for r in curve["listwise"]}
-    # The finished model cells of this experiment file (its DMPO cells are now the -lr ones).
-    llms = {"zero-shot", "sft-3", "sft-6", "dmpo-k3-6-lr0.001"}
-    assert {cell for cell, model in lists if cell == model} == llms
-    assert {(c, m) for c, m in lists if c != m} == {
-        (f"baselines-{n}", m) for n in (3, 6) for m in ("popularity", "bpr-mf")
-    }
-    for row in lists.values():
-        assert row["list3_users"] == 2 and 0 <= row["list3_hr@1"] <= 1
-    listed = tmp_path / "curve" / "listwise" / "sft-6" / "lists.jsonl"
-    for line in listed.read_text().splitlines():
-        assert len(json.loads(line)["candidates"]) == 3
-    md = (tmp_path / "published" / "listwise.md").read_text()
-    assert (
-        "2 test users, 3 candidates each" in md
-        and "| dmpo-k3-6-lr0.001 | dmpo-k3-6-lr0.001 |" in md
-    )
-
-    # The authors' SFT term on the chosen answers: another variant, its own line and paired tests.
-    sftw = [*cmd, "--dmpo-lr", "1e-3", "--dmpo-sft-weight", "1", "--no-train-pairs"]
-    # Lists ranked by the new cell alone: the rows of the cells ranked before stay in the table,
-    # those of the earlier experiment file's -lr0.001 cell too.
-    lists_new = ["--listwise-users", "2", "--listwise", "3"]
-    run([*sftw, "--cells", "dmpo-k3-6-lr0.001-sftw1", *lists_new,
-         "--listwise-cells", "dmpo-k3-6-lr0.001-sftw1"])  # fmt: skip
-    cell = tmp_path / "curve" / "dmpo-k3-6-lr0.001-sftw1"
-    config = yaml.safe_load((cell / "config.yaml").read_text())
-    assert config["dmpo"]["sft_weight"] == 1.0 and config["dmpo"]["learning_rate"] == 1e-3
-    curve = json.loads((tmp_path / "published" / "curve.json").read_text())
-    assert [n for n, *_ in curve["series"]["DMPO (k=3), lr 0.001, SFT term 1"]] == [6]
-    labels = {(t["n"], t["a"]) for t in curve["paired_tests"]}
-    assert {(6, "DMPO (k=3), lr 0.001, SFT term 1"), (6, "DMPO (k=3), lr 0.001")} <= labels
-    ranked = {(r["cell"], r["model"]) for r in curve["listwise"]}
-    assert ranked == set(lists) | {("dmpo-k3-6-lr0.001-sftw1", "dmpo-k3-6-lr0.001-sftw1")}
-    md = (tmp_path / "published" / "listwise.md").read_text()
-    assert "| dmpo-k3-6-lr0.001 |" in md and "| dmpo-k3-6-lr0.001-sftw1 |" in md
-
-    # Lists of other settings are never relabelled as this run's: a clear stop instead.
-    message = stopped(
-        run,
-        [*sftw, "--cells", "zero-shot", "--listwise-users", "2", "--listwise", "4",
-         "--listwise-cells", "zero-shot"],
-    )  # fmt: skip
-    assert "holds lists of other settings (list3_users=2" in message, message
-
-    # A new session: the run directory is gone, the published files are not. Every finished cell
-    # comes back from them (nothing trains or scores), with its paired tests, diagnostics, lists.
-    published = tmp_path / "published"
-    before = json.loads((published / "curve.json").read_text())
-    assert len((published / "results.jsonl").read_text().splitlines()) > 10
-    shutil.rmtree(tmp_path / "curve")
-    printed = run([*sftw, "--cells", "zero-shot"])
-    assert "restored from" in printed and "cell zero-shot is in" in printed
-    assert not (tmp_path / "curve" / "sft-6").exists()
-    after = json.loads((published / "curve.json").read_text())
-
-    def tests(curve):
-        return sorted((t["n"], t["a"], t["b"], t["p_value"]) for t in curve["paired_tests"])
-
-    assert after["series"] == before["series"] and tests(after) == tests(before)
-    assert {d["cell"]: d for d in after["diagnostics"]} == {
-        d["cell"]: d for d in before["diagnostics"]
-    }
-    assert after["valid_lrs"] == before["valid_lrs"] and after["listwise"] == before["listwise"]
-    # A cell that starts from a published SFT whose adapter is not here trains that SFT again.
-    printed = run([*sftw, "--cells", "dpo-k1-6-lr0.001-sftw1"])
-    assert "trained again, their adapters are not in" in printed
-    assert (tmp_path / "curve" / "sft-6" / "sft" / "lineage.json").is_file()
-    after = json.loads((published / "curve.json").read_text())
-    assert [n for n, *_ in after["series"]["DPO (k=1), lr 0.001, SFT term 1"]] == [6]
-    assert {
-        k: v for k, v in after["series"].items() if k != "DPO (k=1), lr 0.001, SFT term 1"
-    }.keys() == before["series"].keys()
-    assert [n for n, *_ in after["series"]["DMPO (k=3)"]] == [3, 6]
-    assert (6, "DPO (k=1), lr 0.001, SFT term 1", "SFT") in {
-        (t["n"], t["a"], t["b"]) for t in after["paired_tests"]
-    }
-    # --rerun: a finished, published cell runs again and its new row replaces the published one.
-    printed = run([*sftw, "--rerun", "baselines-3", "--cells", "zero-shot"])
-    assert "experiment: cell baselines-3 (" in printed  # ran, not skipped
-    rows = [json.loads(x) for x in (published / "results.jsonl").read_text().splitlines()]
-    assert sum(r["cell"] == "baselines-3" and r["model"] == "popularity" for r in rows) == 1
-    # A cell name the experiment lacks: one line naming it, and nothing published is touched.
-    before = (published / "results.jsonl").read_text()
-    message = stopped(run, [*sftw, "--rerun", "sft-7", "--cells", "zero-shot"])
-    assert message.startswith("--rerun: no cell named sft-7 in ") and "\n" not in message
-    assert (published / "results.jsonl").read_text() == before
-    # Rows published with other overrides are never relabelled: another --out stops the run.
-    message = stopped(run, [*sftw, "--cells", "zero-shot", "--out", str(tmp_path / "elsewhere")])
-    assert "was published with overrides" in message
-
-
-@pytest.mark.parametrize(
-    ("args", "message"),
-    [
-        (["--valid-lrs", "1e-3,abc"], "--valid-lrs: expected comma-separated learning rates"),
-        (["--dmpo-sft-weight", "inf"], "--dmpo-sft-weight: expected a finite weight >= 0"),
-        (["--dmpo-sft-weight", "-1"], "--dmpo-sft-weight: expected a finite weight >= 0"),
-    ],
-)
-def test_bad_settings_are_one_line(tmp_path, run, capsys, args, message):
+    lists = [json.loads(x) for x in (data / "test_list_4.jsonl").read_text().splitlines()]
+    assert len(lists) == 4 and all(len(r["negatives"]) == 1 for r in lists)
+    assert len(lists[0]["metadata"]["list_negatives"]) == 19  # a list's other candidates
+    counts = json.loads((data / "label_counts.json").read_text())
+    assert [r["n"] for r in counts] == [3, 6]
+    assert all(0 <= r["accuracy"] <= 1 and 0 <= r["ties"] <= 1 for r in counts)
+    assert "What the training labels alone carry" in capsys.readouterr().out
+    # A rerun keeps what is there; a file that is not what the build writes stops it.
+    run(script, monkeypatch, args)
+    (data / "train_3.jsonl").write_text("\n".join(six[1:4]) + "\n")
+    with pytest.raises(SystemExit, match="train_3.jsonl: holds other records"):
+        run(script, monkeypatch, args)
+    monkeypatch.setattr(sys, "argv", ["learning_curve.py", "--sizes", "a,b"])
     with pytest.raises(SystemExit) as stop:  # argparse's usage error: a line, no traceback
-        run([*args, "--out", str(tmp_path)])
-    assert stop.value.code == 2
-    assert message in capsys.readouterr().err
-    assert not any(tmp_path.iterdir())  # refused before any work
+        script.main()
+    assert stop.value.code == 2 and "--sizes: expected comma-separated" in capsys.readouterr().err
+
+
+def republish(tmp_path: Path, published: Path) -> tuple[Path, Path]:
+    """The experiment file run into tmp_path/out, publishing to tmp_path/pub (a copy of
+    `published`), with only the zero-shot cell asked for: every cell comes back from the
+    published rows, nothing trains or scores."""
+    pub, out = tmp_path / "pub", tmp_path / "out"
+    shutil.copytree(published, pub)
+    exp = yaml.safe_load(CONFIG.read_text())
+    exp.update(output_dir=str(out), publish=str(pub))
+    config = tmp_path / "curve.yaml"
+    config.write_text(yaml.safe_dump(exp, sort_keys=False))
+    assert dmporec(["experiment", "--config", str(config), "--cells", "zero-shot"]) == 0
+    return out, pub
+
+
+def old_name(b: str, n: int) -> str:
+    """A comparison as benchmarks/learning_curve.py labelled it, as a row's name ('cell: model')."""
+    if b == "zero-shot":
+        return "zero-shot: zero-shot"
+    if b == "SFT":
+        return f"sft-{n}: SFT"
+    model, _, rest = b.partition(" (N = ")
+    other = rest.rstrip(")")
+    return f"sft-{other}: SFT" if model == "SFT" else f"baselines-{other}: {model}"
+
+
+def test_republishing_the_curve_gives_the_same_numbers_and_paired_tests(tmp_path, capsys):
+    """The published curve (rows of benchmarks/learning_curve.py, 2026-12-02) restored by the
+    experiment file and published again: every row's metrics, the curve's points, the paired
+    tests, the diagnostics, the learning-rate probe and the lists as they were published."""
+    curve = json.loads((PUBLISHED / "curve.json").read_text())
+    old = [json.loads(x) for x in (PUBLISHED / "results.jsonl").read_text().splitlines()]
+    out, pub = republish(tmp_path, PUBLISHED)
+    assert "restored from" in capsys.readouterr().out
+    rows = [json.loads(x) for x in (pub / "results.jsonl").read_text().splitlines()]
+    by = {(r["cell"], r["model"]): r for r in rows}
+    assert len(rows) == len(old) == 24
+    for r in old:  # every number kept; the positions' accuracy from the diagnostics added
+        metrics = by[(r["cell"], r["model"])]["metrics"]
+        assert {k: metrics[k] for k in r["metrics"]} == r["metrics"], r["cell"]
+    # The same table, line for line.
+    table = sorted((out / "results.md").read_text().splitlines())
+    assert table == sorted((PUBLISHED / "results.md").read_text().splitlines())
+    # The curve's points: each model's line by N (zero-shot its band).
+    points = {}
+    for r in rows:
+        m = r["metrics"]
+        point = [r["vars"].get("n", 0), m["accuracy"], m["accuracy_ci_low"], m["accuracy_ci_high"]]
+        name = r["model"] + (f", {r['label']}" if r.get("label") else "")
+        if r["split"] == "test":
+            points.setdefault(name, []).append(point)
+    assert {k: sorted(v) for k, v in points.items()} == curve["series"]
+    # The paired tests: the same 34 comparisons with the same numbers (three of them computed
+    # again from the per-pair correctness the rows keep).
+    carrier = {(t["n"], t["a"]): r for r in old for t in r["carried"].get("paired_tests", [])}
+    expected = {}
+    for t in curve["paired_tests"]:
+        row = carrier[(t["n"], t["a"])]
+        a = f"{row['cell']}: {row['model']}"
+        expected[(a, old_name(t["b"], t["n"]))] = {
+            k: v for k, v in t.items() if k not in ("n", "a", "b")
+        }
+    tests = json.loads((out / "paired.json").read_text())
+    found = {(t["a"], t["b"]): {k: v for k, v in t.items() if k not in ("a", "b")} for t in tests}
+    assert found == expected
+    assert len(tests) == 34
+    published_tests = {(t["a"], t["b"]) for r in rows for t in r.get("paired_tests", [])}
+    assert published_tests == set(expected)
+    # The diagnostics: training users' pairs and DMPO's rewards; the learning-rate probe; lists.
+    for d in curve["diagnostics"]:
+        (row,) = [r for r in rows if r["cell"] == d["cell"] and "eval_dir" in r]
+        assert row["metrics"]["accuracy"] == d["test_accuracy"]
+        for key in ("accuracy_positive_listed_first", "accuracy_positive_listed_second"):
+            assert row["metrics"][key] == d[key]
+        for key in [k for k in d if k.startswith(("reward_", "chosen_reward_"))]:
+            assert row["training"][key] == d[key], (d["cell"], key)
+        if "train_accuracy" in d:
+            mine = row["evals"]["train-pairs"]
+            assert mine["accuracy"] == d["train_accuracy"]
+            assert mine["accuracy_by_negative"] == d["train_accuracy_by_negative"]
+    for p in curve["valid_lrs"]:
+        (row,) = [r for r in rows if r["cell"] == p["cell"]]
+        m, t = row["metrics"], row["training"]
+        assert (m["pairs"], m["accuracy"]) == (p["valid_pairs"], p["valid_accuracy"])
+        assert [m["accuracy_ci_low"], m["accuracy_ci_high"]] == p["valid_accuracy_ci"]
+        assert (t["loss_last10"], t["reward_margin_last10"]) == (
+            p["train_loss_last10"],
+            p["reward_margin_last10"],
+        )
+    for listed in curve["listwise"]:  # a model's lists under its cell's name, a baseline's own
+        llm = listed["model"] == listed["cell"]
+        (row,) = [
+            r
+            for r in rows
+            if r["cell"] == listed["cell"]
+            and ("eval_dir" in r if llm else r["model"] == listed["model"])
+        ]
+        assert row["evals"]["lists"] == {
+            k: v for k, v in listed.items() if k not in ("cell", "model")
+        }
+    assert "## Extra evaluation: lists" in (out / "report.md").read_text()
+    assert (pub / "curve.png").stat().st_size > 10_000
+
+    # Published in the engine's form, the rows come back to the same files again.
+    again_out, again_pub = republish(tmp_path / "again", pub)
+    assert (again_pub / "results.jsonl").read_text() == (pub / "results.jsonl").read_text()
+    assert (again_out / "paired.json").read_text() == (out / "paired.json").read_text()

@@ -112,8 +112,9 @@ def _parser(argv: list[str] | None = None) -> argparse.ArgumentParser:
         "--restore",
         metavar="FILE",
         action="append",
-        help="also restore the cells this results.jsonl holds (e.g. another checkout's "
-        "OUTPUT_DIR/results.jsonl; per-pair scores from the predictions beside it); repeatable",
+        help="restore the cells this results.jsonl holds (e.g. another checkout's "
+        "OUTPUT_DIR/results.jsonl), replacing their rows here and, once published, there; "
+        "per-pair scores and training statistics from the run directory beside it; repeatable",
     )
     p.add_argument("overrides", nargs="*", metavar="key=value")
     text = "write RUN_DIR/report.md with tables and plots of a run or an experiment"

@@ -105,6 +105,7 @@ def plot_sweep(
     bands: Sequence[str] = (),
     log_x: bool = False,
     title: str = "",
+    xlabel: str = "",
 ) -> Path | None:
     """Accuracy (95% CI) against `x` (a vars or settings key, see row_value), one line per model
     (`series`) or per value of the key `line`; the rows of the `bands` cells as horizontal
@@ -149,7 +150,7 @@ def plot_sweep(
     if log_x:
         ax.set_xscale("log")
     ax.set_xticks(xs, [f"{v:g}" for v in xs])
-    ax.set_xlabel(x)
+    ax.set_xlabel(xlabel or x)
     ax.set_ylabel("pairwise accuracy (95% CI)")
     if title:
         ax.set_title(title)
@@ -228,7 +229,7 @@ def _paired_tests(run_dir: Path) -> list[dict[str, Any]]:
 
 def write_report(run_dir: str | Path, plots: Sequence[Any] = ()) -> Path:
     """Write RUN_DIR/report.md and its PNGs; return the report's path. `plots`: an experiment
-    file's sweep plots (x, file, line, bands, log_x, title)."""
+    file's sweep plots (x, file, line, bands, log_x, title, xlabel)."""
     run_dir = Path(run_dir)
     rows = read_rows(run_dir)
     if not rows:
@@ -253,7 +254,14 @@ def write_report(run_dir: str | Path, plots: Sequence[Any] = ()) -> Path:
     ]
     for p in plots:
         path = plot_sweep(
-            rows, p.x, run_dir / p.file, line=p.line, bands=p.bands, log_x=p.log_x, title=p.title
+            rows,
+            p.x,
+            run_dir / p.file,
+            line=p.line,
+            bands=p.bands,
+            log_x=p.log_x,
+            title=p.title,
+            xlabel=p.xlabel,
         )
         figures.append((p.title or f"Accuracy against {p.x}", path))
     figures.append(("Training curves", plot_training(run_dir, run_dir / "report_training.png")))

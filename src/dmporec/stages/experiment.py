@@ -109,6 +109,7 @@ class Plot(BaseModel):
     )
     log_x: bool = False
     title: str = ""
+    xlabel: str = Field("", description="The x axis (default: the key).")
 
 
 class Experiment(BaseModel):
@@ -318,9 +319,10 @@ def run_experiment(
     only = None if not only else [*only, *(c for c in rerun if c not in only)]
     results = rows_.Results(exp, extra)
     results.drop(rerun)
-    sources = [*([rows_.published(exp)] if exp.publish else []), *map(Path, restore or [])]
-    for source in sources:
-        results.restore(source, skip=rerun)
+    if exp.publish:
+        results.restore(rows_.published(exp), skip=rerun)
+    for source in restore or []:  # its cells replace the published ones
+        results.restore(Path(source), skip=rerun, replace=True)
     for cell in exp.cells:
         if only and cell.name not in only:
             continue

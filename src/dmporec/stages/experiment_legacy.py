@@ -19,6 +19,11 @@ from typing import Any
 TRAIN_PAIRS = "train-pairs"
 LISTS = "lists"
 _N = re.compile(r" \(N = \d+\)$")
+POSITION = (
+    "accuracy_positive_listed_first",
+    "accuracy_positive_listed_second",
+    "first_listed_rate",
+)
 
 
 def is_legacy(row: dict[str, Any]) -> bool:
@@ -49,7 +54,8 @@ def _lists(source_dir: Path, row: dict[str, Any]) -> dict[str, Any] | None:
 def upgrade_legacy(row: dict[str, Any], source_dir: Path) -> dict[str, Any]:
     """The row with what it carried as experiment-row fields: pair_correct, paired_tests (kept
     with their labels; stages.experiment_rows matches them to its comparisons), training (DMPO's
-    reward statistics, the probe's last steps), evals (train-pairs, lists) and a note."""
+    reward statistics, the probe's last steps), evals (train-pairs, lists), a note, and the
+    accuracy by listed position in its metrics where only the diagnostics kept it."""
     carried = row["carried"]
     out = {k: v for k, v in row.items() if k != "carried"}
     if carried.get("pair_correct") is not None:
@@ -57,6 +63,10 @@ def upgrade_legacy(row: dict[str, Any], source_dir: Path) -> dict[str, Any]:
     if carried.get("paired_tests"):
         out["paired_tests"] = carried["paired_tests"]
     diag = carried.get("diagnostics") or {}
+    # The evaluation's own numbers that only the diagnostics kept (rows rebuilt from tables).
+    position = {k: v for k, v in diag.items() if k in POSITION and k not in out["metrics"]}
+    if position:
+        out["metrics"] = {**out["metrics"], **position}
     training = {k: v for k, v in diag.items() if k.startswith(("reward_", "chosen_reward_"))}
     probe = carried.get("lr_probe") or {}
     if probe:

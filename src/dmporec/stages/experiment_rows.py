@@ -201,12 +201,15 @@ class Results:
         described.pop("label", None)
         return {**described, "vars": cell.vars, **({"label": cell.label} if cell.label else {})}
 
-    def restore(self, source: Path, skip: Iterable[str] = ()) -> None:
+    def restore(self, source: Path, skip: Iterable[str] = (), replace: bool = False) -> None:
         """Bring back the cells `source` (a published results.jsonl) holds that this output
         directory lacks: a new checkout has no runs/. Each is checked as a finished cell is (its
         settings, or the overrides of a row from before settings were kept); its per-pair scores
-        come from the predictions beside `source` where the row lacks them. Cells the experiment
-        file does not name stay where they are."""
+        and training statistics come from the run directory beside `source` where the row lacks
+        them. Cells the experiment file does not name stay where they are.
+
+        `replace` (--restore FILE): FILE's cells replace the rows here, restored or not, but for
+        the rows the old learning-curve script copied into its runs from a publication."""
         if not source.is_file():
             if source != published(self.exp):
                 raise ConfigError(f"--restore: {source}: no such file")
@@ -214,10 +217,11 @@ class Results:
         names = {c.name for c in self.exp.cells}
         by_cell: dict[str, list[dict[str, Any]]] = {}
         for row in read_jsonl(source):
-            by_cell.setdefault(row["cell"], []).append(row)
+            if not (replace and is_legacy(row)):
+                by_cell.setdefault(row["cell"], []).append(row)
         done = []
         for name, rows in by_cell.items():
-            if name not in names or name in skip or self.of(name):
+            if name not in names or name in skip or (self.of(name) and not replace):
                 continue
             cell = self.exp.cell(name)
             rows = [upgrade_legacy(r, source.parent) if is_legacy(r) else r for r in rows]
@@ -234,6 +238,7 @@ class Results:
                 trained = beside is not None and _infer_stage(row) in ("sft", "dmpo")
                 if trained and "training" not in row and (t := training_summary(beside.parent)):
                     row["training"] = t
+            self.drop([name])
             self.add(rows)
             done.append(name)
         if done:
@@ -305,10 +310,12 @@ class Results:
         for c in same_pairs:
             if "baselines" in c.stages and _train_key(self.config(c)) == _train_key(cfg):
                 found += [r for r in self.of(c.name) if r["model"] in paired.baselines]
+        named = {c.name for c in same_pairs}
         if paired.sft and row["stage"] == "dmpo":
             source = cell.sft_from or (cell.name if "sft" in cell.stages else None)
-            found += [r for r in self.of(source or "") if r["stage"] == "sft"]
-        for name in cell.paired_with:
+            if source in named:
+                found += [r for r in self.of(source) if r["stage"] == "sft"]
+        for name in (n for n in cell.paired_with if n in named):
             found += [
                 r
                 for r in self.of(name)
@@ -317,11 +324,11 @@ class Results:
         unique = {row_name(r): r for r in found if r is not row}
         return list(unique.values())
 
-    def paired_tests(self) -> tuple[list[dict[str, Any]], int]:
+    def paired_tests(self) -> tuple[list[dict[str, Any]], list[str]]:
         """Every comparison's test (tables.paired_row_test) where both rows keep their per-pair
-        results; else the test the row was published with, if any. Returns the tests and how
-        many comparisons had neither."""
-        tests, missing = [], 0
+        results; else the test the row was published with, if any. Returns the tests and the
+        comparisons that had neither ('A vs B')."""
+        tests, missing = [], []
         for row in self.rows:
             for other in self.comparisons(row):
                 seed = self.config(self.exp.cell(row["cell"])).eval.seed
@@ -339,7 +346,7 @@ class Results:
                         None,
                     )  # fmt: skip
                 if test is None:
-                    missing += 1
+                    missing.append(f"{row_name(row)} vs {row_name(other)}")
                 else:
                     tests.append(test)
         return tests, missing
@@ -356,8 +363,8 @@ class Results:
         paired = paired_table(tests) if tests else "No paired tests (no trained rows to pair)."
         if missing:
             paired += (
-                f"\n\n{missing} comparison(s) left out: one side keeps no per-pair results "
-                "(rerun that cell to pair it)."
+                f"\n\nLeft out, one side keeps no per-pair results (rerun that cell to pair "
+                f"it): {'; '.join(missing)}."
             )
         atomic_write_text(
             self.out / "paired.md", "## Paired tests (the same pairs)\n\n" + paired + "\n"
@@ -379,6 +386,7 @@ class Results:
         rows = []
         for row in self.rows:
             mine = [t for t in tests if t["a"] == row_name(row)]
+            row = {k: v for k, v in row.items() if k != "paired_tests"}
             rows.append({**row, **({"paired_tests": mine} if mine else {})})
         if kept:
             print(f"publish: kept {len(kept)} row(s) of cells not in this experiment file")
