@@ -336,5 +336,5 @@ def run_experiment(
             results.add(run_cell(exp, exp.cell(cell.sft_from), extra))
         print(f"experiment: cell {cell.name} ({' '.join(cell.overrides) or 'base settings'})")
         results.add(run_cell(exp, cell, extra))
-    results.extra_evals()
+    results.extra_evals(only)
     return results.write()

@@ -32,7 +32,7 @@ from dmporec.stages.experiment import (
     made_otherwise,
 )
 from dmporec.stages.experiment_legacy import is_legacy, legacy_test_matches, upgrade_legacy
-from dmporec.tables import paired_row_test, paired_table, summary_table
+from dmporec.tables import paired_row_test, paired_table, row_pair_scores, summary_table
 
 RESULTS = "results.jsonl"
 LLM_STAGES = ("zero_shot", "sft", "dmpo")
@@ -96,12 +96,11 @@ def eval_dir_beside(row: dict[str, Any], experiment_dir: Path) -> Path | None:
 
 
 def scores_of(path: Path, row: dict[str, Any]) -> dict[str, Any]:
-    """The per-pair scores (users, chosen, rejected) of the predictions in `path`."""
-    preds = read_predictions(path)
+    """The per-pair scores (users, chosen, rejected) of the predictions in `path`, in the
+    listing orders the row's metrics were computed with."""
     orders = row["metrics"].get("orders", "both")
-    chosen, rejected = pair_scores(preds, orders)
-    users = [p["user_id"] for p in preds]
-    return {"users": users, "chosen": chosen.tolist(), "rejected": rejected.tolist()}
+    users, chosen, rejected = row_pair_scores({"eval_dir": str(path)}, orders)
+    return {"users": users.tolist(), "chosen": chosen.tolist(), "rejected": rejected.tolist()}
 
 
 def _infer_stage(row: dict[str, Any]) -> str:
@@ -246,10 +245,11 @@ class Results:
 
     # -- extra evaluations ---------------------------------------------------------------
 
-    def extra_evals(self) -> None:
-        """Every extra evaluation of every cell that ran here (restored rows keep what they were
-        published with), called directly: `dmporec evaluate --out STAGE/eval-NAME` for a model,
-        the baselines refitted on the cell's data for a baselines cell."""
+    def extra_evals(self, only: Iterable[str] | None = None) -> None:
+        """Every extra evaluation of every cell that ran here (or of the `only` ones; restored
+        rows keep what they were published with), called directly: `dmporec evaluate --out
+        STAGE/eval-NAME` for a model, the baselines refitted on the cell's data for a baselines
+        cell."""
         from dmporec.stages.common import prepare_run
         from dmporec.stages.evaluate import run_evaluate
         from dmporec.stages.pipeline import baseline_rows
@@ -258,6 +258,8 @@ class Results:
         for ev in self.exp.evals:
             for cell in self.exp.cells:
                 if not any(fnmatch.fnmatchcase(cell.name, p) for p in ev.cells):
+                    continue
+                if only is not None and cell.name not in only:
                     continue
                 rows = [r for r in self.of(cell.name) if ev.name not in r.get("evals", {})]
                 if not rows or not (self.out / cell.name / "config.yaml").is_file():
