@@ -7,6 +7,7 @@ import torch
 
 from dmporec.prompts import ChatFormat, render_answer, render_instruction
 from dmporec.ranking import (
+    SOLO_TOKENS,
     PairEncoder,
     RankRequest,
     ordered_pairs,
@@ -111,3 +112,30 @@ def test_bad_requests_are_refused(tiny, enc):
 def test_top_k_keeps_input_order_on_ties():
     assert top_k(["a", "b", "c"], [0.2, 0.5, 0.5]) == [(1, 0.5), (2, 0.5), (0, 0.2)]
     assert top_k(["a", "b", "c"], [0.2, 0.5, 0.5], 1) == [(1, 0.5)]
+
+
+def test_a_request_over_several_trees_batched_with_another_costs_what_it_costs_alone(tiny, enc):
+    """Beside another user a request's rows lose their shared stem (the history), so a request
+    whose history, repeated in each of its prompt trees, adds more than SOLO_TOKENS is scored in
+    calls of its own (as `dmporec serve` batches reranks of 13-15 trees each: they took 1.2x
+    longer together than one at a time). Cost: tokens through the forward passes."""
+    many = RankRequest(tuple(f"Long Movie Title Number {i}" for i in range(12)), CANDIDATES)
+    other = RankRequest(HISTORY[:1], CANDIDATES[:3])
+    trees = len(enc.groups(many, max_group_tokens=200))
+    history = len(enc.prefix(many))
+    assert SOLO_TOKENS < (trees - 1) * history < 8192  # under the rule before, it shared a call
+    tokens: list[int] = []
+    hook = tiny[0].register_forward_pre_hook(
+        lambda _m, _a, kw: tokens.append(kw["input_ids"].numel()), with_kwargs=True
+    )
+    cost, scores = {}, {}
+    try:
+        for name, requests in (("many", [many]), ("other", [other]), ("both", [many, other])):
+            tokens.clear()
+            scores[name] = rank_candidates(tiny[0], enc, requests, max_group_tokens=200)
+            cost[name] = sum(tokens)
+    finally:
+        hook.remove()
+    assert cost["both"] <= 1.05 * (cost["many"] + cost["other"]), cost
+    assert scores["both"][0] == pytest.approx(scores["many"][0], abs=1e-4)
+    assert scores["both"][1] == pytest.approx(scores["other"][0], abs=1e-4)

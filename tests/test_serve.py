@@ -2,15 +2,19 @@
 /v1/recommend (top-K from a catalogue) and its refusals."""
 
 import argparse
+import asyncio
 import threading
 from collections import Counter
 
 import pytest
+import torch
 from fastapi.testclient import TestClient
 
 from dmporec.baselines import Popularity
+from dmporec.batching import Batcher
 from dmporec.catalogue import Catalogue, CatalogueItem
 from dmporec.ranker import Ranker
+from dmporec.ranking import goes_alone, ordered_pairs
 from dmporec.records import DataError, TitleNormalization
 from dmporec.rerank import Recommender
 from dmporec.serve import Limits, create_app, serve_recommender
@@ -390,15 +394,16 @@ def test_recommend_happy_path(shelf, ranker, recommender):
 
 
 def test_concurrent_recommends_share_forward_passes_and_match_one_at_a_time(ranker, recommender):
-    """/v1/recommend's reranks wait in the same queue as /v1/rank: those waiting together are
-    scored in one call, with the scores each gets alone."""
+    """/v1/recommend's reranks wait in the same queue as /v1/rank: those waiting together (each
+    one prompt tree: 3 candidates, 1 pivot) are scored in one call, with the scores each gets
+    alone."""
     app = create_app(ranker, max_batch=8, batch_wait_ms=300, recommender=recommender)
     histories = [[*HISTORY[: 1 + i % 3], f"Shelf Title {i}"] for i in range(4)]
     docs: dict[int, dict] = {}
     with TestClient(app) as c:
 
         def ask(i: int) -> None:
-            body = {"history": histories[i], "top_k": 3, "retrieve": 5}
+            body = {"history": histories[i], "top_k": 2, "retrieve": 3, "pivots": 1}
             docs[i] = c.post("/v1/recommend", json=body).json()
 
         threads = [threading.Thread(target=ask, args=(i,)) for i in range(len(histories))]
@@ -408,7 +413,7 @@ def test_concurrent_recommends_share_forward_passes_and_match_one_at_a_time(rank
             t.join()
         health = c.get("/healthz").json()
     for i, history in enumerate(histories):
-        alone = recommender.finish(recommender.plan(history, k=3, m=5), ranker)
+        alone = recommender.finish(recommender.plan(history, k=2, m=3, pivots=1), ranker)
         for got, want in zip(docs[i]["recommended"], alone["recommended"], strict=True):
             assert got["title"] == want["title"]
             # log-prob margins; padding in a batch moves fp32 sums by ~1e-5
@@ -480,3 +485,28 @@ def test_the_page_has_a_catalogue_mode(client):
     page = client.get("/").text
     assert '<button id="recommend">Recommend from the catalogue</button>' in page
     assert 'post("/v1/recommend"' in page and "retriever_rank" in page
+
+
+def test_a_request_over_several_prompt_trees_is_scored_alone(ranker):
+    """A job whose prompts fill several trees, its history repeated in each, is scored in a call
+    of its own (ranking.goes_alone: batched with others it gains nothing and waits for them);
+    the one-tree jobs queued behind it still share a call. Answers equal one-at-a-time."""
+    long = ranker.request([f"Long Movie Title Number {i}" for i in range(12)], CANDIDATES)
+    short = [ranker.request(HISTORY[:1], [f"Film {i}", f"Other film {i}"]) for i in range(2)]
+    jobs = [(long, ordered_pairs(3)), *((r, ordered_pairs(2)) for r in short)]
+    encoder = ranker.encoder
+    assert [goes_alone(encoder.groups(r, 200, pairs)) for r, pairs in jobs] == [True, False, False]
+
+    async def scenario():
+        batcher = Batcher(ranker, max_batch=8, batch_wait_ms=300)
+        batcher.start()
+        got = await asyncio.gather(*(batcher.answers(r, pairs, 200) for r, pairs in jobs))
+        await batcher.stop()
+        return got, batcher.sizes
+
+    got, sizes = asyncio.run(scenario())
+    assert sizes == {1: 1, 2: 1}  # the long one alone, then the two short ones together
+    for (request, pairs), (first, second) in zip(jobs, got, strict=True):
+        ((want_first, want_second),) = ranker.answers([request], [pairs], max_group_tokens=200)
+        assert torch.allclose(first, want_first, atol=1e-4)
+        assert torch.allclose(second, want_second, atol=1e-4)

@@ -4,10 +4,15 @@ Each model call of a request is a Job: a RankRequest and the ordered pairs to as
 /v1/rank; the pivot pairs of a /v1/recommend rerank). Jobs wait in one queue, first come first
 served; a single worker takes the first, waits up to `batch_wait_ms` for company (unless
 `max_batch` are already there), and scores up to `max_batch` jobs holding at most `max_prompts`
-prompts (the largest request a client may send) in one `Ranker.answers` call, in a thread so the
-event loop keeps accepting requests. There each job's prompts are one or more prompt trees
+prompts (the largest request a client may send) in one `Ranker.answers` call, on the batcher's
+own thread so the event loop keeps accepting requests. One thread, always the same: with model
+calls on asyncio.to_thread's shared pool a request of 3 candidates took 0.65-0.76 s at the model
+instead of 0.52-0.61 s (SmolLM2 on 2 cores; benchmarks/serve_load.py). There each job's prompts are one or more prompt trees
 (scoring.Group) and the trees of all its jobs share the forward passes (ranking.pair_answers).
-Jobs built with different prompt-tree sizes (`group_tokens`) are scored in calls of their own.
+Jobs built with different prompt-tree sizes (`group_tokens`) are scored in calls of their own,
+and so is a job over several trees that ranking.goes_alone scores alone anyway (its history is
+then encoded once, not once a tree): batched with others it would gain nothing and wait for them
+(four /v1/recommend reranks of 13-15 trees each: 24.0 s together, 20.4 s one at a time).
 
 503 with Retry-After (QueueFull): when `max_queue` jobs already wait (clients that left do not
 count), and for a job that has waited `deadline_s` without reaching the model (it is dropped, not
@@ -23,6 +28,7 @@ measures it. On a GPU one request's tree leaves most of the device idle and the 
 import asyncio
 import concurrent.futures
 import contextlib
+import functools
 import math
 import time
 from collections import Counter, deque
@@ -34,7 +40,7 @@ import torch
 from starlette.requests import Request
 
 from dmporec.ranker import Ranker
-from dmporec.ranking import RankRequest, ordered_pairs, pair_scores
+from dmporec.ranking import GROUP_TOKENS, RankRequest, goes_alone, ordered_pairs, pair_scores
 
 # Seconds a request may wait in the queue before it is answered 503 (`dmporec serve --deadline-s`).
 DEADLINE_S = 30.0
@@ -70,7 +76,8 @@ class Job:
 
     request: RankRequest
     pairs: Sequence[tuple[int, int]]
-    group_tokens: int | None  # the prompt-tree size it asks for (None: the scorer's default)
+    group_tokens: int  # the prompt-tree size it asks for (`max_group_tokens`)
+    alone: bool  # scored in a call of its own (ranking.goes_alone)
     future: asyncio.Future
     queued_at: float = field(default_factory=time.monotonic)
     expired: bool = False  # dropped at its deadline
@@ -102,9 +109,11 @@ class Batcher:
         self._queue: deque[Job] = deque()
         self._arrived: asyncio.Event | None = None
         self._task: asyncio.Task | None = None
+        self._model_thread: concurrent.futures.ThreadPoolExecutor | None = None
 
     def start(self) -> None:
         self._arrived = asyncio.Event()
+        self._model_thread = concurrent.futures.ThreadPoolExecutor(1, "dmporec-model")
         self._task = asyncio.create_task(self._work())
 
     async def stop(self) -> None:
@@ -112,6 +121,8 @@ class Batcher:
             self._task.cancel()
             with contextlib.suppress(asyncio.CancelledError):
                 await self._task
+        if self._model_thread is not None:
+            self._model_thread.shutdown(wait=False)
 
     async def rank(self, request: RankRequest) -> list[float]:
         """Scores of the request's candidates, as `Ranker.rank` gives them (every ordered pair)."""
@@ -131,8 +142,17 @@ class Batcher:
             raise RuntimeError("the batcher is not running (app started without its lifespan?)")
         if len(self._waiting) >= self.max_queue:  # clients that left do not count
             raise QueueFull(self.retry_after())
+        tokens = group_tokens or GROUP_TOKENS
+        # Tokenizing: off the event loop (the encoder caches it for the model call).
+        try:
+            alone = bool(pairs) and await asyncio.to_thread(
+                lambda: goes_alone(self.ranker.encoder.groups(request, tokens, pairs))
+            )
+        except asyncio.CancelledError:  # the client left already
+            self.dropped += 1
+            raise
         future = asyncio.get_running_loop().create_future()
-        job = Job(request, pairs, group_tokens, future)
+        job = Job(request, pairs, tokens, alone, future)
         self._waiting.add(future)
         future.add_done_callback(self._waiting.discard)  # answered, or its client left
         self._queue.append(job)
@@ -162,7 +182,8 @@ class Batcher:
         while not self._queue:
             self._arrived.clear()
             await self._arrived.wait()
-        if self.max_batch > 1 and len(self._queue) < self.max_batch and self.wait_s > 0:
+        company = self.max_batch > 1 and len(self._queue) < self.max_batch and self.wait_s > 0
+        if company and not self._queue[0].alone:
             await asyncio.sleep(self.wait_s)  # let concurrent requests join this forward pass
         batch: list[Job] = []
         prompts = 0
@@ -173,7 +194,9 @@ class Batcher:
                 self.dropped += not job.expired
                 continue
             if batch and (
-                job.group_tokens != batch[0].group_tokens
+                batch[0].alone
+                or job.alone
+                or job.group_tokens != batch[0].group_tokens
                 or prompts + job.prompts > self.max_prompts
             ):
                 break
@@ -188,14 +211,16 @@ class Batcher:
             batch = await self._next_batch()
             if not batch:
                 continue
-            tokens = batch[0].group_tokens
             start = time.perf_counter()
             try:
-                answers = await asyncio.to_thread(
-                    self.ranker.answers,
-                    [job.request for job in batch],
-                    [job.pairs for job in batch],
-                    **({} if tokens is None else {"max_group_tokens": tokens}),
+                answers = await asyncio.get_running_loop().run_in_executor(
+                    self._model_thread,
+                    functools.partial(
+                        self.ranker.answers,
+                        [job.request for job in batch],
+                        [job.pairs for job in batch],
+                        max_group_tokens=batch[0].group_tokens,
+                    ),
                 )
             except Exception as e:  # every waiting request gets the error, the worker goes on
                 for job in batch:

@@ -23,11 +23,12 @@ so a request whose pair lines and answers come to more than `max_group_tokens` i
 several groups that each repeat the history (history tokens x number of groups, instead of x
 N(N-1) in the naive layout; the history itself does not count, or a history over the limit
 would put each pair in a group of its own: 870 rows for 30 candidates). Where those repeats add
-more than `max_batch_tokens`, the request is scored in score_groups calls of its own
-(`scoring_calls`): every row of such a call starts with its history, which score_groups
+more than a call of its own costs (SOLO_TOKENS), the request is scored in score_groups calls of
+its own (`scoring_calls`): every row of such a call starts with its history, which score_groups
 encodes once as the call's stem for the groups to attend to. Beside another user's rows the
 stem shrinks to the chat header they share (issue #37: a 500-title user beside a 4-title one
-cost 10.6x the tokens of the two alone). The other requests share calls.
+cost 10.6x the tokens of the two alone; four served reranks of 13-15 trees each took 24.0 s
+together, 20.4 s one at a time). The other requests share calls.
 
 A subset of the pairs goes through the same machinery (`pair_answers` with the pairs to ask):
 the pivot rerank of dmporec.rerank asks only the pairs holding one of P pivots (`pivot_pairs`:
@@ -234,10 +235,26 @@ def pair_scores(n: int, first_logps: torch.Tensor, second_logps: torch.Tensor) -
     return (wins / (2 * (n - 1))).tolist()
 
 
+# A request whose history, repeated in each of its groups, adds more tokens than this is scored
+# in calls of its own: what those cost, a stem pass and one more forward pass, at the 64 tokens a
+# pass that scoring.trie's micro-batches count (SmolLM2 on 2 CPU cores: ~25 ms a pass, ~1.2 ms
+# a token). A threshold of max_batch_tokens (8192) instead: 4 users x 12 candidates (6 trees of
+# 2048 tokens each) 48.1 s, 43.3 s with this one.
+SOLO_TOKENS = 2 * 64
+
+# Pair lines and answers in one packed prompt tree (`max_group_tokens`) unless a caller says.
+GROUP_TOKENS = 2048
+
 # With a progress callback, a request scored alone is cut into calls of at least this many
 # times its history's tokens (and max_batch_tokens), so the history that each call encodes
 # again adds at most a quarter to the work.
 _CALL_HISTORY_FACTOR = 4
+
+
+def goes_alone(groups: Sequence[Group]) -> bool:
+    """Whether a request of these groups is scored in calls of its own: its history, repeated
+    in each of them, would add more than SOLO_TOKENS tokens beside other requests."""
+    return len(groups) > 1 and (len(groups) - 1) * len(groups[0].prefix) > SOLO_TOKENS
 
 
 def scoring_calls(
@@ -245,16 +262,12 @@ def scoring_calls(
 ) -> list[list[tuple[int, Group]]]:
     """How rank_candidates splits its work into score_groups calls: each call a list of
     (request index, group), each request's groups in order. A request whose history, repeated
-    in each of its groups, would add more than `max_batch_tokens` tokens goes alone (see the
-    module docstring); the others share the first call. With `cut`, calls are cut where they
+    in each of its groups, would add more than SOLO_TOKENS tokens goes alone (see the module
+    docstring); the others share the first call. With `cut`, calls are cut where they
     have at least max_batch_tokens tokens (after the history, and at least _CALL_HISTORY_FACTOR
     x the history, for a request alone), so a progress bar can move between them."""
 
-    solo = {
-        i
-        for i, groups in enumerate(groups_of)
-        if len(groups) > 1 and (len(groups) - 1) * len(groups[0].prefix) > max_batch_tokens
-    }
+    solo = {i for i, groups in enumerate(groups_of) if goes_alone(groups)}
     shared = [(i, g) for i, groups in enumerate(groups_of) if i not in solo for g in groups]
     calls = ([shared] if shared else []) + [[(i, g) for g in groups_of[i]] for i in sorted(solo)]
     if not cut:
@@ -291,7 +304,7 @@ def pair_answers(
     *,
     layout: Layout = "shared",
     max_batch_tokens: int = 8192,
-    max_group_tokens: int = 2048,
+    max_group_tokens: int = GROUP_TOKENS,
     progress: Callable[[int], None] | None = None,
 ) -> list[tuple[torch.Tensor, torch.Tensor]]:
     """(first_logps, second_logps) of every request's ordered `pairs_of[r]`, [P] each in pair
@@ -327,7 +340,7 @@ def rank_candidates(
     *,
     layout: Layout = "shared",
     max_batch_tokens: int = 8192,
-    max_group_tokens: int = 2048,
+    max_group_tokens: int = GROUP_TOKENS,
     progress: Callable[[int], None] | None = None,
 ) -> list[list[float]]:
     """Scores of every request's candidates (aligned with `request.candidates`); requests share
