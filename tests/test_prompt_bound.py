@@ -8,9 +8,10 @@ import pytest
 from fastapi.testclient import TestClient
 
 from dmporec.cli import main
-from dmporec.collate import GroupEncoder, PromptBound, longest_sequence, newest_that_fit
+from dmporec.collate import GroupEncoder
 from dmporec.config import DataConfig
 from dmporec.model import load_tokenizer
+from dmporec.prompt_bound import PromptBound, longest_sequence, newest_that_fit
 from dmporec.prompts import ChatFormat
 from dmporec.ranker import Ranker
 from dmporec.records import DataError, Item, write_records

@@ -14,13 +14,7 @@ import numpy as np
 import torch
 from tqdm.auto import tqdm
 
-from dmporec.collate import (
-    GroupEncoder,
-    PromptBound,
-    answer_column,
-    bound_records,
-    model_encoder,
-)
+from dmporec.collate import GroupEncoder, answer_column, model_encoder
 from dmporec.config import EvalConfig, RunConfig, TrainConfig
 from dmporec.data import stage_records
 from dmporec.generation import generation_report
@@ -36,6 +30,7 @@ from dmporec.metrics import (
 )
 from dmporec.model import ModelConfig
 from dmporec.passes import pass_key, score_in_chunks
+from dmporec.prompt_bound import PromptBound, bound_records
 from dmporec.prompts import positive_listed_first
 from dmporec.ranking import PairEncoder, RankRequest, rank_candidates
 from dmporec.records import Record, atomic_write_text

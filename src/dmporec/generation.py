@@ -18,8 +18,8 @@ import torch
 from tqdm.auto import tqdm
 
 from dmporec.alpaca import parse_answer
-from dmporec.collate import PromptBound
 from dmporec.metrics import bootstrap_ci
+from dmporec.prompt_bound import PromptBound
 from dmporec.prompts import ChatFormat, PairTexts, render_answer, render_pairs
 from dmporec.records import DataError, Record
 

@@ -20,7 +20,6 @@ from typing import Any
 import torch
 from pydantic import ValidationError
 
-from dmporec.collate import PromptBound
 from dmporec.config import ConfigError, DataConfig, EvalConfig, RunConfig, load_config
 from dmporec.explain import EXPLAIN_MAX_NEW_TOKENS, explain_instruction
 from dmporec.model import (
@@ -30,6 +29,7 @@ from dmporec.model import (
     load_stage_model,
     load_tokenizer,
 )
+from dmporec.prompt_bound import PromptBound
 from dmporec.prompts import ChatFormat
 from dmporec.ranking import (
     PairEncoder,

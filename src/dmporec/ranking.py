@@ -45,7 +45,8 @@ from typing import Any
 
 import torch
 
-from dmporec.collate import GroupEncoder, PromptBound, longest_sequence, split_pairs
+from dmporec.collate import GroupEncoder, split_pairs
+from dmporec.prompt_bound import PromptBound, longest_sequence
 from dmporec.prompts import render_answer, render_instruction
 from dmporec.records import DataError
 from dmporec.scoring import Branch, Group, Layout, Tokens, score_groups

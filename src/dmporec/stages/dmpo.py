@@ -14,13 +14,7 @@ from pathlib import Path
 
 import torch
 
-from dmporec.collate import (
-    PreferenceBatch,
-    bound_records,
-    collate_preferences,
-    model_encoder,
-    split_pairs,
-)
+from dmporec.collate import PreferenceBatch, collate_preferences, model_encoder, split_pairs
 from dmporec.config import ConfigError, DMPOConfig, RunConfig
 from dmporec.data import stage_records
 from dmporec.distributed import main_print
@@ -34,6 +28,7 @@ from dmporec.model import (
     merge_adapters,
     read_lineage,
 )
+from dmporec.prompt_bound import bound_records
 from dmporec.records import Record
 from dmporec.reference import cached_reference_logps
 from dmporec.scoring.forward import score_groups

@@ -9,7 +9,7 @@ from typing import Any
 
 import torch
 
-from dmporec.collate import GroupEncoder, PromptBound, bound_records, model_encoder
+from dmporec.collate import GroupEncoder, model_encoder
 from dmporec.config import ConfigError, DataConfig, EvalConfig, RunConfig
 from dmporec.data import stage_records
 from dmporec.evaluation import (
@@ -29,6 +29,7 @@ from dmporec.model import (
     load_tokenizer,
     read_lineage,
 )
+from dmporec.prompt_bound import PromptBound, bound_records
 from dmporec.records import Record
 from dmporec.stages.common import (
     check_settings,

@@ -8,13 +8,14 @@ from pathlib import Path
 
 import torch
 
-from dmporec.collate import bound_records, model_encoder
+from dmporec.collate import model_encoder
 from dmporec.config import RunConfig, SFTConfig
 from dmporec.data import stage_records
 from dmporec.distributed import main_print
 from dmporec.evaluation import validation_fn
 from dmporec.losses import sft_loss
 from dmporec.model import LINEAGE, add_lora, load_base_model, load_tokenizer
+from dmporec.prompt_bound import bound_records
 from dmporec.scoring import Group
 from dmporec.scoring.forward import score_groups
 from dmporec.stages.common import (
