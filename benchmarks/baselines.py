@@ -1,14 +1,19 @@
-"""Classic baselines on the authors' files: random, popularity, BPR-MF, MiniLM embedding similarity.
+"""Classic baselines on the authors' files: random, popularity, BPR-MF, ALS, MiniLM, SASRec.
 
-    .venv/bin/python benchmarks/baselines.py [--n 20] [--seed 0] [--n-boot 1000]
+    .venv/bin/python benchmarks/baselines.py [--n 20] [--seed 0] [--n-boot 1000] [--models ...]
+    .venv/bin/python benchmarks/baselines.py --train TRAIN --test TEST --out runs/x.json
 
-For each dataset (rec_Amazon_Movie_*, rec_data_ml_1m_* in ../shared/data/dmpo, or --data):
+For each dataset (rec_Amazon_Movie_*, rec_data_ml_1m_* in ../shared/data/dmpo, or --data), or
+the one data set --train/--test name (records or the authors' JSON, titles as they are written):
 - Titles: HTML entities decoded, whitespace collapsed; for MovieLens-1M also strip_year=True,
   because the authors' train files drop the release year that the test file keeps.
-- Fit: popularity and BPR-MF read the histories of the 100 training users (*_sft_ranking.json)
-  and of the 1000 test users (*_eval_ranking.json): a test history is the model's input at test
-  time, never a label, and 100 histories alone leave most test titles unseen. No positive or
-  negative target is ever read by a fit. Random and the embedding model need no fit.
+- Fit: popularity, BPR-MF, ALS and SASRec read the histories of the training users
+  (*_sft_ranking.json: 100) and of the test users (*_eval_ranking.json: 1000): a test history is
+  the model's input at test time, never a label, and 100 histories alone leave most test titles
+  unseen. No positive or
+  negative target is ever read by a fit. Random and the embedding model need no fit. ALS needs
+  `implicit` (the cf extra), SASRec Cornac (the seq extra, its default settings); a model whose
+  library is missing is said and left out.
 - Pairwise: the 1000 test pairs; chosen = score(positive), rejected = score(negative);
   metrics.pairwise_report (95% bootstrap CIs) and grouped AUC (each test user has one pair
   in these files, so it equals accuracy). Each model is compared with popularity on the same
@@ -19,7 +24,7 @@ For each dataset (rec_Amazon_Movie_*, rec_data_ml_1m_* in ../shared/data/dmpo, o
   full-catalog ranking (see dmporec.listwise). Ties are averaged over random tie-breaks.
 - Times: "fit s" of the embedding model is loading it and encoding every title it will score
   once (cached); "score s" is scoring the pairs and the candidate sets.
-Prints a markdown table per dataset and writes benchmarks/results/baselines.json.
+Prints a markdown table per dataset and writes benchmarks/results/baselines.json (or --out).
 """
 
 from __future__ import annotations
@@ -34,6 +39,7 @@ from pathlib import Path
 import numpy as np
 
 from dmporec.baselines import (
+    ALS,
     BPRMF,
     EmbeddingSimilarity,
     Popularity,
@@ -78,10 +84,10 @@ def evaluate(
 
 
 def run_dataset(
-    data: Path, prefix: str, norm: TitleNormalization, args: argparse.Namespace
+    train_file: Path, test_file: Path, norm: TitleNormalization, args: argparse.Namespace
 ) -> dict:
-    train = load_records(data / f"{prefix}_sft_ranking.json", norm)
-    test = load_records(data / f"{prefix}_eval_ranking.json", norm)
+    train = load_records(train_file, norm)
+    test = load_records(test_file, norm)
     catalog = default_catalog([*train, *test])
     sets = candidate_sets(test, n=args.n, seed=args.seed, catalog=catalog)
 
@@ -92,16 +98,29 @@ def run_dataset(
         emb.embed(sorted(histories | pairs | {t for titles, _ in sets for t in titles}))
         return emb
 
+    def fit_sasrec() -> Scorer:
+        from dmporec.sequential import SASRec
+
+        return SASRec.fit([*train, *test], seed=args.seed)
+
     fits = {
         "random": lambda: RandomScorer(args.seed),
         "popularity": lambda: Popularity.fit([*train, *test]),
         "BPR-MF": lambda: BPRMF.fit([*train, *test], seed=args.seed),
+        "ALS": lambda: ALS.fit([*train, *test], seed=args.seed),
         "embedding (MiniLM)": fit_embedding,
+        "SASRec": fit_sasrec,
     }
     rows, correct = [], {}
     for name, fit in fits.items():
+        if args.models and name not in args.models and name != "popularity":
+            continue  # popularity always: every row is compared with it
         start = time.perf_counter()
-        scorer = fit()
+        try:
+            scorer = fit()
+        except ImportError as e:
+            print(f"  {name}: skipped ({e})", flush=True)
+            continue
         fit_s = time.perf_counter() - start
         metrics, correct[name] = evaluate(scorer, test, sets, args.seed, args.n_boot)
         metrics["fit_s"] = round(fit_s, 1)
@@ -112,6 +131,8 @@ def run_dataset(
             correct[row["model"]], correct["popularity"], seed=args.seed, n_boot=args.n_boot
         )
     return {
+        "train": str(train_file),
+        "test": str(test_file),
         "train_users": len(train),
         "test_pairs": len(test),
         "catalog_titles": len(catalog),
@@ -167,7 +188,28 @@ def main() -> None:
     parser.add_argument("--n", type=int, default=20, help="candidates per listwise set")
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--n-boot", type=int, default=1000)
+    parser.add_argument(
+        "--models",
+        type=lambda v: [m.strip() for m in v.split(",") if m.strip()],
+        default=[],
+        help="only these rows, comma-separated (names as in the table: random, BPR-MF, ALS, "
+        "'embedding (MiniLM)', SASRec); popularity always runs; default: all",
+    )
+    parser.add_argument("--train", type=Path, help="one data set's training records ...")
+    parser.add_argument("--test", type=Path, help="... and its test pairs (both or neither)")
+    parser.add_argument("--name", default="data", help="that data set's name in the output")
+    parser.add_argument("--out", type=Path, default=RESULTS, help="the JSON written")
     args = parser.parse_args()
+    if (args.train is None) != (args.test is None):
+        parser.error("--train and --test go together")
+    datasets = (
+        {args.name: (args.train, args.test, TitleNormalization())}
+        if args.train
+        else {
+            name: (args.data / f"{p}_sft_ranking.json", args.data / f"{p}_eval_ranking.json", norm)
+            for name, (p, norm) in DATASETS.items()
+        }
+    )
     start = time.perf_counter()
     result = {
         "date": time.strftime("%Y-%m-%d"),
@@ -176,13 +218,13 @@ def main() -> None:
         "args": {k: str(v) for k, v in vars(args).items()},
         "datasets": {},
     }
-    for name, (prefix, norm) in DATASETS.items():
+    for name, (train, test, norm) in datasets.items():
         print(f"{name}:", flush=True)
-        result["datasets"][name] = run_dataset(args.data, prefix, norm, args)
+        result["datasets"][name] = run_dataset(train, test, norm, args)
         print(f"\n### {name}\n\n{result['datasets'][name]['table']}\n", flush=True)
     result["wall_s"] = round(time.perf_counter() - start, 1)
-    atomic_write_text(RESULTS, json.dumps(result, indent=2) + "\n")
-    print(f"{result['wall_s']} s in all; wrote {RESULTS}")
+    atomic_write_text(args.out, json.dumps(result, indent=2) + "\n")
+    print(f"{result['wall_s']} s in all; wrote {args.out}")
 
 
 if __name__ == "__main__":

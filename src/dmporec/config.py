@@ -220,6 +220,24 @@ class EvalConfig(_Scored):
         return value
 
 
+class SASRecConfig(_Strict):
+    """SASRec as one more baseline row (dmporec.sequential; Cornac, the `seq` extra). Fitted like
+    the other baselines, on the training and evaluated users' histories, seeded by eval.seed.
+    The defaults were chosen on the MovieLens-1M validation users (docs/usage.md)."""
+
+    epochs: int = Field(10, ge=1, description="Passes over every prefix of every history.")
+    dim: int = Field(32, ge=1, description="Item embedding and hidden size.")
+    max_len: int = Field(
+        40, ge=1, description="History items read, the latest ones (the authors' windows: 40)."
+    )
+    blocks: int = Field(2, ge=1, description="Self-attention blocks.")
+    dropout: float = Field(0.2, ge=0, lt=1, description="Dropout in every block.")
+    lr: float = Field(1e-3, gt=0, description="Adam's learning rate.")
+    batch_size: int = Field(
+        512, ge=2, description="Prefixes per step; the others' targets are negatives too."
+    )
+
+
 class RunConfig(_Strict):
     output_dir: str = Field(
         "runs/default",
@@ -244,6 +262,12 @@ class RunConfig(_Strict):
         "similarity) on the same pairs, with paired tests against them.",
     )
 
+    sasrec: SASRecConfig | None = Field(
+        None,
+        description="With baselines, `run` also scores SASRec, the sequential baseline (needs "
+        "`pip install 'dmporec[seq]'`), with these settings: `sasrec: {}` in YAML or "
+        "`sasrec.epochs=10` on the command line turns it on; unset = off.",
+    )
     hybrid: bool = Field(
         True,
         json_schema_extra=OPERATIONAL,

