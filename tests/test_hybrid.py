@@ -46,7 +46,7 @@ def test_a_pair_read_the_other_way_round_gets_the_opposite_margin(tmp_path):
     model = Hybrid.fit(valid, users)
     flipped = {c: -v for c, v in valid.items()}
     np.testing.assert_allclose(model.margin(flipped), -model.margin(valid))
-    chosen, rejected = model.pair_scores(valid)
+    chosen, rejected = model.chosen_rejected_scores(valid)
     np.testing.assert_allclose(chosen, -rejected)
     model.save(tmp_path / "model.json")
     assert Hybrid.load(tmp_path / "model.json") == model

@@ -10,8 +10,8 @@ from dmporec.ranking import (
     SOLO_TOKENS,
     PairEncoder,
     RankRequest,
+    candidate_scores_from_pairs,
     ordered_pairs,
-    pair_scores,
     rank_candidates,
     top_k,
 )
@@ -28,12 +28,12 @@ def enc(tiny):
     return PairEncoder(tok, ChatFormat.from_tokenizer(tok))
 
 
-def test_pair_scores_by_hand():
+def test_candidate_scores_from_pairs_by_hand():
     """Two candidates, orders (0, 1) and (1, 0). Listed first wins with p = sigmoid(d):
     order (0, 1): d = 1 -> P(0 first) = s(1); order (1, 0): d = 0 -> P(1 first) = 1/2.
     score 0 = (s(1) + 1/2) / 2, score 1 = (1 - s(1) + 1/2) / 2; they sum to 1 = N/2."""
     s1 = 1 / (1 + math.exp(-1))
-    scores = pair_scores(2, torch.tensor([-1.0, -2.0]), torch.tensor([-2.0, -2.0]))
+    scores = candidate_scores_from_pairs(2, torch.tensor([-1.0, -2.0]), torch.tensor([-2.0, -2.0]))
     assert scores == pytest.approx([(s1 + 0.5) / 2, (1 - s1 + 0.5) / 2])
     assert ordered_pairs(3) == [(0, 1), (1, 0), (0, 2), (2, 0), (1, 2), (2, 1)]
 
@@ -42,7 +42,9 @@ def test_a_pure_position_bias_gives_equal_scores():
     """A model that always ranks the first-listed candidate first says nothing about the items."""
     n = 4
     m = len(ordered_pairs(n))
-    assert pair_scores(n, torch.zeros(m), torch.full((m,), -5.0)) == pytest.approx([0.5] * n)
+    assert candidate_scores_from_pairs(n, torch.zeros(m), torch.full((m,), -5.0)) == pytest.approx(
+        [0.5] * n
+    )
 
 
 def test_groups_render_the_training_prompt(enc):

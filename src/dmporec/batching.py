@@ -42,7 +42,13 @@ import torch
 from starlette.requests import Request
 
 from dmporec.ranker import Ranker
-from dmporec.ranking import GROUP_TOKENS, RankRequest, goes_alone, ordered_pairs, pair_scores
+from dmporec.ranking import (
+    GROUP_TOKENS,
+    RankRequest,
+    candidate_scores_from_pairs,
+    goes_alone,
+    ordered_pairs,
+)
 
 # Seconds a request may wait in the queue before it is answered 503 (`dmporec serve --deadline-s`).
 DEADLINE_S = 30.0
@@ -130,7 +136,7 @@ class Batcher:
         """Scores of the request's candidates, as `Ranker.rank` gives them (every ordered pair)."""
         n = len(request.candidates)
         first, second = await self.answers(request, ordered_pairs(n))
-        return [1.0] if n == 1 else pair_scores(n, first, second)
+        return [1.0] if n == 1 else candidate_scores_from_pairs(n, first, second)
 
     async def answers(
         self,

@@ -193,12 +193,14 @@ def validation_fn(cfg: RunConfig, tokenizer: Any, tc: TrainConfig) -> ValidateFn
         rows = score_pairs(
             model, tokenizer, cfg.model, records, ec, cfg.data.prompt_seed, desc="validate", enc=enc
         )
-        return {"valid_accuracy": pairwise_accuracy(*pair_scores(rows, ec.orders))}
+        return {"valid_accuracy": pairwise_accuracy(*chosen_rejected_scores(rows, ec.orders))}
 
     return validate
 
 
-def pair_scores(rows: list[dict[str, Any]], orders: str) -> tuple[np.ndarray, np.ndarray]:
+def chosen_rejected_scores(
+    rows: list[dict[str, Any]], orders: str
+) -> tuple[np.ndarray, np.ndarray]:
     """(chosen, rejected) score of each saved pair: the listed-order log-probs, plus the swapped
     order's when both orders were scored (the log of the product of the probabilities)."""
     both = orders == "both"
@@ -232,7 +234,7 @@ def write_eval(
     (first-listed rate, accuracy by position) always describe the model's listed-order answers.
     """
     both = ec.orders == "both"
-    chosen, rejected = pair_scores(rows, ec.orders)
+    chosen, rejected = chosen_rejected_scores(rows, ec.orders)
     metrics = pairwise_report(chosen, rejected, seed=ec.seed, n_boot=ec.n_boot)
     # The position diagnostics use the listed-order scores alone, without a bootstrap.
     listed_c = np.array([r["chosen_logp"] for r in rows])

@@ -129,7 +129,7 @@ def item_score(
 ) -> float:
     """`item`'s mean probability of being ranked first over `pairs` (each holding it):
     sigmoid(first - second) where it is listed first, 1 - that where it is listed second, as
-    ranking.pair_scores counts it. first[p] / second[p]: the summed log-prob of the answer ranking
+    ranking.candidate_scores_from_pairs counts it. first[p] / second[p]: the summed log-prob of the answer ranking
     the first-listed / second-listed candidate of pairs[p] first."""
     p_first = torch.sigmoid(first.double() - second.double())
     listed_first = torch.tensor([a == item for a, _ in pairs])

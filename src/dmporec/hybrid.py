@@ -110,7 +110,7 @@ class Hybrid:
         x = _matrix(margins, self.components, n)
         return x @ (np.asarray(self.weights) / np.asarray(self.scales))
 
-    def pair_scores(self, margins: Mapping[str, Array]) -> tuple[Array, Array]:
+    def chosen_rejected_scores(self, margins: Mapping[str, Array]) -> tuple[Array, Array]:
         """(chosen, rejected) = (m / 2, -m / 2), as metrics.pairwise_report takes them."""
         m = self.margin(margins)
         return m / 2, -m / 2

@@ -49,7 +49,8 @@ from dmporec.collate import GroupEncoder, split_pairs
 from dmporec.prompt_bound import PromptBound, longest_sequence
 from dmporec.prompts import render_answer, render_instruction
 from dmporec.records import DataError
-from dmporec.scoring import Branch, Group, Layout, Tokens, score_groups
+from dmporec.scoring import Branch, Group, Layout, Tokens
+from dmporec.scoring.forward import score_groups
 from dmporec.wording import WORDINGS, Wording
 
 
@@ -220,7 +221,9 @@ def pivot_scores(margins: torch.Tensor, pivots: int) -> list[float]:
     return margins[:, : max(1, pivots)].mean(1).tolist()
 
 
-def pair_scores(n: int, first_logps: torch.Tensor, second_logps: torch.Tensor) -> list[float]:
+def candidate_scores_from_pairs(
+    n: int, first_logps: torch.Tensor, second_logps: torch.Tensor
+) -> list[float]:
     """Candidate scores from the answers of the `ordered_pairs(n)` prompts.
 
     first_logps[p] / second_logps[p]: summed log-prob of the answer ranking the first-listed /
@@ -363,7 +366,7 @@ def rank_candidates(
         progress=progress,
     )
     return [
-        [1.0] if len(r.candidates) == 1 else pair_scores(len(r.candidates), *a)
+        [1.0] if len(r.candidates) == 1 else candidate_scores_from_pairs(len(r.candidates), *a)
         for r, a in zip(requests, answers, strict=True)
     ]
 

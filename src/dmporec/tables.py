@@ -8,7 +8,7 @@ from typing import Any
 
 import numpy as np
 
-from dmporec.evaluation import pair_scores, read_predictions
+from dmporec.evaluation import chosen_rejected_scores, read_predictions
 from dmporec.metrics import pair_correct, paired_auc_test, paired_test
 
 
@@ -63,7 +63,7 @@ def row_pair_scores(row: dict[str, Any], orders: str) -> tuple[np.ndarray, ...] 
         )
     if "eval_dir" in row and (Path(row["eval_dir"]) / "predictions.jsonl").is_file():
         rows = read_predictions(Path(row["eval_dir"]))
-        chosen, rejected = pair_scores(rows, orders)
+        chosen, rejected = chosen_rejected_scores(rows, orders)
         return np.array([r["user_id"] for r in rows]), chosen, rejected
     return None
 

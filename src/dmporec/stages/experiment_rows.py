@@ -20,7 +20,7 @@ from typing import Any
 import numpy as np
 
 from dmporec.config import ConfigError, RunConfig, load_config
-from dmporec.evaluation import pair_scores, read_jsonl, read_predictions
+from dmporec.evaluation import chosen_rejected_scores, read_jsonl, read_predictions
 from dmporec.metrics import pair_correct
 from dmporec.records import atomic_write_text
 from dmporec.report import report_images, write_report
@@ -76,7 +76,7 @@ def accuracy_by_negative(eval_dir: Path, orders: str) -> dict[str, float]:
     """Accuracy on each user's i-th negative ('1', '2', ...): whether a model learned the
     negatives it trained on or what the user likes."""
     preds = read_predictions(eval_dir)
-    correct = pair_correct(*pair_scores(preds, orders))
+    correct = pair_correct(*chosen_rejected_scores(preds, orders))
     seen: dict[str, int] = {}
     by: dict[int, list[float]] = {}
     for pred, ok in zip(preds, correct, strict=True):

@@ -28,8 +28,7 @@ import numpy as np
 from dmporec.baselines import fit_scorers, pair_scores
 from dmporec.config import ConfigError, RunConfig
 from dmporec.data import stage_records
-from dmporec.evaluation import pair_scores as llm_pair_scores
-from dmporec.evaluation import read_predictions
+from dmporec.evaluation import chosen_rejected_scores, read_predictions
 from dmporec.hybrid import LLM, Hybrid, popularity_margin
 from dmporec.metrics import grouped_auc, pair_correct, paired_auc_test, paired_test, pairwise_report
 from dmporec.records import atomic_write_text
@@ -55,7 +54,7 @@ def _split_pairs(cfg: RunConfig, stage: str, split: str) -> dict[str, Any]:
     run_evaluate(scfg, stage, where)
     rows = read_predictions(where)
     records = stage_records(cfg.data, "eval" if split == "test" else "valid")
-    scores = {LLM: llm_pair_scores(rows, cfg.eval.orders)}
+    scores = {LLM: chosen_rejected_scores(rows, cfg.eval.orders)}
     users = np.array([r["user_id"] for r in rows])
     fitted = [*stage_records(cfg.data, "sft_train"), *records]
     for scorer in fit_scorers(fitted, seed=cfg.eval.seed):
