@@ -17,7 +17,7 @@ import time
 from pathlib import Path
 
 from dmporec.config import RunConfig, load_config
-from dmporec.records import atomic_write_text
+from dmporec.files import atomic_write_text
 from dmporec.stages.dmpo import run_dmpo
 from dmporec.stages.pipeline import evaluate_row
 from dmporec.stages.sft import run_sft

@@ -85,6 +85,7 @@ from dmporec.catalogue import (
 )
 from dmporec.config import ConfigError, RunConfig
 from dmporec.data import load_records
+from dmporec.files import atomic_write_text
 from dmporec.hybrid import LLM, Hybrid
 from dmporec.listwise import CandidateSet, unrated_candidates
 from dmporec.metrics import (
@@ -97,7 +98,7 @@ from dmporec.metrics import (
 )
 from dmporec.model import read_lineage
 from dmporec.ranker import Ranker, find_stage, load_ranker, run_config
-from dmporec.records import DataError, Record, atomic_write_text
+from dmporec.records import DataError, Record
 from dmporec.rerank import HYBRID_FILE, PIVOTS, RETRIEVE, Recommender
 from dmporec.stages.common import fingerprint, read_settings
 

@@ -26,7 +26,7 @@ import sys
 import time
 from pathlib import Path
 
-from dmporec.records import atomic_write_text
+from dmporec.files import atomic_write_text
 
 HERE = Path(__file__).resolve().parent
 RESULTS = HERE / "results" / "cpu_defaults.json"

@@ -17,7 +17,8 @@ from pathlib import Path
 
 from dmporec.config import load_config
 from dmporec.demo_data import make_demo_data
-from dmporec.records import Record, atomic_write_text
+from dmporec.files import atomic_write_text
+from dmporec.records import Record
 
 RESULTS = Path(__file__).resolve().parent / "results" / "demo_heuristics.json"
 _SUFFIXES = {"II", "2", "Reloaded", "Returns"}

@@ -38,14 +38,9 @@ from dmporec.baselines import Popularity
 from dmporec.baselines import pair_scores as baseline_pair_scores
 from dmporec.build import BuildConfig, prepare
 from dmporec.data import load_records
+from dmporec.files import atomic_write_text
 from dmporec.metrics import pair_correct
-from dmporec.records import (
-    Record,
-    TitleNormalization,
-    atomic_write_text,
-    read_records,
-    records_text,
-)
+from dmporec.records import Record, TitleNormalization, read_records, records_text
 
 ROOT = Path(__file__).resolve().parents[1]
 RAW = ROOT.parent / "shared" / "data" / "raw" / "ml-1m-users-1-2999"

@@ -50,11 +50,11 @@ QWEN3 = SHARED / "models" / "qwen3"
 sys.path.insert(0, str(ROOT / "src"))
 
 from dmporec.collate import GroupEncoder, split_pairs  # noqa: E402
+from dmporec.files import atomic_write_text  # noqa: E402
 from dmporec.hf_compat import enable_checkpointing  # noqa: E402
 from dmporec.model import ModelConfig, add_lora  # noqa: E402
 from dmporec.prompts import ChatFormat  # noqa: E402
 from dmporec.random_model import random_config  # noqa: E402
-from dmporec.records import atomic_write_text  # noqa: E402
 from dmporec.scoring import score_groups  # noqa: E402
 
 GIB = 2**30

@@ -16,8 +16,9 @@ from hypothesis import strategies as st
 from dmporec.alpaca import to_alpaca_rows
 from dmporec.cli import main
 from dmporec.config import ConfigError, load_config
+from dmporec.files import atomic_write_text
 from dmporec.ranker import Ranker
-from dmporec.records import DataError, Item, atomic_write_text, read_records
+from dmporec.records import DataError, Item, read_records
 from dmporec.serve import create_app
 
 

@@ -106,7 +106,7 @@ def _tiny_run(out, *more):
 
 
 def test_a_stopped_evaluation_resumes_with_the_same_numbers(tmp_path, monkeypatch):
-    from dmporec.evaluation import read_jsonl
+    from dmporec.files import read_jsonl
     from dmporec.stages.evaluate import run_evaluate
 
     whole = run_evaluate(_tiny_run(tmp_path / "whole"), "zero_shot")

@@ -15,13 +15,13 @@ import re
 from pathlib import Path
 from typing import Any
 
+from dmporec.files import atomic_write_text
 from dmporec.prompts import render_instruction, render_pairs
 from dmporec.records import (
     DataError,
     Item,
     Record,
     TitleNormalization,
-    atomic_write_text,
     normalize_record,
     read_text_file,
 )

@@ -18,7 +18,8 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 
 from dmporec.alpaca import write_alpaca
-from dmporec.records import DataError, Record, atomic_write_text, write_records
+from dmporec.files import atomic_write_text
+from dmporec.records import DataError, Record, write_records
 
 if TYPE_CHECKING:
     from dmporec.build import BuildConfig

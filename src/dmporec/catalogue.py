@@ -37,12 +37,12 @@ import numpy as np
 
 from dmporec.baselines import ALS, BPRMF, EmbeddingSimilarity, Popularity, Scorer, minilm_encoder
 from dmporec.config import ConfigError, RunConfig
+from dmporec.files import atomic_write_text
 from dmporec.records import (
     DataError,
     Item,
     Record,
     TitleNormalization,
-    atomic_write_text,
     normalize_title,
     read_text_file,
 )

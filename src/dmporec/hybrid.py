@@ -31,7 +31,7 @@ from pathlib import Path
 
 import numpy as np
 
-from dmporec.records import atomic_write_text
+from dmporec.files import atomic_write_text
 
 Array = np.ndarray
 LLM = "llm"  # the component name of the trained model's margins

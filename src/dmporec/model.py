@@ -31,13 +31,13 @@ from accelerate.utils import set_seed
 from peft import LoraConfig, PeftModel, get_peft_model
 from transformers import AutoModelForCausalLM, AutoTokenizer, PreTrainedModel
 
+from dmporec.files import atomic_write_text
 from dmporec.model_config import (  # noqa: F401  (re-exported: dmporec.model's public names)
     BUILTIN_GEMMA3,
     BUILTIN_SMOLLM2,
     BUILTIN_TINY,
     ModelConfig,
 )
-from dmporec.records import atomic_write_text
 
 _SMOLLM2_GGUF = "SmolLM2-135M-Instruct.Q4_1.gguf"
 # The main package only reassembles the GGUF; the four chunk packages hold its bytes.

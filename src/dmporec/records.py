@@ -1,4 +1,5 @@
-"""The canonical record every data source converts to, title normalization, and JSONL I/O."""
+"""The canonical record every data source converts to, title normalization, and reading and
+writing record files (JSON lines)."""
 
 from __future__ import annotations
 
@@ -6,7 +7,6 @@ import html
 import json
 import os
 import re
-import tempfile
 from collections.abc import Iterable, Iterator
 from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
@@ -14,6 +14,7 @@ from typing import Any
 
 from pydantic import BaseModel, ConfigDict, Field
 
+from dmporec.files import atomic_write_text
 from dmporec.wording import WORDINGS, Wording, resolve_wording
 
 
@@ -260,41 +261,6 @@ def read_text_file(path: str | os.PathLike) -> str:
             "re-encode the file as UTF-8",
             file=path,
         ) from None
-
-
-def _probe_umask() -> int:
-    mask = os.umask(0o022)  # reading it means setting it: done once, at import
-    os.umask(mask)
-    return mask
-
-
-_UMASK_AT_IMPORT = _probe_umask()
-
-
-def _umask() -> int:
-    """The process umask: Linux says it without changing it; elsewhere, the one at import."""
-    try:
-        for line in Path("/proc/self/status").read_text().splitlines():
-            if line.startswith("Umask:"):
-                return int(line.split()[1], 8)
-    except OSError:
-        pass
-    return _UMASK_AT_IMPORT
-
-
-def atomic_write_text(path: str | os.PathLike, text: str) -> None:
-    """Write a file so a reader never sees half of it: write a temp file, then rename."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    try:
-        with os.fdopen(fd, "w", encoding="utf-8") as f:
-            f.write(text)
-        os.chmod(tmp, 0o666 & ~_umask())  # mkstemp makes it 0600; be an ordinary file
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
 
 
 def records_text(records: Iterable[Record]) -> str:

@@ -21,8 +21,9 @@ import matplotlib
 matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
 
+from dmporec.files import atomic_write_text  # noqa: E402
 from dmporec.plots import CURVES  # noqa: E402
-from dmporec.records import DataError, atomic_write_text  # noqa: E402
+from dmporec.records import DataError  # noqa: E402
 from dmporec.tables import (  # noqa: E402
     eval_table,
     paired_table,

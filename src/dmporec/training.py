@@ -31,8 +31,8 @@ from transformers import get_cosine_schedule_with_warmup
 
 from dmporec.config import ConfigError, TrainConfig, TrainingDiverged
 from dmporec.distributed import warn_if_unsharded
+from dmporec.files import append_jsonl, atomic_write_text
 from dmporec.hf_compat import enable_checkpointing
-from dmporec.records import atomic_write_text
 
 StepFn = Callable[[torch.nn.Module, Any], tuple[torch.Tensor, dict[str, float]]]
 Collate = Callable[[list[Any]], Any]
@@ -65,12 +65,6 @@ class PeakMemory:
         self._thread.join()
         if torch.cuda.is_available():
             self.peak_gpu_mib = torch.cuda.max_memory_allocated() / 2**20
-
-
-def append_jsonl(path: Path, row: dict[str, Any]) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    with path.open("a", encoding="utf-8") as f:
-        f.write(json.dumps(row) + "\n")
 
 
 def _save_checkpoint(

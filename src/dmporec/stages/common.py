@@ -17,9 +17,9 @@ from dmporec.config import (
 )
 from dmporec.data import demo_files
 from dmporec.distributed import process_state  # noqa: F401  (re-exported)
+from dmporec.files import atomic_write_text
 from dmporec.model import ModelConfig, write_lineage
 from dmporec.plots import plot_curves
-from dmporec.records import atomic_write_text
 
 SUMMARY = "summary.json"
 SETTINGS = "settings.json"

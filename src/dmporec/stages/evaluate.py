@@ -12,14 +12,8 @@ import torch
 from dmporec.collate import GroupEncoder, model_encoder
 from dmporec.config import ConfigError, DataConfig, EvalConfig, RunConfig
 from dmporec.data import stage_records
-from dmporec.evaluation import (
-    Resume,
-    drop_partial,
-    read_jsonl,
-    score_lists,
-    score_pairs,
-    write_eval,
-)
+from dmporec.evaluation import Resume, drop_partial, score_lists, score_pairs, write_eval
+from dmporec.files import read_jsonl
 from dmporec.generation import generate_answers
 from dmporec.listwise import candidate_sets
 from dmporec.model import (

@@ -20,9 +20,9 @@ from typing import Any
 import numpy as np
 
 from dmporec.config import ConfigError, RunConfig, load_config
-from dmporec.evaluation import chosen_rejected_scores, read_jsonl, read_predictions
+from dmporec.evaluation import chosen_rejected_scores, read_predictions
+from dmporec.files import atomic_write_text, read_jsonl
 from dmporec.metrics import pair_correct
-from dmporec.records import atomic_write_text
 from dmporec.report import report_images, write_report
 from dmporec.stages.experiment import (
     Cell,

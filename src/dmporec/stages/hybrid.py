@@ -29,9 +29,9 @@ from dmporec.baselines import fit_scorers, pair_scores
 from dmporec.config import ConfigError, RunConfig
 from dmporec.data import stage_records
 from dmporec.evaluation import chosen_rejected_scores, read_predictions
+from dmporec.files import atomic_write_text
 from dmporec.hybrid import LLM, Hybrid, popularity_margin
 from dmporec.metrics import grouped_auc, pair_correct, paired_auc_test, paired_test, pairwise_report
-from dmporec.records import atomic_write_text
 
 HYBRID = "hybrid"
 VALID_EVAL = (

@@ -1,0 +1,57 @@
+"""General file helpers: a text file written whole or not at all (temp file, then rename), and
+JSON lines read and appended."""
+
+from __future__ import annotations
+
+import json
+import os
+import tempfile
+from pathlib import Path
+from typing import Any
+
+
+def _probe_umask() -> int:
+    mask = os.umask(0o022)  # reading it means setting it: done once, at import
+    os.umask(mask)
+    return mask
+
+
+_UMASK_AT_IMPORT = _probe_umask()
+
+
+def process_umask() -> int:
+    """The process umask: Linux says it without changing it; elsewhere, the one at import."""
+    try:
+        for line in Path("/proc/self/status").read_text().splitlines():
+            if line.startswith("Umask:"):
+                return int(line.split()[1], 8)
+    except OSError:
+        pass
+    return _UMASK_AT_IMPORT
+
+
+def atomic_write_text(path: str | os.PathLike, text: str) -> None:
+    """Write a file so a reader never sees half of it: write a temp file, then rename."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    try:
+        with os.fdopen(fd, "w", encoding="utf-8") as f:
+            f.write(text)
+        os.chmod(tmp, 0o666 & ~process_umask())  # mkstemp makes it 0600; be an ordinary file
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+
+
+def read_jsonl(path: Path) -> list[dict[str, Any]]:
+    """The JSON objects of a JSON-lines file, blank lines skipped."""
+    return [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
+
+
+def append_jsonl(path: Path, row: dict[str, Any]) -> None:
+    """Append one JSON line (a metrics log's row), making the directory if need be."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with path.open("a", encoding="utf-8") as f:
+        f.write(json.dumps(row) + "\n")
