@@ -46,10 +46,11 @@ from dmporec.baselines import (
     RandomScorer,
     Scorer,
     minilm_encoder,
-    pair_scores,
     positive_ranks,
+    users_chosen_rejected,
 )
 from dmporec.data import load_records
+from dmporec.files import atomic_write_text
 from dmporec.listwise import CandidateSet, candidate_sets, default_catalog
 from dmporec.metrics import (
     grouped_auc,
@@ -58,7 +59,7 @@ from dmporec.metrics import (
     paired_test,
     pairwise_report,
 )
-from dmporec.records import Record, TitleNormalization, atomic_write_text
+from dmporec.records import Record, TitleNormalization
 
 ROOT = Path(__file__).resolve().parents[1]
 RESULTS = ROOT / "benchmarks" / "results" / "baselines.json"
@@ -73,7 +74,7 @@ def evaluate(
 ) -> tuple[dict, np.ndarray]:
     """Pairwise and listwise metrics of one scorer, and its per-pair correctness."""
     start = time.perf_counter()
-    users, chosen, rejected = pair_scores(scorer, test)
+    users, chosen, rejected = users_chosen_rejected(scorer, test)
     ranks, ties = positive_ranks(scorer, test, sets)
     score_s = time.perf_counter() - start
     metrics = pairwise_report(chosen, rejected, seed=seed, n_boot=n_boot)

