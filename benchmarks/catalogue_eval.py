@@ -48,75 +48,74 @@ first line holds the settings they were made with; a rerun reuses them, refuses 
 (naming them) and checks each reused user's retrieved candidates against this run's. Writes
 DIR/test.json and DIR/agreement.json (every row's per-user values, so rows can be paired later)
 and prints tables. The LLM's seconds are those of the machine; run it alone.
+
+The per-user steps are dmporec.topk_eval's, the statistics over users dmporec.topk_stats'.
 """
 
 from __future__ import annotations
 
 import argparse
-import inspect
+import hashlib
 import json
 import os
 import platform
-import random
 import sys
-import time
 from dataclasses import dataclass
 from datetime import date
-from itertools import combinations
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 import torch
-from scipy.stats import kendalltau
 from tqdm.auto import tqdm
 
-from dmporec.baselines import Scorer, fit_scorers
+from dmporec.baselines import fit_scorers
 from dmporec.catalogue import (
     CATALOGUE,
     RETRIEVERS,
     Catalogue,
-    CatalogueItem,
     catalogue_from_records,
     catalogue_text,
     read_catalogue,
-    retrieve,
     training_records,
 )
 from dmporec.config import ConfigError, RunConfig
 from dmporec.data import load_records
 from dmporec.files import atomic_write_text
-from dmporec.hybrid import LLM, Hybrid
-from dmporec.listwise import CandidateSet, unrated_candidates
-from dmporec.metrics import (
-    bootstrap_ci,
-    paired_user_test,
-    rank_of_positive,
-    ties_with_positive,
-    user_hits,
-    user_ndcg,
-)
 from dmporec.model import read_lineage
 from dmporec.ranker import Ranker, find_stage, load_ranker, run_config
 from dmporec.records import DataError, Record
-from dmporec.rerank import HYBRID_FILE, PIVOTS, RETRIEVE, Recommender
+from dmporec.rerank import HYBRID_FILE, PIVOTS, RETRIEVE
 from dmporec.stages.common import fingerprint, read_settings
+from dmporec.topk_eval import (
+    K,
+    ResultCache,
+    candidate_sets,
+    check_reused,
+    classic_ranks,
+    draw,
+    fit_with_sasrec,
+    ndcg_of,
+    recommender,
+    rerank_user,
+    reranked_rank,
+    say,
+    with_positives,
+)
+from dmporec.topk_stats import (
+    FUSED_ROW,
+    LLM_ROW,
+    PROTOCOLS,
+    agreement_of,
+    agreement_results,
+    protocol_results,
+)
 
-K = 10
 SAMPLED = 100
-PROTOCOLS = ("full", "sampled")
-LLM_ROW, FUSED_ROW = "llm-rerank", "fused"
-AGREEMENT_TOLERANCE = 0.02  # issue #35: the cheaper rerank within 0.02 NDCG@10 of all pairs
-
-
-def say(text: str) -> None:
-    tqdm.write(text, file=sys.stderr)
 
 
 def digest(*paths: Path) -> str:
     """sha256 of the files' bytes in order (16 hex digits)."""
-    import hashlib
-
     h = hashlib.sha256()
     for path in paths:
         h.update(Path(path).read_bytes())
@@ -170,261 +169,6 @@ def split_records(setup: Setup, name: str) -> list[Record]:
     return records
 
 
-def with_positives(catalogue: Catalogue, records: list[Record], seed: int) -> Catalogue:
-    """The catalogue with the positives it lacks added (count 0), so each has an index; a
-    user's candidates hold only their own (dmporec.listwise.unrated_candidates). Each goes to a
-    seeded random place among the titles counted 0 (after the last counted one): a retriever
-    breaks ties by catalogue order, and one it cannot score ties with the others it cannot, so
-    a fixed place (last) would rank it below all of them."""
-    extra = dict.fromkeys(
-        r.positive.title for r in records if catalogue.index(r.positive.title) is None
-    )
-    items = list(catalogue.items)
-    start = max((i + 1 for i, item in enumerate(items) if item.count > 0), default=0)
-    rng = random.Random(f"{seed}:added-positives")
-    for title in extra:
-        items.insert(rng.randint(start, len(items)), CatalogueItem(title, None, 0))
-    return Catalogue(tuple(items), catalogue.source)
-
-
-def candidate_sets(
-    run: Catalogue, catalogue: Catalogue, records: list[Record], sampled: int | None, seed: int
-) -> dict[str, list[CandidateSet]]:
-    """Each user's full candidates (and `sampled` ones): `catalogue` (the run's with the
-    positives added) without the positives added for other users."""
-    added = set(catalogue.titles) - set(run.titles)
-    sets: dict[str, list[CandidateSet]] = {"full": [], "sampled": []}
-    for r in records:
-        titles = [t for t in catalogue.titles if t not in added or t == r.positive.title]
-        sets["full"].append(unrated_candidates(r, titles))
-        if sampled is not None:
-            sets["sampled"].append(unrated_candidates(r, titles, sampled, seed))
-    return sets
-
-
-def fit_with_sasrec(records: list[Record], seed: int) -> list[Scorer]:
-    """The classic scorers and SASRec (a row here, never the retriever: `recommend` offers no
-    sequential retriever), SASRec skipped with a line where Cornac is not installed."""
-    if "sasrec" not in inspect.signature(fit_scorers).parameters:  # a dmporec from before it
-        say("catalogue_eval: sasrec skipped (this dmporec's baselines have no SASRec)")
-        return fit_scorers(records, seed=seed, say=say)
-    try:
-        return fit_scorers(records, seed=seed, say=say, sasrec={})
-    except ConfigError as e:
-        say(f"catalogue_eval: sasrec skipped ({e})")
-        return fit_scorers(records, seed=seed, say=say)
-
-
-def classic_ranks(
-    scorers: list[Scorer], records: list[Record], sets: list[CandidateSet], desc: str
-) -> dict[str, dict[str, list[float]]]:
-    """{scorer: {"rank": [...], "ties": [...]}}: each user's positive among their candidates."""
-    out = {s.name: {"rank": [], "ties": []} for s in scorers}
-    for record, (titles, pos) in tqdm(
-        list(zip(records, sets, strict=True)), desc=desc, unit="user", file=sys.stderr
-    ):
-        for scorer in scorers:
-            scores = scorer.score(record, titles)
-            out[scorer.name]["rank"].append(rank_of_positive(scores, pos))
-            out[scorer.name]["ties"].append(ties_with_positive(scores, pos))
-    return out
-
-
-def ndcg_of(ranks: dict[str, list[float]]) -> np.ndarray:
-    return user_ndcg(ranks["rank"], K, ranks["ties"])
-
-
-def recommender(
-    setup: Setup, catalogue: Catalogue, retriever: str, scorers: list[Scorer]
-) -> Recommender:
-    """The Recommender `recommend` would build, with these fitted scorers; the run's hybrid
-    when it has one and every component is fitted here (else RRF, said)."""
-    by_name = {s.name: s for s in scorers}
-    hybrid, path = None, setup.stage / HYBRID_FILE
-    if path.is_file():
-        fitted = Hybrid.load(path)
-        missing = [c for c in fitted.components if c != LLM and c not in by_name]
-        if missing:
-            say(f"catalogue_eval: the hybrid needs {', '.join(missing)}: fused by reciprocal rank")
-        else:
-            hybrid = fitted
-    return Recommender(catalogue, setup.cfg.data.title_normalization, retriever, by_name, hybrid)
-
-
-def rerank_user(
-    rec: Recommender,
-    ranker: Ranker,
-    record: Record,
-    candidates: CandidateSet,
-    *,
-    m: int,
-    rerank: str,
-    pivots: int,
-) -> dict[str, Any]:
-    """One request as `recommend` makes it, over `candidates`: the retriever's top M (titles,
-    in its order), the LLM's and the fused score of each, and where the positive sits in the
-    retriever's order of every candidate (1-based)."""
-    titles, pos = candidates
-    among = [rec.catalogue.index(t) for t in titles]
-    m = min(m, len(among))  # a sampled set smaller than M is reranked whole
-    history = [item.title for item in record.history]
-    start = time.perf_counter()
-    plan = rec.plan(
-        history, k=m, m=m, rerank=rerank, pivots=pivots, user_id=record.user_id,
-        domain=record.wording, among=among,
-    )  # fmt: skip
-    doc = rec.finish(plan, ranker)
-    seconds = time.perf_counter() - start
-    order = retrieve(
-        rec.scorers[rec.retriever], rec.catalogue, history, len(among), record.user_id, among
-    )
-    by_title = {it["title"]: it for it in doc["recommended"]}
-    top = [rec.catalogue.items[i].title for i in plan.retrieved.indices]
-    return {
-        "retrieved": top,
-        "llm": [by_title[t]["llm_score"] for t in top],
-        "fused": [by_title[t]["fused_score"] for t in top],
-        "positive_position": order.indices.index(rec.catalogue.index(titles[pos])) + 1,
-        "fusion": doc["fusion"],
-        "prompts": doc["prompts"],
-        "seconds": round(seconds, 3),
-        "notes": doc["notes"],
-    }
-
-
-def reranked_rank(result: dict[str, Any], row: str) -> tuple[float, int]:
-    """(rank, ties) of the positive under `row` ("llm" or "fused"): among the top M by that
-    row's scores when retrieved there, else its place in the retriever's order."""
-    position = result["positive_position"]
-    scores = result[row]
-    if position > len(scores) or None in scores:  # not retrieved, or not reranked
-        return float(position), 0
-    return rank_of_positive(scores, position - 1), ties_with_positive(scores, position - 1)
-
-
-class Cache:
-    """Per-user results in JSON lines, the first line {"settings": ...}; see the docstring."""
-
-    def __init__(self, path: Path, settings: dict[str, Any]) -> None:
-        self.path, self.results = path, {}
-        if path.is_file() and path.stat().st_size:
-            text = path.read_text(encoding="utf-8")
-            lines = text.splitlines()
-            then = json.loads(lines[0]).get("settings", {})
-            said = "; ".join(
-                f"{k}: {then.get(k)!r} then, {settings.get(k)!r} now"
-                for k in sorted(then.keys() | settings.keys())
-                if then.get(k) != settings.get(k)
-            )
-            if said:
-                raise ConfigError(
-                    f"{path} holds results made with other settings ({said}); use another "
-                    f"--out, or delete {path} to redo them"
-                )
-            kept = lines[:1]
-            for line in lines[1:]:
-                try:
-                    result = json.loads(line)
-                except json.JSONDecodeError:  # a line cut by a kill: that user is redone
-                    continue
-                self.results[result["user"]] = result
-                kept.append(line)
-            if len(kept) < len(lines) or not text.endswith("\n"):
-                atomic_write_text(path, "".join(f"{line}\n" for line in kept))
-        else:
-            path.parent.mkdir(parents=True, exist_ok=True)
-            atomic_write_text(path, json.dumps({"settings": settings}) + "\n")
-
-    def add(self, result: dict[str, Any]) -> None:
-        with self.path.open("a", encoding="utf-8") as f:
-            f.write(json.dumps(result, ensure_ascii=False) + "\n")
-        self.results[result["user"]] = result
-
-
-def check_reused(
-    rec: Recommender,
-    record: Record,
-    candidates: CandidateSet,
-    m: int,
-    result: dict[str, Any],
-    where: Path,
-) -> None:
-    """Stop when a cached result's candidates are not the ones the retriever gives now."""
-    titles, _ = candidates
-    m = min(m, len(titles))
-    plan = rec.plan(
-        [t.title for t in record.history], k=m, m=m, user_id=record.user_id,
-        domain=record.wording, among=[rec.catalogue.index(t) for t in titles],
-    )  # fmt: skip
-    if result["retrieved"] != [rec.catalogue.items[i].title for i in plan.retrieved.indices]:
-        raise ConfigError(
-            f"{where}: user {record.user_id}'s cached candidates are not what the retriever "
-            "gives now (refitted differently?); use another --out"
-        )
-
-
-def summary(
-    per_user: dict[str, dict[str, list[float]]], n_boot: int, seed: int
-) -> dict[str, dict[str, float]]:
-    """HR@10 and NDCG@10 of each row with 95% bootstrap CIs over users."""
-    out = {}
-    for name, ranks in per_user.items():
-        row: dict[str, float] = {"users": len(ranks["rank"])}
-        for metric, values in (
-            (f"hr@{K}", user_hits(ranks["rank"], K, ranks["ties"])),
-            (f"ndcg@{K}", user_ndcg(ranks["rank"], K, ranks["ties"])),
-        ):
-            row[metric] = float(values.mean())
-            row[f"{metric}_ci_low"], row[f"{metric}_ci_high"] = bootstrap_ci(
-                lambda x: float(np.mean(x)), values, n_boot=n_boot, seed=seed
-            )
-        out[name] = row
-    return out
-
-
-def paired_tests(
-    per_user: dict[str, dict[str, list[float]]], n_boot: int, seed: int
-) -> list[dict[str, Any]]:
-    """Every pair of rows: per-user NDCG@10 and HR@10 compared (metrics.paired_user_test)."""
-    tests = []
-    for a, b in combinations(per_user, 2):
-        ra, rb = per_user[a], per_user[b]
-        test = {"a": a, "b": b}
-        for metric, fn in ((f"ndcg@{K}", user_ndcg), (f"hr@{K}", user_hits)):
-            result = paired_user_test(
-                fn(ra["rank"], K, ra["ties"]), fn(rb["rank"], K, rb["ties"]),
-                n_boot=n_boot, seed=seed,
-            )  # fmt: skip
-            test.update({f"{metric}_{key}": value for key, value in result.items()})
-        tests.append(test)
-    return tests
-
-
-def subset(ranks: dict[str, list[float]], idx: list[int]) -> dict[str, list[float]]:
-    return {key: [values[i] for i in idx] for key, values in ranks.items()}
-
-
-def fmt_ci(row: dict[str, float], metric: str) -> str:
-    return f"{row[metric]:.3f} [{row[f'{metric}_ci_low']:.3f}, {row[f'{metric}_ci_high']:.3f}]"
-
-
-def fmt_test(t: dict[str, Any], protocol: str, users: str) -> str:
-    n = f"ndcg@{K}_"
-    return (
-        f"| {protocol} | {users} | {t['a']} | {t['b']} | {t[n + 'difference']:+.3f} "
-        f"[{t[n + 'difference_ci_low']:+.3f}, {t[n + 'difference_ci_high']:+.3f}] | "
-        f"{t[n + 'a_better']} / {t[n + 'b_better']} | {t[n + 'p_value']:.3g} | "
-        f"{t[f'hr@{K}_difference']:+.3f} |"
-    )
-
-
-def draw(n_items: int, n: int, seed: int, what: str) -> list[int]:
-    """The first n of a seeded permutation of range(n_items): a larger n extends a smaller."""
-    order = list(range(n_items))
-    random.Random(f"{seed}:{what}").shuffle(order)
-    return order[:n]
-
-
 def common_settings(setup: Setup, args: argparse.Namespace, split: str) -> dict[str, Any]:
     data = setup.cfg.data
     _, adapters = read_lineage(setup.stage)
@@ -470,8 +214,10 @@ def run_test(args, setup: Setup, retriever: str, ranker_of, out: Path) -> None:
     prompts: dict[str, list[int]] = {p: [] for p in PROTOCOLS}
     fusion = None
     if llm_idx:
-        rec = recommender(setup, catalogue, retriever, scorers)
-        cache = Cache(out / "test-llm.jsonl", settings)
+        rec = recommender(
+            setup.stage, setup.cfg.data.title_normalization, catalogue, retriever, scorers
+        )
+        cache = ResultCache(out / "test-llm.jsonl", settings)
         for i in tqdm(llm_idx, desc="LLM rerank (test users)", unit="user", file=sys.stderr):
             record = test[i]
             result = cache.results.get(record.user_id)
@@ -495,50 +241,9 @@ def run_test(args, setup: Setup, retriever: str, ranker_of, out: Path) -> None:
                 seconds[p].append(result[p]["seconds"])
                 prompts[p].append(result[p]["prompts"])
                 fusion = result[p]["fusion"]
-    protocols: dict[str, Any] = {}
-    targets: list[str] = []
-    table = [
-        f"| protocol | users | row | HR@{K} [95% CI] | NDCG@{K} [95% CI] |",
-        "|---|---|---|---|---|",
-    ]
-    tests_table = [
-        f"| protocol | users | A | B | NDCG@{K} A - B [95% CI] | users A / B better | "
-        f"p (Wilcoxon) | HR@{K} A - B |",
-        "|---|---|---|---|---|---|---|---|",
-    ]
-    for p in PROTOCOLS:
-        everyone = summary(classic[p], n_boot, seed)
-        best = max(
-            (name for name in classic[p] if name != "random"),
-            key=lambda name: everyone[name][f"ndcg@{K}"],
-        )
-        protocols[p] = {
-            "all_users": {"rows": everyone, "tests": paired_tests(classic[p], n_boot, seed)},
-            "best_classic": best,
-        }
-        for name, row in everyone.items():
-            table.append(
-                f"| {p} | all {row['users']} | {name} | {fmt_ci(row, f'hr@{K}')} | "
-                f"{fmt_ci(row, f'ndcg@{K}')} |"
-            )
-        for t in protocols[p]["all_users"]["tests"]:
-            if best in (t["a"], t["b"]):
-                tests_table.append(fmt_test(t, p, f"all {len(test)}"))
-        if llm_idx:
-            rows = {name: subset(r, llm_idx) for name, r in classic[p].items()} | llm[p]
-            sub = summary(rows, n_boot, seed)
-            tests = paired_tests(rows, n_boot, seed)
-            protocols[p]["llm_users"] = {"rows": sub, "tests": tests}
-            protocols[p]["target"] = fused_target(sub, tests, p)
-            targets.append(protocols[p]["target"]["said"])
-            for name, row in sub.items():
-                table.append(
-                    f"| {p} | LLM {row['users']} | {name} | {fmt_ci(row, f'hr@{K}')} | "
-                    f"{fmt_ci(row, f'ndcg@{K}')} |"
-                )
-            for t in tests:
-                if t["a"] in (LLM_ROW, FUSED_ROW) or t["b"] in (LLM_ROW, FUSED_ROW):
-                    tests_table.append(fmt_test(t, p, f"LLM {len(llm_idx)}"))
+    protocols, table, tests_table, targets = protocol_results(
+        classic, llm, llm_idx, len(test), n_boot, seed
+    )
     print("\n".join(table) + "\n\n" + "\n".join(tests_table) + "\n" + "\n".join(targets))
     doc = {
         **header(args),
@@ -578,58 +283,16 @@ def run_test(args, setup: Setup, retriever: str, ranker_of, out: Path) -> None:
     say(f"catalogue_eval: wrote {out / 'test.json'}")
 
 
-def fused_target(
-    rows: dict[str, dict[str, float]], tests: list[dict[str, Any]], protocol: str
-) -> dict[str, Any]:
-    """Issue #35's target: the fused NDCG@10 at or above the best classic row on the same
-    users (random aside)."""
-    classic = [n for n in rows if n not in (LLM_ROW, FUSED_ROW, "random")]
-    best = max(classic, key=lambda n: rows[n][f"ndcg@{K}"])
-    test = next(t for t in tests if {t["a"], t["b"]} == {best, FUSED_ROW})
-    sign = 1 if test["a"] == FUSED_ROW else -1
-    n = f"ndcg@{K}_"
-    diff = sign * test[n + "difference"] + 0.0  # no -0.0
-    low, high = sorted(sign * test[n + c] for c in ("difference_ci_low", "difference_ci_high"))
-    said = (
-        f"target ({protocol}): fused NDCG@{K} {rows[FUSED_ROW][f'ndcg@{K}']:.3f} against the "
-        f"best classic row, {best}, {rows[best][f'ndcg@{K}']:.3f}, on the same "
-        f"{test[n + 'users']} users: {diff:+.3f} [{low:+.3f}, {high:+.3f}], p = "
-        f"{test[n + 'p_value']:.3g}: {'met' if diff >= 0 else 'not met'}"
-    )
-    return {"best_classic": best, "difference": diff, "ci": [low, high],
-            "p_value": test[n + "p_value"], "met": diff >= 0, "said": said}  # fmt: skip
-
-
-def agreement_of(pivot: dict[str, Any], every: dict[str, Any], position: int) -> dict[str, Any]:
-    """Pivot against all-pairs on the same M candidates (see the module docstring)."""
-    out: dict[str, Any] = {}
-    for key in ("llm", "fused"):
-        a, b = np.asarray(pivot[key], float), np.asarray(every[key], float)
-        top_a, top_b = np.argsort(-a, kind="stable")[:K], np.argsort(-b, kind="stable")[:K]
-        out[f"{key}_top{K}_overlap"] = len(set(top_a) & set(top_b)) / min(K, a.size)
-        out[f"{key}_kendall_tau"] = float(kendalltau(a, b).statistic)
-        out[f"{key}_top{K}_kendall_tau"] = float(kendalltau(a[top_b], b[top_b]).statistic)
-        for name, result in (("pivot", pivot), ("all_pairs", every)):
-            rank, ties = reranked_rank({**result, "positive_position": position}, key)
-            out[f"{name}_{key}_ndcg@{K}"] = float(user_ndcg([rank], K, [ties])[0])
-    truth = np.asarray(every["llm"], float)
-    relevance = np.empty(truth.size)
-    relevance[np.argsort(-truth, kind="stable")] = np.arange(truth.size, 0, -1) - 1
-    discount = 1 / np.log2(np.arange(2, K + 2))[: truth.size]
-    got = relevance[np.argsort(-np.asarray(pivot["llm"], float), kind="stable")][:K]
-    ideal = np.sort(relevance)[::-1][:K]
-    out[f"llm_ndcg@{K}_vs_all_pairs"] = float(got @ discount / (ideal @ discount))
-    return out
-
-
 def run_agreement(
     args, setup: Setup, retriever: str, valid, catalogue, sets, scorers, ranker_of, out: Path
 ) -> None:
     seed, n_boot = setup.cfg.eval.seed, setup.cfg.eval.n_boot
     idx = draw(len(valid), min(args.valid_users, len(valid)), seed, "agreement-users")
     settings = {**common_settings(setup, args, "valid"), "retriever": retriever}
-    rec = recommender(setup, catalogue, retriever, scorers)
-    cache = Cache(out / "agreement.jsonl", settings)
+    rec = recommender(
+        setup.stage, setup.cfg.data.title_normalization, catalogue, retriever, scorers
+    )
+    cache = ResultCache(out / "agreement.jsonl", settings)
     rows = []
     for i in tqdm(idx, desc="pivot vs all pairs (validation users)", unit="user", file=sys.stderr):
         record = valid[i]
@@ -650,48 +313,11 @@ def run_agreement(
             result["pivot"], result["all-pairs"], result["pivot"]["positive_position"]
         ), **{f"{mode}_{key}": result[mode][key] for mode in ("pivot", "all-pairs")
               for key in ("prompts", "seconds")}})  # fmt: skip
-    keys = [k for k in rows[0] if k != "user"] if rows else []
-    means = {k: float(np.nanmean([r[k] for r in rows])) for k in keys}
-    tests = {
-        key: paired_user_test(
-            [r[f"pivot_{key}"] for r in rows],
-            [r[f"all_pairs_{key}"] for r in rows],
-            n_boot=n_boot,
-            seed=seed,
-        )  # fmt: skip
-        for key in (f"llm_ndcg@{K}", f"fused_ndcg@{K}")
-    }
-    lines = [
+    title = (
         f"pivot (P={args.pivots}) vs all pairs over the same top {args.retrieve} of {retriever}, "
-        f"{len(rows)} validation users:",
-        "| | pivot | all pairs | pivot - all pairs [95% CI] | p (Wilcoxon) |",
-        "|---|---|---|---|---|",
-    ]
-    for key, t in tests.items():
-        lines.append(
-            f"| positive's {key} | {t['mean_a']:.3f} | {t['mean_b']:.3f} | "
-            f"{t['difference']:+.3f} [{t['difference_ci_low']:+.3f}, "
-            f"{t['difference_ci_high']:+.3f}] | {t['p_value']:.3g} |"
-        )
-    for what in ("prompts", "seconds"):
-        lines.append(
-            f"| {what} per request | {means.get(f'pivot_{what}', float('nan')):.1f} | "
-            f"{means.get(f'all-pairs_{what}', float('nan')):.1f} | | |"
-        )
-    lines.append(
-        "agreement: "
-        + ", ".join(
-            f"{k} {v:.3f}"
-            for k, v in means.items()
-            if "overlap" in k or "tau" in k or k.endswith("vs_all_pairs")
-        )  # fmt: skip
+        f"{len(rows)} validation users:"
     )
-    for key, t in tests.items():
-        lines.append(
-            f"target: pivot within {AGREEMENT_TOLERANCE} {key} of all pairs: "
-            f"{t['difference']:+.3f}: "
-            f"{'met' if t['difference'] >= -AGREEMENT_TOLERANCE else 'not met'}"
-        )
+    means, tests, lines = agreement_results(rows, title, n_boot, seed)
     print("\n".join(lines))
     doc = {
         **header(args),
