@@ -16,6 +16,7 @@ DATA = ROOT.parent / "shared" / "data" / "dmpo"
 def test_training_cells_and_their_limit(tmp_path):
     sys.path.insert(0, str(ROOT / "benchmarks"))
     import shared_prefix
+    from shared_prefix_tables import epoch_rate, speedup_table
 
     naive, shared = (
         shared_prefix.cell(
@@ -44,14 +45,13 @@ def test_training_cells_and_their_limit(tmp_path):
     assert shared["tokens"] == shared["policy_tokens"] and shared["reference_in_step_s"] == 0
     # shared's reference pass, once for the warm-up and timed users: the one-epoch rate pays it
     assert shared["reference_users"] == 6 and shared["reference_once_s"] > 0
-    assert shared_prefix._epoch_rate(shared) < shared["users_per_s"]
-    assert shared_prefix._epoch_rate(naive) == naive["users_per_s"]
-    table = shared_prefix._table([naive, shared])
+    assert epoch_rate(shared) < shared["users_per_s"]
+    assert epoch_rate(naive) == naive["users_per_s"]
+    table = speedup_table([naive, shared])
     row = next(line for line in table.splitlines() if line.startswith("| DMPO train step | 3 |"))
     step, epoch, limit = (float(row.split("|")[i].strip().rstrip("x")) for i in (5, 6, 7))
     assert (
-        epoch == pytest.approx(shared_prefix._epoch_rate(shared) / naive["users_per_s"], abs=0.01)
-        and epoch < step
+        epoch == pytest.approx(epoch_rate(shared) / naive["users_per_s"], abs=0.01) and epoch < step
     )
     # The reference tokens are cheaper than the policy's, so the limit is below the token ratio.
     assert 1 < limit < naive["tokens"] / shared["tokens"]
