@@ -247,13 +247,24 @@ def test_flex_attention_block_mask_equals_naive(tiny_cfg, demo, monkeypatch):
     import torch._dynamo
 
     monkeypatch.setattr(torch._dynamo.config, "automatic_dynamic_shapes", False)
-    # transformers 4.57 (make test-oldest) compiles its causal mask's create_block_mask with
-    # inductor, whose C++ for CPUs with AVX-512/AMX fails to build under torch 2.13 (g++:
-    # "operands to ?: have different types"); the mask is what this test checks, so 4.57 builds
-    # it eagerly here (the flag it reads; 5.x has none and compiles a mask that builds).
+    # The block mask is what this test checks, built and applied eagerly: transformers compiles
+    # create_block_mask (4.57: with inductor, whose C++ fails to build on CPUs with AVX-512/AMX
+    # under torch 2.13; 5.x: ~20 s of dynamo on a fresh machine) and the attention kernel (~10 s
+    # of C++ for a CPU kernel no GPU run uses: CUDA compiles a Triton one). Eager FlexAttention
+    # applies the same block mask, unfused.
+    import transformers.integrations.flex_attention as hf_flex
     import transformers.masking_utils as masking
+    from torch.nn.attention.flex_attention import create_block_mask, flex_attention
 
-    monkeypatch.setattr(masking, "_is_torch_greater_or_equal_than_2_6", False, raising=False)
+    def eager_block_mask(*args, _compile=False, **kwargs):
+        return create_block_mask(*args, _compile=False, **kwargs)
+
+    monkeypatch.setattr(masking, "create_block_mask", eager_block_mask)
+    monkeypatch.setattr(
+        hf_flex,
+        "compile_friendly_flex_attention",
+        lambda q, k, v, training=False, **kw: flex_attention(q, k, v, **kw),
+    )
     cfg = tiny_cfg.model_copy(update={"attention": "flex_attention"})
     model, tok = load_base_model(cfg, torch.device("cpu")), load_tokenizer(cfg)
     assert model.config._attn_implementation == "flex_attention"
