@@ -66,14 +66,21 @@ def first(records: list[Record], n: int, what: str, flag: str) -> list[Record]:
     return records[:n]
 
 
-def build(data: Path, sizes: list[int], valid_users: int, list_users: int, raw: Path) -> None:
+def prepare_ml1m(data: Path, raw: Path, progress: bool = True) -> None:
+    """The authors' rules over the raw MovieLens-1M ratings into `data`, once (stats.json marks
+    a finished build)."""
     if not (data / "stats.json").is_file():
         prepare(
             BuildConfig(source="movielens", rules="authors", name="rec_data_ml_1m"),
             raw / "ratings.dat.gz",
             raw / "movies.dat",
             data,
+            progress=progress,
         )
+
+
+def build(data: Path, sizes: list[int], valid_users: int, list_users: int, raw: Path) -> None:
+    prepare_ml1m(data, raw)
     pool = read_records(data / "train.jsonl") + read_records(data / "rest.jsonl")
     for n in sizes:
         write_once(data / f"train_{n}.jsonl", first(pool, n, "training users", "--sizes"))

@@ -45,9 +45,9 @@ from typing import Any
 
 import numpy as np
 import torch
+from learning_curve import prepare_ml1m
 
 from dmporec.baselines import BPRMF, Popularity
-from dmporec.build import BuildConfig, prepare
 from dmporec.catalogue import (
     CATALOGUE,
     Catalogue,
@@ -108,14 +108,7 @@ def main() -> None:
     out = Path(args.out)
     norm = TitleNormalization()
     data = out / "data"
-    if not (data / "stats.json").is_file():
-        prepare(
-            BuildConfig(source="movielens", rules="authors", name="rec_data_ml_1m"),
-            RAW / "ratings.dat.gz",
-            RAW / "movies.dat",
-            data,
-            progress=False,
-        )
+    prepare_ml1m(data, RAW, progress=False)
     pool = read_records(data / "train.jsonl") + read_records(data / "rest.jsonl")
     users = read_records(data / "test.jsonl")[: args.users]
     path = out / CATALOGUE
