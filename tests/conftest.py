@@ -2,10 +2,14 @@
 
 from __future__ import annotations
 
+from dataclasses import replace
+
 import pytest
 
+from dmporec.collate import GroupEncoder
 from dmporec.demo_data import DemoDataConfig, make_demo_data
-from dmporec.model import BUILTIN_TINY, ModelConfig, load_base_model, load_tokenizer
+from dmporec.model import BUILTIN_TINY, ModelConfig, add_lora, load_base_model, load_tokenizer
+from dmporec.prompts import ChatFormat
 
 
 @pytest.fixture(scope="session")
@@ -21,3 +25,14 @@ def tiny(tiny_cfg):
 @pytest.fixture(scope="session")
 def demo():
     return make_demo_data(DemoDataConfig(train_users=6, valid_users=2, test_users=6, negatives=5))
+
+
+@pytest.fixture
+def three_user_groups(tiny_cfg, demo):
+    """(a fresh LoRA policy, DMPO groups of 3 demo users at k=2, the second with one negative)."""
+    tok = load_tokenizer(tiny_cfg)
+    enc = GroupEncoder(tok, ChatFormat.from_tokenizer(tok))
+    records = demo.train[:3]
+    records[1] = replace(records[1], negatives=records[1].negatives[:1])
+    groups = [enc.group(r, k=2) for r in records]
+    return add_lora(load_base_model(tiny_cfg), tiny_cfg), groups

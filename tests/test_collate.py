@@ -1,13 +1,9 @@
 """DMPO's collate function: groups and their reference log-probs -> one batch whose reference
 columns line up with the policy's scores (collate.collate_preferences)."""
 
-from dataclasses import replace
-
 import torch
 
-from dmporec.collate import GroupEncoder, collate_preferences
-from dmporec.model import add_lora, load_base_model, load_tokenizer
-from dmporec.prompts import ChatFormat
+from dmporec.collate import collate_preferences
 from dmporec.reference import reference_logps
 from dmporec.scoring import Branch, Group
 from dmporec.scoring.forward import score_groups
@@ -30,16 +26,11 @@ def test_the_docstring_example():
     assert torch.equal(batch.ref_logps, torch.stack([ref1[:2], ref1[:2]]))
 
 
-def test_the_reference_lines_up_with_the_policy_column_by_column(tiny_cfg, demo):
+def test_the_reference_lines_up_with_the_policy_column_by_column(three_user_groups):
     """Reference log-probs of 3 users (one with a single negative), scored as DMPO scores them
     before training, collated in another order: each row equals the adapter-disabled scores of
     the batch's groups, in the columns the policy's scores of the same batch use."""
-    tok = load_tokenizer(tiny_cfg)
-    enc = GroupEncoder(tok, ChatFormat.from_tokenizer(tok))
-    records = demo.train[:3]
-    records[1] = replace(records[1], negatives=records[1].negatives[:1])
-    groups = [enc.group(r, k=2) for r in records]
-    policy = add_lora(load_base_model(tiny_cfg), tiny_cfg)
+    policy, groups = three_user_groups
     ref = reference_logps(
         policy, groups, 4, layout="shared", batch_size=2, max_batch_tokens=8192
     )  # [3, 2 pairs x 2 answers]

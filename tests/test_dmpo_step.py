@@ -10,29 +10,21 @@ Here k = 2 and the second user has one negative only: P = 2, 1, 2.
 """
 
 import math
-from dataclasses import replace
 
 import pytest
 import torch
 
-from dmporec.collate import GroupEncoder, collate_preferences, split_pairs
+from dmporec.collate import collate_preferences, split_pairs
 from dmporec.config import DMPOConfig
-from dmporec.model import add_lora, load_base_model, load_tokenizer
-from dmporec.prompts import ChatFormat
 from dmporec.reference import reference_logps
 from dmporec.scoring.forward import score_groups
 from dmporec.stages.dmpo import dmpo_step
 
 
 @pytest.fixture
-def setup(tiny_cfg, demo):
+def setup(three_user_groups):
     """(policy, batch) for 3 users, k=2, the second with one negative."""
-    tok = load_tokenizer(tiny_cfg)
-    enc = GroupEncoder(tok, ChatFormat.from_tokenizer(tok))
-    records = demo.train[:3]
-    records[1] = replace(records[1], negatives=records[1].negatives[:1])
-    groups = [enc.group(r, k=2) for r in records]
-    policy = add_lora(load_base_model(tiny_cfg), tiny_cfg)
+    policy, groups = three_user_groups
     ref = reference_logps(policy, groups, 4, layout="shared", batch_size=3, max_batch_tokens=8192)
     return policy, collate_preferences(list(zip(groups, ref, strict=True)))
 
