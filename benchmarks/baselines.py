@@ -1,4 +1,5 @@
-"""Classic baselines on the authors' files: random, popularity, BPR-MF, ALS, MiniLM, SASRec.
+"""Classic baselines on the authors' files: random, popularity, BPR-MF, like-rate, ALS, MiniLM,
+SASRec.
 
     .venv/bin/python benchmarks/baselines.py [--n 20] [--seed 0] [--n-boot 1000] [--models ...]
     .venv/bin/python benchmarks/baselines.py --train TRAIN --test TEST --out runs/x.json
@@ -10,8 +11,8 @@ the one data set --train/--test name (records or the authors' JSON, titles as th
 - Fit: popularity, BPR-MF, ALS and SASRec read the histories of the training users
   (*_sft_ranking.json: 100) and of the test users (*_eval_ranking.json: 1000): a test history is
   the model's input at test time, never a label, and 100 histories alone leave most test titles
-  unseen. No positive or
-  negative target is ever read by a fit. Random and the embedding model need no fit. ALS needs
+  unseen. No test user's positive or negative is ever read by a fit; like-rate (how often the
+  training users liked a title when they rated it) reads the training users' labels only. Random and the embedding model need no fit. ALS needs
   `implicit` (the cf extra), SASRec Cornac (the seq extra, its default settings); a model whose
   library is missing is said and left out.
 - Pairwise: the 1000 test pairs; chosen = score(positive), rejected = score(negative);
@@ -42,6 +43,7 @@ from dmporec.baselines import (
     ALS,
     BPRMF,
     EmbeddingSimilarity,
+    LikeRate,
     Popularity,
     RandomScorer,
     Scorer,
@@ -108,6 +110,7 @@ def run_dataset(
         "random": lambda: RandomScorer(args.seed),
         "popularity": lambda: Popularity.fit([*train, *test]),
         "BPR-MF": lambda: BPRMF.fit([*train, *test], seed=args.seed),
+        "like-rate": lambda: LikeRate.fit(train),  # labels: the training users' only
         "ALS": lambda: ALS.fit([*train, *test], seed=args.seed),
         "embedding (MiniLM)": fit_embedding,
         "SASRec": fit_sasrec,

@@ -14,9 +14,14 @@ builds what that file reads, from ../shared/data/raw/ml-1m-users-1-2999:
    qualifying users plus the 1,586 after validation.
 2. train_N.jsonl: the first N users of that pool, in id order (the N are prefixes of one pool).
 3. valid_U.jsonl: the first U validation users, all their negatives (the learning-rate probe).
-4. test_list_U.jsonl: the first U test users, each with its first negative (the test pair) and the
+4. hybrid_valid.jsonl: the users the hybrid ranker is fitted on (#34): the 100 validation users
+   and the training pool's users after its first 1000 (686; no cell with N <= 1000 trains on
+   them, the 1,686-user cell would), each with its first negative only, as the test pairs have
+   it (later negatives are harder: like-rate 0.618 on all five test negatives, 0.648 on the
+   first).
+5. test_list_U.jsonl: the first U test users, each with its first negative (the test pair) and the
    builder's sampled titles it never rated (`list_negatives`: a list's other candidates).
-5. label_counts.json: what the training labels alone carry, per N: each test candidate scored by
+6. label_counts.json: what the training labels alone carry, per N: each test candidate scored by
    how often it was a training user's positive (no histories, no model; ties count half). An LLM
    trained on those N answers that learned no more than "this title was chosen" would score this.
 
@@ -46,6 +51,7 @@ RAW = ROOT.parent / "shared" / "data" / "raw" / "ml-1m-users-1-2999"
 # The test pairs as the authors score them: each test user's first negative (1000 pairs).
 EVAL = "rec_data_ml_1m_eval_ranking.json"
 EVAL_PAIRS = 1000  # data.max_eval_pairs of the experiment file
+HYBRID_AFTER = 1000  # hybrid_valid.jsonl takes the pool's users after the first 1000
 
 
 def write_once(path: Path, records: list[Record]) -> None:
@@ -89,16 +95,18 @@ def build(data: Path, sizes: list[int], valid_users: int, list_users: int, raw: 
         data / f"valid_{valid_users}.jsonl",
         first(valid, valid_users, "validation users", "--valid-users"),
     )
+    write_once(
+        data / "hybrid_valid.jsonl", [first_negative(r) for r in valid + pool[HYBRID_AFTER:]]
+    )
     test = first(read_records(data / "test.jsonl"), list_users, "test users", "--list-users")
-    lists = [
-        replace(
-            r,
-            negatives=r.negatives[:1],
-            positive_first=None if r.positive_first is None else r.positive_first[:1],
-        )
-        for r in test
-    ]
+    lists = [first_negative(r) for r in test]
     write_once(data / f"test_list_{list_users}.jsonl", lists)
+
+
+def first_negative(record: Record) -> Record:
+    """The record with its first negative only (the authors' test pair; list_negatives kept)."""
+    pf = record.positive_first
+    return replace(record, negatives=record.negatives[:1], positive_first=pf and pf[:1])
 
 
 def label_counts(data: Path, sizes: list[int]) -> list[dict]:
@@ -157,6 +165,7 @@ def written(args: argparse.Namespace) -> list[str]:
         EVAL,
         *(f"train_{n}.jsonl" for n in args.sizes),
         f"valid_{args.valid_users}.jsonl",
+        "hybrid_valid.jsonl",
         f"test_list_{args.list_users}.jsonl",
     ]
 

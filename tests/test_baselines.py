@@ -1,4 +1,5 @@
 import importlib.util
+import math
 
 import numpy as np
 import pytest
@@ -6,8 +7,10 @@ import pytest
 from dmporec.baselines import (
     BPRMF,
     EmbeddingSimilarity,
+    LikeRate,
     Popularity,
     RandomScorer,
+    fit_scorers,
     positive_ranks,
     users_chosen_rejected,
 )
@@ -80,6 +83,34 @@ def test_positive_ranks_report_expected_rank_and_ties():
     ranks, ties = positive_ranks(pop, records, sets)
     # t1: A (2) is first; t2: Z (0) is behind B (1) and tied with X, Y -> 1 + 1 + 2/2
     assert list(ranks) == [1.0, 3.0] and list(ties) == [0.0, 2.0]
+
+
+def test_like_rate_counts_what_training_users_liked_not_what_they_watched():
+    # "Hit" is watched by everyone and disliked by most; "Gem" is watched by two, who liked it.
+    training = [
+        rec("u1", ["Gem"], "A", ["Hit"]),
+        rec("u2", ["Hit"], "Gem", ["B"]),
+        rec("u3", ["C"], "A", ["Hit"]),
+        rec("u4", ["D"], "C", ["Hit"]),
+    ]
+    like = LikeRate.fit(training)
+    pop = Popularity.fit(training)
+    user = rec("t", ["A"], "Gem", ["Hit"])
+    assert pop.score(user, ["Gem", "Hit"])[0] == pop.score(user, ["Gem", "Hit"])[1]  # 1 each
+    gem, hit, unseen = like.score(user, ["Gem", "Hit", "never rated"])
+    assert gem == pytest.approx(math.log(3 / 1)) and hit == pytest.approx(math.log(2 / 4))
+    assert unseen == 0.0
+    # A test user's own labels are never read: scoring does not depend on them.
+    assert like.score(rec("t", ["A"], "Hit", ["Gem"]), ["Gem", "Hit"]) == [gem, hit]
+
+
+def test_fit_scorers_fits_like_rate_on_the_labelled_records_only():
+    said: list[str] = []
+    names = [s.name for s in fit_scorers(GROUPS, say=said.append)]
+    assert "like-rate" not in names and any("like-rate skipped" in line for line in said)
+    with_labels = fit_scorers(GROUPS, say=said.append, labelled=[rec("u", ["a1"], "a2", ["b1"])])
+    like = next(s for s in with_labels if s.name == "like-rate")
+    assert like.score(rec("t", ["x"]), ["a2", "b1"]) == [math.log(2), -math.log(2)]
 
 
 # ---------------------------------------------------------------- BPR-MF

@@ -103,7 +103,9 @@ def test_run_fits_the_hybrid_on_validation_users_and_pairs_it_with_every_compone
     # Every row keeps its per-pair scores beside its numbers.
     for row in summary["rows"]:
         assert len(row["pair_scores"]["chosen"]) == 5, row["model"]
-    assert (out / "dmpo/hybrid-eval-valid/predictions.jsonl").is_file()
+    # The validation scores sit under the validation file's digest (one directory per file).
+    [scored] = (out / "dmpo/hybrid-eval-valid").glob("*/predictions.jsonl")
+    assert len(scored.parent.name) == 16
 
 
 def test_without_validation_users_the_run_says_it_skips_the_hybrid(tmp_path, capsys):

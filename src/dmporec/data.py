@@ -116,3 +116,10 @@ def stage_records(cfg: DataConfig, which: str) -> list[Record]:
         return records[: cfg.max_eval_pairs]
     held = held_out_keys(cfg) if which != "eval" else set()
     return [r for r in records if _user_key(r) not in held]
+
+
+def training_labels(cfg: DataConfig) -> list[Record]:
+    """The training users' records whose positives and negatives a classic scorer may fit as
+    labels (baselines.LikeRate): dmpo_train's (all k negatives), else sft_train's; held-out
+    validation users left out, as the training stages leave them."""
+    return stage_records(cfg, "dmpo_train" if cfg.dmpo_train else "sft_train")

@@ -48,7 +48,7 @@ def summary_table(rows: list[dict[str, Any]]) -> str:
 
 
 # The baselines each trained row is tested against (random only appears in the table).
-TESTED_BASELINES = ("popularity", "bpr-mf", "als", "embedding")
+TESTED_BASELINES = ("popularity", "bpr-mf", "like-rate", "als", "embedding")
 
 
 def row_pair_scores(row: dict[str, Any], orders: str) -> tuple[np.ndarray, ...] | None:

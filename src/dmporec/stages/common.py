@@ -25,7 +25,7 @@ SUMMARY = "summary.json"
 SETTINGS = "settings.json"
 
 
-def _digest(path: str | None) -> str | None:
+def file_digest(path: str | None) -> str | None:
     if path is None or not Path(path).is_file():
         return path
     return "sha256:" + hashlib.sha256(Path(path).read_bytes()).hexdigest()[:16]
@@ -52,12 +52,12 @@ def stage_settings(
     }
     if stage in ("sft", "dmpo"):
         source = data.sft_train if stage == "sft" else data.dmpo_train
-        out[f"data.{stage}_train"] = _digest(source)
+        out[f"data.{stage}_train"] = file_digest(source)
         out["data.valid_users"] = data.valid_users
         out.update(_prefixed(stage, result_settings(getattr(cfg, stage))))
     else:
         split = cfg.eval.split
-        out["data.eval" if split == "test" else "data.valid"] = _digest(
+        out["data.eval" if split == "test" else "data.valid"] = file_digest(
             data.eval if split == "test" else data.valid or data.dmpo_train or data.sft_train
         )
         if split == "valid":

