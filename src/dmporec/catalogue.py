@@ -19,7 +19,8 @@ file, line and field.
 Retrieval: a classic scorer of dmporec.baselines, fitted on the run's training records'
 histories, scores every catalogue item for the history (folded in as the baselines fold in a user
 they were not fitted on, or the learned vector of a training user given by id); the history's own
-items are left out and the top M go on.
+items are left out and the top M go on. A run's fitted BPR-MF and ALS are kept in RUN/retrievers/
+(dmporec.retriever_cache) and read back while the records and settings are the same.
 """
 
 from __future__ import annotations
@@ -46,6 +47,7 @@ from dmporec.records import (
     normalize_title,
     read_text_file,
 )
+from dmporec.retriever_cache import CACHED, cached_fit
 
 CATALOGUE = "catalogue.jsonl"
 # Retrievers, the default first: BPR-MF beat popularity on real MovieLens-1M users (pairwise
@@ -233,10 +235,15 @@ def fit_scorer(
     catalogue: Catalogue,
     seed: int = 0,
     embedding: Callable[[], Callable[[list[str]], np.ndarray]] = minilm_encoder,
+    *,
+    cache: Path | None = None,
+    say: Callable[[str], None] = lambda text: print(text, file=sys.stderr),
 ) -> Scorer:
     """The classic scorer `name` (RETRIEVERS) fitted on `records`' histories. Popularity with no
     records counts the catalogue's counts; BPR-MF and ALS need records (ConfigError otherwise),
-    ALS the implicit library and embedding MiniLM (ConfigError saying how to install them)."""
+    ALS the implicit library and embedding MiniLM (ConfigError saying how to install them).
+    `cache`: a directory (RUN/retrievers) where BPR-MF and ALS fits are kept and read back
+    (dmporec.retriever_cache), what it does said by `say`; None fits every call."""
     if name == "popularity":
         if records:
             return Popularity.fit(records)
@@ -248,6 +255,8 @@ def fit_scorer(
             "or --model RUN_DIR"
         )
     try:
+        if name in CACHED and cache is not None:
+            return cached_fit(name, records, cache, seed=seed, say=say)
         if name == "bpr-mf":
             return BPRMF.fit(records, seed=seed)
         if name == "als":

@@ -1,5 +1,5 @@
-"""General file helpers: a text file written whole or not at all (temp file, then rename), and
-JSON lines read and appended."""
+"""General file helpers: a file (text or bytes) written whole or not at all (temp file, then
+rename), and JSON lines read and appended."""
 
 from __future__ import annotations
 
@@ -32,12 +32,17 @@ def process_umask() -> int:
 
 def atomic_write_text(path: str | os.PathLike, text: str) -> None:
     """Write a file so a reader never sees half of it: write a temp file, then rename."""
+    atomic_write_bytes(path, text.encode("utf-8"))
+
+
+def atomic_write_bytes(path: str | os.PathLike, data: bytes) -> None:
+    """`atomic_write_text` for bytes (a .npz built in memory)."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
     try:
-        with os.fdopen(fd, "w", encoding="utf-8") as f:
-            f.write(text)
+        with os.fdopen(fd, "wb") as f:
+            f.write(data)
         os.chmod(tmp, 0o666 & ~process_umask())  # mkstemp makes it 0600; be an ordinary file
         os.replace(tmp, path)
     except BaseException:

@@ -38,6 +38,7 @@ from typing import Any
 import numpy as np
 import torch
 
+from dmporec import retriever_cache
 from dmporec.baselines import Scorer
 from dmporec.catalogue import (
     CATALOGUE,
@@ -323,9 +324,10 @@ def load_recommender(
     """The Recommender of --model `spec` (no model loaded): its catalogue (`catalogue_file`, else
     the run's RUN/catalogue.jsonl, built on first use, else an export's catalogue.jsonl), the
     retriever (None: bpr-mf, or popularity from the catalogue's counts where no training records
-    are at hand) and popularity fitted on the run's training records, and the stage's hybrid with
-    its components fitted (unless `use_hybrid` is off). A hybrid component that cannot be fitted
-    here turns the hybrid off, said in every answer's notes."""
+    are at hand) and popularity fitted on the run's training records (BPR-MF and ALS read from
+    RUN/retrievers/ when fitted there before on the same records and settings), and the stage's
+    hybrid with its components fitted (unless `use_hybrid` is off). A hybrid component that
+    cannot be fitted here turns the hybrid off, said in every answer's notes."""
     from dmporec.ranker import find_stage, run_config
 
     path = Path(spec).expanduser()
@@ -356,11 +358,19 @@ def load_recommender(
             "the default, is fitted on a run's training data, which --model does not point to"
         )
     retriever = retriever or DEFAULT_RETRIEVER
-    if records:
+    # A run's BPR-MF and ALS fits are kept beside its catalogue (dmporec.retriever_cache).
+    cache = stage.parent / retriever_cache.DIRECTORY if stage is not None and records else None
+    if records and retriever not in retriever_cache.CACHED:
         say(f"recommend: fitting {retriever} on the run's {len(records):,} training users")
-    scorers = {retriever: fit_scorer(retriever, records, catalogue, seed)}
+
+    def fit(name: str) -> Scorer:
+        return fit_scorer(
+            name, records, catalogue, seed, cache=cache, say=lambda t: say(f"recommend: {t}")
+        )
+
+    scorers = {retriever: fit(retriever)}
     if "popularity" not in scorers:
-        scorers["popularity"] = fit_scorer("popularity", records, catalogue, seed)
+        scorers["popularity"] = fit("popularity")
     hybrid, notes = None, []
     model_json = stage / HYBRID_FILE if stage is not None else None
     if use_hybrid and model_json is not None and model_json.is_file():
@@ -370,7 +380,7 @@ def load_recommender(
             if name == LLM or name in scorers:
                 continue
             try:
-                scorers[name] = fit_scorer(name, records, catalogue, seed)
+                scorers[name] = fit(name)
             except ConfigError as e:
                 missing.append(f"{name} ({e})")
         if missing:
