@@ -87,7 +87,8 @@ def margins(scores: dict[str, tuple[np.ndarray, np.ndarray]]) -> dict[str, np.nd
 def run_hybrid(cfg: RunConfig, stage: str, label: str = "hybrid") -> dict[str, Any]:
     """Fit the hybrid of `stage` ('sft', 'dmpo' or a stage directory) on the validation users
     (data.valid, or data.valid_users held out of training) and score the test pairs. Returns a
-    results-table row (with its per-pair scores) and writes STAGE/hybrid/."""
+    results-table row (with its per-pair scores, both fitted fusions and its paired tests) and
+    writes STAGE/hybrid/."""
     from dmporec.stages.evaluate import stage_dirs
 
     if not cfg.data.valid and not cfg.data.valid_users:
@@ -170,6 +171,10 @@ def run_hybrid(cfg: RunConfig, stage: str, label: str = "hybrid") -> dict[str, A
             "chosen": chosen.tolist(),
             "rejected": rejected.tolist(),
         },  # fmt: skip
+        # As eval.json has them: what an experiment's hybrid evaluation keeps in its row.
+        "fusion": model.__dict__,
+        "classic_fusion": classic.__dict__,
+        "paired_tests": tests,
     }
 
 
