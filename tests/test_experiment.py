@@ -28,10 +28,13 @@ EXPERIMENT = """
 base: ROOT/configs/tiny.yaml
 output_dir: OUT
 publish: PUB
-overrides: [data.valid_users=3, eval.split=valid, eval.n_boot=20]
+overrides: [data.valid_users=5, eval.split=valid, eval.n_boot=20]
 paired: {baselines: [popularity, bpr-mf]}
 evals:
   - {name: lists, overrides: [eval.listwise=3], cells: [zero, k2]}
+  # Fitted on the 5 held-out users' pairs (never trained on), scored on the 8 test pairs; of
+  # k3-beta's DMPO only (zero's rows are baselines and zero-shot).
+  - {name: hybrid, kind: hybrid, overrides: [eval.n_boot=50], cells: [zero, k3-beta]}
 plots:
   - {x: dmpo.k, file: sweep_k.png, bands: [zero], title: accuracy against k}
 cells:
@@ -67,10 +70,10 @@ def test_cells_run_once_and_share_an_sft(finished, tmp_path, capsys):
     table = finished[1]
     path = copy_of(finished, tmp_path)
     for row in (
-        "| zero: zero-shot | 9 |",
-        "| k2: SFT | 9 |",
-        "| k2: DMPO (k=2) | 9 |",
-        "| k3-beta: DMPO (k=3) | 9 |",
+        "| zero: zero-shot | 15 |",
+        "| k2: SFT | 15 |",
+        "| k2: DMPO (k=2) | 15 |",
+        "| k3-beta: DMPO (k=3) | 15 |",
     ):
         assert row in table, row
     rows = rows_of(tmp_path / "exp/results.jsonl")
@@ -90,7 +93,7 @@ def test_cells_run_once_and_share_an_sft(finished, tmp_path, capsys):
     assert "nope: no such directory" in capsys.readouterr().err
     assert main(["report", str(tmp_path / "exp")]) == 0
     report = (tmp_path / "exp/report.md").read_text()
-    assert "| k2: DMPO (k=2) | 9 |" in report and "Evaluated on the valid split." in report
+    assert "| k2: DMPO (k=2) | 15 |" in report and "Evaluated on the valid split." in report
     for png in ("report_models.png", "report_k.png", "report_training.png"):
         assert (tmp_path / "exp" / png).stat().st_size > 1000, png
         assert f"]({png})" in report
@@ -119,6 +122,42 @@ def test_cells_run_once_and_share_an_sft(finished, tmp_path, capsys):
     # How fast or how often changes no result: still done.
     assert main(["experiment", "--config", path, "dmpo.save_every_steps=7"]) == 0
     assert capsys.readouterr().out.count("skipped") == 3
+    # Nor is an extra evaluation made with other settings, a hybrid or an evaluate: the run stops
+    # before any cell runs, naming the cell and the evaluation; a dropped override reads as the
+    # cell's value.
+    text = Path(path).read_text()
+    for before, after, said in (
+        ("eval.n_boot=50", "eval.n_boot=60", "k3-beta (DMPO (k=3)): extra evaluation hybrid was "
+         "made with other settings (eval.n_boot: 50 then, 60 now)"),
+        ("[eval.n_boot=50]", "[]", "hybrid was made with other settings (eval.n_boot: 50 then, "
+         "20 now)"),
+        ("kind: hybrid", "kind: evaluate", "hybrid was made with other settings (kind: 'hybrid' "
+         "then, 'evaluate' now"),
+        ("eval.listwise=3", "eval.listwise=4", "cell zero (random): extra evaluation lists was made "
+         "with other settings (eval.listwise: 3 then, 4 now)"),
+    ):  # fmt: skip
+        Path(path).write_text(text.replace(before, after))
+        assert main(["experiment", "--config", path]) == 2
+        err = capsys.readouterr().err
+        assert said in err and "run the cell again with --rerun" in err, err
+    assert len((tmp_path / "exp/results.jsonl").read_text().splitlines()) == n_rows
+    Path(path).write_text(text)
+    # One kept without its settings (an older dmporec) is not taken for this file's either.
+    results = (tmp_path / "exp/results.jsonl").read_text()
+    made = rows_of(tmp_path / "exp/results.jsonl")
+    del next(r for r in made if r["cell"] == "k2")["evals"]["lists"]["settings"]
+    (tmp_path / "exp/results.jsonl").write_text("".join(json.dumps(r) + "\n" for r in made))
+    assert main(["experiment", "--config", path]) == 2
+    assert "cell k2 (SFT): extra evaluation lists was made with no record of its settings" in (
+        capsys.readouterr().err
+    )
+    (tmp_path / "exp/results.jsonl").write_text(results)
+    # --rerun makes it again, with the settings the file now gives it.
+    Path(path).write_text(text.replace("eval.n_boot=50", "eval.n_boot=60"))
+    assert main(["experiment", "--config", path, "--rerun", "k3-beta"]) == 0
+    assert "experiment: hybrid of cell k3-beta (DMPO (k=3))" in capsys.readouterr().out
+    (k3,) = [r for r in rows_of(tmp_path / "exp/results.jsonl") if r["cell"] == "k3-beta"]
+    assert k3["evals"]["hybrid"]["settings"] == {"kind": "hybrid", "eval.n_boot": 60}
     # A DMPO cell whose SFT settings are not those of the cell it takes its SFT from.
     text = Path(path).read_text() + (
         "  - {name: other-sft, overrides: [dmpo.k=2, sft.learning_rate=0.5], stages: [dmpo], "
@@ -162,18 +201,45 @@ def test_paired_tests_extra_evaluations_and_publishing(finished):
     # The extra evaluation of the cells it names, called directly: lists of 3 candidates per
     # validation user, and the accuracy on each user's 1st, 2nd, 3rd negative.
     for key in (("zero", "zero-shot"), ("zero", "popularity"), ("k2", "SFT"), ("k2", "DMPO (k=2)")):
-        assert by[key]["evals"]["lists"]["list3_users"] == 3, key
-    assert "evals" not in by[("k3-beta", "DMPO (k=3)")]
+        assert by[key]["evals"]["lists"]["list3_users"] == 5, key
+    assert "lists" not in by[("k3-beta", "DMPO (k=3)")]["evals"]
     assert list(by[("k2", "SFT")]["evals"]["lists"]["accuracy_by_negative"]) == ["1", "2", "3"]
     assert (out / "k2/dmpo/eval-lists/lists.jsonl").is_file()
+    # The hybrid of k3-beta's DMPO (kind: hybrid; zero's baselines and zero-shot rows have none):
+    # fitted on the 5 held-out users' pairs, scored on the 8 test pairs; its fusions, its paired
+    # tests against every component and its per-pair scores, with the settings it was made with.
+    for key in [("k3-beta", "DMPO (k=3)")]:
+        h = by[key]["evals"]["hybrid"]
+        assert h["settings"] == {"kind": "hybrid", "eval.n_boot": 50}
+        assert (h["valid_users"], h["valid_pairs"]) == (5, 15)
+        assert h["fusion"]["valid_pairs"] == h["classic_fusion"]["valid_pairs"] == 15
+        assert h["fusion"]["components"][:3] == ["llm", "popularity", "bpr-mf"]
+        assert h["classic_fusion"]["components"] == h["fusion"]["components"][1:]
+        assert len(h["fusion"]["weights"]) == len(h["fusion"]["components"])
+        scores = h["pair_scores"]
+        assert h["pairs"] == len(scores["users"]) == len(scores["chosen"]) == 8
+        correct = pair_correct(np.array(scores["chosen"]), np.array(scores["rejected"]))
+        assert h["accuracy"] == pytest.approx(correct.mean())
+        assert h["accuracy_ci_low"] <= h["accuracy"] <= h["accuracy_ci_high"]
+        assert {t["a"] for t in h["paired_tests"]} == {f"{key[0]}: {key[1]} + classic"}
+        assert {"its LLM", "popularity", "bpr-mf", "the same fusion without the LLM"} <= {
+            t["b"] for t in h["paired_tests"]
+        }
+        assert all({"p_value", "auc_p_value"} <= t.keys() for t in h["paired_tests"])
+    assert [r["cell"] for r in rows if "hybrid" in r.get("evals", {})] == ["k3-beta"]
+    assert (out / "k3-beta/dmpo/hybrid/model.json").is_file()
     report = (out / "report.md").read_text()
     assert "## Extra evaluation: lists" in report and "## Training" in report
+    assert "## Extra evaluation: hybrid" in report
+    assert "| k3-beta: DMPO (k=3) + classic | 8 |" in report
+    assert "| k3-beta: DMPO (k=3) + classic vs its LLM |" in report
     assert "## Paired tests" in report and "](sweep_k.png)" in report
     assert (out / "sweep_k.png").stat().st_size > 1000
     # Published: every row with its settings, per-pair scores and paired tests, and the tables.
     rows = rows_of(published / "results.jsonl")
     assert [(r["cell"], r["model"]) for r in rows] == list(by)
     assert all("settings" in r and "pair_scores" in r for r in rows)
+    assert [r.get("evals") for r in rows] == [r.get("evals") for r in by.values()]
     (k3,) = [r for r in rows if r["cell"] == "k3-beta"]
     assert [t["b"] for t in k3["paired_tests"]] == [
         "zero: zero-shot", "zero: popularity", "zero: bpr-mf", "k2: SFT"
@@ -182,18 +248,33 @@ def test_paired_tests_extra_evaluations_and_publishing(finished):
         assert (published / name).stat().st_size > 100, name
 
 
-def test_a_new_checkout_restores_the_published_cells(finished, tmp_path, capsys):
+def test_a_new_checkout_restores_the_published_cells(finished, tmp_path, capsys, monkeypatch):
     path = copy_of(finished, tmp_path)
     out, published = tmp_path / "exp", tmp_path / "published"
     tests, rows = (out / "paired.json").read_text(), (published / "results.jsonl").read_text()
+    report = (out / "report.md").read_text()
     shutil.rmtree(out)  # runs/ does not outlive a session; the published files do
-    assert main(["experiment", "--config", path, "--cells", "zero"]) == 0
+
+    def no_hybrid(*args, **kwargs):
+        raise AssertionError("a restored hybrid evaluation was made again")
+
+    monkeypatch.setattr("dmporec.stages.hybrid.run_hybrid", no_hybrid)
+    assert main(["experiment", "--config", path]) == 0  # every cell, the hybrid's included
     printed = capsys.readouterr().out
     assert f"restored from {published / 'results.jsonl'}: zero, k2, k3-beta" in printed
-    assert "cell zero is in" in printed
+    assert "cell zero is in" in printed and "cell k2 is in" in printed
     assert not (out / "k2").exists()  # nothing trained or scored
     assert (out / "paired.json").read_text() == tests
     assert (published / "results.jsonl").read_text() == rows
+    kept = [r["evals"] for r in rows_of(out / "results.jsonl") if "evals" in r]
+    assert kept == [json.loads(r)["evals"] for r in rows.splitlines() if '"evals"' in r]
+    assert sum("hybrid" in e for e in kept) == 1  # k3-beta's, exactly as published
+    # The report's hybrid tables as the run that made them wrote them (no training curves now).
+    section = "## Extra evaluation: hybrid"
+    assert (out / "report.md").read_text().split(section)[1].split("\n## ")[0] == (
+        report.split(section)[1].split("\n## ")[0]
+    )
+    monkeypatch.undo()
     # A cell to run again whose sft_from is restored (no adapter here) runs that cell first;
     # its new rows replace the published ones.
     assert main(["experiment", "--config", path, "--rerun", "k3-beta"]) == 0

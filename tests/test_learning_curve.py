@@ -178,9 +178,15 @@ def test_republishing_the_curve_gives_the_same_numbers_and_paired_tests(tmp_path
             if r["cell"] == listed["cell"]
             and ("eval_dir" in r if llm else r["model"] == listed["model"])
         ]
-        assert row["evals"]["lists"] == {
-            k: v for k, v in listed.items() if k not in ("cell", "model")
+        lists = dict(row["evals"]["lists"])
+        # The script's lists were made as the file's `lists` evaluation makes them: they carry
+        # its settings from now on.
+        assert lists.pop("settings") == {
+            "kind": "evaluate",
+            "data.eval": "runs/learning-curve/data/test_list_100.jsonl",
+            "eval.listwise": 5,
         }
+        assert lists == {k: v for k, v in listed.items() if k not in ("cell", "model")}
     assert "## Extra evaluation: lists" in (out / "report.md").read_text()
     assert (pub / "curve.png").stat().st_size > 10_000
 

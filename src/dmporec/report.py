@@ -26,6 +26,7 @@ from dmporec.plots import CURVES  # noqa: E402
 from dmporec.records import DataError  # noqa: E402
 from dmporec.tables import (  # noqa: E402
     eval_table,
+    hybrid_eval_table,
     paired_table,
     summary_table,
     training_table,
@@ -245,7 +246,8 @@ def write_report(run_dir: str | Path, plots: Sequence[Any] = ()) -> Path:
     if listwise:
         parts += ["## Listwise (sampled candidates)", "", listwise, ""]
     for name in dict.fromkeys(n for r in rows for n in r.get("evals", {})):
-        parts += [f"## Extra evaluation: {name}", "", eval_table(rows, name), ""]
+        table = hybrid_eval_table(rows, name) or eval_table(rows, name)
+        parts += [f"## Extra evaluation: {name}", "", table, ""]
     training = training_table(rows)
     if training:
         parts += ["## Training", "", training, ""]

@@ -174,6 +174,37 @@ def eval_table(rows: list[dict[str, Any]], name: str) -> str | None:
     return "\n".join(lines)
 
 
+def hybrid_eval_table(rows: list[dict[str, Any]], name: str) -> str | None:
+    """Markdown of an experiment's hybrid evaluation `name` (rows' evals.NAME with a fitted
+    `fusion`): per model, the test pairs' accuracy and coin-flip AUC with their CIs, what it was
+    fitted on and its weights; then its paired tests against every component. None when no
+    row keeps one."""
+    have = [(r, r["evals"][name]) for r in rows if "fusion" in r.get("evals", {}).get(name, {})]
+    if not have:
+        return None
+    lines = [
+        "| model | test pairs | accuracy [95% CI] | AUC coin-flip [95% CI] | fitted on: "
+        "validation users, pairs | weight per RMS margin (C) |",
+        "|---|---|---|---|---|---|",
+    ]
+    for r, m in have:
+        fusion = m["fusion"]
+        weights = ", ".join(
+            f"{c} {w:+.3g}" for c, w in zip(fusion["components"], fusion["weights"], strict=True)
+        )
+        lines.append(
+            f"| {r['model']} + classic | {m['pairs']} | {_fmt_ci(m, 'accuracy')} "
+            f"| {_fmt_ci(m, 'auc')} | {m['valid_users']}, {m['valid_pairs']} "
+            f"| {weights} ({fusion['C']:.3g}) |"
+        )
+    tests = [t for _, m in have for t in m.get("paired_tests", [])]
+    return "\n".join(lines) + (
+        f"\n\nAgainst its components, on the same test pairs:\n\n{paired_table(tests)}"
+        if tests
+        else ""
+    )
+
+
 def _fmt_num(x: float | None, spec: str = ".3f") -> str:
     return "-" if x is None else format(x, spec)
 

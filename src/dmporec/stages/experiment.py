@@ -17,8 +17,9 @@ Each cell runs in OUTPUT_DIR/NAME and appends one JSON line per evaluated stage 
 OUTPUT_DIR/results.jsonl: its settings, metrics and per-pair scores; a cell already there with
 the same settings is skipped (a stopped experiment resumes), one with other settings stops the
 run. Then every trained row is paired against the rows the file asks for (`paired`, a cell's
-`paired_with`), the extra evaluations (`evals`) score each finished model, and the tables, the
-report and the sweep plots (`plots`) are written, and published when `publish` is set.
+`paired_with`), the extra evaluations (`evals`: `dmporec evaluate` or the hybrid ranker) score each
+finished model (one kept with other settings stops the run), and the tables, the report and the
+sweep plots (`plots`) are written, and published when `publish` is set.
 """
 
 from __future__ import annotations
@@ -87,11 +88,25 @@ class Paired(BaseModel):
 
 class ExtraEval(BaseModel):
     """Another evaluation of every finished model, beside its test one (training users' pairs,
-    candidate lists): its metrics go into the row under evals.NAME."""
+    candidate lists, the hybrid ranker): its results go into the row under evals.NAME, with the
+    settings they were made with (stages/experiment_evals.py)."""
 
     model_config = ConfigDict(extra="forbid")
-    name: str = Field(pattern=NAME, description="Also the directory: STAGE/eval-NAME.")
-    overrides: list[str] = Field(description="On top of the cell's, e.g. eval.split=valid.")
+    name: str = Field(
+        pattern=NAME, description="Also the directory of an evaluate: STAGE/eval-NAME."
+    )
+    kind: Literal["evaluate", "hybrid"] = Field(
+        "evaluate",
+        description="evaluate: `dmporec evaluate` of every row's model into STAGE/eval-NAME (a "
+        "baselines cell's baselines refitted). hybrid: `dmporec hybrid` of the sft and dmpo rows "
+        "only (not baselines or zero-shot rows): the model's pair margins fused with the classic "
+        "scorers, fitted on the validation users, scored on the test pairs (STAGE/hybrid/, "
+        "which each hybrid evaluation rewrites; the row keeps its results).",
+    )
+    overrides: list[str] = Field(
+        description="On top of the cell's, e.g. eval.split=valid; for a hybrid the validation "
+        "users it is fitted on, e.g. data.valid=FILE."
+    )
     cells: list[str] = Field(
         default_factory=lambda: ["*"], description="Cells it applies to (shell patterns)."
     )
@@ -303,6 +318,7 @@ def run_experiment(
     again) not yet in results.jsonl, pair, evaluate further, tabulate and publish; return the
     results table."""
     from dmporec.stages import experiment_rows as rows_
+    from dmporec.stages.experiment_evals import check_evals, extra_evals
 
     exp = load_experiment(path)
     names = {c.name for c in exp.cells}
@@ -323,6 +339,7 @@ def run_experiment(
         results.restore(rows_.published(exp), skip=rerun)
     for source in restore or []:  # its cells replace the published ones
         results.restore(Path(source), skip=rerun, replace=True)
+    check_evals(results)  # before any cell runs: a stale extra evaluation stops the run now
     for cell in exp.cells:
         if only and cell.name not in only:
             continue
@@ -336,5 +353,5 @@ def run_experiment(
             results.add(run_cell(exp, exp.cell(cell.sft_from), extra))
         print(f"experiment: cell {cell.name} ({' '.join(cell.overrides) or 'base settings'})")
         results.add(run_cell(exp, cell, extra))
-    results.extra_evals(only)
+    extra_evals(results, only)
     return results.write()

@@ -1,16 +1,15 @@
-"""An experiment's result rows: restored from a published results.jsonl, paired, evaluated
-further, tabulated and published (stages/experiment.py runs the cells).
+"""An experiment's result rows: restored from a published results.jsonl, paired, tabulated and
+published (stages/experiment.py runs the cells, stages/experiment_evals.py evaluates them further).
 
 A row is one evaluated stage of a cell: cell, stage (baselines, zero_shot, sft, dmpo), model,
 vars and label (the cell's, from the experiment file), overrides, settings, split, metrics,
 pair_scores (users, chosen, rejected: what any later paired test needs), training (its stage's
-loss and rewards, first and last steps, by quarter), evals (extra evaluations by name), and once
-published its paired_tests.
+loss and rewards, first and last steps, by quarter), evals (extra evaluations by name, each with
+the settings it was made with), and once published its paired_tests.
 """
 
 from __future__ import annotations
 
-import fnmatch
 import json
 import shutil
 from collections.abc import Iterable
@@ -19,10 +18,8 @@ from typing import Any
 
 import numpy as np
 
-from dmporec.config import ConfigError, RunConfig, load_config
-from dmporec.evaluation import chosen_rejected_scores, read_predictions
+from dmporec.config import ConfigError, RunConfig
 from dmporec.files import atomic_write_text, read_jsonl
-from dmporec.metrics import pair_correct
 from dmporec.report import report_images, write_report
 from dmporec.stages.experiment import (
     Cell,
@@ -31,6 +28,7 @@ from dmporec.stages.experiment import (
     cell_settings,
     made_otherwise,
 )
+from dmporec.stages.experiment_evals import stamp_legacy
 from dmporec.stages.experiment_legacy import is_legacy, legacy_test_matches, upgrade_legacy
 from dmporec.tables import paired_row_test, paired_table, row_pair_scores, summary_table
 
@@ -70,19 +68,6 @@ def training_summary(stage_dir: Path) -> dict[str, Any] | None:
             round(_step_mean([have[i] for i in q], key), 3) for q in quarters if len(q)
         ]
     return out or None
-
-
-def accuracy_by_negative(eval_dir: Path, orders: str) -> dict[str, float]:
-    """Accuracy on each user's i-th negative ('1', '2', ...): whether a model learned the
-    negatives it trained on or what the user likes."""
-    preds = read_predictions(eval_dir)
-    correct = pair_correct(*chosen_rejected_scores(preds, orders))
-    seen: dict[str, int] = {}
-    by: dict[int, list[float]] = {}
-    for pred, ok in zip(preds, correct, strict=True):
-        i = seen[pred["user_id"]] = seen.get(pred["user_id"], 0) + 1
-        by.setdefault(i, []).append(float(ok))
-    return {str(i): round(float(np.mean(v)), 3) for i, v in sorted(by.items())}
 
 
 def eval_dir_beside(row: dict[str, Any], experiment_dir: Path) -> Path | None:
@@ -173,14 +158,14 @@ class Results:
                 )
         return bool(self.of(name))
 
-    def _save(self) -> None:
+    def save(self) -> None:
         atomic_write_text(self.path, "".join(json.dumps(r) + "\n" for r in self.rows))
 
     def drop(self, names: Iterable[str]) -> None:
         names = set(names)
         if any(r["cell"] in names for r in self.rows):
             self.rows = [r for r in self.rows if r["cell"] not in names]
-            self._save()
+            self.save()
 
     def add(self, rows: list[dict[str, Any]]) -> None:
         """A finished cell's rows, described by its cell (stage, vars, label): one append per
@@ -223,7 +208,10 @@ class Results:
             if name not in names or name in skip or (self.of(name) and not replace):
                 continue
             cell = self.exp.cell(name)
-            rows = [upgrade_legacy(r, source.parent) if is_legacy(r) else r for r in rows]
+            rows = [
+                stamp_legacy(self, cell, upgrade_legacy(r, source.parent)) if is_legacy(r) else r
+                for r in rows
+            ]
             for row in rows:
                 why = made_otherwise(row, cell, self.settings(cell))
                 if why:
@@ -242,53 +230,6 @@ class Results:
             done.append(name)
         if done:
             print(f"experiment: restored from {source}: {', '.join(done)}")
-
-    # -- extra evaluations ---------------------------------------------------------------
-
-    def extra_evals(self, only: Iterable[str] | None = None) -> None:
-        """Every extra evaluation of every cell that ran here (or of the `only` ones; restored
-        rows keep what they were published with), called directly: `dmporec evaluate --out
-        STAGE/eval-NAME` for a model, the baselines refitted on the cell's data for a baselines
-        cell."""
-        from dmporec.stages.common import prepare_run
-        from dmporec.stages.evaluate import run_evaluate
-        from dmporec.stages.pipeline import baseline_rows
-
-        changed = False
-        for ev in self.exp.evals:
-            for cell in self.exp.cells:
-                if not any(fnmatch.fnmatchcase(cell.name, p) for p in ev.cells):
-                    continue
-                if only is not None and cell.name not in only:
-                    continue
-                rows = [r for r in self.of(cell.name) if ev.name not in r.get("evals", {})]
-                if not rows or not (self.out / cell.name / "config.yaml").is_file():
-                    continue
-                cfg = prepare_run(
-                    load_config(
-                        self.exp.base,
-                        [*self.exp.overrides, *cell.overrides, *self.extra, *ev.overrides,
-                         f"output_dir={self.out / cell.name}"],
-                    ),
-                    record=False,
-                )  # fmt: skip
-                made: dict[str, Any] = {}
-                if any(r["stage"] == "baselines" for r in rows):
-                    made = {b["model"]: b["metrics"] for b in baseline_rows(cfg)}
-                for row in rows:
-                    if row["stage"] == "baselines":
-                        result = made[row["model"]]
-                    else:
-                        where = self.out / cell.name / row["stage"] / f"eval-{ev.name}"
-                        print(f"experiment: {ev.name} of cell {cell.name} ({row['model']})")
-                        result = run_evaluate(cfg, row["stage"], where)
-                        by_negative = accuracy_by_negative(where, cfg.eval.orders)
-                        if len(by_negative) > 1:
-                            result = {**result, "accuracy_by_negative": by_negative}
-                    row["evals"] = {**row.get("evals", {}), ev.name: result}
-                    changed = True
-        if changed:
-            self._save()
 
     # -- paired tests -------------------------------------------------------------------
 
