@@ -566,7 +566,8 @@ def _hybrid_run(run_dir, tmp_path, components: tuple[str, ...]):
 
 
 def test_the_run_hybrid_fuses_and_a_component_it_cannot_compute_is_said(run_dir, tmp_path, capsys):
-    run = _hybrid_run(run_dir, tmp_path, ("llm", "popularity", "bpr-mf"))
+    # like-rate reads the run's training labels (data.training_labels), not only histories.
+    run = _hybrid_run(run_dir, tmp_path, ("llm", "popularity", "bpr-mf", "like-rate"))
     args = ["--model", str(run), "--history", *HISTORY, "--top-k", "3", "--retrieve", "5"]
     doc, _ = top_k_json(capsys, *args)
     assert doc["fusion"] == "hybrid" and not doc["notes"][1:]

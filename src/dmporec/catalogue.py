@@ -36,7 +36,15 @@ from typing import Any
 
 import numpy as np
 
-from dmporec.baselines import ALS, BPRMF, EmbeddingSimilarity, Popularity, Scorer, minilm_encoder
+from dmporec.baselines import (
+    ALS,
+    BPRMF,
+    EmbeddingSimilarity,
+    LikeRate,
+    Popularity,
+    Scorer,
+    minilm_encoder,
+)
 from dmporec.config import ConfigError, RunConfig
 from dmporec.files import atomic_write_text
 from dmporec.records import (
@@ -238,12 +246,22 @@ def fit_scorer(
     *,
     cache: Path | None = None,
     say: Callable[[str], None] = lambda text: print(text, file=sys.stderr),
+    labelled: Sequence[Record] = (),
 ) -> Scorer:
     """The classic scorer `name` (RETRIEVERS) fitted on `records`' histories. Popularity with no
     records counts the catalogue's counts; BPR-MF and ALS need records (ConfigError otherwise),
     ALS the implicit library and embedding MiniLM (ConfigError saying how to install them).
     `cache`: a directory (RUN/retrievers) where BPR-MF and ALS fits are kept and read back
-    (dmporec.retriever_cache), what it does said by `say`; None fits every call."""
+    (dmporec.retriever_cache), what it does said by `say`; None fits every call. "like-rate",
+    a hybrid component rather than a retriever (it ranks what was liked once rated, not what
+    will be watched), is fitted on `labelled`, the training users' records with their labels
+    (data.training_labels)."""
+    if name == LikeRate.name:
+        if not labelled:
+            raise ConfigError(
+                "like-rate is fitted on a run's labelled training records and none are at hand"
+            )
+        return LikeRate.fit(labelled)
     if name == "popularity":
         if records:
             return Popularity.fit(records)

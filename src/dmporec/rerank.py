@@ -39,7 +39,7 @@ import numpy as np
 import torch
 
 from dmporec import retriever_cache
-from dmporec.baselines import Scorer
+from dmporec.baselines import LikeRate, Scorer
 from dmporec.catalogue import (
     CATALOGUE,
     DEFAULT_RETRIEVER,
@@ -53,6 +53,7 @@ from dmporec.catalogue import (
     training_records,
 )
 from dmporec.config import ConfigError
+from dmporec.data import training_labels
 from dmporec.hybrid import LLM, Hybrid
 from dmporec.ranking import (
     RankRequest,
@@ -364,8 +365,15 @@ def load_recommender(
         say(f"recommend: fitting {retriever} on the run's {len(records):,} training users")
 
     def fit(name: str) -> Scorer:
+        labelled = training_labels(cfg.data) if name == LikeRate.name and cfg and records else []
         return fit_scorer(
-            name, records, catalogue, seed, cache=cache, say=lambda t: say(f"recommend: {t}")
+            name,
+            records,
+            catalogue,
+            seed,
+            cache=cache,
+            say=lambda t: say(f"recommend: {t}"),
+            labelled=labelled,
         )
 
     scorers = {retriever: fit(retriever)}
