@@ -17,7 +17,8 @@ protocol (dmporec.listwise.unrated_candidates). A positive the catalogue lacks i
 that user's candidates only (papers rank every item), at a seeded random place among the
 catalogue's uncounted titles, and counted in the output.
 
-Rows. The classic scorers of dmporec.baselines.fit_scorers (random, popularity, BPR-MF, ALS,
+Rows. The classic scorers of dmporec.baselines.fit_scorers (random, popularity, BPR-MF,
+like-rate (fitted on the training users' labels), ALS,
 MiniLM similarity, and SASRec where Cornac is installed; one not installed is skipped with a
 printed line), fitted as the hybrid stage fits them: on the run's training histories plus the
 evaluated users' histories (a history is model input, never a label); each scores every
@@ -201,7 +202,7 @@ def run_test(args, setup: Setup, retriever: str, ranker_of, out: Path) -> None:
         f"{added} test positives not among them, added to their users' candidates"
     )
     sets = candidate_sets(setup.catalogue, catalogue, test, args.sampled, seed)
-    scorers = fit_with_sasrec([*setup.train, *test], seed)
+    scorers = fit_with_sasrec([*setup.train, *test], seed, labelled=setup.train)
     classic = {
         p: classic_ranks(scorers, test, sets[p], f"test users, {p} ranking") for p in PROTOCOLS
     }
@@ -400,7 +401,7 @@ def main(argv: list[str] | None = None) -> int:
         valid = split_records(setup, "valid")
         say(f"catalogue_eval: fitting the classic scorers on {len(setup.train):,} training + "
             f"{len(valid):,} validation users' histories")  # fmt: skip
-        scorers = fit_scorers([*setup.train, *valid], seed=seed, say=say)
+        scorers = fit_scorers([*setup.train, *valid], seed=seed, say=say, labelled=setup.train)
         catalogue = with_positives(setup.catalogue, valid, seed)
         sets = candidate_sets(setup.catalogue, catalogue, valid, None, seed)["full"]
         ranks = classic_ranks(scorers, valid, sets, "validation users, full ranking")

@@ -9,6 +9,7 @@ import json
 import random
 import sys
 import time
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
@@ -72,14 +73,17 @@ def draw(n_items: int, n: int, seed: int, what: str) -> list[int]:
     return order[:n]
 
 
-def fit_with_sasrec(records: list[Record], seed: int) -> list[Scorer]:
-    """The classic scorers and SASRec (a row here, never the retriever: `recommend` offers no
-    sequential retriever), SASRec skipped with a line where Cornac is not installed."""
+def fit_with_sasrec(
+    records: list[Record], seed: int, labelled: Sequence[Record] = ()
+) -> list[Scorer]:
+    """The classic scorers (like-rate on `labelled`, the training users' records) and SASRec (a
+    row here, never the retriever: `recommend` offers no sequential retriever), SASRec skipped
+    with a line where Cornac is not installed."""
     try:
-        return fit_scorers(records, seed=seed, say=say, sasrec={})
+        return fit_scorers(records, seed=seed, say=say, sasrec={}, labelled=labelled)
     except ConfigError as e:
         say(f"catalogue_eval: sasrec skipped ({e})")
-        return fit_scorers(records, seed=seed, say=say)
+        return fit_scorers(records, seed=seed, say=say, labelled=labelled)
 
 
 def classic_ranks(
