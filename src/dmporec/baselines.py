@@ -222,12 +222,17 @@ class BPRMF:
 
     name = "bpr-mf"
 
-    def __init__(self, users: dict[str, int], items: dict[str, int], model: _Factors) -> None:
-        self.users, self.items = users, items
-        with torch.no_grad():
-            self.p = model.p.weight.numpy().copy()
-            self.q = model.q.weight.numpy().copy()
-            self.b = model.b.weight.numpy()[:, 0].copy()
+    def __init__(
+        self,
+        users: dict[str, int],
+        items: dict[str, int],
+        p: np.ndarray,
+        q: np.ndarray,
+        b: np.ndarray,
+    ) -> None:
+        """From fitted arrays: user factors p [users, dim], item factors q [items, dim], item
+        biases b [items], rows in the order of `users` and `items` (name -> row)."""
+        self.users, self.items, self.p, self.q, self.b = users, items, p, q, b
         self.q_mean, self.b_mean = self.q.mean(0), float(self.b.mean())
 
     @classmethod
@@ -262,7 +267,7 @@ class BPRMF:
                     opt.step()
         finally:
             torch.set_num_threads(threads)
-        return cls(users, items, model)
+        return cls(users, items, *model.arrays())
 
     def user_vector(self, record: Record) -> np.ndarray:
         if record.user_id in self.users:
@@ -292,6 +297,11 @@ class _Factors(torch.nn.Module):
             self.p.weight.normal_(0, 0.1, generator=gen)
             self.q.weight.normal_(0, 0.1, generator=gen)
             self.b.weight.zero_()
+
+    def arrays(self) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        """(p [users, dim], q [items, dim], b [items]): copies of the weights, as numpy arrays."""
+        p, q, b = (e.weight.detach().numpy().copy() for e in (self.p, self.q, self.b))
+        return p, q, np.ascontiguousarray(b[:, 0])
 
     def batch_loss(
         self, u: torch.Tensor, i: torch.Tensor, j: torch.Tensor, reg: float
@@ -326,11 +336,22 @@ class ALS:
     name = "als"
 
     def __init__(
-        self, users: dict[str, int], items: dict[str, int], model: Any, matrix: Any
+        self,
+        users: dict[str, int],
+        items: dict[str, int],
+        x: np.ndarray,
+        y: np.ndarray,
+        matrix: Any,
+        *,
+        regularization: float,
+        alpha: float,
     ) -> None:
-        self.users, self.items, self.model, self.matrix = users, items, model, matrix
-        self.x = np.asarray(model.user_factors)
-        self.y = np.asarray(model.item_factors)
+        """From fitted arrays: user factors x [users, dim], item factors y [items, dim] (rows in
+        the order of `users`, `items`) and the csr matrix fitted on; an implicit model holds them
+        to fold users in (`recalculate_user` solves with the fit's regularization and alpha)."""
+        self.users, self.items, self.x, self.y, self.matrix = users, items, x, y, matrix
+        self.model = _implicit_als(factors=y.shape[1], regularization=regularization, alpha=alpha)
+        self.model.user_factors, self.model.item_factors = x, y
         self.y_mean = self.y.mean(0)
 
     @classmethod
@@ -344,12 +365,13 @@ class ALS:
         iterations: int = 15,
         seed: int = 0,
     ) -> ALS:
-        try:
-            from implicit.cpu.als import AlternatingLeastSquares
-        except ImportError as e:
-            raise ImportError(
-                "the ALS baseline needs the implicit library: pip install implicit"
-            ) from e
+        model = _implicit_als(
+            factors=factors,
+            regularization=regularization,
+            alpha=alpha,
+            iterations=iterations,
+            random_state=seed,
+        )
         from scipy.sparse import csr_matrix
         from threadpoolctl import threadpool_limits
 
@@ -359,17 +381,10 @@ class ALS:
         matrix = csr_matrix(
             (np.ones(len(rows), np.float32), (rows, cols)), shape=(len(users), len(items))
         )
-        with threadpool_limits(1, "blas"):  # before the constructor, which checks it
-            model = AlternatingLeastSquares(
-                factors=factors,
-                regularization=regularization,
-                alpha=alpha,
-                iterations=iterations,
-                random_state=seed,
-                num_threads=1,
-            )
+        with threadpool_limits(1, "blas"):
             model.fit(matrix, show_progress=False)
-        return cls(users, items, model, matrix)
+        x, y = np.asarray(model.user_factors), np.asarray(model.item_factors)
+        return cls(users, items, x, y, matrix, regularization=regularization, alpha=alpha)
 
     def user_vector(self, record: Record) -> np.ndarray:
         if record.user_id in self.users:
@@ -390,6 +405,21 @@ class ALS:
             float(x @ (self.y_mean if (i := self.items.get(t)) is None else self.y[i]))
             for t in candidates
         ]
+
+
+def _implicit_als(**settings: Any) -> Any:
+    """implicit's CPU AlternatingLeastSquares(**settings), one thread; without implicit, says how
+    to install it."""
+    try:
+        from implicit.cpu.als import AlternatingLeastSquares
+    except ImportError as e:
+        raise ImportError(
+            "the ALS baseline needs the implicit library: pip install implicit"
+        ) from e
+    from threadpoolctl import threadpool_limits
+
+    with threadpool_limits(1, "blas"):  # the constructor checks BLAS runs one thread
+        return AlternatingLeastSquares(num_threads=1, **settings)
 
 
 # ---------------------------------------------------------------- embedding similarity

@@ -28,11 +28,9 @@ import zipfile
 from collections.abc import Callable, Sequence
 from importlib import metadata
 from pathlib import Path
-from types import SimpleNamespace
 from typing import Any
 
 import numpy as np
-import torch
 
 from dmporec import baselines
 from dmporec.baselines import ALS, BPRMF
@@ -215,19 +213,8 @@ def read_scorer(name: str, key: dict[str, Any], npz: Path, meta: Path) -> BPRMF 
         raise ValueError(f"{npz.name} and {meta.name} are of different fits")
     _check_arrays(name, arrays, len(users), len(items), npz)
     if name == "bpr-mf":
-        return _bprmf(users, items, arrays)
+        return BPRMF(users, items, arrays["p"], arrays["q"], arrays["b"])
     return _als(users, items, arrays, key["settings"])
-
-
-def _bprmf(users: dict[str, int], items: dict[str, int], a: dict[str, np.ndarray]) -> BPRMF:
-    # BPRMF's constructor copies a fitted model's weights (p, q, b embeddings): hand it the
-    # saved ones in that shape, so what it derives (mean item) is derived as after a fit.
-    weights = SimpleNamespace(
-        p=SimpleNamespace(weight=torch.from_numpy(a["p"])),
-        q=SimpleNamespace(weight=torch.from_numpy(a["q"])),
-        b=SimpleNamespace(weight=torch.from_numpy(a["b"][:, None])),
-    )
-    return BPRMF(users, items, weights)  # type: ignore[arg-type]
 
 
 def _als(
@@ -236,22 +223,12 @@ def _als(
     a: dict[str, np.ndarray],
     settings: dict[str, Any],
 ) -> ALS:
-    from implicit.cpu.als import AlternatingLeastSquares
     from scipy.sparse import csr_matrix
-    from threadpoolctl import threadpool_limits
 
-    with threadpool_limits(1, "blas"):  # as ALS.fit builds it: the constructor checks BLAS
-        model = AlternatingLeastSquares(
-            factors=settings["factors"],
-            regularization=settings["regularization"],
-            alpha=settings["alpha"],
-            iterations=settings["iterations"],
-            random_state=settings["seed"],
-            num_threads=1,
-        )
-    model.user_factors, model.item_factors = a["user_factors"], a["item_factors"]
     matrix = csr_matrix(
         (a["matrix_data"], a["matrix_indices"], a["matrix_indptr"]),
         shape=(len(users), len(items)),
     )
-    return ALS(users, items, model, matrix)
+    x, y = a["user_factors"], a["item_factors"]
+    reg, alpha = settings["regularization"], settings["alpha"]
+    return ALS(users, items, x, y, matrix, regularization=reg, alpha=alpha)
