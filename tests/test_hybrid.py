@@ -103,6 +103,18 @@ def test_run_fits_the_hybrid_on_validation_users_and_pairs_it_with_every_compone
     # Every row keeps its per-pair scores beside its numbers.
     for row in summary["rows"]:
         assert len(row["pair_scores"]["chosen"]) == 5, row["model"]
+    # The LLM alone against each classic scorer, paired on the same test pairs.
+    evaluated = json.loads((out / "dmpo/hybrid/eval.json").read_text())
+    margins = [json.loads(line) for line in pairs]
+    for t in evaluated["llm_paired_tests"]:
+        right = {
+            c: np.mean([(p[c] > 0) + 0.5 * (p[c] == 0) for p in margins]) for c in ("llm", t["b"])
+        }
+        assert t["a"] == "dmpo alone" and t["difference"] == pytest.approx(
+            right["llm"] - right[t["b"]]
+        )
+        assert {"p_value", "auc_difference", "auc_p_value"} <= t.keys()
+    assert {t["b"] for t in evaluated["llm_paired_tests"]} == set(model["components"]) - {"llm"}
     # The validation scores sit under the validation file's digest (one directory per file).
     [scored] = (out / "dmpo/hybrid-eval-valid").glob("*/predictions.jsonl")
     assert len(scored.parent.name) == 16

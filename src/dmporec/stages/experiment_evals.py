@@ -117,7 +117,8 @@ def _evaluated(cfg: RunConfig, row: dict[str, Any], where: Path) -> dict[str, An
 def _hybrid(cfg: RunConfig, row: dict[str, Any], what: str) -> dict[str, Any]:
     """The hybrid of the row's model, as its evaluation keeps it: the metrics of the test pairs,
     the validation pairs and users it was fitted on, both fusions (Hybrid's fields), its paired
-    tests against every component ('CELL: MODEL + classic' vs each) and its per-pair scores."""
+    tests against every component ('CELL: MODEL + classic' vs each), its LLM's against each
+    classic scorer, and its per-pair scores."""
     from dmporec.stages.experiment_rows import row_name
     from dmporec.stages.hybrid import run_hybrid
 
@@ -132,6 +133,7 @@ def _hybrid(cfg: RunConfig, row: dict[str, Any], what: str) -> dict[str, Any]:
         "fusion": made["fusion"],
         "classic_fusion": made["classic_fusion"],
         "paired_tests": made["paired_tests"],
+        "llm_paired_tests": made["llm_paired_tests"],
         "pair_scores": made["pair_scores"],
     }
 

@@ -98,6 +98,7 @@ def run_hybrid(cfg: RunConfig, stage: str, label: str = "hybrid") -> dict[str, A
         )
     start = time.perf_counter()
     out = stage_dirs(cfg, stage)[0] / HYBRID
+    stage_name = stage_dirs(cfg, stage)[0].name
     valid = _split_pairs(cfg, stage, "valid")
     test = _split_pairs(cfg, stage, "test")
     missing = sorted(set(valid["scores"]) ^ set(test["scores"]))
@@ -140,11 +141,20 @@ def run_hybrid(cfg: RunConfig, stage: str, label: str = "hybrid") -> dict[str, A
         t = paired_test(pair_correct(chosen, rejected), pair_correct(c, r), seed=ec.seed)
         auc = paired_auc_test(test["users"], chosen, rejected, c, r, seed=ec.seed, n_boot=ec.n_boot)
         tests.append({"a": label, "b": LLM_NAMES.get(name, name), **t, **auc})
+    # The LLM alone against each classic scorer, on the same pairs (asked for either way).
+    lc, lr = test["scores"][LLM]
+    llm_tests = []
+    for name, (c, r) in test["scores"].items():
+        if name != LLM:
+            t = paired_test(pair_correct(lc, lr), pair_correct(c, r), seed=ec.seed)
+            auc = paired_auc_test(test["users"], lc, lr, c, r, seed=ec.seed, n_boot=ec.n_boot)
+            llm_tests.append({"a": f"{stage_name} alone", "b": name, **t, **auc})
     wall = round(time.perf_counter() - start, 1)
     atomic_write_text(
         out / "eval.json",
         json.dumps({"model": model.__dict__, "classic_model": classic.__dict__,
-                    "metrics": metrics, "paired_tests": tests, "wall_s": wall}, indent=2) + "\n",
+                    "metrics": metrics, "paired_tests": tests, "llm_paired_tests": llm_tests,
+                    "wall_s": wall}, indent=2) + "\n",
     )  # fmt: skip
     from dmporec.tables import paired_table
 
@@ -155,7 +165,8 @@ def run_hybrid(cfg: RunConfig, stage: str, label: str = "hybrid") -> dict[str, A
         f"[{metrics['accuracy_ci_low']:.3f}, {metrics['accuracy_ci_high']:.3f}], coin-flip AUC "
         f"{metrics['auc']:.3f} [{metrics['auc_ci_low']:.3f}, {metrics['auc_ci_high']:.3f}]; "
         f"validation accuracy {metrics['valid_accuracy']:.3f} (the pairs it was fitted on)."
-        f"\n\n{paired_table(tests)}\n",
+        f"\n\n{paired_table(tests)}\n\nIts LLM alone against each classic scorer, on the same "
+        f"test pairs:\n\n{paired_table(llm_tests)}\n",
     )
     print(model.table())
     return {
@@ -175,6 +186,7 @@ def run_hybrid(cfg: RunConfig, stage: str, label: str = "hybrid") -> dict[str, A
         "fusion": model.__dict__,
         "classic_fusion": classic.__dict__,
         "paired_tests": tests,
+        "llm_paired_tests": llm_tests,
     }
 
 
