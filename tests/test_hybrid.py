@@ -1,6 +1,7 @@
 """The hybrid ranker: a fusion fitted on validation pairs that learns, stays antisymmetric, names
 what it lacks; and the pipeline's hybrid row on the tiny model."""
 
+import importlib.util
 import json
 
 import numpy as np
@@ -124,3 +125,17 @@ def test_without_validation_users_the_run_says_it_skips_the_hybrid(tmp_path, cap
     no_valid = [x.replace("valid_users: 8", "valid_users: 0") for x in TINY]
     assert main(["run", *no_valid, "baselines=false", f"output_dir={tmp_path / 'run'}"]) == 0
     assert "hybrid: skipped, no validation users" in capsys.readouterr().out
+
+
+@pytest.mark.skipif(
+    importlib.util.find_spec("cornac") is None, reason="pip install 'dmporec[seq]' (cornac)"
+)
+def test_a_config_with_sasrec_fuses_it_and_pairs_the_hybrid_with_it(tmp_path, capsys):
+    out = tmp_path / "run"
+    args = [*TINY, "baselines=false", "sasrec.epochs=1", f"output_dir={out}"]
+    assert main(["run", *args]) == 0
+    model = json.loads((out / "dmpo/hybrid/model.json").read_text())
+    assert "sasrec" in model["components"]
+    evaluated = json.loads((out / "dmpo/hybrid/eval.json").read_text())
+    assert "sasrec" in {t["b"] for t in evaluated["paired_tests"]}
+    assert "sasrec" in {t["b"] for t in evaluated["llm_paired_tests"]}

@@ -3,8 +3,9 @@ fitted on the validation users' pairs, scored on the test pairs with paired test
 component.
 
 Per split, the classic scorers are fitted as the baselines row fits them: on the training users'
-histories and that split's (a history is model input, never a label), so the test-side scorers
-are the ones the table's baseline rows report. The LLM's margins come from `dmporec evaluate` of
+histories and that split's (a history is model input, never a label; like-rate on the training
+users' labels; SASRec too when the config has a `sasrec` section), so the test-side scorers are
+the ones the table's baseline rows report. The LLM's margins come from `dmporec evaluate` of
 the stage on each split (reused when already scored with the same settings; the validation
 pairs into STAGE/hybrid-eval-valid/<the validation file's digest>).
 
@@ -63,7 +64,8 @@ def _split_pairs(cfg: RunConfig, stage: str, split: str) -> dict[str, Any]:
     users = np.array([r["user_id"] for r in rows])
     fitted = [*stage_records(cfg.data, "sft_train"), *records]
     labelled = training_labels(cfg.data)
-    for scorer in fit_scorers(fitted, seed=cfg.eval.seed, labelled=labelled):
+    sasrec = cfg.sasrec.model_dump() if cfg.sasrec is not None else None
+    for scorer in fit_scorers(fitted, seed=cfg.eval.seed, sasrec=sasrec, labelled=labelled):
         if scorer.name in SKIPPED:
             continue
         who, chosen, rejected = users_chosen_rejected(scorer, records)
