@@ -100,7 +100,6 @@ def run_hybrid(cfg: RunConfig, stage: str, label: str = "hybrid") -> dict[str, A
         )
     start = time.perf_counter()
     out = stage_dirs(cfg, stage)[0] / HYBRID
-    stage_name = stage_dirs(cfg, stage)[0].name
     valid = _split_pairs(cfg, stage, "valid")
     test = _split_pairs(cfg, stage, "test")
     missing = sorted(set(valid["scores"]) ^ set(test["scores"]))
@@ -137,20 +136,20 @@ def run_hybrid(cfg: RunConfig, stage: str, label: str = "hybrid") -> dict[str, A
     metrics["grouped_auc"] = grouped_auc(test["users"], chosen, rejected)
     metrics["first_listed_rate"] = None
     metrics["valid_accuracy"] = float(np.mean(pair_correct(fused["valid"], -fused["valid"])))
-    tests = []
+
+    def pair(a: str, ab: tuple[Any, Any], b: str, bb: tuple[Any, Any]) -> dict[str, Any]:
+        """A against B on the test pairs: accuracy (McNemar) and both AUCs (over users)."""
+        t = paired_test(pair_correct(*ab), pair_correct(*bb), seed=ec.seed)
+        auc = paired_auc_test(test["users"], *ab, *bb, seed=ec.seed, n_boot=ec.n_boot)
+        return {"a": a, "b": b, **t, **auc}
+
     others = {**test["scores"], CLASSIC: (fused_classic["test"] / 2, -fused_classic["test"] / 2)}
-    for name, (c, r) in others.items():
-        t = paired_test(pair_correct(chosen, rejected), pair_correct(c, r), seed=ec.seed)
-        auc = paired_auc_test(test["users"], chosen, rejected, c, r, seed=ec.seed, n_boot=ec.n_boot)
-        tests.append({"a": label, "b": LLM_NAMES.get(name, name), **t, **auc})
+    tests = [pair(label, (chosen, rejected), LLM_NAMES.get(n, n), s) for n, s in others.items()]
     # The LLM alone against each classic scorer, on the same pairs (asked for either way).
-    lc, lr = test["scores"][LLM]
-    llm_tests = []
-    for name, (c, r) in test["scores"].items():
-        if name != LLM:
-            t = paired_test(pair_correct(lc, lr), pair_correct(c, r), seed=ec.seed)
-            auc = paired_auc_test(test["users"], lc, lr, c, r, seed=ec.seed, n_boot=ec.n_boot)
-            llm_tests.append({"a": f"{stage_name} alone", "b": name, **t, **auc})
+    llm = test["scores"][LLM]
+    llm_tests = [
+        pair(f"{out.parent.name} alone", llm, n, s) for n, s in test["scores"].items() if n != LLM
+    ]
     wall = round(time.perf_counter() - start, 1)
     atomic_write_text(
         out / "eval.json",
