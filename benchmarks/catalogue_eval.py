@@ -4,7 +4,7 @@ reranking the retriever's top M, and the fused ranking; and the pivot rerank aga
 
     .venv/bin/python benchmarks/catalogue_eval.py --model RUN [--test FILE] [--valid FILE]
         [--out DIR] [--part all|test|agreement] [--llm-users 200] [--valid-users 25]
-        [--retrieve 20] [--pivots 2] [--sampled 100]
+        [--retrieve 20] [--pivots 2] [--sampled 100] [--protocols full,sampled]
 
 Candidates. The catalogue is the run's (RUN/catalogue.jsonl if it has one, else built from its
 training records as `recommend` builds it; never written). A user is known to have rated their
@@ -201,18 +201,19 @@ def run_test(args, setup: Setup, retriever: str, ranker_of, out: Path) -> None:
         f"catalogue_eval: {len(test):,} test users; {len(setup.catalogue):,} catalogue titles; "
         f"{added} test positives not among them, added to their users' candidates"
     )
+    chosen = args.protocols.split(",")
     sets = candidate_sets(setup.catalogue, catalogue, test, args.sampled, seed)
     scorers = fit_with_sasrec([*setup.train, *test], seed, labelled=setup.train)
-    classic = {
-        p: classic_ranks(scorers, test, sets[p], f"test users, {p} ranking") for p in PROTOCOLS
-    }
+    classic = {p: classic_ranks(scorers, test, sets[p], f"test users, {p} ranking") for p in chosen}
     llm_idx = draw(len(test), min(args.llm_users, len(test)), seed, "llm-users")
     settings = {
         **common_settings(setup, args, "test"), "sampled": args.sampled, "retriever": retriever,
     }  # fmt: skip
-    llm: dict[str, dict[str, dict[str, list[float]]]] = {p: {} for p in PROTOCOLS}
-    seconds: dict[str, list[float]] = {p: [] for p in PROTOCOLS}
-    prompts: dict[str, list[int]] = {p: [] for p in PROTOCOLS}
+    if chosen != list(PROTOCOLS):  # a cache of both protocols stays valid for the default
+        settings["protocols"] = chosen
+    llm: dict[str, dict[str, dict[str, list[float]]]] = {p: {} for p in chosen}
+    seconds: dict[str, list[float]] = {p: [] for p in chosen}
+    prompts: dict[str, list[int]] = {p: [] for p in chosen}
     fusion = None
     if llm_idx:
         rec = recommender(
@@ -224,16 +225,16 @@ def run_test(args, setup: Setup, retriever: str, ranker_of, out: Path) -> None:
             result = cache.results.get(record.user_id)
             if result is None:
                 result = {"user": record.user_id}
-                for p in PROTOCOLS:
+                for p in chosen:
                     result[p] = rerank_user(
                         rec, ranker_of(), record, sets[p][i], m=args.retrieve, rerank="pivot",
                         pivots=args.pivots,
                     )  # fmt: skip
                 cache.add(result)
             else:
-                for p in PROTOCOLS:
+                for p in chosen:
                     check_reused(rec, record, sets[p][i], args.retrieve, result[p], cache.path)
-            for p in PROTOCOLS:
+            for p in chosen:
                 for row, key in ((LLM_ROW, "llm"), (FUSED_ROW, "fused")):
                     rank, ties = reranked_rank(result[p], key)
                     llm[p].setdefault(row, {"rank": [], "ties": []})
@@ -266,7 +267,7 @@ def run_test(args, setup: Setup, retriever: str, ranker_of, out: Path) -> None:
                 "seconds_mean": float(np.mean(seconds[p])),
                 "prompts_mean": float(np.mean(prompts[p])),
             }
-            for p in PROTOCOLS
+            for p in chosen
             if seconds[p]
         },
         "llm_seconds_per_user": sum(float(np.mean(v)) for v in seconds.values() if v) or None,
@@ -388,10 +389,19 @@ def main(argv: list[str] | None = None) -> int:
         default=SAMPLED,
         help=f"unrated titles drawn per user in the sampled protocol (default {SAMPLED})",
     )
+    parser.add_argument(
+        "--protocols",
+        default=",".join(PROTOCOLS),
+        help="which test rankings to run, comma-separated: full (the catalogue), sampled (1 + "
+        "--sampled); default both. `--protocols sampled --sampled 19 --retrieve 20` is the "
+        "LLaRA / S-DPO protocol, the LLM reranking all 20 candidates",
+    )
     args = parser.parse_args(argv)
     for name in ("llm_users", "valid_users", "retrieve", "pivots", "sampled"):
         if getattr(args, name) < (0 if name.endswith("users") else 1):
             parser.error(f"--{name.replace('_', '-')} must be at least 1")
+    if not args.protocols or set(args.protocols.split(",")) - set(PROTOCOLS):
+        parser.error(f"--protocols {args.protocols!r}: a comma-separated subset of {PROTOCOLS}")
     if args.retrieve < K:
         parser.error(f"--retrieve must be at least {K}: the top {K} come from it")
     try:

@@ -15,7 +15,7 @@ from dmporec.catalogue import Catalogue, CatalogueItem
 from dmporec.cli import main as dmporec
 from dmporec.hybrid import Hybrid
 from dmporec.listwise import unrated_candidates
-from dmporec.metrics import user_ndcg
+from dmporec.metrics import user_hits, user_ndcg
 from dmporec.records import DataError, Item, Record
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -207,3 +207,25 @@ def test_bad_settings_are_one_line_errors(script, run_dir, tmp_path, capsys):
     with pytest.raises(SystemExit):
         script.main(["--model", str(run_dir), "--retrieve", "5"])
     assert "--retrieve must be at least 10" in capsys.readouterr().err
+
+
+def test_sampled_protocol_alone_with_hr_at_1(script, run_dir, tmp_path, capsys):
+    """`--protocols sampled` (the LLaRA / S-DPO protocol with --sampled 19) reranks only the
+    sampled candidates; HR@1 is the expected hit at 1 over tie-breaks; its cache is its own."""
+    out = tmp_path / "sampled"
+    more = ("--llm-users", "2", "--part", "test", "--protocols", "sampled")
+    code, printed, err = evaluate(script, capsys, run_dir, out, *more)
+    assert code == 0, err
+    doc = json.loads((out / "test.json").read_text())
+    assert set(doc["protocols"]) == {"sampled"} and "target (sampled)" in printed
+    assert "| HR@1 [95% CI] |" in printed and "target (full)" not in printed
+    lines = (out / "test-llm.jsonl").read_text().splitlines()
+    assert json.loads(lines[0])["settings"]["protocols"] == ["sampled"]
+    assert all(set(json.loads(line)) == {"user", "sampled"} for line in lines[1:])
+    for row, ranks in doc["per_user"]["llm"]["sampled"].items():
+        hits = user_hits(np.array(ranks["rank"]), 1, np.array(ranks["ties"]))
+        got = doc["protocols"]["sampled"]["llm_users"]["rows"][row]["hr@1"]
+        assert got == pytest.approx(hits.mean())
+    with pytest.raises(SystemExit):
+        script.main(["--model", str(run_dir), "--protocols", "sampled,top"])
+    assert "--protocols 'sampled,top'" in capsys.readouterr().err

@@ -1,4 +1,4 @@
-"""Top-K evaluation's statistics over users: HR@10 and NDCG@10 per row with bootstrap CIs, paired
+"""Top-K evaluation's statistics over users: HR@1, HR@10 and NDCG@10 per row with bootstrap CIs, paired
 tests between rows, the fused-vs-best-classic target, the pivot-vs-all-pairs agreement, and
 their tables (benchmarks/catalogue_eval.py; per-user ranks come from dmporec.topk_eval)."""
 
@@ -21,11 +21,12 @@ Ranks = dict[str, list[float]]  # {"rank": [...], "ties": [...]}, one value per 
 
 
 def summary(per_user: dict[str, Ranks], n_boot: int, seed: int) -> dict[str, dict[str, float]]:
-    """HR@10 and NDCG@10 of each row with 95% bootstrap CIs over users."""
+    """HR@1, HR@10 and NDCG@10 of each row with 95% bootstrap CIs over users."""
     out = {}
     for name, ranks in per_user.items():
         row: dict[str, float] = {"users": len(ranks["rank"])}
         for metric, values in (
+            ("hr@1", user_hits(ranks["rank"], 1, ranks["ties"])),
             (f"hr@{K}", user_hits(ranks["rank"], K, ranks["ties"])),
             (f"ndcg@{K}", user_ndcg(ranks["rank"], K, ranks["ties"])),
         ):
@@ -101,22 +102,22 @@ def protocol_results(
     n_boot: int,
     seed: int,
 ) -> tuple[dict[str, Any], list[str], list[str], list[str]]:
-    """Per protocol: every row on all `n_users` test users and the paired tests of the best
+    """Per protocol (the keys of `classic`): every row on all `n_users` test users and the paired tests of the best
     classic row; with LLM users (`llm_idx`, `llm`'s rows aligned with them), every row on those
     users, all their paired tests and the fused target. Returns (protocols, the rows' table
     lines, the tests' table lines, the targets' lines)."""
     protocols: dict[str, Any] = {}
     targets: list[str] = []
     table = [
-        f"| protocol | users | row | HR@{K} [95% CI] | NDCG@{K} [95% CI] |",
-        "|---|---|---|---|---|",
+        f"| protocol | users | row | HR@1 [95% CI] | HR@{K} [95% CI] | NDCG@{K} [95% CI] |",
+        "|---|---|---|---|---|---|",
     ]
     tests_table = [
         f"| protocol | users | A | B | NDCG@{K} A - B [95% CI] | users A / B better | "
         f"p (Wilcoxon) | HR@{K} A - B |",
         "|---|---|---|---|---|---|---|---|",
     ]
-    for p in PROTOCOLS:
+    for p in classic:
         everyone = summary(classic[p], n_boot, seed)
         best = max(
             (name for name in classic[p] if name != "random"),
@@ -128,7 +129,8 @@ def protocol_results(
         }
         for name, row in everyone.items():
             table.append(
-                f"| {p} | all {row['users']} | {name} | {fmt_ci(row, f'hr@{K}')} | "
+                f"| {p} | all {row['users']} | {name} | {fmt_ci(row, 'hr@1')} | "
+                f"{fmt_ci(row, f'hr@{K}')} | "
                 f"{fmt_ci(row, f'ndcg@{K}')} |"
             )
         for t in protocols[p]["all_users"]["tests"]:
@@ -143,7 +145,8 @@ def protocol_results(
             targets.append(protocols[p]["target"]["said"])
             for name, row in sub.items():
                 table.append(
-                    f"| {p} | LLM {row['users']} | {name} | {fmt_ci(row, f'hr@{K}')} | "
+                    f"| {p} | LLM {row['users']} | {name} | {fmt_ci(row, 'hr@1')} | "
+                    f"{fmt_ci(row, f'hr@{K}')} | "
                     f"{fmt_ci(row, f'ndcg@{K}')} |"
                 )
             for t in tests:
