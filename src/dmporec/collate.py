@@ -31,6 +31,8 @@ from typing import Any, Literal, get_args
 
 import torch
 
+from dmporec.config import ConfigError
+from dmporec.item_tokens import has_item_tokens, tagger
 from dmporec.model_config import ModelConfig
 from dmporec.prompts import ChatFormat, render_pairs
 from dmporec.records import Record
@@ -96,10 +98,12 @@ def collate_preferences(examples: Sequence[tuple[Group, torch.Tensor]]) -> Prefe
 
 
 class GroupEncoder:
-    """Tokenizes records into Groups; `answers` picks 'both' (chosen, rejected) or 'chosen'."""
+    """Tokenizes records into Groups; `answers` picks 'both' (chosen, rejected) or 'chosen'.
+    The instruction's titles carry item tokens when the tokenizer has them (item_tokens.tagger)."""
 
     def __init__(self, tokenizer: Any, chat: ChatFormat, seed: int = 0) -> None:
         self.tokenizer, self.chat, self.seed = tokenizer, chat, seed
+        self.tag = tagger(tokenizer)
         self._encode = lru_cache(maxsize=65536)(self._encode_uncached)
 
     def _encode_uncached(self, text: str) -> Tokens:
@@ -118,7 +122,7 @@ class GroupEncoder:
         gives the layout of the answers."""
         _check("answers", answers, Answers)
         _check("orders", orders, Orders)
-        pairs = render_pairs(record, self.seed)[: k or None]
+        pairs = render_pairs(record, self.seed, tag=self.tag)[: k or None]
         if not pairs:
             raise ValueError(f"record {record.user_id} has no negatives")
         if orders == "both":
@@ -127,7 +131,7 @@ class GroupEncoder:
                 negatives=record.negatives[: len(pairs)],
                 positive_first=[not p.positive_first for p in pairs],
             )
-            pairs += render_pairs(swapped, self.seed)
+            pairs += render_pairs(swapped, self.seed, tag=self.tag)
         prefix = self._encode(self.chat.prefix + pairs[0].instruction.shared)
         branches = []
         for pair in pairs:
@@ -142,7 +146,13 @@ class GroupEncoder:
 
 
 def model_encoder(tokenizer: Any, model_cfg: ModelConfig, prompt_seed: int) -> GroupEncoder:
-    """The GroupEncoder of a run: the tokenizer's chat template as the model config asks."""
+    """The GroupEncoder of a run: the tokenizer's chat template as the model config asks; with
+    model.item_tokens, the tokenizer must have them (a stage loaded by model.load_stage_model)."""
+    if model_cfg.item_tokens != "none" and not has_item_tokens(tokenizer):
+        raise ConfigError(
+            f"model.item_tokens={model_cfg.item_tokens}: prompts need the item tokens of a "
+            "trained stage, and this tokenizer has none"
+        )
     chat = ChatFormat.from_tokenizer(
         tokenizer,
         use_chat_template=model_cfg.use_chat_template,

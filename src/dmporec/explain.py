@@ -30,7 +30,7 @@ from typing import TYPE_CHECKING, Any
 
 import torch
 
-from dmporec.prompts import history_text, title_tag
+from dmporec.prompts import Tag, history_text, title_tag
 from dmporec.wording import WORDINGS, Wording
 
 if TYPE_CHECKING:
@@ -205,17 +205,22 @@ def titles_within(n_candidates: int, max_prompts: int) -> int:
 
 
 def explain_instruction(
-    history: Sequence[str], title: str, wording: Wording = WORDINGS["movies"]
+    history: Sequence[str],
+    title: str,
+    wording: Wording = WORDINGS["movies"],
+    *,
+    tag: Tag = title_tag,
 ) -> str:
-    """The question behind a generated explanation, in the paper's wording up to the history.
+    """The question behind a generated explanation, in the paper's wording up to the history;
+    `tag` writes the titles (prompts.render_instruction's).
 
     >>> explain_instruction(["Heat"], "Up")
     "You are an assistant working on movie recommendations. Here is the user's history of movies they have watched:  <Title:Heat> . In one or two sentences, explain why the user would enjoy watching the movie  <Title:Up> ."
     """
     return (
-        history_text(list(history), wording)
+        history_text(list(history), wording, tag=tag)
         + f". In one or two sentences, explain why the user would enjoy {wording.gerund} the "
         + f"{wording.role} "
-        + title_tag(title)
+        + tag(title)
         + "."
     )

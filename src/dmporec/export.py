@@ -21,7 +21,7 @@ from pathlib import Path
 from typing import Any
 
 from dmporec.catalogue import CATALOGUE, run_catalogue, training_records, write_catalogue
-from dmporec.config import RunConfig
+from dmporec.config import ConfigError, RunConfig
 from dmporec.data import load_records
 from dmporec.files import process_umask
 from dmporec.model import (
@@ -222,6 +222,12 @@ def export_run(model: str | Path, out: str | Path, *, force: bool = False) -> Pa
     if stage_dir is None:
         raise FileNotFoundError(
             f"{model}: not a run dir (with dmpo/ or sft/) or a stage dir (with lineage.json)"
+        )
+    if (items := read_lineage(stage_dir)[0].item_tokens) != "none":
+        raise ConfigError(
+            f"export: {stage_dir} was trained with model.item_tokens={items}, whose embedding of "
+            "the item tokens is no transformers layer a plain model directory could hold; use "
+            "the run directory itself (recommend, serve and evaluate load it)"
         )
     run = [stage_dir.parent] if (stage_dir.parent / "config.yaml").is_file() else []
     _check_out_apart(out, [src, *run, *(a.parent for a in read_lineage(stage_dir)[1])])

@@ -18,6 +18,7 @@ import torch
 from tqdm.auto import tqdm
 
 from dmporec.alpaca import parse_answer
+from dmporec.item_tokens import tagger
 from dmporec.metrics import bootstrap_ci
 from dmporec.prompt_bound import PromptBound
 from dmporec.prompts import ChatFormat, PairTexts, render_answer, render_pairs
@@ -54,6 +55,8 @@ def generate_answers(
     With `bound`, a record's history is cut (or refused) so that its longest prompt plus the
     tokens it may generate stays within it."""
 
+    tag = tagger(tokenizer)  # item tokens in the instruction, if the model has them
+
     def answer_tokens(record: Record, i: int) -> int:
         """The most new tokens a pair may generate: its longest answer, and some slack."""
         answer = render_answer(record.positive.title, record.negatives[i].title)
@@ -66,7 +69,7 @@ def generate_answers(
         """The longest of the record's prompts plus the tokens it may generate."""
         return max(
             len(tokenizer(prompt(p), add_special_tokens=False).input_ids) + answer_tokens(record, i)
-            for i, p in enumerate(render_pairs(record, prompt_seed))
+            for i, p in enumerate(render_pairs(record, prompt_seed, tag=tag))
         )
 
     if bound is not None:
@@ -74,7 +77,7 @@ def generate_answers(
     pairs = [
         (record, i, pair)
         for record in records
-        for i, pair in enumerate(render_pairs(record, prompt_seed))
+        for i, pair in enumerate(render_pairs(record, prompt_seed, tag=tag))
     ]
     device = next(model.parameters()).device
     side, tokenizer.padding_side = tokenizer.padding_side, "left"

@@ -329,8 +329,14 @@ def merge_adapters(model: PreTrainedModel, adapters: list[Path]) -> PreTrainedMo
 def load_stage_model(
     stage_dir: Path, device: torch.device | None = None
 ) -> tuple[PreTrainedModel, Any, ModelConfig]:
-    """The model a finished stage produced, with all its adapters merged, and its tokenizer."""
+    """The model a finished stage produced, with all its adapters merged, and its tokenizer;
+    with model.item_tokens, both with the stage's item tokens (dmporec.item_tokens)."""
     cfg, adapters = read_lineage(Path(stage_dir))
     model = merge_adapters(load_base_model(cfg, device), adapters)
+    tokenizer = load_tokenizer(cfg)
+    if cfg.item_tokens != "none":
+        from dmporec.item_tokens import restore
+
+        restore(model, tokenizer, Path(stage_dir))
     model.eval()
-    return model, load_tokenizer(cfg), cfg
+    return model, tokenizer, cfg

@@ -53,6 +53,17 @@ class ModelConfig(BaseModel):
         "all-linear",
         description="Modules to adapt; all-linear = every linear layer but the output head.",
     )
+    item_tokens: Literal["none", "bpr"] = Field(
+        "none",
+        description=(
+            "Collaborative signal in the prompt (LLaRA/CoLLM style): bpr writes one added token "
+            "after each title of the instruction, read as a trained projection of that item's "
+            "BPR-MF factors (fitted when SFT starts on the histories of the training, validation "
+            "and test users; dmporec.item_tokens). The projection trains with the SFT adapter "
+            "and stays frozen in DMPO; a title in no history gets no token. none: the paper's "
+            "prompts."
+        ),
+    )
     trust_remote_code: bool = Field(
         False,
         json_schema_extra=OPERATIONAL,

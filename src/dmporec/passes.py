@@ -22,6 +22,7 @@ from safetensors.torch import load_file, save_file
 from tqdm.auto import tqdm
 
 from dmporec.distributed import gather_chunks, main_print, my_chunks, process_state
+from dmporec.item_tokens import FILES as ITEM_TOKEN_FILES
 from dmporec.model import ModelConfig
 from dmporec.scoring import Group, Layout, length_order
 from dmporec.scoring.forward import score_groups
@@ -35,6 +36,10 @@ def pass_key(
     h = hashlib.sha256(json.dumps([model_cfg.name, model_cfg.dtype, *extra]).encode())
     for adapter in adapters:
         h.update((Path(adapter) / "adapter_model.safetensors").read_bytes())
+        # The stage's item-token table and projection (model.item_tokens), when it has them.
+        items = Path(adapter).parent / ITEM_TOKEN_FILES[0]
+        if items.is_file():
+            h.update(items.read_bytes())
     for group in groups:
         h.update(repr(group).encode())
     return h.hexdigest()[:32]

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import random
+from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
@@ -31,31 +32,41 @@ class Instruction:
         return self.shared + self.pair
 
 
-def history_text(history: list[str], wording: Wording) -> str:
+Tag = Callable[[str], str]  # how the instruction writes a title: title_tag, or with its item token
+
+
+def history_text(history: list[str], wording: Wording, *, tag: Tag = title_tag) -> str:
     """The role line and the history: what every candidate pair of a user shares."""
     return (
         f"You are an assistant working on {wording.role} recommendations. "
         f"Here is the user's history of {wording.history} they have {wording.past}: "
-        + "".join(title_tag(t) for t in history)
+        + "".join(tag(t) for t in history)
     )
 
 
 def render_instruction(
-    history: list[str], first: str, second: str, wording: Wording = WORDINGS["movies"]
+    history: list[str],
+    first: str,
+    second: str,
+    wording: Wording = WORDINGS["movies"],
+    *,
+    tag: Tag = title_tag,
 ) -> Instruction:
-    """The paper's task input, byte for byte as in the authors' files.
+    """The paper's task input, byte for byte as in the authors' files. `tag` writes each title
+    (history and candidates; dmporec.item_tokens' adds an item token after it); it ends with a
+    space, as title_tag does.
 
     >>> render_instruction(["Heat"], "Up", "Jaws").text
     "You are an assistant working on movie recommendations. Here is the user's history of movies they have watched:  <Title:Heat> . Rank the likelihood of the user watching the two movies  <Title:Up>  and  <Title:Jaws> ."
     >>> render_instruction(["Halo 3"], "Up", "Jaws", WORDINGS["games"]).text
     "You are an assistant working on Video Games recommendations. Here is the user's history of Video Games they have shopped:  <Title:Halo 3> . Rank the likelihood of the user shopping the two Video Games  <Title:Up>  and  <Title:Jaws> ."
     """
-    head = history_text(history, wording)
+    head = history_text(history, wording, tag=tag)
     tail = (
         f". Rank the likelihood of the user {wording.gerund} the two {wording.candidates} "
-        + title_tag(first)
+        + tag(first)
         + " and "
-        + title_tag(second)
+        + tag(second)
         + "."
     )
     # head ends with the space after the last title: move it to the pair part.
@@ -88,8 +99,9 @@ class PairTexts:
     positive_first: bool  # listing order in the prompt
 
 
-def render_pairs(record: Record, seed: int = 0) -> list[PairTexts]:
-    """One PairTexts per negative of the record, in the record's negative order."""
+def render_pairs(record: Record, seed: int = 0, *, tag: Tag = title_tag) -> list[PairTexts]:
+    """One PairTexts per negative of the record, in the record's negative order; `tag` writes
+    the instruction's titles (render_instruction), never the answers'."""
     history = [item.title for item in record.history]
     pos = record.positive.title
     out = []
@@ -98,7 +110,7 @@ def render_pairs(record: Record, seed: int = 0) -> list[PairTexts]:
         first, second = (pos, neg.title) if pos_first else (neg.title, pos)
         out.append(
             PairTexts(
-                instruction=render_instruction(history, first, second, record.wording),
+                instruction=render_instruction(history, first, second, record.wording, tag=tag),
                 chosen=render_answer(pos, neg.title),
                 rejected=render_answer(neg.title, pos),
                 positive_first=pos_first,

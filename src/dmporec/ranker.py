@@ -160,7 +160,9 @@ class Ranker:
         titles, wording = [normalize_title(t, self.norm) for t in history], resolve_wording(domain)
 
         def prompt_ids(kept: int) -> list[int]:
-            text = explain_instruction(titles[-kept:], normalize_title(title, self.norm), wording)
+            text = explain_instruction(
+                titles[-kept:], normalize_title(title, self.norm), wording, tag=self.encoder.tag
+            )
             prompt = self.chat.prefix + text + self.chat.suffix
             return self.tokenizer(prompt, add_special_tokens=False)["input_ids"]
 

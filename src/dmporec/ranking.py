@@ -120,7 +120,9 @@ class PairEncoder(GroupEncoder):
 
     def branch(self, request: RankRequest, first: str, second: str) -> Branch:
         """The pair line with `first` listed first; answers (first ranked first, second first)."""
-        pair = render_instruction(list(request.history), first, second, request.wording).pair
+        pair = render_instruction(
+            list(request.history), first, second, request.wording, tag=self.tag
+        ).pair
         return Branch(
             context=self._encode(pair + self.chat.suffix),
             answers=(
@@ -131,7 +133,9 @@ class PairEncoder(GroupEncoder):
 
     def prefix(self, request: RankRequest) -> Tokens:
         # The shared part does not depend on the candidates; any pair renders it.
-        shared = render_instruction(list(request.history), "", "", request.wording).shared
+        shared = render_instruction(
+            list(request.history), "", "", request.wording, tag=self.tag
+        ).shared
         return self._encode(self.chat.prefix + shared)
 
     def bounded(

@@ -4,7 +4,9 @@ A stage supplies the examples, a collate function that makes a batch of them, an
 `step_fn(model, batch) -> (loss, logs)` (stages/sft.py's sft_step, stages/dmpo.py's dmpo_step);
 the loop does the rest: seeded order per epoch, gradient accumulation and clipping, checkpoints
 it can resume from (adapter + optimizer + scheduler + position; safetensors for weights),
-metrics as JSON lines and a progress bar.
+metrics as JSON lines and a progress bar. Every parameter that requires a gradient trains: the
+adapter's, and any the stage left trainable outside it (model.item_tokens' projection, kept in
+a checkpoint as OTHERS; the stage saves it with its result).
 """
 
 from __future__ import annotations
@@ -24,7 +26,7 @@ import torch
 from accelerate import Accelerator, DataLoaderConfiguration
 from accelerate.utils import set_seed
 from peft import PeftModel, set_peft_model_state_dict
-from safetensors.torch import load_file
+from safetensors.torch import load_file, save_file
 from torch.utils.data import DataLoader
 from tqdm.auto import tqdm
 from transformers import get_cosine_schedule_with_warmup
@@ -67,6 +69,15 @@ class PeakMemory:
             self.peak_gpu_mib = torch.cuda.max_memory_allocated() / 2**20
 
 
+OTHERS = "trainable.safetensors"  # in a checkpoint: the trained weights outside the adapter
+
+
+def _outside_adapter(model: torch.nn.Module) -> dict[str, torch.nn.Parameter]:
+    """The trainable parameters that are not LoRA's (item_tokens' projection), by name: a
+    checkpoint keeps them beside the adapter; the stage saves them itself when it ends."""
+    return {n: p for n, p in model.named_parameters() if p.requires_grad and "lora_" not in n}
+
+
 def _save_checkpoint(
     ckpt: Path,
     accelerator: Accelerator,
@@ -81,6 +92,9 @@ def _save_checkpoint(
     tmp = ckpt.with_name(ckpt.name + ".tmp")
     shutil.rmtree(tmp, ignore_errors=True)
     accelerator.unwrap_model(model).save_pretrained(tmp / "adapter")
+    others = _outside_adapter(accelerator.unwrap_model(model))
+    if others:
+        save_file({k: v.detach().cpu().contiguous() for k, v in others.items()}, tmp / OTHERS)
     torch.save(optimizer.state_dict(), tmp / "optimizer.pt")
     torch.save(scheduler.state_dict(), tmp / "scheduler.pt")
     atomic_write_text(tmp / "position.json", json.dumps(position))
@@ -106,6 +120,12 @@ def _load_checkpoint(
     # in a multi-process CPU run, is one neither safetensors nor torch.load accepts.
     weights = load_file(ckpt / "adapter" / "adapter_model.safetensors")
     set_peft_model_state_dict(peft_model, weights)
+    others = _outside_adapter(peft_model)
+    if others:
+        saved = load_file(ckpt / OTHERS)
+        with torch.no_grad():
+            for name, param in others.items():
+                param.copy_(saved[name])
     optimizer.load_state_dict(  # moves the state to the parameters' device
         torch.load(ckpt / "optimizer.pt", weights_only=True, map_location="cpu")
     )

@@ -55,6 +55,8 @@ def stage_settings(
         out[f"data.{stage}_train"] = file_digest(source)
         out["data.valid_users"] = data.valid_users
         out.update(_prefixed(stage, result_settings(getattr(cfg, stage))))
+        if stage == "sft" and cfg.model.item_tokens != "none":
+            out.update(_item_table_settings(cfg))
     else:
         split = cfg.eval.split
         out["data.eval" if split == "test" else "data.valid"] = file_digest(
@@ -69,6 +71,28 @@ def stage_settings(
     if parent is not None:
         out["trained"] = fingerprint(parent)
     return out
+
+
+def _item_table_settings(cfg: RunConfig) -> dict[str, Any]:
+    """What an SFT stage's item-token table depends on: the files its histories come from (by
+    content) and BPR-MF's fit settings (seeded by sft.seed)."""
+    from dmporec.item_tokens import fitted_files
+    from dmporec.retriever_cache import fit_settings
+
+    return {
+        "item_tokens.fitted_on": {k: file_digest(v) for k, v in fitted_files(cfg.data).items()},
+        "item_tokens.bpr": fit_settings("bpr-mf", seed=cfg.sft.seed),
+    }
+
+
+def _trained_table(now: dict[str, Any], then: dict[str, Any] | None) -> dict[str, Any]:
+    """`now` with the files the recorded SFT stage fitted its item-token table on (`then`'s), so
+    that evaluating it on other data files (data.eval, data.valid) is no settings change; every
+    other setting is still checked."""
+    key = "item_tokens.fitted_on"
+    if then is None or key not in then or key not in now:
+        return now
+    return {**now, key: then[key]}
 
 
 def fingerprint(settings: dict[str, Any]) -> str:
@@ -89,8 +113,13 @@ RESULTS = ("lineage.json", "checkpoint", "predictions.jsonl")
 
 
 # Settings keys added after settings.json existed, with the value that behaves as before they did
-# (no prompt of the demo or the authors' files reaches 4096 tokens, so the bound cuts nothing).
-ADDED_LATER = {"data.max_prompt_tokens": 4096, "data.overlong": "truncate"}
+# (no prompt of the demo or the authors' files reaches 4096 tokens, so the bound cuts nothing;
+# no item tokens is the paper's prompt).
+ADDED_LATER = {
+    "data.max_prompt_tokens": 4096,
+    "data.overlong": "truncate",
+    "model.item_tokens": "none",
+}
 
 
 def check_settings(directory: Path, settings: dict[str, Any], what: str) -> None:
@@ -147,7 +176,8 @@ def prepare_run(cfg: RunConfig, record: bool = True) -> RunConfig:
     Nothing the run already holds is rewritten before the checks pass: demo data that differs
     from the files beside results made from them stops here (one line), and only missing files
     are written first. `dmporec evaluate` passes record=False: an evaluation with another test
-    file or --out leaves the run's config.yaml as its training wrote it."""
+    file or --out leaves the run's config.yaml as its training wrote it, and the SFT stage's
+    item-token table (model.item_tokens) is checked as fitted, on the files it names."""
     data, files = demo_files(cfg.data, cfg.output_dir)
     cfg = cfg.model_copy(update={"data": data})
     out = Path(cfg.output_dir)
@@ -161,6 +191,8 @@ def prepare_run(cfg: RunConfig, record: bool = True) -> RunConfig:
         if not path.is_file() or path in changed:
             atomic_write_text(path, text)
     sft = stage_settings(cfg, "sft")
+    if not record:  # an evaluation: a trained item-token table stays what it was fitted on
+        sft = _trained_table(sft, read_settings(out / "sft"))
     check_settings(out / "sft", sft, "sft")
     if (out / "sft" / SETTINGS).is_file():
         check_settings(out / "dmpo", stage_settings(cfg, "dmpo", sft), "dmpo")

@@ -11,9 +11,11 @@ import os
 import time
 from functools import partial
 from pathlib import Path
+from typing import Any
 
 import torch
 
+from dmporec import item_tokens
 from dmporec.collate import PreferenceBatch, collate_preferences, model_encoder, split_pairs
 from dmporec.config import ConfigError, DMPOConfig, RunConfig
 from dmporec.data import stage_records
@@ -35,6 +37,7 @@ from dmporec.scoring.forward import score_groups
 from dmporec.stages.common import (
     check_settings,
     finish_stage,
+    process_state,
     read_settings,
     record_settings,
     stage_settings,
@@ -56,9 +59,13 @@ def run_dmpo(cfg: RunConfig, sft_dir: Path | None = None) -> Path:
     if (out / LINEAGE).is_file():
         main_print(f"dmpo: {out} is finished (same settings); delete it to train again")
         return out
+    with_items = _item_tokens_of(cfg, sft_dir, sft_settings)
     records = _dmpo_records(cfg)
     record_settings(out, settings)  # before training: a checkpoint resumes only with these
     tokenizer = load_tokenizer(cfg.model)
+    if with_items:  # the SFT stage's table and trained projection
+        table, proj = item_tokens.load_stage(sft_dir)
+        item_tokens.add_tokens(tokenizer, table)
     enc = model_encoder(tokenizer, cfg.model, cfg.data.prompt_seed)
     records, cut = bound_records(records, enc, cfg.data, cfg.data.dmpo_train, "dmpo")
     groups = [enc.group(r, k=tc.k, orders=tc.orders) for r in records]
@@ -70,6 +77,8 @@ def run_dmpo(cfg: RunConfig, sft_dir: Path | None = None) -> Path:
         model = add_lora(
             merge_adapters(load_base_model(cfg.model), sft_adapters), cfg.model, tc.seed
         )
+        if with_items:  # frozen: the reference (adapter off) is the SFT model exactly
+            item_tokens.attach(model, tokenizer, proj, trainable=False)
         ref = cached_reference_logps(
             model, cfg.model, sft_adapters, groups, 2 * pairs, tc, cfg.eval.batch_size
         )
@@ -86,6 +95,8 @@ def run_dmpo(cfg: RunConfig, sft_dir: Path | None = None) -> Path:
             validate=validate,
             hparams=cfg.model_dump(mode="json"),
         )
+    if with_items and process_state().is_main_process:
+        item_tokens.save_stage(model, out)  # the SFT's, unchanged: every stage loads alone
     merged = [os.path.relpath(p.resolve(), out.resolve()) for p in sft_adapters]
     finish_stage(
         out,
@@ -105,6 +116,18 @@ def run_dmpo(cfg: RunConfig, sft_dir: Path | None = None) -> Path:
         },
     )
     return out
+
+
+def _item_tokens_of(cfg: RunConfig, sft_dir: Path, sft_settings: dict[str, Any]) -> bool:
+    """Whether the stage has item tokens; ConfigError (one line) when the SFT stage under it
+    was trained with another model.item_tokens."""
+    trained = sft_settings.get("model.item_tokens", "none")
+    if trained != cfg.model.item_tokens:
+        raise ConfigError(
+            f"dmpo: model.item_tokens={cfg.model.item_tokens}, but the SFT stage {sft_dir} was "
+            f"trained with model.item_tokens={trained}; use the same, or train SFT again"
+        )
+    return cfg.model.item_tokens != "none"
 
 
 def _dmpo_records(cfg: RunConfig) -> list[Record]:

@@ -12,9 +12,11 @@ import torch
 from dmporec.collate import GroupEncoder, model_encoder
 from dmporec.config import ConfigError, DataConfig, EvalConfig, RunConfig
 from dmporec.data import stage_records
+from dmporec.distributed import main_print
 from dmporec.evaluation import Resume, drop_partial, score_lists, score_pairs, write_eval
 from dmporec.files import read_jsonl
 from dmporec.generation import generate_answers
+from dmporec.item_tokens import say_missing
 from dmporec.listwise import candidate_sets
 from dmporec.model import (
     ModelConfig,
@@ -134,6 +136,10 @@ def run_evaluate(cfg: RunConfig, stage: str, out_dir: str | Path | None = None) 
     into the same directory with other settings is refused, as a stage's own is."""
     stage_dir, out = stage_dirs(cfg, stage)
     out = Path(out_dir) if out_dir is not None else out
+    if stage == "zero_shot" and cfg.model.item_tokens != "none":
+        # No trained projection to read the tokens with: the base model reads the plain prompts.
+        main_print("evaluate zero_shot: model.item_tokens is for trained stages; scored without")
+        cfg = cfg.model_copy(update={"model": cfg.model.model_copy(update={"item_tokens": "none"})})
     done = out / "eval.json"
     # Under `accelerate launch` every process scores its share of the users (distributed.py);
     # the main process writes.
@@ -152,6 +158,11 @@ def run_evaluate(cfg: RunConfig, stage: str, out_dir: str | Path | None = None) 
         if trained is None:
             raise ConfigError(
                 f"evaluate: {stage_dir} has no record of its settings; train it again"
+            )
+        if (items := trained.get("model.item_tokens", "none")) != cfg.model.item_tokens:
+            raise ConfigError(
+                f"evaluate: {stage_dir} was trained with model.item_tokens={items}, the config "
+                f"says {cfg.model.item_tokens}; use the same"
             )
     settings = stage_settings(cfg, "eval", trained)
     check_settings(out, settings, f"evaluate {stage_dir.name}")
@@ -184,6 +195,7 @@ def run_evaluate(cfg: RunConfig, stage: str, out_dir: str | Path | None = None) 
             model, tokenizer, model_cfg = load_stage_model(stage_dir)
             adapters = read_lineage(stage_dir)[1]
         enc = model_encoder(tokenizer, model_cfg, cfg.data.prompt_seed)
+        say_missing(tokenizer, records, f"evaluate {stage_dir.name}", main_print)
         source = cfg.data.eval if cfg.eval.split == "test" else cfg.data.valid
         records, cut = bound_records(records, enc, cfg.data, source, f"evaluate {stage_dir.name}")
         cut |= evaluate(

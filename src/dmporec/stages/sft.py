@@ -8,6 +8,7 @@ from pathlib import Path
 
 import torch
 
+from dmporec import item_tokens
 from dmporec.collate import model_encoder
 from dmporec.config import RunConfig, SFTConfig
 from dmporec.data import stage_records
@@ -21,6 +22,7 @@ from dmporec.scoring.forward import score_groups
 from dmporec.stages.common import (
     check_settings,
     finish_stage,
+    process_state,
     record_settings,
     stage_settings,
 )
@@ -39,6 +41,9 @@ def run_sft(cfg: RunConfig) -> Path:
     tc = cfg.sft
     records = stage_records(cfg.data, "sft_train")
     tokenizer = load_tokenizer(cfg.model)
+    with_items = cfg.model.item_tokens != "none"
+    if with_items:  # before the prompts are encoded: they name the item tokens
+        item_tokens.add_tokens(tokenizer, item_tokens.fit_for_run(cfg, tc.seed, main_print))
     enc = model_encoder(tokenizer, cfg.model, cfg.data.prompt_seed)
     records, cut = bound_records(records, enc, cfg.data, cfg.data.sft_train, "sft")
     # The paper's SFT sees one pair per user: the first negative (in both orders if asked).
@@ -47,6 +52,8 @@ def run_sft(cfg: RunConfig) -> Path:
     start = time.perf_counter()
     with PeakMemory() as mem:
         model = add_lora(load_base_model(cfg.model), cfg.model, tc.seed)
+        if with_items:  # its projection trains with the adapter
+            item_tokens.attach(model, tokenizer, seed=tc.seed)
         validate = validation_fn(cfg, tokenizer, tc)
         result = train_lora(
             model,
@@ -58,6 +65,8 @@ def run_sft(cfg: RunConfig) -> Path:
             validate=validate,
             hparams=cfg.model_dump(mode="json"),
         )
+    if with_items and process_state().is_main_process:
+        item_tokens.save_stage(model, out)
     finish_stage(
         out,
         cfg.model,
