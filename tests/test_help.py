@@ -6,7 +6,7 @@ from pathlib import Path
 
 import pytest
 
-from dmporec.cli import _parser, main
+from dmporec.cli import _parse, _parser, main
 from dmporec.serve import API_KEY_ENV, Limits
 
 
@@ -69,3 +69,13 @@ def test_usage_md_states_the_server_limits_and_the_window_rule():
     assert "in the file's order (MovieLens;" not in text
     assert "in the ratings file's order for `--source movielens`" in text
     assert "`movielens100k`'s u.data included" in text
+
+
+def test_overrides_may_follow_an_option(capsys):
+    """`dmporec evaluate -c X --stage sft eval.split=valid` reads the override after --stage
+    (argparse alone rejects it); anything else left over is still an error."""
+    args = _parse(["evaluate", "-c", "x.yaml", "a.b=1", "--stage", "sft", "eval.split=valid"])
+    assert args.stage == "sft" and args.overrides == ["a.b=1", "eval.split=valid"]
+    with pytest.raises(SystemExit):
+        _parse(["evaluate", "-c", "x.yaml", "--stage", "sft", "--nope"])
+    assert "unrecognized arguments: --nope" in capsys.readouterr().err

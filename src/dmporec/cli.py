@@ -174,8 +174,21 @@ def _quiet_libraries() -> None:
     warnings.filterwarnings("ignore", category=FutureWarning, module="transformers")
 
 
+def _parse(argv: list[str] | None) -> argparse.Namespace:
+    """The arguments; key=value overrides may also follow an option (`evaluate -c X --stage sft
+    eval.split=valid`), which argparse alone leaves unrecognised."""
+    parser = _parser(argv)
+    args, extra = parser.parse_known_args(argv)
+    loose = [e for e in extra if "=" in e and not e.startswith("-")]
+    if extra and (loose != extra or not hasattr(args, "overrides")):
+        parser.error(f"unrecognized arguments: {' '.join(extra)}")
+    if loose:
+        args.overrides = [*args.overrides, *loose]
+    return args
+
+
 def main(argv: list[str] | None = None) -> int:
-    args = _parser(argv).parse_args(argv)
+    args = _parse(argv)
     _quiet_libraries()
     try:
         if args.command == "prepare":
