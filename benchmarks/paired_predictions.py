@@ -1,0 +1,82 @@
+"""Two evaluations of the same pairs, paired: accuracy (McNemar, paired bootstrap CI) and the
+coin-flip and stable AUCs (paired bootstrap over users), from their predictions.jsonl.
+
+    .venv/bin/python benchmarks/paired_predictions.py A_EVAL_DIR B_EVAL_DIR [--orders both]
+        [--out FILE.json]
+
+A_EVAL_DIR and B_EVAL_DIR are evaluation directories (or predictions.jsonl files) of the same
+pairs in the same order, e.g. a stage's eval-valid/ and another stage's. Prints a table and
+writes the numbers as JSON to --out (default: print only).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from pathlib import Path
+
+import numpy as np
+
+from dmporec.evaluation import chosen_rejected_scores
+from dmporec.files import atomic_write_text, read_jsonl
+from dmporec.metrics import pair_correct, paired_auc_test, paired_test, pairwise_report
+
+
+def predictions(path: Path) -> list[dict]:
+    path = path / "predictions.jsonl" if path.is_dir() else path
+    if not path.is_file():
+        raise SystemExit(f"paired_predictions: {path}: no such file")
+    return read_jsonl(path)
+
+
+def compare(a: list[dict], b: list[dict], orders: str, seed: int = 0) -> dict:
+    def key(r: dict) -> tuple[str, str, str]:
+        return (r["user_id"], r["positive"], r["negative"])
+
+    if [key(r) for r in a] != [key(r) for r in b]:
+        raise SystemExit("paired_predictions: the two files do not hold the same pairs in order")
+    ca, ra = chosen_rejected_scores(a, orders)
+    cb, rb = chosen_rejected_scores(b, orders)
+    users = np.array([r["user_id"] for r in a])
+    return {
+        "pairs": len(a),
+        "orders": orders,
+        "a_metrics": pairwise_report(ca, ra, seed=seed),
+        "b_metrics": pairwise_report(cb, rb, seed=seed),
+        "accuracy_test": paired_test(pair_correct(ca, ra), pair_correct(cb, rb), seed=seed),
+        "auc_test": paired_auc_test(users, ca, ra, cb, rb, seed=seed),
+    }
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("a", help="evaluation directory or predictions.jsonl of model A")
+    parser.add_argument("b", help="the same of model B, on the same pairs")
+    parser.add_argument("--orders", choices=("both", "listed"), default="both")
+    parser.add_argument("--out", help="write the results here as JSON")
+    args = parser.parse_args(argv)
+    result = compare(predictions(Path(args.a)), predictions(Path(args.b)), args.orders)
+    result["a"], result["b"] = args.a, args.b
+    acc, auc = result["accuracy_test"], result["auc_test"]
+    print("| | A | B | A - B [95% CI] | p |")
+    print("|---|---|---|---|---|")
+    print(
+        f"| accuracy | {acc['accuracy_a']:.3f} | {acc['accuracy_b']:.3f} | "
+        f"{acc['difference']:+.3f} [{acc['difference_ci_low']:+.3f}, "
+        f"{acc['difference_ci_high']:+.3f}] | {acc['p_value']:.3g} (McNemar, "
+        f"{acc['a_better']} / {acc['b_better']} discordant) |"
+    )
+    print(
+        f"| coin-flip AUC | {auc['auc_a']:.3f} | {auc['auc_b']:.3f} | "
+        f"{auc['auc_difference']:+.3f} [{auc['auc_difference_ci_low']:+.3f}, "
+        f"{auc['auc_difference_ci_high']:+.3f}] | {auc['auc_p_value']:.3g} |"
+    )
+    print(f"({result['pairs']} pairs, {args.orders} orders; A = {args.a}, B = {args.b})")
+    if args.out:
+        atomic_write_text(Path(args.out), json.dumps(result, indent=1, default=float) + "\n")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,58 @@
+"""benchmarks/paired_predictions.py: two evaluations of the same pairs, paired."""
+
+import importlib.util
+import json
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+@pytest.fixture(scope="module")
+def script():
+    spec = importlib.util.spec_from_file_location(
+        "paired_predictions", ROOT / "benchmarks" / "paired_predictions.py"
+    )
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+def write(path: Path, right: list[bool]) -> Path:
+    rows = [
+        {
+            "user_id": f"u{i // 2}",
+            "positive": f"p{i}",
+            "negative": f"n{i}",
+            "chosen_logp": -1.0 if ok else -2.0,
+            "rejected_logp": -2.0 if ok else -1.0,
+            "positive_listed_first": i % 2 == 0,
+            "chosen_logp_swapped": -1.0 if ok else -2.0,
+            "rejected_logp_swapped": -2.0 if ok else -1.0,
+        }
+        for i, ok in enumerate(right)
+    ]
+    path.write_text("".join(json.dumps(r) + "\n" for r in rows))
+    return path
+
+
+def test_counts_the_discordant_pairs_and_writes_json(script, tmp_path, capsys):
+    a = write(tmp_path / "a.jsonl", [True] * 30 + [True] * 10 + [False] * 10)
+    b = write(tmp_path / "b.jsonl", [True] * 30 + [False] * 10 + [False] * 10)
+    out = tmp_path / "out.json"
+    assert script.main([str(a), str(b), "--out", str(out)]) == 0
+    result = json.loads(out.read_text())
+    acc = result["accuracy_test"]
+    assert (acc["a_better"], acc["b_better"]) == (10, 0)
+    assert acc["difference"] == pytest.approx(0.2) and acc["p_value"] < 0.01
+    assert "| accuracy | 0.800 | 0.600 | +0.200" in capsys.readouterr().out
+
+
+def test_other_pairs_are_refused(script, tmp_path):
+    a = write(tmp_path / "a.jsonl", [True] * 4)
+    b = write(tmp_path / "b.jsonl", [True] * 5)
+    with pytest.raises(SystemExit, match="do not hold the same pairs"):
+        script.main([str(a), str(b)])
+    with pytest.raises(SystemExit, match="no such file"):
+        script.main([str(tmp_path / "nope"), str(b)])
