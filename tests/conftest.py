@@ -1,8 +1,14 @@
-"""Shared fixtures: the tiny random Qwen3 (cached once per session) and small demo records."""
+"""Shared fixtures: the tiny random Qwen3 (cached once per session), small demo records, and the
+benchmark scripts as modules."""
 
 from __future__ import annotations
 
+import importlib.util
+import sys
+from collections.abc import Callable
 from dataclasses import replace
+from pathlib import Path
+from types import ModuleType
 
 import pytest
 
@@ -36,3 +42,21 @@ def three_user_groups(tiny_cfg, demo):
     records[1] = replace(records[1], negatives=records[1].negatives[:1])
     groups = [enc.group(r, k=2) for r in records]
     return add_lora(load_base_model(tiny_cfg), tiny_cfg), groups
+
+
+@pytest.fixture(scope="session")
+def benchmark() -> Callable[[str], ModuleType]:
+    """benchmark("catalogue_eval"): benchmarks/catalogue_eval.py as a module, imported once per
+    session and registered in sys.modules (a script's dataclasses look their module up)."""
+    root = Path(__file__).resolve().parents[1] / "benchmarks"
+
+    def load(name: str) -> ModuleType:
+        key = f"benchmark_{name}"
+        if key not in sys.modules:
+            spec = importlib.util.spec_from_file_location(key, root / f"{name}.py")
+            module = importlib.util.module_from_spec(spec)
+            sys.modules[key] = module
+            spec.loader.exec_module(module)
+        return sys.modules[key]
+
+    return load

@@ -5,7 +5,6 @@ settings, and the pivot-vs-all-pairs agreement."""
 
 import importlib.util
 import json
-import sys
 from pathlib import Path
 
 import numpy as np
@@ -23,15 +22,8 @@ CATALOG = ["A", "B", "C", "D", "E", "F", "G"]
 
 
 @pytest.fixture(scope="module")
-def script():
-    spec = importlib.util.spec_from_file_location(
-        "catalogue_eval_script", ROOT / "benchmarks" / "catalogue_eval.py"
-    )
-    module = importlib.util.module_from_spec(spec)
-    sys.modules[spec.name] = module  # its dataclasses look their module up
-    spec.loader.exec_module(module)
-    yield module
-    del sys.modules[spec.name]
+def script(benchmark):
+    return benchmark("catalogue_eval")
 
 
 def record(user: str, history: list[str], positive: str, negatives: list[str]) -> Record:

@@ -1,18 +1,12 @@
 """benchmarks/gpu_check.py runs on the CPU with a tiny config, so the GPU check never rots."""
 
-import importlib.util
 import json
-from pathlib import Path
 
 from dmporec.model import tiny_qwen3_dir
 
-SCRIPT = Path(__file__).resolve().parents[1] / "benchmarks" / "gpu_check.py"
 
-
-def test_gpu_check_runs_on_the_cpu_with_a_tiny_config(tmp_path):
-    spec = importlib.util.spec_from_file_location("gpu_check", SCRIPT)
-    gpu_check = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(gpu_check)
+def test_gpu_check_runs_on_the_cpu_with_a_tiny_config(benchmark, tmp_path):
+    gpu_check = benchmark("gpu_check")
     tiny, out = tiny_qwen3_dir(), tmp_path / "gpu_check.json"
     result = gpu_check.main(
         ["--device", "cpu", "--config", str(tiny / "config.json"), "--tokenizer", str(tiny),

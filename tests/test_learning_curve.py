@@ -5,7 +5,6 @@ The script runs in this process with its command line in sys.argv (a stop is the
 raises); the experiment runs through `dmporec`'s main.
 """
 
-import importlib.util
 import json
 import shutil
 import sys
@@ -24,14 +23,9 @@ PUBLISHED = ROOT / "docs" / "results" / "learning-curve"
 
 
 @pytest.fixture(scope="module")
-def script():
+def script(benchmark):
     """benchmarks/learning_curve.py as a module (imported once for the file's tests)."""
-    spec = importlib.util.spec_from_file_location(
-        "learning_curve_script", ROOT / "benchmarks" / "learning_curve.py"
-    )
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
+    return benchmark("learning_curve")
 
 
 def run(script, monkeypatch, args: list[str]) -> None:

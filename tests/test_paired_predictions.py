@@ -1,22 +1,14 @@
 """benchmarks/paired_predictions.py: two evaluations of the same pairs, paired."""
 
-import importlib.util
 import json
 from pathlib import Path
 
 import pytest
 
-ROOT = Path(__file__).resolve().parents[1]
-
 
 @pytest.fixture(scope="module")
-def script():
-    spec = importlib.util.spec_from_file_location(
-        "paired_predictions", ROOT / "benchmarks" / "paired_predictions.py"
-    )
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
+def script(benchmark):
+    return benchmark("paired_predictions")
 
 
 def write(path: Path, right: list[bool]) -> Path:

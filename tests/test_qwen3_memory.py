@@ -2,7 +2,6 @@
 with the real tokenizer and the authors' records (the published table runs the same code at the
 real 8B widths)."""
 
-import importlib.util
 import json
 from pathlib import Path
 
@@ -14,17 +13,13 @@ QWEN3 = ROOT.parent / "shared" / "models" / "qwen3"
 ML1M = ROOT.parent / "shared" / "data" / "dmpo" / "rec_data_ml_1m_dpo_ranking_1.json"
 
 
-def _script():
-    spec = importlib.util.spec_from_file_location(
-        "qwen3_8b_memory", ROOT / "benchmarks" / "qwen3_8b_memory.py"
-    )
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
+@pytest.fixture(scope="module")
+def script(benchmark):
+    return benchmark("qwen3_8b_memory")
 
 
-def test_live_bytes_counts_storages_once_and_frees_them():
-    counter = _script().LiveBytes()
+def test_live_bytes_counts_storages_once_and_frees_them(script):
+    counter = script.LiveBytes()
     with counter:
         a = torch.zeros(1000)  # 4000 bytes
         view = a[10:]  # same storage: not counted again
@@ -39,7 +34,7 @@ def test_live_bytes_counts_storages_once_and_frees_them():
 
 
 @pytest.mark.skipif(not (QWEN3.is_dir() and ML1M.is_file()), reason="needs ../shared")
-def test_memory_script_counts_what_a_real_run_allocates_and_extrapolates_exactly(tmp_path):
+def test_memory_script_counts_what_a_real_run_allocates_and_extrapolates_exactly(script, tmp_path):
     raw = json.loads((QWEN3 / "config-Qwen3-8B.json").read_text())
     raw.update(
         hidden_size=64, intermediate_size=128, num_attention_heads=4, num_key_value_heads=2,
@@ -48,7 +43,7 @@ def test_memory_script_counts_what_a_real_run_allocates_and_extrapolates_exactly
     config = tmp_path / "config.json"
     config.write_text(json.dumps(raw))
     out = tmp_path / "memory.json"
-    result = _script().main(
+    result = script.main(
         ["--config", str(config), "--tokenizer", str(QWEN3), "--ks", "1,3", "--batches", "1,2",
          "--eval-batch", "4", "--out", str(out)]
     )  # fmt: skip
