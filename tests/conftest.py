@@ -60,3 +60,29 @@ def benchmark() -> Callable[[str], ModuleType]:
         return sys.modules[key]
 
     return load
+
+
+@pytest.fixture
+def stop_training(monkeypatch) -> Callable[[int, list[str]], None]:
+    """stop_training(n, argv): `dmporec argv` stopped by a KeyboardInterrupt (as Ctrl-C would)
+    once n training steps are logged, leaving its checkpoint to resume from."""
+    import dmporec.training as training
+    from dmporec.cli import main
+
+    real = training.append_jsonl
+
+    def run(n: int, argv: list[str]) -> None:
+        steps: list[int] = []
+
+        def stop_after_n(path, row):
+            real(path, row)
+            steps.append(row["step"])
+            if len(steps) == n:
+                raise KeyboardInterrupt
+
+        monkeypatch.setattr(training, "append_jsonl", stop_after_n)
+        with pytest.raises(KeyboardInterrupt):  # called from Python: the caller's to handle
+            main(argv)
+        monkeypatch.setattr(training, "append_jsonl", real)
+
+    return run

@@ -38,6 +38,7 @@ from dmporec.prompts import ChatFormat, title_tag
 from dmporec.ranker import load_ranker
 from dmporec.records import Item, Record, TitleNormalization, write_records
 from dmporec.stages.common import settings_changes, stage_settings
+from dmporec.training import OTHERS
 
 TINY = ["model.name=builtin:tiny-qwen3", "eval.n_boot=20"]
 DEMO = [
@@ -280,7 +281,7 @@ def test_zero_shot_is_scored_without_and_says_so(tmp_path, capsys):
     assert "model.item_tokens is for trained stages; scored without" in capsys.readouterr().out
 
 
-def test_a_resumed_stage_trains_the_projection_it_had(tmp_path, monkeypatch, capsys):
+def test_a_resumed_stage_trains_the_projection_it_had(tmp_path, stop_training, capsys):
     args = [*DEMO, "model.item_tokens=bpr", "sft.epochs=2", "sft.batch_size=2",
             "sft.save_every_steps=1", "sft.learning_rate=1e-2"]  # fmt: skip
     assert main(["sft", *args, f"output_dir={tmp_path / 'a'}"]) == 0
@@ -288,21 +289,8 @@ def test_a_resumed_stage_trains_the_projection_it_had(tmp_path, monkeypatch, cap
     assert len(said) == 1 and "titles of those files are in no history" in said[0], said
     full = load_file(tmp_path / "a/sft" / item_tokens.FILES[0])
 
-    import dmporec.training as training
-
-    real, calls = training.append_jsonl, []
-
-    def crash_after_three_steps(path, row):
-        real(path, row)
-        calls.append(row["step"])
-        if len(calls) == 3:
-            raise KeyboardInterrupt
-
-    monkeypatch.setattr(training, "append_jsonl", crash_after_three_steps)
-    with pytest.raises(KeyboardInterrupt):
-        main(["sft", *args, f"output_dir={tmp_path / 'b'}"])
-    monkeypatch.setattr(training, "append_jsonl", real)
-    assert (tmp_path / "b/sft/checkpoint" / training.OTHERS).is_file()
+    stop_training(3, ["sft", *args, f"output_dir={tmp_path / 'b'}"])
+    assert (tmp_path / "b/sft/checkpoint" / OTHERS).is_file()
     assert main(["sft", *args, f"output_dir={tmp_path / 'b'}"]) == 0
     assert "sft: resuming from" in capsys.readouterr().out
     resumed = load_file(tmp_path / "b/sft" / item_tokens.FILES[0])
