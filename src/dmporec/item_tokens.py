@@ -123,6 +123,20 @@ def fit_for_run(cfg: Any, seed: int, say: Callable[[str], None] = print) -> Item
     return table
 
 
+def check_trained(settings: dict[str, Any] | None, wanted: str, what: str) -> bool:
+    """Whether a stage recorded with `settings` (its settings.json) has item tokens; ConfigError,
+    one line naming `what` (the stage), when the config's model.item_tokens (`wanted`) differs."""
+    from dmporec.config import ConfigError
+
+    trained = (settings or {}).get("model.item_tokens", "none")
+    if trained != wanted:
+        raise ConfigError(
+            f"{what} was trained with model.item_tokens={trained}, the config says {wanted}; "
+            "use the same, or train that stage again"
+        )
+    return trained != "none"
+
+
 # ---------------------------------------------------------------- tokenizer
 
 

@@ -11,7 +11,6 @@ import os
 import time
 from functools import partial
 from pathlib import Path
-from typing import Any
 
 import torch
 
@@ -59,7 +58,9 @@ def run_dmpo(cfg: RunConfig, sft_dir: Path | None = None) -> Path:
     if (out / LINEAGE).is_file():
         main_print(f"dmpo: {out} is finished (same settings); delete it to train again")
         return out
-    with_items = _item_tokens_of(cfg, sft_dir, sft_settings)
+    with_items = item_tokens.check_trained(
+        sft_settings, cfg.model.item_tokens, f"dmpo: the SFT stage {sft_dir}"
+    )
     records = _dmpo_records(cfg)
     record_settings(out, settings)  # before training: a checkpoint resumes only with these
     tokenizer = load_tokenizer(cfg.model)
@@ -116,18 +117,6 @@ def run_dmpo(cfg: RunConfig, sft_dir: Path | None = None) -> Path:
         },
     )
     return out
-
-
-def _item_tokens_of(cfg: RunConfig, sft_dir: Path, sft_settings: dict[str, Any]) -> bool:
-    """Whether the stage has item tokens; ConfigError (one line) when the SFT stage under it
-    was trained with another model.item_tokens."""
-    trained = sft_settings.get("model.item_tokens", "none")
-    if trained != cfg.model.item_tokens:
-        raise ConfigError(
-            f"dmpo: model.item_tokens={cfg.model.item_tokens}, but the SFT stage {sft_dir} was "
-            f"trained with model.item_tokens={trained}; use the same, or train SFT again"
-        )
-    return cfg.model.item_tokens != "none"
 
 
 def _dmpo_records(cfg: RunConfig) -> list[Record]:

@@ -16,7 +16,7 @@ from dmporec.distributed import main_print
 from dmporec.evaluation import Resume, drop_partial, score_lists, score_pairs, write_eval
 from dmporec.files import read_jsonl
 from dmporec.generation import generate_answers
-from dmporec.item_tokens import say_missing
+from dmporec.item_tokens import check_trained, say_missing
 from dmporec.listwise import candidate_sets
 from dmporec.model import (
     ModelConfig,
@@ -159,11 +159,7 @@ def run_evaluate(cfg: RunConfig, stage: str, out_dir: str | Path | None = None) 
             raise ConfigError(
                 f"evaluate: {stage_dir} has no record of its settings; train it again"
             )
-        if (items := trained.get("model.item_tokens", "none")) != cfg.model.item_tokens:
-            raise ConfigError(
-                f"evaluate: {stage_dir} was trained with model.item_tokens={items}, the config "
-                f"says {cfg.model.item_tokens}; use the same"
-            )
+        check_trained(trained, cfg.model.item_tokens, f"evaluate: {stage_dir}")
     settings = stage_settings(cfg, "eval", trained)
     check_settings(out, settings, f"evaluate {stage_dir.name}")
     saved = _saved_rows(out / "predictions.jsonl", records, cfg.eval.orders)
