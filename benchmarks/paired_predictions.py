@@ -16,11 +16,10 @@ import json
 import sys
 from pathlib import Path
 
-import numpy as np
-
 from dmporec.evaluation import chosen_rejected_scores
 from dmporec.files import atomic_write_text, read_jsonl
-from dmporec.metrics import pair_correct, paired_auc_test, paired_test, pairwise_report
+from dmporec.metrics import pairwise_report
+from dmporec.tables import paired_row_test
 
 
 def predictions(path: Path) -> list[dict]:
@@ -36,16 +35,18 @@ def compare(a: list[dict], b: list[dict], orders: str, seed: int = 0) -> dict:
 
     if [key(r) for r in a] != [key(r) for r in b]:
         raise SystemExit("paired_predictions: the two files do not hold the same pairs in order")
-    ca, ra = chosen_rejected_scores(a, orders)
-    cb, rb = chosen_rejected_scores(b, orders)
-    users = np.array([r["user_id"] for r in a])
+    users = [r["user_id"] for r in a]
+    scored = {name: chosen_rejected_scores(p, orders) for name, p in (("A", a), ("B", b))}
+    rows = [
+        {"model": name, "pair_scores": {"users": users, "chosen": c, "rejected": r}}
+        for name, (c, r) in scored.items()
+    ]
     return {
         "pairs": len(a),
         "orders": orders,
-        "a_metrics": pairwise_report(ca, ra, seed=seed),
-        "b_metrics": pairwise_report(cb, rb, seed=seed),
-        "accuracy_test": paired_test(pair_correct(ca, ra), pair_correct(cb, rb), seed=seed),
-        "auc_test": paired_auc_test(users, ca, ra, cb, rb, seed=seed),
+        "a_metrics": pairwise_report(*scored["A"], seed=seed),
+        "b_metrics": pairwise_report(*scored["B"], seed=seed),
+        "test": paired_row_test(*rows, orders=orders, seed=seed),  # accuracy and both AUCs
     }
 
 
@@ -58,7 +59,7 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
     result = compare(predictions(Path(args.a)), predictions(Path(args.b)), args.orders)
     result["a"], result["b"] = args.a, args.b
-    acc, auc = result["accuracy_test"], result["auc_test"]
+    acc = auc = result["test"]
     print("| | A | B | A - B [95% CI] | p |")
     print("|---|---|---|---|---|")
     print(

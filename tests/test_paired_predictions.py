@@ -35,7 +35,7 @@ def test_counts_the_discordant_pairs_and_writes_json(script, tmp_path, capsys):
     out = tmp_path / "out.json"
     assert script.main([str(a), str(b), "--out", str(out)]) == 0
     result = json.loads(out.read_text())
-    acc = result["accuracy_test"]
+    acc = result["test"]
     assert (acc["a_better"], acc["b_better"]) == (10, 0)
     assert acc["difference"] == pytest.approx(0.2) and acc["p_value"] < 0.01
     assert "| accuracy | 0.800 | 0.600 | +0.200" in capsys.readouterr().out
