@@ -3,8 +3,9 @@ and 3): HR@10 and NDCG@10 of each test user's positive, for the classic scorers,
 reranking the retriever's top M, and the fused ranking; and the pivot rerank against all pairs.
 
     .venv/bin/python benchmarks/catalogue_eval.py --model RUN [--test FILE] [--valid FILE]
-        [--out DIR] [--part all|test|agreement] [--llm-users 200] [--valid-users 25]
-        [--retrieve 20] [--pivots 2] [--sampled 100] [--protocols full,sampled]
+        [--out DIR] [--part all|list-hybrid|test|agreement] [--llm-users 200]
+        [--valid-users 25] [--list-users 100] [--install] [--retrieve 20] [--pivots 2]
+        [--sampled 100] [--protocols full,sampled]
 
 Candidates. The catalogue is the run's (RUN/catalogue.jsonl if it has one, else built from its
 training records as `recommend` builds it; never written). A user is known to have rated their
@@ -50,6 +51,17 @@ first line holds the settings they were made with; a rerun reuses them, refuses 
 DIR/test.json and DIR/agreement.json (every row's per-user values, so rows can be paired later)
 and prints tables. The LLM's seconds are those of the machine; run it alone.
 
+List hybrid (dmporec.list_hybrid). On --list-users validation users (a seeded draw), each
+user's sampled list (the positive and --sampled unrated titles, the test protocol's) is reranked
+as `recommend` reranks it (cached in DIR/valid-llm.jsonl, resumed like the test users'), and the
+hybrid's weights are fitted on the (positive, other candidate) pairs of those lists: what
+`recommend` ranks, unrated titles, where the pair hybrid was fitted on rated pairs. Writes
+DIR/list-model.json and DIR/list-hybrid.json (weights, settings, users); --install also writes
+it to STAGE/hybrid/list-model.json, which `recommend` and `serve` then rank with. The test part
+adds the row fused-list (the list hybrid over the cached LLM scores of the same M candidates,
+no LLM call) when DIR holds a list hybrid made with these settings, and the target is then
+fused-list's; the fused row stays the pair hybrid's (or RRF), as the reranks were cached.
+
 The per-user steps are dmporec.topk_eval's, the statistics over users dmporec.topk_stats'.
 """
 
@@ -83,6 +95,8 @@ from dmporec.catalogue import (
 from dmporec.config import ConfigError, RunConfig
 from dmporec.data import load_records
 from dmporec.files import atomic_write_text
+from dmporec.hybrid import Hybrid
+from dmporec.list_hybrid import LIST_HYBRID_FILE, fit_list_hybrid, list_fused
 from dmporec.model import read_lineage
 from dmporec.ranker import Ranker, find_stage, load_ranker, run_config
 from dmporec.records import DataError, Record
@@ -105,6 +119,7 @@ from dmporec.topk_eval import (
 )
 from dmporec.topk_stats import (
     FUSED_ROW,
+    LIST_ROW,
     LLM_ROW,
     PROTOCOLS,
     agreement_of,
@@ -113,6 +128,7 @@ from dmporec.topk_stats import (
 )
 
 SAMPLED = 100
+LIST_MODEL, LIST_DOC = "list-model.json", "list-hybrid.json"  # under --out
 
 
 def digest(*paths: Path) -> str:
@@ -211,6 +227,7 @@ def run_test(args, setup: Setup, retriever: str, ranker_of, out: Path) -> None:
     }  # fmt: skip
     if chosen != list(PROTOCOLS):  # a cache of both protocols stays valid for the default
         settings["protocols"] = chosen
+    list_hybrid, by_name = None, {s.name: s for s in scorers}
     llm: dict[str, dict[str, dict[str, list[float]]]] = {p: {} for p in chosen}
     seconds: dict[str, list[float]] = {p: [] for p in chosen}
     prompts: dict[str, list[int]] = {p: [] for p in chosen}
@@ -220,6 +237,7 @@ def run_test(args, setup: Setup, retriever: str, ranker_of, out: Path) -> None:
             setup.stage, setup.cfg.data.title_normalization, catalogue, retriever, scorers
         )
         cache = ResultCache(out / "test-llm.jsonl", settings)
+        list_hybrid = read_list_hybrid(setup, args, out, retriever)
         for i in tqdm(llm_idx, desc="LLM rerank (test users)", unit="user", file=sys.stderr):
             record = test[i]
             result = cache.results.get(record.user_id)
@@ -240,6 +258,15 @@ def run_test(args, setup: Setup, retriever: str, ranker_of, out: Path) -> None:
                     llm[p].setdefault(row, {"rank": [], "ties": []})
                     llm[p][row]["rank"].append(rank)
                     llm[p][row]["ties"].append(ties)
+                if list_hybrid is not None:
+                    scored = {
+                        **result[p],
+                        "list": list_fused(list_hybrid, result[p], record, by_name),
+                    }
+                    rank, ties = reranked_rank(scored, "list")
+                    llm[p].setdefault(LIST_ROW, {"rank": [], "ties": []})
+                    llm[p][LIST_ROW]["rank"].append(rank)
+                    llm[p][LIST_ROW]["ties"].append(ties)
                 seconds[p].append(result[p]["seconds"])
                 prompts[p].append(result[p]["prompts"])
                 fusion = result[p]["fusion"]
@@ -260,6 +287,12 @@ def run_test(args, setup: Setup, retriever: str, ranker_of, out: Path) -> None:
         "fitted_on": f"{len(setup.train):,} training users' histories + the test histories",
         "retriever": retriever,
         "fusion": fusion,
+        "list_hybrid": None
+        if list_hybrid is None
+        else {
+            "file": str(out / LIST_MODEL),
+            "weights": list_hybrid.table(),
+        },  # fmt: skip
         "k": K,
         "llm_users": len(llm_idx),
         "llm_per_request": {
@@ -283,6 +316,94 @@ def run_test(args, setup: Setup, retriever: str, ranker_of, out: Path) -> None:
     }
     atomic_write_text(out / "test.json", json.dumps(doc, indent=1, ensure_ascii=False) + "\n")
     say(f"catalogue_eval: wrote {out / 'test.json'}")
+
+
+def list_settings(setup: Setup, args: argparse.Namespace, retriever: str) -> dict[str, Any]:
+    return {
+        **common_settings(setup, args, "valid"), "sampled": args.sampled, "retriever": retriever,
+        "list_users": args.list_users,
+    }  # fmt: skip
+
+
+def read_list_hybrid(
+    setup: Setup, args: argparse.Namespace, out: Path, retriever: str
+) -> Hybrid | None:
+    """DIR's list hybrid, None without one; ConfigError when it was made with other settings."""
+    path = out / LIST_DOC
+    if not path.is_file():
+        return None
+    then = json.loads(path.read_text())["settings"]
+    now = list_settings(setup, args, retriever)
+    if then != now:
+        said = "; ".join(
+            f"{k}: {then.get(k)!r} then, {now.get(k)!r} now"
+            for k in sorted(then.keys() | now.keys())
+            if then.get(k) != now.get(k)
+        )
+        raise ConfigError(
+            f"{path}: the list hybrid was fitted with other settings ({said}); run --part "
+            "list-hybrid with these, or use another --out"
+        )
+    return Hybrid.load(out / LIST_MODEL)
+
+
+def run_list_hybrid(
+    args, setup: Setup, retriever: str, valid, catalogue, scorers, ranker_of, out: Path
+) -> None:
+    """Fit the list hybrid on --list-users validation users' sampled lists (module docstring)."""
+    seed = setup.cfg.eval.seed
+    idx = draw(len(valid), min(args.list_users, len(valid)), seed, "list-hybrid-users")
+    sets = candidate_sets(setup.catalogue, catalogue, valid, args.sampled, seed)["sampled"]
+    settings = list_settings(setup, args, retriever)
+    rec = recommender(
+        setup.stage, setup.cfg.data.title_normalization, catalogue, retriever, scorers
+    )
+    cache = ResultCache(out / "valid-llm.jsonl", {k: v for k, v in settings.items()
+                                                   if k != "list_users"})  # fmt: skip
+    results = []
+    for i in tqdm(idx, desc="LLM rerank (list hybrid, validation users)", unit="user",
+                  file=sys.stderr):  # fmt: skip
+        record = valid[i]
+        result = cache.results.get(record.user_id)
+        if result is None:
+            result = {"user": record.user_id, "sampled": rerank_user(
+                rec, ranker_of(), record, sets[i], m=args.retrieve, rerank="pivot",
+                pivots=args.pivots,
+            )}  # fmt: skip
+            cache.add(result)
+        else:
+            check_reused(rec, record, sets[i], args.retrieve, result["sampled"], cache.path)
+        results.append(result["sampled"])
+    by_name = {s.name: s for s in scorers}
+    try:
+        hybrid, left_out = fit_list_hybrid(results, [valid[i] for i in idx], by_name)
+    except ValueError as e:
+        raise ConfigError(f"list hybrid: {e} (--list-users {args.list_users})") from None
+    table = hybrid.table()
+    print(
+        f"list hybrid over {len(idx) - left_out} validation users' lists (1 + {args.sampled} "
+        f"unrated, the top {args.retrieve} of {retriever} reranked; {left_out} left out, their "
+        f"positive not among them):\n{table}"
+    )
+    hybrid.save(out / LIST_MODEL)
+    doc = {
+        **header(args),
+        "settings": settings,
+        "valid_file": str(setup.files["valid"]),
+        "users": [valid[i].user_id for i in idx],
+        "left_out": left_out,
+        "retriever": retriever,
+        "hybrid": json.loads((out / LIST_MODEL).read_text()),
+        "table": table,
+    }
+    atomic_write_text(out / LIST_DOC, json.dumps(doc, indent=1) + "\n")
+    say(f"catalogue_eval: wrote {out / LIST_MODEL} and {out / LIST_DOC}")
+    if args.install:
+        hybrid.save(setup.stage / LIST_HYBRID_FILE)
+        say(
+            f"catalogue_eval: installed as {setup.stage / LIST_HYBRID_FILE}: `recommend` and "
+            "`serve` rank with it (--no-hybrid turns it off)"
+        )
 
 
 def run_agreement(
@@ -363,10 +484,11 @@ def main(argv: list[str] | None = None) -> int:
     )
     parser.add_argument(
         "--part",
-        choices=("all", "test", "agreement"),
+        choices=("all", "list-hybrid", "test", "agreement"),
         default="all",
-        help="test: the rows on the test users; agreement: pivot vs all pairs on validation "
-        "users; all: both",
+        help="list-hybrid: fit the list hybrid on validation users' sampled lists; test: the "
+        "rows on the test users; agreement: pivot vs all pairs on validation users; all: the "
+        "three in that order",
     )
     parser.add_argument(
         "--llm-users", type=int, default=200, help="test users the LLM rows cover (default 200)"
@@ -376,6 +498,18 @@ def main(argv: list[str] | None = None) -> int:
         type=int,
         default=25,
         help="validation users of the agreement (all pairs: M(M-1) prompts each; default 25)",
+    )
+    parser.add_argument(
+        "--list-users",
+        type=int,
+        default=100,
+        help="validation users whose sampled lists fit the list hybrid (default 100; 0: none)",
+    )
+    parser.add_argument(
+        "--install",
+        action="store_true",
+        help="write the fitted list hybrid to STAGE/hybrid/list-model.json, where `recommend` "
+        "and `serve` rank with it",
     )
     parser.add_argument(
         "--retrieve", type=int, default=RETRIEVE, help=f"M, reranked (default {RETRIEVE})"
@@ -397,11 +531,13 @@ def main(argv: list[str] | None = None) -> int:
         "LLaRA / S-DPO protocol, the LLM reranking all 20 candidates",
     )
     args = parser.parse_args(argv)
-    for name in ("llm_users", "valid_users", "retrieve", "pivots", "sampled"):
+    for name in ("llm_users", "valid_users", "list_users", "retrieve", "pivots", "sampled"):
         if getattr(args, name) < (0 if name.endswith("users") else 1):
             parser.error(f"--{name.replace('_', '-')} must be at least 1")
     if not args.protocols or set(args.protocols.split(",")) - set(PROTOCOLS):
         parser.error(f"--protocols {args.protocols!r}: a comma-separated subset of {PROTOCOLS}")
+    if args.part == "list-hybrid" and not args.list_users:
+        parser.error("--part list-hybrid needs --list-users of at least 1")
     if args.retrieve < K:
         parser.error(f"--retrieve must be at least {K}: the top {K} come from it")
     try:
@@ -429,6 +565,8 @@ def main(argv: list[str] | None = None) -> int:
                 loaded.append(load_ranker(str(setup.stage)))
             return loaded[0]
 
+        if args.part in ("all", "list-hybrid") and args.list_users:
+            run_list_hybrid(args, setup, retriever, valid, catalogue, scorers, ranker_of, out)
         if args.part in ("all", "test"):
             run_test(args, setup, retriever, ranker_of, out)
         if args.part in ("all", "agreement") and args.valid_users:

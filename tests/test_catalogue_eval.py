@@ -15,7 +15,9 @@ from dmporec.cli import main as dmporec
 from dmporec.hybrid import Hybrid
 from dmporec.listwise import unrated_candidates
 from dmporec.metrics import user_hits, user_ndcg
-from dmporec.records import DataError, Item, Record
+from dmporec.ranker import load_ranker
+from dmporec.records import DataError, Item, Record, TitleNormalization
+from dmporec.rerank import load_recommender
 
 ROOT = Path(__file__).resolve().parents[1]
 CATALOG = ["A", "B", "C", "D", "E", "F", "G"]
@@ -76,7 +78,7 @@ def test_a_positive_the_catalogue_lacks_is_a_candidate_of_its_own_user_only(scri
 
 TINY = [
     "model.name=builtin:tiny-qwen3",
-    "data.demo={train_users: 6, valid_users: 3, test_users: 4, negatives: 2}",
+    "data.demo={train_users: 6, valid_users: 6, test_users: 4, negatives: 2}",
     "sft.epochs=1",
     "sft.batch_size=4",
 ]
@@ -106,9 +108,15 @@ def test_end_to_end_rows_resuming_and_the_agreement(script, run_dir, tmp_path, c
         script, capsys, run_dir, out, "--llm-users", "2", "--valid-users", "2"
     )
     assert code == 0, err
-    assert "retriever " in err and "target (full): fused NDCG@10" in printed
+    assert "retriever " in err and "target (full): fused-list NDCG@10" in printed
     doc = json.loads((out / "test.json").read_text())
     assert doc["fusion"] == "hybrid" and doc["llm_users"] == 2 and doc["retriever"] in printed
+    # The list hybrid, fitted on the 6 validation users' sampled lists (1 + 5, all reranked).
+    fitted = json.loads((out / "list-hybrid.json").read_text())
+    assert len(fitted["users"]) == 6 and fitted["left_out"] == 0
+    assert fitted["hybrid"]["valid_pairs"] == 6 * 5 and "sasrec" not in fitted["hybrid"]
+    assert doc["list_hybrid"]["weights"] == Hybrid.load(out / "list-model.json").table()
+    assert len((out / "valid-llm.jsonl").read_text().splitlines()) == 1 + 6
     users, llm_users = doc["per_user"]["users"], doc["per_user"]["llm_users"]
     assert len(users) == 4 and len(llm_users) == 2 and set(llm_users) <= set(users)
     for p in ("full", "sampled"):
@@ -119,14 +127,15 @@ def test_end_to_end_rows_resuming_and_the_agreement(script, run_dir, tmp_path, c
         else:
             assert "sasrec" in everyone
         sub = doc["protocols"][p]["llm_users"]["rows"]
-        assert set(sub) == set(everyone) | {"llm-rerank", "fused"}
+        assert set(sub) == set(everyone) | {"llm-rerank", "fused", "fused-list"}
         # The classic rows on the LLM users are the same users' values of the full run.
         ranks = doc["per_user"]["classic"][p]["bpr-mf"]
         idx = [users.index(u) for u in llm_users]
         expected = user_ndcg(np.array(ranks["rank"])[idx], 10, np.array(ranks["ties"])[idx])
         assert sub["bpr-mf"]["ndcg@10"] == pytest.approx(expected.mean())
-        for row in ("llm-rerank", "fused"):
+        for row in ("llm-rerank", "fused", "fused-list"):
             assert len(doc["per_user"]["llm"][p][row]["rank"]) == 2
+        assert doc["protocols"][p]["target"]["row"] == "fused-list"
         pairs = {(t["a"], t["b"]) for t in doc["protocols"][p]["llm_users"]["tests"]}
         assert ("llm-rerank", "fused") in pairs and len(pairs) == len(sub) * (len(sub) - 1) / 2
     lines = (out / "test-llm.jsonl").read_text().splitlines()
@@ -171,7 +180,24 @@ def test_end_to_end_rows_resuming_and_the_agreement(script, run_dir, tmp_path, c
     cache.write_text("\n".join([lines[0], json.dumps(tampered), lines[2]]) + "\n")
     code, _, err = evaluate(script, capsys, run_dir, out, "--llm-users", "2", "--part", "test")
     assert code == 2 and "cached candidates are not what the retriever gives now" in err
+    # Fitting again reuses the validation reranks; --install puts it where `recommend` reads it.
+    code, _, err = evaluate(script, capsys, run_dir, out, "--part", "list-hybrid", "--install")
+    assert code == 0, err
+    installed = run_dir / "sft" / "hybrid" / "list-model.json"
+    assert Hybrid.load(installed) == Hybrid.load(out / "list-model.json")
+    # A list hybrid fitted with other settings is refused by the test part, naming them.
+    code, _, err = evaluate(
+        script, capsys, run_dir, out, "--llm-users", "2", "--part", "test", "--list-users", "5"
+    )
+    assert code == 2 and "list hybrid was fitted with other settings (list_users: 100 then" in err
     monkeypatch.undo()
+
+    # `recommend` ranks with the installed list hybrid over the pair hybrid.
+    rec = load_recommender(str(run_dir), TitleNormalization())
+    assert rec.hybrid_kind == "list-hybrid" and rec.hybrid == Hybrid.load(installed)
+    plan = rec.plan(rec.catalogue.titles[:2], k=3, m=4)
+    answer = rec.finish(plan, load_ranker(str(run_dir)))
+    assert answer["fusion"] == "list-hybrid" and len(answer["recommended"]) == 3
 
     # With every candidate a pivot, the pivot rerank is all pairs: the two agree exactly.
     code, printed, err = evaluate(

@@ -15,11 +15,13 @@ them with the trained LLM in far fewer than M(M-1) prompts, fuse the two orders.
    - none: the retriever's order.
    All the comparisons of a request hang off its history in one batched scoring
    (ranking.pair_answers), the history encoded once.
-3. Fuse: the run's fitted hybrid (STAGE/hybrid/model.json, dmporec.hybrid) ranks by its
-   weights over each candidate's LLM score and classic scores (popularity as log(1 + count), its
-   scale in the fit); without one, with the hybrid turned off, or when a component it needs
-   cannot be computed (which is said), reciprocal-rank fusion of the retriever's order and the
-   LLM's: sum of 1 / (60 + rank) (Cormack, Clarke and Buettcher, SIGIR 2009).
+3. Fuse: the run's fitted hybrid ranks by its weights over each candidate's LLM score and
+   classic scores (popularity as log(1 + count), its scale in the fit): the list hybrid
+   (STAGE/hybrid/list-model.json, dmporec.list_hybrid: fitted on unrated candidates, what is
+   ranked here) where the stage has one, else the pair hybrid (STAGE/hybrid/model.json,
+   dmporec.hybrid: fitted on rated pairs); without one, with the hybrid turned off, or when
+   a component it needs cannot be computed (which is said), reciprocal-rank fusion of the
+   retriever's order and the LLM's: sum of 1 / (60 + rank) (Cormack, Clarke and Buettcher, SIGIR 2009).
 
 Each item says what every stage gave it: retriever_rank and retriever_score, llm_score (None
 without a rerank), fused_score (None without a fusion); `rank` is the final order.
@@ -30,7 +32,7 @@ command can fail on bad input before it loads one; `Recommender.finish` scores a
 from __future__ import annotations
 
 import sys
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -72,6 +74,8 @@ RETRIEVE = 20  # M: candidates the retriever hands the LLM
 PIVOTS = 2
 RRF_K = 60  # reciprocal-rank fusion's constant, as Cormack et al. set it
 HYBRID_FILE = Path("hybrid") / "model.json"  # under the stage directory (stages/hybrid.py)
+# The list hybrid (dmporec.list_hybrid), preferred where a stage has one: fitted on unrated lists.
+LIST_HYBRID_FILE = Path("hybrid") / "list-model.json"
 # Pair lines and answers per packed prompt tree of a rerank (ranking.pair_answers): one request
 # alone encodes its history once as the call's stem, so small trees cost no repeated history
 # and less attention over masked tokens. SmolLM2-135M, 2 cores, pivot M = 20 over a 30-title
@@ -157,6 +161,7 @@ class Recommender:
     scorers: dict[str, Scorer]
     hybrid: Hybrid | None = None
     notes: tuple[str, ...] = ()  # said with every answer: a hybrid that cannot run here
+    hybrid_kind: str = "hybrid"  # "list-hybrid" when fitted on unrated lists (list_hybrid)
 
     def plan(
         self,
@@ -264,7 +269,7 @@ class Recommender:
             llm = llm_scores(n, plan.rerank, plan.pivots, first, second)
             if use_hybrid and self.hybrid is not None:
                 fused = self._hybrid(plan, titles, llm).tolist()
-                fusion = "hybrid"
+                fusion = self.hybrid_kind
             else:
                 fused = reciprocal_rank_fusion(range(1, n + 1), ranks(llm))
                 fusion = "rrf"
@@ -300,16 +305,33 @@ class Recommender:
     def _hybrid(self, plan: Plan, titles: list[str], llm: list[float]) -> np.ndarray:
         """The hybrid's fused score of each candidate: its components' item scores."""
         assert self.hybrid is not None
-        record = query_record(plan.history, plan.user_id)
-        scores: dict[str, Sequence[float]] = {}
-        for name in self.hybrid.components:
-            if name == LLM:
-                scores[name] = llm
-            elif name == "popularity":  # its scale in the fit: hybrid.popularity_margin
-                scores[name] = np.log1p(self.scorers[name].score(record, titles)).tolist()
-            else:
-                scores[name] = self.scorers[name].score(record, titles)
+        scores = component_scores(
+            self.hybrid.components, self.scorers, plan.history, plan.user_id, titles, llm
+        )
         return self.hybrid.item_scores(scores)
+
+
+def component_scores(
+    components: Sequence[str],
+    scorers: Mapping[str, Scorer],
+    history: Sequence[str],
+    user_id: str | None,
+    titles: Sequence[str],
+    llm: Sequence[float],
+) -> dict[str, Sequence[float]]:
+    """Each hybrid component's item score of every title, as the fusion reads them: the LLM's
+    its score (llm_scores), popularity log(1 + count) (its scale in the fit:
+    hybrid.popularity_margin), every other classic scorer its score for the history."""
+    record = query_record(history, user_id)
+    scores: dict[str, Sequence[float]] = {}
+    for name in components:
+        if name == LLM:
+            scores[name] = llm
+        elif name == "popularity":
+            scores[name] = np.log1p(scorers[name].score(record, list(titles))).tolist()
+        else:
+            scores[name] = scorers[name].score(record, list(titles))
+    return scores
 
 
 def load_recommender(
@@ -327,7 +349,8 @@ def load_recommender(
     retriever (None: bpr-mf, or popularity from the catalogue's counts where no training records
     are at hand) and popularity fitted on the run's training records (BPR-MF and ALS read from
     RUN/retrievers/ when fitted there before on the same records and settings), and the stage's
-    hybrid with its components fitted (unless `use_hybrid` is off). A hybrid component that
+    hybrid (its list hybrid where it has one) with its components fitted (unless `use_hybrid` is
+    off). A hybrid component that
     cannot be fitted here turns the hybrid off, said in every answer's notes."""
     from dmporec.ranker import find_stage, run_config
 
@@ -379,8 +402,10 @@ def load_recommender(
     scorers = {retriever: fit(retriever)}
     if "popularity" not in scorers:
         scorers["popularity"] = fit("popularity")
-    hybrid, notes = None, []
+    hybrid, notes, kind = None, [], "hybrid"
     model_json = stage / HYBRID_FILE if stage is not None else None
+    if stage is not None and (stage / LIST_HYBRID_FILE).is_file():
+        model_json, kind = stage / LIST_HYBRID_FILE, "list-hybrid"
     if use_hybrid and model_json is not None and model_json.is_file():
         fitted = Hybrid.load(model_json)
         missing = []
@@ -399,4 +424,4 @@ def load_recommender(
             say(f"recommend: {notes[-1]}")
         else:
             hybrid = fitted
-    return Recommender(catalogue, norm, retriever, scorers, hybrid, tuple(notes))
+    return Recommender(catalogue, norm, retriever, scorers, hybrid, tuple(notes), kind)

@@ -168,7 +168,7 @@ class RecommendResponse(BaseModel):
     pivots: int | None
     candidates: int = Field(description="M: the candidates retrieved (and reranked).")
     prompts: int = Field(description="Prompts the rerank scored.")
-    fusion: str = Field(description="hybrid, rrf (reciprocal rank) or none.")
+    fusion: str = Field(description="list-hybrid, hybrid, rrf (reciprocal rank) or none.")
     history_matched: int = Field(description="History titles found in the catalogue.")
     history_titles: int
     catalogue_titles: int

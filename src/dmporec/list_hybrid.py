@@ -1,0 +1,100 @@
+"""The list hybrid: the hybrid's fusion (dmporec.hybrid) fitted on what `recommend` ranks, titles a
+user has not rated, instead of the rated pairs the pair hybrid (`dmporec hybrid`) is fitted on.
+
+Why a second fit. The pair hybrid learns from the authors' pairs, a liked title against one the
+user rated low: there like-rate carries the signal and popularity points the wrong way (rated-low
+titles are often popular). In a catalogue ranking the other candidates are unrated, and
+popularity and BPR-MF carry it: on 200 MovieLens-1M test users (1 positive + 19 unrated titles)
+the pair-fitted fusion ranked below BPR-MF alone (NDCG@10 0.531 vs 0.615, docs/results.md).
+
+The fit. Each validation user's list (their positive and unrated catalogue titles,
+dmporec.listwise.unrated_candidates) is reranked as `recommend` reranks it: the retriever's top M
+and the LLM's score of each (its mean log-prob margin over the pivots, rerank.llm_scores). Every
+pair (positive, another candidate) of a list whose positive is among the M gives one row of
+margins, each component's item score of the positive minus the other's, with the item scores
+`recommend` fuses (rerank.component_scores: popularity as log(1 + count)); lists whose positive
+the retriever left out of the M give none (they are counted). Hybrid.fit then fits the weights
+on those rows, its regularization chosen by cross-validation over validation users; test users
+never touch it. Components: the LLM and every classic scorer `recommend` can fit, but random
+(noise) and SASRec (`recommend` cannot fit it per request).
+
+`recommend` and `serve` rank with STAGE/hybrid/list-model.json where a stage has one (over the
+pair hybrid's model.json); benchmarks/catalogue_eval.py fits it (`--part list-hybrid`).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping, Sequence
+from typing import Any
+
+import numpy as np
+
+from dmporec.baselines import Scorer
+from dmporec.hybrid import LLM, Hybrid
+from dmporec.records import Record
+from dmporec.rerank import LIST_HYBRID_FILE, component_scores
+
+__all__ = ["LIST_HYBRID_FILE", "fit_list_hybrid", "list_components", "list_fused", "list_margins"]
+SKIPPED = ("random", "sasrec")
+
+
+def list_components(scorers: Mapping[str, Scorer]) -> tuple[str, ...]:
+    """The LLM and the classic scorers a list hybrid fuses (random and SASRec left out)."""
+    return (LLM, *(name for name in scorers if name not in SKIPPED))
+
+
+def list_margins(
+    results: Sequence[dict[str, Any]],
+    records: Sequence[Record],
+    scorers: Mapping[str, Scorer],
+    components: Sequence[str],
+) -> tuple[dict[str, np.ndarray], np.ndarray, int]:
+    """(margins per component, the user of each pair, lists left out) of every (positive,
+    other candidate) pair of the reranked lists. `results[i]` is one rerank of `records[i]`'s
+    list as benchmarks/catalogue_eval.py caches it: "retrieved" (the M titles in the
+    retriever's order), "llm" (their LLM scores) and "positive_position" (the positive's
+    1-based place in the retriever's order of the whole list)."""
+    margins: dict[str, list[np.ndarray]] = {c: [] for c in components}
+    users: list[str] = []
+    left_out = 0
+    for result, record in zip(results, records, strict=True):
+        titles, llm = result["retrieved"], result["llm"]
+        pos = result["positive_position"] - 1
+        if pos >= len(titles) or len(titles) < 2 or None in llm:
+            left_out += 1
+            continue
+        history = [item.title for item in record.history]
+        scores = component_scores(components, scorers, history, record.user_id, titles, llm)
+        for c in components:
+            s = np.asarray(scores[c], float)
+            margins[c].append(s[pos] - np.delete(s, pos))
+        users.extend([record.user_id] * (len(titles) - 1))
+    stacked = {c: np.concatenate(v) if v else np.zeros(0) for c, v in margins.items()}
+    return stacked, np.asarray(users), left_out
+
+
+def fit_list_hybrid(
+    results: Sequence[dict[str, Any]],
+    records: Sequence[Record],
+    scorers: Mapping[str, Scorer],
+) -> tuple[Hybrid, int]:
+    """The list hybrid fitted on validation users' reranked lists (list_margins), and the number
+    of lists left out. ValueError (from Hybrid.fit) on too few users for its cross-validation."""
+    components = list_components(scorers)
+    margins, users, left_out = list_margins(results, records, scorers, components)
+    return Hybrid.fit(margins, users), left_out
+
+
+def list_fused(
+    hybrid: Hybrid,
+    result: dict[str, Any],
+    record: Record,
+    scorers: Mapping[str, Scorer],
+) -> list[float]:
+    """The list hybrid's score of each of a cached rerank's M candidates (no LLM call: its
+    scores are in the result)."""
+    history = [item.title for item in record.history]
+    scores = component_scores(
+        hybrid.components, scorers, history, record.user_id, result["retrieved"], result["llm"]
+    )
+    return hybrid.item_scores(scores).tolist()
