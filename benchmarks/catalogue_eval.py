@@ -56,11 +56,12 @@ user's sampled list (the positive and --sampled unrated titles, the test protoco
 as `recommend` reranks it (cached in DIR/valid-llm.jsonl, resumed like the test users'), and the
 hybrid's weights are fitted on the (positive, other candidate) pairs of those lists: what
 `recommend` ranks, unrated titles, where the pair hybrid was fitted on rated pairs. Writes
-DIR/list-model.json and DIR/list-hybrid.json (weights, settings, users); --install also writes
-it to STAGE/hybrid/list-model.json, which `recommend` and `serve` then rank with. The test part
-adds the row fused-list (the list hybrid over the cached LLM scores of the same M candidates,
-no LLM call) when DIR holds a list hybrid made with these settings, and the target is then
-fused-list's; the fused row stays the pair hybrid's (or RRF), as the reranks were cached.
+DIR/list-model.json, DIR/list-classic-model.json (the same fit without the LLM: what the LLM
+adds is fused-list's paired test against it) and DIR/list-hybrid.json (weights, settings,
+users); --install also writes the first to STAGE/hybrid/list-model.json, which `recommend` and
+`serve` then rank with. The test part adds the rows fused-list and fused-list-classic (over the
+cached scores of the same M candidates, no LLM call) when DIR holds list hybrids made with these
+settings, and the target is then fused-list's; the fused row stays the pair hybrid's (or RRF), as the reranks were cached.
 
 The per-user steps are dmporec.topk_eval's, the statistics over users dmporec.topk_stats'.
 """
@@ -119,6 +120,7 @@ from dmporec.topk_eval import (
 )
 from dmporec.topk_stats import (
     FUSED_ROW,
+    LIST_CLASSIC_ROW,
     LIST_ROW,
     LLM_ROW,
     PROTOCOLS,
@@ -128,7 +130,9 @@ from dmporec.topk_stats import (
 )
 
 SAMPLED = 100
-LIST_MODEL, LIST_DOC = "list-model.json", "list-hybrid.json"  # under --out
+# Under --out: the list hybrid, the same fit without the LLM, and what they were fitted on.
+LIST_MODELS = {LIST_ROW: "list-model.json", LIST_CLASSIC_ROW: "list-classic-model.json"}
+LIST_DOC = "list-hybrid.json"
 
 
 def digest(*paths: Path) -> str:
@@ -227,7 +231,8 @@ def run_test(args, setup: Setup, retriever: str, ranker_of, out: Path) -> None:
     }  # fmt: skip
     if chosen != list(PROTOCOLS):  # a cache of both protocols stays valid for the default
         settings["protocols"] = chosen
-    list_hybrid, by_name = None, {s.name: s for s in scorers}
+    lists: dict[str, Hybrid] = {}
+    by_name = {s.name: s for s in scorers}
     llm: dict[str, dict[str, dict[str, list[float]]]] = {p: {} for p in chosen}
     seconds: dict[str, list[float]] = {p: [] for p in chosen}
     prompts: dict[str, list[int]] = {p: [] for p in chosen}
@@ -237,7 +242,7 @@ def run_test(args, setup: Setup, retriever: str, ranker_of, out: Path) -> None:
             setup.stage, setup.cfg.data.title_normalization, catalogue, retriever, scorers
         )
         cache = ResultCache(out / "test-llm.jsonl", settings)
-        list_hybrid = read_list_hybrid(setup, args, out, retriever)
+        lists = read_list_hybrids(setup, args, out, retriever)
         for i in tqdm(llm_idx, desc="LLM rerank (test users)", unit="user", file=sys.stderr):
             record = test[i]
             result = cache.results.get(record.user_id)
@@ -258,15 +263,12 @@ def run_test(args, setup: Setup, retriever: str, ranker_of, out: Path) -> None:
                     llm[p].setdefault(row, {"rank": [], "ties": []})
                     llm[p][row]["rank"].append(rank)
                     llm[p][row]["ties"].append(ties)
-                if list_hybrid is not None:
-                    scored = {
-                        **result[p],
-                        "list": list_fused(list_hybrid, result[p], record, by_name),
-                    }
-                    rank, ties = reranked_rank(scored, "list")
-                    llm[p].setdefault(LIST_ROW, {"rank": [], "ties": []})
-                    llm[p][LIST_ROW]["rank"].append(rank)
-                    llm[p][LIST_ROW]["ties"].append(ties)
+                for row, hybrid in lists.items():
+                    scored = {**result[p], row: list_fused(hybrid, result[p], record, by_name)}
+                    rank, ties = reranked_rank(scored, row)
+                    llm[p].setdefault(row, {"rank": [], "ties": []})
+                    llm[p][row]["rank"].append(rank)
+                    llm[p][row]["ties"].append(ties)
                 seconds[p].append(result[p]["seconds"])
                 prompts[p].append(result[p]["prompts"])
                 fusion = result[p]["fusion"]
@@ -287,11 +289,9 @@ def run_test(args, setup: Setup, retriever: str, ranker_of, out: Path) -> None:
         "fitted_on": f"{len(setup.train):,} training users' histories + the test histories",
         "retriever": retriever,
         "fusion": fusion,
-        "list_hybrid": None
-        if list_hybrid is None
-        else {
-            "file": str(out / LIST_MODEL),
-            "weights": list_hybrid.table(),
+        "list_hybrids": {
+            row: {"file": str(out / LIST_MODELS[row]), "weights": h.table()}
+            for row, h in lists.items()
         },  # fmt: skip
         "k": K,
         "llm_users": len(llm_idx),
@@ -325,13 +325,14 @@ def list_settings(setup: Setup, args: argparse.Namespace, retriever: str) -> dic
     }  # fmt: skip
 
 
-def read_list_hybrid(
+def read_list_hybrids(
     setup: Setup, args: argparse.Namespace, out: Path, retriever: str
-) -> Hybrid | None:
-    """DIR's list hybrid, None without one; ConfigError when it was made with other settings."""
+) -> dict[str, Hybrid]:
+    """DIR's list hybrids by row ({} without them); ConfigError when they were made with other
+    settings."""
     path = out / LIST_DOC
     if not path.is_file():
-        return None
+        return {}
     then = json.loads(path.read_text())["settings"]
     now = list_settings(setup, args, retriever)
     if then != now:
@@ -344,7 +345,7 @@ def read_list_hybrid(
             f"{path}: the list hybrid was fitted with other settings ({said}); run --part "
             "list-hybrid with these, or use another --out"
         )
-    return Hybrid.load(out / LIST_MODEL)
+    return {row: Hybrid.load(out / name) for row, name in LIST_MODELS.items()}
 
 
 def run_list_hybrid(
@@ -375,17 +376,23 @@ def run_list_hybrid(
             check_reused(rec, record, sets[i], args.retrieve, result["sampled"], cache.path)
         results.append(result["sampled"])
     by_name = {s.name: s for s in scorers}
-    try:
-        hybrid, left_out = fit_list_hybrid(results, [valid[i] for i in idx], by_name)
-    except ValueError as e:
-        raise ConfigError(f"list hybrid: {e} (--list-users {args.list_users})") from None
-    table = hybrid.table()
+    fitted = {}
+    for row, with_llm in ((LIST_ROW, True), (LIST_CLASSIC_ROW, False)):
+        try:
+            fitted[row], left_out = fit_list_hybrid(
+                results, [valid[i] for i in idx], by_name, llm=with_llm
+            )
+        except ValueError as e:
+            raise ConfigError(f"list hybrid: {e} (--list-users {args.list_users})") from None
+    hybrid = fitted[LIST_ROW]
+    table = "\n\n".join(f"{row}: {h.table()}" for row, h in fitted.items())
     print(
         f"list hybrid over {len(idx) - left_out} validation users' lists (1 + {args.sampled} "
         f"unrated, the top {args.retrieve} of {retriever} reranked; {left_out} left out, their "
-        f"positive not among them):\n{table}"
+        f"positive not among them), and the same fit without the LLM:\n{table}"
     )
-    hybrid.save(out / LIST_MODEL)
+    for row, h in fitted.items():
+        h.save(out / LIST_MODELS[row])
     doc = {
         **header(args),
         "settings": settings,
@@ -393,11 +400,11 @@ def run_list_hybrid(
         "users": [valid[i].user_id for i in idx],
         "left_out": left_out,
         "retriever": retriever,
-        "hybrid": json.loads((out / LIST_MODEL).read_text()),
+        "hybrids": {row: json.loads((out / LIST_MODELS[row]).read_text()) for row in fitted},
         "table": table,
     }
     atomic_write_text(out / LIST_DOC, json.dumps(doc, indent=1) + "\n")
-    say(f"catalogue_eval: wrote {out / LIST_MODEL} and {out / LIST_DOC}")
+    say(f"catalogue_eval: wrote {', '.join(LIST_MODELS.values())} and {LIST_DOC} in {out}")
     if args.install:
         hybrid.save(setup.stage / LIST_HYBRID_FILE)
         say(

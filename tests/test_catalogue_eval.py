@@ -114,8 +114,12 @@ def test_end_to_end_rows_resuming_and_the_agreement(script, run_dir, tmp_path, c
     # The list hybrid, fitted on the 6 validation users' sampled lists (1 + 5, all reranked).
     fitted = json.loads((out / "list-hybrid.json").read_text())
     assert len(fitted["users"]) == 6 and fitted["left_out"] == 0
-    assert fitted["hybrid"]["valid_pairs"] == 6 * 5 and "sasrec" not in fitted["hybrid"]
-    assert doc["list_hybrid"]["weights"] == Hybrid.load(out / "list-model.json").table()
+    with_llm, classic = fitted["hybrids"]["fused-list"], fitted["hybrids"]["fused-list-classic"]
+    assert with_llm["valid_pairs"] == 6 * 5 and "sasrec" not in with_llm["components"]
+    assert with_llm["components"] == ["llm", *classic["components"]]
+    listed = doc["list_hybrids"]
+    assert listed["fused-list"]["weights"] == Hybrid.load(out / "list-model.json").table()
+    assert listed["fused-list-classic"]["file"].endswith("list-classic-model.json")
     assert len((out / "valid-llm.jsonl").read_text().splitlines()) == 1 + 6
     users, llm_users = doc["per_user"]["users"], doc["per_user"]["llm_users"]
     assert len(users) == 4 and len(llm_users) == 2 and set(llm_users) <= set(users)
@@ -127,13 +131,15 @@ def test_end_to_end_rows_resuming_and_the_agreement(script, run_dir, tmp_path, c
         else:
             assert "sasrec" in everyone
         sub = doc["protocols"][p]["llm_users"]["rows"]
-        assert set(sub) == set(everyone) | {"llm-rerank", "fused", "fused-list"}
+        assert set(sub) == set(everyone) | {
+            "llm-rerank", "fused", "fused-list", "fused-list-classic"
+        }  # fmt: skip
         # The classic rows on the LLM users are the same users' values of the full run.
         ranks = doc["per_user"]["classic"][p]["bpr-mf"]
         idx = [users.index(u) for u in llm_users]
         expected = user_ndcg(np.array(ranks["rank"])[idx], 10, np.array(ranks["ties"])[idx])
         assert sub["bpr-mf"]["ndcg@10"] == pytest.approx(expected.mean())
-        for row in ("llm-rerank", "fused", "fused-list"):
+        for row in ("llm-rerank", "fused", "fused-list", "fused-list-classic"):
             assert len(doc["per_user"]["llm"][p][row]["rank"]) == 2
         assert doc["protocols"][p]["target"]["row"] == "fused-list"
         pairs = {(t["a"], t["b"]) for t in doc["protocols"][p]["llm_users"]["tests"]}

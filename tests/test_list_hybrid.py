@@ -59,8 +59,11 @@ def test_the_fit_learns_what_ranks_unrated_lists():
             picked = list(rng.choice(titles, 10, replace=False))
             pos = max(range(10), key=lambda i: counts[picked[i]] + rng.normal(0, 5))
             results.append(
-                {"retrieved": picked, "llm": rng.normal(size=10).tolist(),
-                 "positive_position": pos + 1}  # fmt: skip
+                {
+                    "retrieved": picked,
+                    "llm": rng.normal(size=10).tolist(),
+                    "positive_position": pos + 1,
+                }  # fmt: skip
             )
             records.append(record(f"u{offset + u}"))
         return results, records
@@ -70,6 +73,8 @@ def test_the_fit_learns_what_ranks_unrated_lists():
     assert left_out == 0 and hybrid.components == (LLM, "popularity", "bpr-mf")
     weights = dict(zip(hybrid.components, hybrid.weights, strict=True))
     assert weights["popularity"] > 1.0 and weights["popularity"] > 5 * abs(weights[LLM])
+    classic, _ = fit_list_hybrid(fit_results, fit_records, scorers, llm=False)
+    assert classic.components == ("popularity", "bpr-mf")
     held_results, held_records = lists(100, 1000)
     fused_first = llm_first = 0
     for result, rec in zip(held_results, held_records, strict=True):

@@ -38,9 +38,10 @@ __all__ = ["LIST_HYBRID_FILE", "fit_list_hybrid", "list_components", "list_fused
 SKIPPED = ("random", "sasrec")
 
 
-def list_components(scorers: Mapping[str, Scorer]) -> tuple[str, ...]:
-    """The LLM and the classic scorers a list hybrid fuses (random and SASRec left out)."""
-    return (LLM, *(name for name in scorers if name not in SKIPPED))
+def list_components(scorers: Mapping[str, Scorer], llm: bool = True) -> tuple[str, ...]:
+    """The LLM (unless `llm` is off) and the classic scorers a list hybrid fuses (random and
+    SASRec left out)."""
+    return (*((LLM,) if llm else ()), *(name for name in scorers if name not in SKIPPED))
 
 
 def list_margins(
@@ -77,10 +78,13 @@ def fit_list_hybrid(
     results: Sequence[dict[str, Any]],
     records: Sequence[Record],
     scorers: Mapping[str, Scorer],
+    *,
+    llm: bool = True,
 ) -> tuple[Hybrid, int]:
     """The list hybrid fitted on validation users' reranked lists (list_margins), and the number
-    of lists left out. ValueError (from Hybrid.fit) on too few users for its cross-validation."""
-    components = list_components(scorers)
+    of lists left out; `llm` off: the same fit on the classic scorers alone (what the LLM adds
+    is the difference). ValueError (from Hybrid.fit) on too few users for its cross-validation."""
+    components = list_components(scorers, llm)
     margins, users, left_out = list_margins(results, records, scorers, components)
     return Hybrid.fit(margins, users), left_out
 

@@ -16,6 +16,8 @@ from dmporec.topk_eval import K, reranked_rank
 PROTOCOLS = ("full", "sampled")
 LLM_ROW, FUSED_ROW = "llm-rerank", "fused"
 LIST_ROW = "fused-list"  # the list hybrid's (dmporec.list_hybrid) fusion of the same M
+LIST_CLASSIC_ROW = "fused-list-classic"  # the same fit without the LLM
+FUSED_ROWS = (LLM_ROW, FUSED_ROW, LIST_ROW, LIST_CLASSIC_ROW)  # rows of the LLM users only
 AGREEMENT_TOLERANCE = 0.02  # issue #35: the cheaper rerank within 0.02 NDCG@10 of all pairs
 
 Ranks = dict[str, list[float]]  # {"rank": [...], "ties": [...]}, one value per user
@@ -79,7 +81,7 @@ def fused_target(
     """Issue #35's target: the fused NDCG@10 (the list hybrid's where there is one) at or above
     the best classic row on the same users (random aside)."""
     fused = LIST_ROW if LIST_ROW in rows else FUSED_ROW
-    classic = [n for n in rows if n not in (LLM_ROW, FUSED_ROW, LIST_ROW, "random")]
+    classic = [n for n in rows if n not in (*FUSED_ROWS, "random")]
     best = max(classic, key=lambda n: rows[n][f"ndcg@{K}"])
     test = next(t for t in tests if {t["a"], t["b"]} == {best, fused})
     sign = 1 if test["a"] == fused else -1
@@ -152,7 +154,7 @@ def protocol_results(
                     f"{fmt_ci(row, f'ndcg@{K}')} |"
                 )
             for t in tests:
-                if {t["a"], t["b"]} & {LLM_ROW, FUSED_ROW, LIST_ROW}:
+                if {t["a"], t["b"]} & set(FUSED_ROWS):
                     tests_table.append(fmt_test(t, p, f"LLM {len(llm_idx)}"))
     return protocols, table, tests_table, targets
 
