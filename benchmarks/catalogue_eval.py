@@ -94,11 +94,10 @@ from dmporec.catalogue import (
     training_records,
 )
 from dmporec.config import ConfigError, RunConfig
-from dmporec.data import load_records
+from dmporec.data import load_records, training_labels
 from dmporec.files import atomic_write_text
 from dmporec.hybrid import Hybrid
-from dmporec.list_hybrid import LIST_HYBRID_FILE, fit_list_hybrid, list_fused
-from dmporec.model import read_lineage
+from dmporec.list_hybrid import adapters_digest, fit_list_hybrid, install, list_fused
 from dmporec.ranker import Ranker, find_stage, load_ranker, run_config
 from dmporec.records import DataError, Record
 from dmporec.rerank import HYBRID_FILE, PIVOTS, RETRIEVE
@@ -192,13 +191,11 @@ def split_records(setup: Setup, name: str) -> list[Record]:
 
 def common_settings(setup: Setup, args: argparse.Namespace, split: str) -> dict[str, Any]:
     data = setup.cfg.data
-    _, adapters = read_lineage(setup.stage)
-    weights = sorted(p for a in adapters for p in Path(a).rglob("*") if p.is_file())
     hybrid = setup.stage / HYBRID_FILE
     train = dict.fromkeys(Path(f) for f in (data.sft_train, data.dmpo_train) if f)
     return {
         "model.settings": fingerprint(read_settings(setup.stage) or {}),
-        "model.adapters": digest(setup.stage / "lineage.json", *weights),
+        "model.adapters": adapters_digest(setup.stage),
         "data.train": digest(*train),
         f"data.{split}": digest(setup.files[split]),
         "data.valid": digest(setup.files["valid"]),  # the retriever is chosen there
@@ -223,7 +220,7 @@ def run_test(args, setup: Setup, retriever: str, ranker_of, out: Path) -> None:
     )
     chosen = args.protocols.split(",")
     sets = candidate_sets(setup.catalogue, catalogue, test, args.sampled, seed)
-    scorers = fit_with_sasrec([*setup.train, *test], seed, labelled=setup.train)
+    scorers = fit_with_sasrec([*setup.train, *test], seed, labelled=training_labels(setup.cfg.data))
     classic = {p: classic_ranks(scorers, test, sets[p], f"test users, {p} ranking") for p in chosen}
     llm_idx = draw(len(test), min(args.llm_users, len(test)), seed, "llm-users")
     settings = {
@@ -331,9 +328,15 @@ def read_list_hybrids(
     """DIR's list hybrids by row ({} without them); ConfigError when they were made with other
     settings."""
     path = out / LIST_DOC
-    if not path.is_file():
+    if not path.is_file() or not args.list_users:
         return {}
-    then = json.loads(path.read_text())["settings"]
+    try:
+        doc = json.loads(path.read_text())
+        then = doc["settings"]
+        fitted = {row: Hybrid.from_dict(doc["hybrids"][row]) for row in LIST_MODELS}
+    except (OSError, ValueError, KeyError, TypeError) as e:
+        raise ConfigError(f"{path}: not a list hybrid this script wrote ({e!r}); delete it or "
+                          "use another --out") from None  # fmt: skip
     now = list_settings(setup, args, retriever)
     if then != now:
         said = "; ".join(
@@ -345,7 +348,7 @@ def read_list_hybrids(
             f"{path}: the list hybrid was fitted with other settings ({said}); run --part "
             "list-hybrid with these, or use another --out"
         )
-    return {row: Hybrid.load(out / name) for row, name in LIST_MODELS.items()}
+    return fitted
 
 
 def run_list_hybrid(
@@ -388,8 +391,8 @@ def run_list_hybrid(
     table = "\n\n".join(f"{row}: {h.table()}" for row, h in fitted.items())
     print(
         f"list hybrid over {len(idx) - left_out} validation users' lists (1 + {args.sampled} "
-        f"unrated, the top {args.retrieve} of {retriever} reranked; {left_out} left out, their "
-        f"positive not among them), and the same fit without the LLM:\n{table}"
+        f"unrated, the top {args.retrieve} of {retriever} reranked; {left_out} left out: their "
+        f"positive not among them, or no history), and the same fit without the LLM:\n{table}"
     )
     for row, h in fitted.items():
         h.save(out / LIST_MODELS[row])
@@ -406,10 +409,10 @@ def run_list_hybrid(
     atomic_write_text(out / LIST_DOC, json.dumps(doc, indent=1) + "\n")
     say(f"catalogue_eval: wrote {', '.join(LIST_MODELS.values())} and {LIST_DOC} in {out}")
     if args.install:
-        hybrid.save(setup.stage / LIST_HYBRID_FILE)
+        where = install(hybrid, setup.stage, settings)
         say(
-            f"catalogue_eval: installed as {setup.stage / LIST_HYBRID_FILE}: `recommend` and "
-            "`serve` rank with it (--no-hybrid turns it off)"
+            f"catalogue_eval: installed as {where}: `recommend` and `serve` rank with it "
+            "(--no-hybrid turns it off)"
         )
 
 
@@ -545,6 +548,9 @@ def main(argv: list[str] | None = None) -> int:
         parser.error(f"--protocols {args.protocols!r}: a comma-separated subset of {PROTOCOLS}")
     if args.part == "list-hybrid" and not args.list_users:
         parser.error("--part list-hybrid needs --list-users of at least 1")
+    if args.install and (args.part not in ("all", "list-hybrid") or not args.list_users):
+        parser.error("--install installs the list hybrid: it needs --part all or list-hybrid "
+                     "and --list-users of at least 1")  # fmt: skip
     if args.retrieve < K:
         parser.error(f"--retrieve must be at least {K}: the top {K} come from it")
     try:
@@ -554,7 +560,9 @@ def main(argv: list[str] | None = None) -> int:
         valid = split_records(setup, "valid")
         say(f"catalogue_eval: fitting the classic scorers on {len(setup.train):,} training + "
             f"{len(valid):,} validation users' histories")  # fmt: skip
-        scorers = fit_scorers([*setup.train, *valid], seed=seed, say=say, labelled=setup.train)
+        scorers = fit_scorers(
+            [*setup.train, *valid], seed=seed, say=say, labelled=training_labels(setup.cfg.data)
+        )
         catalogue = with_positives(setup.catalogue, valid, seed)
         sets = candidate_sets(setup.catalogue, catalogue, valid, None, seed)["full"]
         ranks = classic_ranks(scorers, valid, sets, "validation users, full ranking")

@@ -43,9 +43,19 @@ def predictions(path: Path) -> list[dict]:
     path = path / "predictions.jsonl" if path.is_dir() else path
     if not path.is_file():
         raise SystemExit(f"reward_stats: {path}: no such file")
-    rows = read_jsonl(path)
-    if rows and "chosen_logp_swapped" not in rows[0]:
-        raise SystemExit(f"reward_stats: {path}: scored in one listing order; both are needed")
+    try:
+        rows = read_jsonl(path)
+    except ValueError as e:
+        raise SystemExit(f"reward_stats: {path}: {e}") from None
+    fields = ("user_id", "positive", "negative", "positive_listed_first", "chosen_logp",
+              "rejected_logp", "chosen_logp_swapped", "rejected_logp_swapped")  # fmt: skip
+    for i, row in enumerate(rows, 1):
+        missing = [f for f in fields if row.get(f) is None]
+        if missing:
+            raise SystemExit(
+                f"reward_stats: {path}: record {i} has no {', '.join(missing)} (both listing "
+                "orders must be scored: eval.orders=both)"
+            )
     return rows
 
 
@@ -53,11 +63,14 @@ def rewards(policy: list[dict], reference: list[dict], where: str) -> dict[str, 
     """Per pair, averaged over the two listing orders: the chosen and rejected answers' rewards
     and whether the chosen one's is the higher (0, 0.5 or 1)."""
 
-    def key(r: dict) -> tuple[str, str, str]:
-        return (r["user_id"], r["positive"], r["negative"])
+    def key(r: dict) -> tuple[str, str, str, bool]:
+        return (r["user_id"], r["positive"], r["negative"], r["positive_listed_first"])
 
     if [key(r) for r in policy] != [key(r) for r in reference]:
-        raise SystemExit(f"reward_stats: {where} and the reference do not hold the same pairs")
+        raise SystemExit(
+            f"reward_stats: {where} and the reference do not hold the same pairs in the same "
+            "listing orders (other pairs, or another data.prompt_seed)"
+        )
     out: dict[str, list[float]] = {"chosen": [], "rejected": [], "correct": []}
     for p, r in zip(policy, reference, strict=True):
         chosen, rejected, correct = [], [], []
@@ -116,8 +129,10 @@ def plot(curves: dict[str, dict[str, list[float]]], window: int, path: Path) -> 
         ax.grid(alpha=0.3)
     axes[0].legend(fontsize=8)
     fig.tight_layout()
-    fig.savefig(path, dpi=90)
+    partial = path.with_name(path.name + ".partial.png")
+    fig.savefig(partial, dpi=90)
     plt.close(fig)
+    partial.replace(path)
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -137,6 +152,8 @@ def main(argv: list[str] | None = None) -> int:
     )
     parser.add_argument("--window", type=int, default=50, help="rolling mean over steps (50)")
     args = parser.parse_args(argv)
+    if args.window < 1:
+        parser.error("--window must be at least 1")
     reference = predictions(args.reference)
     users = [r["user_id"] for r in reference]
     ref_acc = pairwise_accuracy(*chosen_rejected_scores(reference, "both"))

@@ -191,6 +191,8 @@ def test_end_to_end_rows_resuming_and_the_agreement(script, run_dir, tmp_path, c
     assert code == 0, err
     installed = run_dir / "sft" / "hybrid" / "list-model.json"
     assert Hybrid.load(installed) == Hybrid.load(out / "list-model.json")
+    fitted_for = json.loads((installed.parent / "list-model.fitted-for.json").read_text())
+    assert fitted_for["model.adapters"] == fitted["settings"]["model.adapters"]
     # A list hybrid fitted with other settings is refused by the test part, naming them.
     code, _, err = evaluate(
         script, capsys, run_dir, out, "--llm-users", "2", "--part", "test", "--list-users", "5"
@@ -204,6 +206,20 @@ def test_end_to_end_rows_resuming_and_the_agreement(script, run_dir, tmp_path, c
     plan = rec.plan(rec.catalogue.titles[:2], k=3, m=4)
     answer = rec.finish(plan, load_ranker(str(run_dir)))
     assert answer["fusion"] == "list-hybrid" and len(answer["recommended"]) == 3
+    # Adapters trained again make it stale: said, and the pair hybrid ranks instead.
+    fitted_for["model.adapters"] = "0" * 16
+    (installed.parent / "list-model.fitted-for.json").write_text(json.dumps(fitted_for))
+    rec = load_recommender(str(run_dir), TitleNormalization(), say=lambda text: None)
+    assert rec.hybrid_kind == "hybrid" and rec.hybrid == Hybrid.load(
+        installed.parent / "model.json"
+    )
+    assert any("fitted for other adapters" in note for note in rec.notes)
+    # --install needs the list hybrid's part; a broken list-hybrid.json is one line.
+    with pytest.raises(SystemExit):
+        script.main(["--model", str(run_dir), "--part", "test", "--install"])
+    (out / "list-hybrid.json").write_text("{")
+    code, _, err = evaluate(script, capsys, run_dir, out, "--llm-users", "2", "--part", "test")
+    assert code == 2 and "not a list hybrid this script wrote" in err and "Traceback" not in err
 
     # With every candidate a pivot, the pivot rerank is all pairs: the two agree exactly.
     code, printed, err = evaluate(

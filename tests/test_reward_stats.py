@@ -27,7 +27,9 @@ def test_rewards_by_hand_and_the_table(benchmark, tmp_path, capsys):
     metrics = tmp_path / "metrics.jsonl"
     metrics.write_text("".join(json.dumps({"step": s, "chosen_reward": -s / 10,
                                            "reward_accuracy": 0.5, "loss": 0.7}) + "\n"
-                               for s in (1, 2, 3, 2)))  # fmt: skip
+                               for s in (1, 2, 3)))  # fmt: skip
+    with metrics.open("a") as f:  # a resumed run logs step 2 again: the latest row counts
+        f.write(json.dumps({"step": 2, "chosen_reward": -0.4, "reward_accuracy": 0.5}) + "\n")
     out = tmp_path / "out"
     argv = ["--reference", str(ref), "--cell", f"dpo={policy},{metrics}", "--out", str(out)]
     assert script.main([*argv, "--window", "2"]) == 0
@@ -36,7 +38,7 @@ def test_rewards_by_hand_and_the_table(benchmark, tmp_path, capsys):
     assert cell["correct"]["mean"] == pytest.approx(0.75)
     assert cell["chosen"]["mean"] == pytest.approx((-2 + 0.5) / 2)
     assert cell["rejected"]["mean"] == pytest.approx((-4 + 0.5) / 2)
-    assert doc["training"]["dpo"]["chosen_reward"] == pytest.approx([-0.15, -0.25])
+    assert doc["training"]["dpo"]["chosen_reward"] == pytest.approx([-0.25, -0.35])
     assert (out / "reward_stats.png").is_file() and "| dpo | 2 |" in capsys.readouterr().out
 
 
@@ -46,5 +48,15 @@ def test_other_pairs_are_refused(benchmark, tmp_path):
     other = write(tmp_path / "other", [row("u9", -1, -2, -1, -2)])
     with pytest.raises(SystemExit, match="do not hold the same pairs"):
         script.main(["--reference", str(ref), "--cell", f"x={other}", "--out", str(tmp_path)])
+    swapped = write(
+        tmp_path / "swapped", [{**row("u1", -1, -2, -1, -2), "positive_listed_first": False}]
+    )
+    with pytest.raises(SystemExit, match="another data.prompt_seed"):
+        script.main(["--reference", str(ref), "--cell", f"x={swapped}", "--out", str(tmp_path)])
+    one_order = write(
+        tmp_path / "one", [{**row("u1", -1, -2, -1, -2), "chosen_logp_swapped": None}]
+    )
+    with pytest.raises(SystemExit, match="record 1 has no chosen_logp_swapped"):
+        script.main(["--reference", str(one_order), "--cell", f"x={ref}", "--out", str(tmp_path)])
     with pytest.raises(SystemExit, match="no such file"):
         script.main(["--reference", str(tmp_path / "nope"), "--cell", f"x={other}"])

@@ -140,11 +140,18 @@ class Hybrid:
     @classmethod
     def load(cls, path: Path) -> Hybrid:
         try:
-            data = json.loads(Path(path).read_text())
+            return cls.from_dict(json.loads(Path(path).read_text()))
+        except (OSError, ValueError) as e:
+            raise ValueError(f"{path}: not a saved hybrid ({e})") from e
+
+    @classmethod
+    def from_dict(cls, data: Mapping) -> Hybrid:
+        """The hybrid `save` wrote as JSON, read back; ValueError when it is not one."""
+        try:
             return cls(**{**data, "components": tuple(data["components"]),
                           "scales": tuple(data["scales"]), "weights": tuple(data["weights"])})  # fmt: skip
-        except (OSError, ValueError, TypeError, KeyError) as e:
-            raise ValueError(f"{path}: not a saved hybrid ({e})") from e
+        except (ValueError, TypeError, KeyError) as e:
+            raise ValueError(f"not a saved hybrid ({e!r})") from e
 
 
 def popularity_margin(chosen: Array, rejected: Array) -> Array:

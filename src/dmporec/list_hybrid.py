@@ -24,17 +24,23 @@ pair hybrid's model.json); benchmarks/catalogue_eval.py fits it (`--part list-hy
 
 from __future__ import annotations
 
+import hashlib
+import json
 from collections.abc import Mapping, Sequence
+from pathlib import Path
 from typing import Any
 
 import numpy as np
 
 from dmporec.baselines import Scorer
+from dmporec.files import atomic_write_text
 from dmporec.hybrid import LLM, Hybrid
+from dmporec.model import read_lineage
 from dmporec.records import Record
 from dmporec.rerank import LIST_HYBRID_FILE, component_scores
 
-__all__ = ["LIST_HYBRID_FILE", "fit_list_hybrid", "list_components", "list_fused", "list_margins"]
+# Beside an installed list hybrid: the adapters (and rerank settings) it was fitted for.
+FITTED_FOR = LIST_HYBRID_FILE.with_name("list-model.fitted-for.json")
 SKIPPED = ("random", "sasrec")
 
 
@@ -102,3 +108,41 @@ def list_fused(
         hybrid.components, scorers, history, record.user_id, result["retrieved"], result["llm"]
     )
     return hybrid.item_scores(scores).tolist()
+
+
+def adapters_digest(stage: Path) -> str:
+    """sha256 (16 hex digits) of the stage's lineage.json and every adapter file, in order: the
+    trained model whose LLM scores a list hybrid's weights were fitted on."""
+    _, adapters = read_lineage(stage)
+    files = [stage / "lineage.json", *sorted(p for a in adapters for p in Path(a).rglob("*")
+                                             if p.is_file())]  # fmt: skip
+    h = hashlib.sha256()
+    for path in files:
+        h.update(path.read_bytes())
+    return h.hexdigest()[:16]
+
+
+def install(hybrid: Hybrid, stage: Path, settings: Mapping[str, Any]) -> Path:
+    """Write `hybrid` to STAGE/hybrid/list-model.json, where `recommend` and `serve` rank with
+    it, and beside it the stage's adapters digest and `settings` (what it was fitted with)."""
+    hybrid.save(stage / LIST_HYBRID_FILE)
+    fitted_for = {"model.adapters": adapters_digest(stage), **settings}
+    atomic_write_text(stage / FITTED_FOR, json.dumps(fitted_for, indent=1) + "\n")
+    return stage / LIST_HYBRID_FILE
+
+
+def check_installed(stage: Path) -> str | None:
+    """None when STAGE's list hybrid was installed for its adapters as they are now; else why
+    not (a line for the answer's notes: the pair hybrid or reciprocal rank is used instead)."""
+    path = stage / FITTED_FOR
+    try:
+        then = json.loads(path.read_text())["model.adapters"]
+    except (OSError, ValueError, KeyError, TypeError):
+        return f"{stage / LIST_HYBRID_FILE} has no readable {path.name}: not used"
+    if then != adapters_digest(stage):
+        return (
+            f"{stage / LIST_HYBRID_FILE} was fitted for other adapters than the stage's now "
+            "(trained again?): not used; fit it again (benchmarks/catalogue_eval.py --part "
+            "list-hybrid --install)"
+        )
+    return None

@@ -233,8 +233,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         "top-K from the catalogue (no --candidates)",
         "The catalogue is the run's training items (RUN/catalogue.jsonl, written on first use; "
         "`export` copies it). A retriever draws M candidates from it, the model reranks them "
-        "and the two orders are fused: by the run's hybrid (STAGE/hybrid/model.json) if it has "
-        "one, else by reciprocal rank. Each item shows its retriever rank, LLM score and fused "
+        "and the two orders are fused: by the run's list hybrid (STAGE/hybrid/list-model.json) "
+        "or else its pair hybrid (STAGE/hybrid/model.json) if it has one, else by reciprocal "
+        "rank. Each item shows its retriever rank, LLM score and fused "
         "score.",
     )
     top.add_argument("--user", metavar="ID", help="recommend for this user of the run's data files")

@@ -334,6 +334,28 @@ def component_scores(
     return scores
 
 
+def _hybrid_files(
+    stage: Path | None, use_hybrid: bool, notes: list[str], say: Callable[[str], None]
+) -> list[tuple[Path, str]]:
+    """The stage's fitted hybrids to try, in order: its list hybrid (when installed for the
+    stage's adapters as they are now; otherwise said in `notes`), then its pair hybrid."""
+    if stage is None or not use_hybrid:
+        return []
+    from dmporec.list_hybrid import check_installed
+
+    files = []
+    if (stage / LIST_HYBRID_FILE).is_file():
+        stale = check_installed(stage)
+        if stale is None:
+            files.append((stage / LIST_HYBRID_FILE, "list-hybrid"))
+        else:
+            notes.append(stale)
+            say(f"recommend: {stale}")
+    if (stage / HYBRID_FILE).is_file():
+        files.append((stage / HYBRID_FILE, "hybrid"))
+    return files
+
+
 def load_recommender(
     spec: str,
     norm: TitleNormalization,
@@ -349,9 +371,10 @@ def load_recommender(
     retriever (None: bpr-mf, or popularity from the catalogue's counts where no training records
     are at hand) and popularity fitted on the run's training records (BPR-MF and ALS read from
     RUN/retrievers/ when fitted there before on the same records and settings), and the stage's
-    hybrid (its list hybrid where it has one) with its components fitted (unless `use_hybrid` is
-    off). A hybrid component that
-    cannot be fitted here turns the hybrid off, said in every answer's notes."""
+    hybrid with its components fitted (unless `use_hybrid` is off): its list hybrid where one is
+    installed for its adapters as they are now, else its pair hybrid. A hybrid with a component
+    that cannot be fitted here is not used (the next one is tried, then reciprocal rank), said
+    in every answer's notes."""
     from dmporec.ranker import find_stage, run_config
 
     path = Path(spec).expanduser()
@@ -403,11 +426,8 @@ def load_recommender(
     if "popularity" not in scorers:
         scorers["popularity"] = fit("popularity")
     hybrid, notes, kind = None, [], "hybrid"
-    model_json = stage / HYBRID_FILE if stage is not None else None
-    if stage is not None and (stage / LIST_HYBRID_FILE).is_file():
-        model_json, kind = stage / LIST_HYBRID_FILE, "list-hybrid"
-    if use_hybrid and model_json is not None and model_json.is_file():
-        fitted = Hybrid.load(model_json)
+    for path, what in _hybrid_files(stage, use_hybrid, notes, say):
+        fitted = Hybrid.load(path)
         missing = []
         for name in fitted.components:
             if name == LLM or name in scorers:
@@ -416,12 +436,12 @@ def load_recommender(
                 scorers[name] = fit(name)
             except ConfigError as e:
                 missing.append(f"{name} ({e})")
-        if missing:
-            notes.append(
-                f"the run's hybrid ({model_json}) needs {'; '.join(missing)}: fused by "
-                "reciprocal rank instead"
-            )
-            say(f"recommend: {notes[-1]}")
-        else:
-            hybrid = fitted
+        if not missing:
+            hybrid, kind = fitted, what
+            break
+        notes.append(f"the run's hybrid ({path}) needs {'; '.join(missing)}: not used")
+        say(f"recommend: {notes[-1]}")
+    if use_hybrid and hybrid is None and notes:
+        notes.append("no fitted hybrid can be used: fused by reciprocal rank instead")
+        say(f"recommend: {notes[-1]}")
     return Recommender(catalogue, norm, retriever, scorers, hybrid, tuple(notes), kind)
