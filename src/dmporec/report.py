@@ -165,10 +165,38 @@ def plot_sweep(
 
 
 def plot_vs_k(rows: list[dict[str, Any]], out: Path) -> Path | None:
-    """Accuracy against the number of negatives k of the DPO/DMPO rows, one line per loss (their
-    settings: dmpo.k, dmpo.loss); None without two k values."""
-    trained = [r for r in rows if r.get("stage") == "dmpo"]
-    return plot_sweep(trained, "dmpo.k", out, line="dmpo.loss")
+    """Accuracy against the number of negatives k (dmpo.k) of the DPO/DMPO rows, one line per
+    group of cells that differ in k alone: cells of other training users, learning rates, losses
+    or SFT terms never share a line, so a point's move along a line is k's. Each line is named
+    by the settings that tell the groups apart (a file by its name). None without a line of two
+    k values."""
+    trained = [r for r in rows if r.get("stage") == "dmpo" and row_value(r, "dmpo.k") is not None]
+    rests = [_all_but_k(r) for r in trained]
+    keys = sorted({k for rest in rests for k in rest})
+    differ = [k for k in keys if len({json.dumps(rest.get(k)) for rest in rests}) > 1]
+    lines: dict[str, set[Any]] = {}
+    named = []
+    for r, rest in zip(trained, rests, strict=True):
+        name = ", ".join(f"{k.split('.')[-1]} {_short(rest.get(k))}" for k in differ)
+        name = name or str(row_value(r, "dmpo.loss") or "dmpo")
+        lines.setdefault(name, set()).add(row_value(r, "dmpo.k"))
+        named.append({**r, "vars": {**r.get("vars", {}), "k line": name}})
+    kept = [r for r in named if len(lines[r["vars"]["k line"]]) > 1]
+    return plot_sweep(kept, "dmpo.k", out, line="k line")
+
+
+def _all_but_k(row: dict[str, Any]) -> dict[str, Any]:
+    """What a row's cell was made with but dmpo.k: its settings, or (a row from before rows kept
+    them) its overrides."""
+    if "settings" in row:
+        return {k: v for k, v in row["settings"].items() if k != "dmpo.k"}
+    pairs = (o.partition("=") for o in row.get("overrides", []))
+    return {k: v for k, _, v in pairs if k != "dmpo.k"}
+
+
+def _short(value: Any) -> str:
+    text = str(value)
+    return Path(text).name if "/" in text else text
 
 
 def plot_training(run_dir: Path, out: Path) -> Path | None:

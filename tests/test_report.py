@@ -1,0 +1,37 @@
+"""dmporec.report's accuracy-against-k plot: one line per group of cells that differ in k alone
+(the learning curve's DMPO cells of N = 100 and N = 1000 once shared a line)."""
+
+from dmporec import report
+
+
+def row(cell: str, k: int, train: str, lr: float = 1e-3, acc: float = 0.6) -> dict:
+    settings = {"dmpo.k": k, "data.dmpo_train": f"runs/data/{train}", "dmpo.learning_rate": lr}
+    metrics = {"accuracy": acc, "accuracy_ci_low": acc - 0.03, "accuracy_ci_high": acc + 0.03}
+    return {"cell": cell, "model": "dmpo", "stage": "dmpo", "settings": settings,
+            "metrics": metrics}  # fmt: skip
+
+
+def test_cells_of_other_settings_never_share_a_k_line(tmp_path, monkeypatch):
+    rows = [
+        row("dpo-k1-1000", 1, "train_1000.jsonl"),
+        row("dmpo-k3-1000", 3, "train_1000.jsonl"),
+        row("dmpo-k5-1000", 5, "train_1000.jsonl"),
+        row("dmpo-k3-100", 3, "train_100.jsonl"),  # alone at its N: no line
+        row("dmpo-k3-1000-lr3", 3, "train_1000.jsonl", lr=3e-3),  # alone at its lr: no line
+        {"cell": "baselines", "model": "bpr-mf", "stage": "baselines", "metrics": {}},
+    ]
+    seen = {}
+
+    def sweep(rows, x, out, *, line=None, **kw):
+        seen.update(rows=rows, x=x, line=line)
+        return out
+
+    monkeypatch.setattr(report, "plot_sweep", sweep)
+    report.plot_vs_k(rows, tmp_path / "k.png")
+    assert [r["cell"] for r in seen["rows"]] == ["dpo-k1-1000", "dmpo-k3-1000", "dmpo-k5-1000"]
+    names = {r["vars"][seen["line"]] for r in seen["rows"]}
+    assert names == {"dmpo_train train_1000.jsonl, learning_rate 0.001"}
+    monkeypatch.undo()
+    assert report.plot_vs_k(rows, tmp_path / "k.png") == tmp_path / "k.png"
+    assert (tmp_path / "k.png").stat().st_size > 0
+    assert report.plot_vs_k(rows[3:], tmp_path / "none.png") is None  # no line of two k
