@@ -188,8 +188,8 @@ def plot_vs_k(rows: list[dict[str, Any]], out: Path) -> Path | None:
 def _all_but_k(row: dict[str, Any]) -> dict[str, Any]:
     """What a row's cell was made with but dmpo.k: its settings, or (a row from before rows kept
     them) its overrides."""
-    if "settings" in row:
-        return {k: v for k, v in row["settings"].items() if k != "dmpo.k"}
+    if "settings" in row:  # sft_from: cells that share an SFT (checked to be the same one)
+        return {k: v for k, v in row["settings"].items() if k not in ("dmpo.k", "sft_from")}
     pairs = (o.partition("=") for o in row.get("overrides", []))
     return {k: v for k, _, v in pairs if k != "dmpo.k"}
 
