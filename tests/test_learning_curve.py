@@ -90,12 +90,16 @@ def republish(tmp_path: Path, published: Path) -> tuple[Path, Path]:
     return out, pub
 
 
-def old_name(b: str, n: int) -> str:
+def old_name(b: str, n: int, rows: list[dict]) -> str:
     """A comparison as benchmarks/learning_curve.py labelled it, as a row's name ('cell: model')."""
     if b == "zero-shot":
         return "zero-shot: zero-shot"
     if b == "SFT":
         return f"sft-{n}: SFT"
+    # Another trained model at the same N (DMPO against DPO): its row by model and N.
+    same_n = [r for r in rows if r["model"] == b and f"-{n}-" in f"{r['cell']}-"]
+    if len(same_n) == 1:
+        return f"{same_n[0]['cell']}: {b}"
     model, _, rest = b.partition(" (N = ")
     other = rest.rstrip(")")
     return f"sft-{other}: SFT" if model == "SFT" else f"baselines-{other}: {model}"
@@ -127,20 +131,20 @@ def test_republishing_the_curve_gives_the_same_numbers_and_paired_tests(tmp_path
         if r["split"] == "test":
             points.setdefault(name, []).append(point)
     assert {k: sorted(v) for k, v in points.items()} == curve["series"]
-    # The paired tests: the same 34 comparisons with the same numbers (three of them computed
+    # The paired tests: the same 35 comparisons with the same numbers (three of them computed
     # again from the per-pair correctness the rows keep).
     carrier = {(t["n"], t["a"]): r for r in old for t in r["carried"].get("paired_tests", [])}
     expected = {}
     for t in curve["paired_tests"]:
         row = carrier[(t["n"], t["a"])]
         a = f"{row['cell']}: {row['model']}"
-        expected[(a, old_name(t["b"], t["n"]))] = {
+        expected[(a, old_name(t["b"], t["n"], old))] = {
             k: v for k, v in t.items() if k not in ("n", "a", "b")
         }
     tests = json.loads((out / "paired.json").read_text())
     found = {(t["a"], t["b"]): {k: v for k, v in t.items() if k not in ("a", "b")} for t in tests}
     assert found == expected
-    assert len(tests) == 34
+    assert len(tests) == len(curve["paired_tests"]) == 35
     published_tests = {(t["a"], t["b"]) for r in rows for t in r.get("paired_tests", [])}
     assert published_tests == set(expected)
     # The diagnostics: training users' pairs and DMPO's rewards; the learning-rate probe; lists.
