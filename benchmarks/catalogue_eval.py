@@ -69,12 +69,11 @@ The per-user steps are dmporec.topk_eval's, the statistics over users dmporec.to
 from __future__ import annotations
 
 import argparse
-import hashlib
 import json
 import os
 import platform
 import sys
-from dataclasses import dataclass
+from dataclasses import asdict, dataclass
 from datetime import date
 from pathlib import Path
 from typing import Any
@@ -95,7 +94,7 @@ from dmporec.catalogue import (
 )
 from dmporec.config import ConfigError, RunConfig
 from dmporec.data import load_records, training_labels
-from dmporec.files import atomic_write_text
+from dmporec.files import atomic_write_text, files_digest
 from dmporec.hybrid import Hybrid
 from dmporec.list_hybrid import adapters_digest, fit_list_hybrid, install, list_fused
 from dmporec.ranker import Ranker, find_stage, load_ranker, run_config
@@ -108,6 +107,7 @@ from dmporec.topk_eval import (
     candidate_sets,
     check_reused,
     classic_ranks,
+    differences,
     draw,
     fit_with_sasrec,
     ndcg_of,
@@ -132,14 +132,6 @@ SAMPLED = 100
 # Under --out: the list hybrid, the same fit without the LLM, and what they were fitted on.
 LIST_MODELS = {LIST_ROW: "list-model.json", LIST_CLASSIC_ROW: "list-classic-model.json"}
 LIST_DOC = "list-hybrid.json"
-
-
-def digest(*paths: Path) -> str:
-    """sha256 of the files' bytes in order (16 hex digits)."""
-    h = hashlib.sha256()
-    for path in paths:
-        h.update(Path(path).read_bytes())
-    return h.hexdigest()[:16]
 
 
 @dataclass
@@ -196,13 +188,13 @@ def common_settings(setup: Setup, args: argparse.Namespace, split: str) -> dict[
     return {
         "model.settings": fingerprint(read_settings(setup.stage) or {}),
         "model.adapters": adapters_digest(setup.stage),
-        "data.train": digest(*train),
-        f"data.{split}": digest(setup.files[split]),
-        "data.valid": digest(setup.files["valid"]),  # the retriever is chosen there
+        "data.train": files_digest(*train),
+        f"data.{split}": files_digest(setup.files[split]),
+        "data.valid": files_digest(setup.files["valid"]),  # the retriever is chosen there
         "data.title_normalization": data.title_normalization.model_dump(),
         "data.max_prompt_tokens": data.max_prompt_tokens,
         "catalogue": fingerprint(catalogue_text(setup.catalogue)),
-        "hybrid": digest(hybrid) if hybrid.is_file() else None,
+        "hybrid": files_digest(hybrid) if hybrid.is_file() else None,
         "retrieve": args.retrieve,
         "pivots": args.pivots,
         "seed": setup.cfg.eval.seed,
@@ -255,14 +247,12 @@ def run_test(args, setup: Setup, retriever: str, ranker_of, out: Path) -> None:
                 for p in chosen:
                     check_reused(rec, record, sets[p][i], args.retrieve, result[p], cache.path)
             for p in chosen:
-                for row, key in ((LLM_ROW, "llm"), (FUSED_ROW, "fused")):
-                    rank, ties = reranked_rank(result[p], key)
-                    llm[p].setdefault(row, {"rank": [], "ties": []})
-                    llm[p][row]["rank"].append(rank)
-                    llm[p][row]["ties"].append(ties)
-                for row, hybrid in lists.items():
-                    scored = {**result[p], row: list_fused(hybrid, result[p], record, by_name)}
-                    rank, ties = reranked_rank(scored, row)
+                scored = {LLM_ROW: result[p]["llm"], FUSED_ROW: result[p]["fused"]} | {
+                    row: list_fused(hybrid, result[p], record, by_name)
+                    for row, hybrid in lists.items()
+                }  # fmt: skip
+                for row, scores in scored.items():
+                    rank, ties = reranked_rank({**result[p], "scores": scores}, "scores")
                     llm[p].setdefault(row, {"rank": [], "ties": []})
                     llm[p][row]["rank"].append(rank)
                     llm[p][row]["ties"].append(ties)
@@ -337,13 +327,8 @@ def read_list_hybrids(
     except (OSError, ValueError, KeyError, TypeError) as e:
         raise ConfigError(f"{path}: not a list hybrid this script wrote ({e!r}); delete it or "
                           "use another --out") from None  # fmt: skip
-    now = list_settings(setup, args, retriever)
-    if then != now:
-        said = "; ".join(
-            f"{k}: {then.get(k)!r} then, {now.get(k)!r} now"
-            for k in sorted(then.keys() | now.keys())
-            if then.get(k) != now.get(k)
-        )
+    said = differences(then, list_settings(setup, args, retriever))
+    if said:
         raise ConfigError(
             f"{path}: the list hybrid was fitted with other settings ({said}); run --part "
             "list-hybrid with these, or use another --out"
@@ -403,7 +388,7 @@ def run_list_hybrid(
         "users": [valid[i].user_id for i in idx],
         "left_out": left_out,
         "retriever": retriever,
-        "hybrids": {row: json.loads((out / LIST_MODELS[row]).read_text()) for row in fitted},
+        "hybrids": {row: asdict(h) for row, h in fitted.items()},
         "table": table,
     }
     atomic_write_text(out / LIST_DOC, json.dumps(doc, indent=1) + "\n")

@@ -3,6 +3,7 @@ rename), and JSON lines read and appended."""
 
 from __future__ import annotations
 
+import hashlib
 import json
 import os
 import tempfile
@@ -48,6 +49,14 @@ def atomic_write_bytes(path: str | os.PathLike, data: bytes) -> None:
     except BaseException:
         Path(tmp).unlink(missing_ok=True)
         raise
+
+
+def files_digest(*paths: str | os.PathLike) -> str:
+    """sha256 of the files' bytes in order (16 hex digits): which inputs a result was made from."""
+    h = hashlib.sha256()
+    for path in paths:
+        h.update(Path(path).read_bytes())
+    return h.hexdigest()[:16]
 
 
 def read_jsonl(path: Path) -> list[dict[str, Any]]:

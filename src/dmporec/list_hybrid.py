@@ -24,7 +24,6 @@ pair hybrid's model.json); benchmarks/catalogue_eval.py fits it (`--part list-hy
 
 from __future__ import annotations
 
-import hashlib
 import json
 from collections.abc import Mapping, Sequence
 from pathlib import Path
@@ -33,7 +32,7 @@ from typing import Any
 import numpy as np
 
 from dmporec.baselines import Scorer
-from dmporec.files import atomic_write_text
+from dmporec.files import atomic_write_text, files_digest
 from dmporec.hybrid import LLM, Hybrid
 from dmporec.model import read_lineage
 from dmporec.records import Record
@@ -114,12 +113,8 @@ def adapters_digest(stage: Path) -> str:
     """sha256 (16 hex digits) of the stage's lineage.json and every adapter file, in order: the
     trained model whose LLM scores a list hybrid's weights were fitted on."""
     _, adapters = read_lineage(stage)
-    files = [stage / "lineage.json", *sorted(p for a in adapters for p in Path(a).rglob("*")
-                                             if p.is_file())]  # fmt: skip
-    h = hashlib.sha256()
-    for path in files:
-        h.update(path.read_bytes())
-    return h.hexdigest()[:16]
+    weights = sorted(p for a in adapters for p in Path(a).rglob("*") if p.is_file())
+    return files_digest(stage / "lineage.json", *weights)
 
 
 def install(hybrid: Hybrid, stage: Path, settings: Mapping[str, Any]) -> Path:

@@ -199,6 +199,16 @@ def check_reused(
         )
 
 
+def differences(then: dict[str, Any], now: dict[str, Any]) -> str:
+    """Every key whose value differs, 'key: old then, new now'; '' when none does. (A run's
+    stage settings go through stages.common.settings_changes, which reads older records.)"""
+    return "; ".join(
+        f"{k}: {then.get(k)!r} then, {now.get(k)!r} now"
+        for k in sorted(then.keys() | now.keys())
+        if then.get(k) != now.get(k)
+    )
+
+
 class ResultCache:
     """Per-user results in JSON lines, the first line {"settings": ...}. Reopened, it refuses
     other settings (naming them), keeps every whole line and drops one cut by a kill (that user
@@ -210,11 +220,7 @@ class ResultCache:
             text = path.read_text(encoding="utf-8")
             lines = text.splitlines()
             then = json.loads(lines[0]).get("settings", {})
-            said = "; ".join(
-                f"{k}: {then.get(k)!r} then, {settings.get(k)!r} now"
-                for k in sorted(then.keys() | settings.keys())
-                if then.get(k) != settings.get(k)
-            )
+            said = differences(then, settings)
             if said:
                 raise ConfigError(
                     f"{path} holds results made with other settings ({said}); use another "
