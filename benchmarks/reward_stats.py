@@ -35,7 +35,7 @@ from pathlib import Path
 import numpy as np
 
 from dmporec.evaluation import chosen_rejected_scores
-from dmporec.files import atomic_write_text, read_jsonl
+from dmporec.files import atomic_write_text, read_jsonl, read_steps
 from dmporec.metrics import bootstrap_ci, pairwise_accuracy
 
 
@@ -100,13 +100,10 @@ def with_ci(values: np.ndarray) -> dict[str, float]:
 
 
 def training_curve(path: Path, window: int) -> dict[str, list[float]]:
-    by_step = {}
-    for row in read_jsonl(path):
-        by_step[row["step"]] = row  # a resumed run logs some steps again: keep the latest
-    steps = sorted(by_step)
-    out: dict[str, list[float]] = {"step": [float(s) for s in steps]}
+    steps = read_steps(path)
+    out: dict[str, list[float]] = {"step": [float(s["step"]) for s in steps]}
     for key in ("chosen_reward", "reward_accuracy", "loss"):
-        values = np.array([by_step[s].get(key, np.nan) for s in steps], float)
+        values = np.array([s.get(key, np.nan) for s in steps], float)
         kernel = np.ones(min(window, len(values))) / min(window, len(values))
         out[key] = np.convolve(values, kernel, mode="valid").tolist() if len(values) else []
     return out

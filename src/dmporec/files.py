@@ -64,6 +64,13 @@ def read_jsonl(path: Path) -> list[dict[str, Any]]:
     return [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
 
 
+def read_steps(path: Path) -> list[dict[str, Any]]:
+    """A training log's rows (metrics.jsonl), one per optimizer step in step order: a resumed run
+    logs some steps again, and the latest row of a step is kept."""
+    by_step = {row["step"]: row for row in read_jsonl(path)}
+    return [by_step[s] for s in sorted(by_step)]
+
+
 def append_jsonl(path: Path, row: dict[str, Any]) -> None:
     """Append one JSON line (a metrics log's row), making the directory if need be."""
     path.parent.mkdir(parents=True, exist_ok=True)

@@ -2,13 +2,14 @@
 
 from __future__ import annotations
 
-import json
 from pathlib import Path
 
 import matplotlib
 
 matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
+
+from dmporec.files import read_steps  # noqa: E402
 
 CURVES = (
     ("loss", "loss"),
@@ -22,12 +23,7 @@ def plot_curves(metrics_path: Path, out_path: Path) -> Path | None:
     """Plot every logged curve against the optimizer step; None when nothing was logged."""
     if not metrics_path.is_file():
         return None
-    by_step = {}
-    for line in metrics_path.read_text().splitlines():
-        if line.strip():
-            row = json.loads(line)
-            by_step[row["step"]] = row  # a resumed run re-logs steps: keep the latest
-    rows = [by_step[s] for s in sorted(by_step)]
+    rows = read_steps(metrics_path)
     panels = [(key, title) for key, title in CURVES if any(key in r for r in rows)]
     if not rows or not panels:
         return None

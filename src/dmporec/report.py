@@ -21,7 +21,7 @@ import matplotlib
 matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
 
-from dmporec.files import atomic_write_text  # noqa: E402
+from dmporec.files import atomic_write_text, read_steps  # noqa: E402
 from dmporec.plots import CURVES  # noqa: E402
 from dmporec.records import DataError  # noqa: E402
 from dmporec.tables import (  # noqa: E402
@@ -203,13 +203,9 @@ def plot_training(run_dir: Path, out: Path) -> Path | None:
     """Every stage's curves (loss, reward margin, reward accuracy) overlaid, one line per stage."""
     curves: dict[str, list[dict[str, Any]]] = {}
     for path in sorted(run_dir.glob("**/metrics.jsonl")):
-        by_step = {}
-        for line in path.read_text().splitlines():
-            if line.strip():
-                row = json.loads(line)
-                by_step[row["step"]] = row
-        if by_step:
-            curves[str(path.parent.relative_to(run_dir))] = [by_step[s] for s in sorted(by_step)]
+        steps = read_steps(path)
+        if steps:
+            curves[str(path.parent.relative_to(run_dir))] = steps
     panels = [(k, t) for k, t in CURVES if any(k in r for rows in curves.values() for r in rows)]
     if not panels:
         return None
