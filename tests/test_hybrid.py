@@ -40,6 +40,48 @@ def test_the_fusion_learns_what_each_component_misses():
     assert weights["a"] > 0 and weights["b"] > 0
     assert abs(weights["noise"]) < 0.2 * min(weights["a"], weights["b"])
     assert 0.5 < model.cv_accuracy <= 1 and model.valid_pairs == 600 and model.valid_users == 300
+    assert model.selected_by == "log-loss" and 0 < model.cv_log_loss < np.log(2)
+
+
+def test_C_is_the_one_with_the_lowest_cross_validated_log_loss():
+    """The same GroupKFold search by hand: the C chosen has the least mean held-out log-loss
+    of the grid, and the accuracy kept is that C's."""
+    from sklearn.linear_model import LogisticRegression
+    from sklearn.metrics import accuracy_score, log_loss
+    from sklearn.model_selection import GroupKFold
+
+    valid, users = complementary(100, seed=4)
+    model = Hybrid.fit(valid, users)
+    z = np.stack([valid[c] for c in model.components], axis=1) / np.asarray(model.scales)
+    both, labels, groups = (
+        np.r_[z, -z],
+        np.r_[np.ones(len(z)), np.zeros(len(z))],
+        np.r_[users, users],
+    )
+    losses, accuracies = {}, {}
+    splits = list(GroupKFold(5).split(both, labels, groups))
+    for C in np.logspace(-3, 2, 11):
+        loss, right = [], []
+        for a, b in splits:
+            fit = LogisticRegression(C=C, fit_intercept=False, max_iter=1000).fit(
+                both[a], labels[a]
+            )
+            loss.append(log_loss(labels[b], fit.predict_proba(both[b])))
+            right.append(accuracy_score(labels[b], fit.predict(both[b])))
+        losses[C], accuracies[C] = np.mean(loss), np.mean(right)
+    best = min(losses, key=losses.get)
+    assert pytest.approx(best) == model.C
+    assert pytest.approx(losses[best]) == model.cv_log_loss
+    assert model.cv_accuracy == pytest.approx(accuracies[best])
+
+
+def test_a_hybrid_saved_before_log_loss_selection_reads_back_as_chosen_by_accuracy(tmp_path):
+    old = {"components": ["a"], "scales": [1.0], "weights": [0.5], "C": 1.0, "valid_pairs": 10,
+           "valid_users": 10, "cv_accuracy": 0.6}  # fmt: skip
+    (tmp_path / "model.json").write_text(json.dumps(old))
+    model = Hybrid.load(tmp_path / "model.json")
+    assert model.selected_by == "accuracy" and model.cv_log_loss is None
+    assert "C = 1 by cross-validated accuracy; cross-validated accuracy 0.600" in model.table()
 
 
 def test_a_pair_read_the_other_way_round_gets_the_opposite_margin(tmp_path):
