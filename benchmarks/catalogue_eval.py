@@ -47,7 +47,10 @@ uses every user.
 
 Resuming. LLM results are appended per user to DIR/test-llm.jsonl and DIR/agreement.jsonl, whose
 first line holds the settings they were made with; a rerun reuses them, refuses other settings
-(naming them) and checks each reused user's retrieved candidates against this run's. Writes
+(naming them) and checks each reused user's retrieved candidates against this run's. The caches
+hold the LLM's scores, not the fusion: the fused rows are made from them when read, with the
+stage's hybrid as it is then (test.json names its file and digest), so refitting a hybrid never
+costs an LLM pass. Writes
 DIR/test.json and DIR/agreement.json (every row's per-user values, so rows can be paired later)
 and prints tables. The LLM's seconds are those of the machine; run it alone.
 
@@ -61,7 +64,7 @@ adds is fused-list's paired test against it) and DIR/list-hybrid.json (weights, 
 users); --install also writes the first to STAGE/hybrid/list-model.json, which `recommend` and
 `serve` then rank with. The test part adds the rows fused-list and fused-list-classic (over the
 cached scores of the same M candidates, no LLM call) when DIR holds list hybrids made with these
-settings, and the target is then fused-list's; the fused row stays the pair hybrid's (or RRF), as the reranks were cached.
+settings, and the target is then fused-list's; the fused row stays the pair hybrid's (or RRF).
 
 The per-user steps are dmporec.topk_eval's, the statistics over users dmporec.topk_stats'.
 """
@@ -110,6 +113,7 @@ from dmporec.topk_eval import (
     differences,
     draw,
     fit_with_sasrec,
+    fused_now,
     ndcg_of,
     recommender,
     rerank_user,
@@ -129,6 +133,9 @@ from dmporec.topk_stats import (
 )
 
 SAMPLED = 100
+# Settings older caches recorded that no longer bear on them: the pair hybrid's digest (the fused
+# rows are made when read, topk_eval.fused_now).
+RETIRED = ("hybrid",)
 # Under --out: the list hybrid, the same fit without the LLM, and what they were fitted on.
 LIST_MODELS = {LIST_ROW: "list-model.json", LIST_CLASSIC_ROW: "list-classic-model.json"}
 LIST_DOC = "list-hybrid.json"
@@ -182,8 +189,9 @@ def split_records(setup: Setup, name: str) -> list[Record]:
 
 
 def common_settings(setup: Setup, args: argparse.Namespace, split: str) -> dict[str, Any]:
+    """What the cached LLM reranks depend on. Not the stage's hybrid: the fused rows are made
+    from the cached LLM scores when read (topk_eval.fused_now)."""
     data = setup.cfg.data
-    hybrid = setup.stage / HYBRID_FILE
     train = dict.fromkeys(Path(f) for f in (data.sft_train, data.dmpo_train) if f)
     return {
         "model.settings": fingerprint(read_settings(setup.stage) or {}),
@@ -194,7 +202,6 @@ def common_settings(setup: Setup, args: argparse.Namespace, split: str) -> dict[
         "data.title_normalization": data.title_normalization.model_dump(),
         "data.max_prompt_tokens": data.max_prompt_tokens,
         "catalogue": fingerprint(catalogue_text(setup.catalogue)),
-        "hybrid": files_digest(hybrid) if hybrid.is_file() else None,
         "retrieve": args.retrieve,
         "pivots": args.pivots,
         "seed": setup.cfg.eval.seed,
@@ -230,7 +237,8 @@ def run_test(args, setup: Setup, retriever: str, ranker_of, out: Path) -> None:
         rec = recommender(
             setup.stage, setup.cfg.data.title_normalization, catalogue, retriever, scorers
         )
-        cache = ResultCache(out / "test-llm.jsonl", settings)
+        fusion = rec.hybrid_kind if rec.hybrid is not None else "rrf"
+        cache = ResultCache(out / "test-llm.jsonl", settings, RETIRED)
         lists = read_list_hybrids(setup, args, out, retriever)
         for i in tqdm(llm_idx, desc="LLM rerank (test users)", unit="user", file=sys.stderr):
             record = test[i]
@@ -247,7 +255,7 @@ def run_test(args, setup: Setup, retriever: str, ranker_of, out: Path) -> None:
                 for p in chosen:
                     check_reused(rec, record, sets[p][i], args.retrieve, result[p], cache.path)
             for p in chosen:
-                scored = {LLM_ROW: result[p]["llm"], FUSED_ROW: result[p]["fused"]} | {
+                scored = {LLM_ROW: result[p]["llm"], FUSED_ROW: fused_now(rec, result[p], record)} | {
                     row: list_fused(hybrid, result[p], record, by_name)
                     for row, hybrid in lists.items()
                 }  # fmt: skip
@@ -258,7 +266,6 @@ def run_test(args, setup: Setup, retriever: str, ranker_of, out: Path) -> None:
                     llm[p][row]["ties"].append(ties)
                 seconds[p].append(result[p]["seconds"])
                 prompts[p].append(result[p]["prompts"])
-                fusion = result[p]["fusion"]
     protocols, table, tests_table, targets = protocol_results(
         classic, llm, llm_idx, len(test), n_boot, seed
     )
@@ -276,6 +283,7 @@ def run_test(args, setup: Setup, retriever: str, ranker_of, out: Path) -> None:
         "fitted_on": f"{len(setup.train):,} training users' histories + the test histories",
         "retriever": retriever,
         "fusion": fusion,
+        "fusion_file": fusion_file(setup) if fusion not in (None, "rrf") else None,
         "list_hybrids": {
             row: {"file": str(out / LIST_MODELS[row]), "weights": h.table()}
             for row, h in lists.items()
@@ -305,6 +313,12 @@ def run_test(args, setup: Setup, retriever: str, ranker_of, out: Path) -> None:
     say(f"catalogue_eval: wrote {out / 'test.json'}")
 
 
+def fusion_file(setup: Setup) -> dict[str, str]:
+    """The pair hybrid the fused row was made with: its file and digest."""
+    path = setup.stage / HYBRID_FILE
+    return {"file": str(path), "digest": files_digest(path)}
+
+
 def list_settings(setup: Setup, args: argparse.Namespace, retriever: str) -> dict[str, Any]:
     return {
         **common_settings(setup, args, "valid"), "sampled": args.sampled, "retriever": retriever,
@@ -322,7 +336,7 @@ def read_list_hybrids(
         return {}
     try:
         doc = json.loads(path.read_text())
-        then = doc["settings"]
+        then = {k: v for k, v in doc["settings"].items() if k not in RETIRED}
         fitted = {row: Hybrid.from_dict(doc["hybrids"][row]) for row in LIST_MODELS}
     except (OSError, ValueError, KeyError, TypeError) as e:
         raise ConfigError(f"{path}: not a list hybrid this script wrote ({e!r}); delete it or "
@@ -348,7 +362,7 @@ def run_list_hybrid(
         setup.stage, setup.cfg.data.title_normalization, catalogue, retriever, scorers
     )
     cache = ResultCache(out / "valid-llm.jsonl", {k: v for k, v in settings.items()
-                                                   if k != "list_users"})  # fmt: skip
+                                                   if k != "list_users"}, RETIRED)  # fmt: skip
     results = []
     for i in tqdm(idx, desc="LLM rerank (list hybrid, validation users)", unit="user",
                   file=sys.stderr):  # fmt: skip
@@ -410,7 +424,7 @@ def run_agreement(
     rec = recommender(
         setup.stage, setup.cfg.data.title_normalization, catalogue, retriever, scorers
     )
-    cache = ResultCache(out / "agreement.jsonl", settings)
+    cache = ResultCache(out / "agreement.jsonl", settings, RETIRED)
     rows = []
     for i in tqdm(idx, desc="pivot vs all pairs (validation users)", unit="user", file=sys.stderr):
         record = valid[i]
@@ -427,8 +441,10 @@ def run_agreement(
             cache.add(result)
         else:
             check_reused(rec, record, full, args.retrieve, result["pivot"], cache.path)
+        pivot, every = ({**result[m], "fused": fused_now(rec, result[m], record)}
+                        for m in ("pivot", "all-pairs"))  # fmt: skip
         rows.append({"user": record.user_id, **agreement_of(
-            result["pivot"], result["all-pairs"], result["pivot"]["positive_position"]
+            pivot, every, result["pivot"]["positive_position"]
         ), **{f"{mode}_{key}": result[mode][key] for mode in ("pivot", "all-pairs")
               for key in ("prompts", "seconds")}})  # fmt: skip
     title = (

@@ -294,3 +294,31 @@ def test_a_catalogue_file_is_json_lines_of_objects(tmp_path):
     write_catalogue(path, CATALOGUE)
     lines = [json.loads(line) for line in path.read_text().splitlines()]
     assert lines[0] == {"title": "A", "count": 5} and len(lines) == 5
+
+
+def test_a_cached_rerank_is_fused_as_recommend_fuses_with_the_hybrid_there_when_read():
+    """topk_eval keeps the LLM's scores of a rerank, not its fusion: fused_now makes the fused
+    scores `recommend` gives from them, with whichever hybrid (or none: reciprocal rank) the
+    Recommender has when they are read."""
+    from dmporec.topk_eval import fused_now, rerank_user
+
+    rng = torch.Generator().manual_seed(1)
+    utility = dict(zip(TITLES, torch.randn(30, generator=rng).tolist(), strict=True))
+    rec = llm_only(big_catalogue())
+    user = record("u", ["Film 00", "Film 03"], "Film 09", [])
+    candidates = (TITLES[4:16], 5)  # Film 09 among 12 unrated titles
+    result = rerank_user(rec, StubRanker(utility), user, candidates, m=8, rerank="pivot", pivots=2)
+    assert "fused" not in result and len(result["llm"]) == 8
+    among = [rec.catalogue.index(t) for t in candidates[0]]
+    for hybrid in (
+        rec.hybrid,
+        Hybrid(("llm", "popularity"), (1.0, 2.0), (0.3, 1.5), 1.0, 1, 1, 1.0),
+        None,
+    ):
+        rec.hybrid = hybrid
+        plan = rec.plan(["Film 00", "Film 03"], k=8, m=8, user_id="u", among=among)
+        doc = rec.finish(plan, StubRanker(utility))
+        expected = {it["title"]: it["fused_score"] for it in doc["recommended"]}
+        got = dict(zip(result["retrieved"], fused_now(rec, result, user), strict=True))
+        assert got == pytest.approx(expected, abs=1e-5)
+        assert doc["fusion"] == ("rrf" if hybrid is None else "hybrid")

@@ -21,11 +21,12 @@ from dmporec.catalogue import Catalogue, CatalogueItem, retrieve
 from dmporec.config import ConfigError
 from dmporec.files import atomic_write_text
 from dmporec.hybrid import LLM, Hybrid
+from dmporec.list_hybrid import list_fused
 from dmporec.listwise import CandidateSet, unrated_candidates
 from dmporec.metrics import rank_of_positive, ties_with_positive, user_ndcg
 from dmporec.ranker import Ranker
 from dmporec.records import Record, TitleNormalization
-from dmporec.rerank import HYBRID_FILE, Recommender
+from dmporec.rerank import HYBRID_FILE, Recommender, ranks, reciprocal_rank_fusion
 
 K = 10
 
@@ -137,8 +138,9 @@ def rerank_user(
     pivots: int,
 ) -> dict[str, Any]:
     """One request as `recommend` makes it, over `candidates`: the retriever's top M (titles,
-    in its order), the LLM's and the fused score of each, and where the positive sits in the
-    retriever's order of every candidate (1-based)."""
+    in its order), the LLM's score of each, and where the positive sits in the retriever's
+    order of every candidate (1-based). The fused scores are not kept: fused_now makes them from
+    these, with whatever hybrid the stage has when they are read."""
     titles, pos = candidates
     among = [rec.catalogue.index(t) for t in titles]
     m = min(m, len(among))  # a sampled set smaller than M is reranked whole
@@ -158,13 +160,24 @@ def rerank_user(
     return {
         "retrieved": top,
         "llm": [by_title[t]["llm_score"] for t in top],
-        "fused": [by_title[t]["fused_score"] for t in top],
         "positive_position": order.indices.index(rec.catalogue.index(titles[pos])) + 1,
-        "fusion": doc["fusion"],
         "prompts": doc["prompts"],
         "seconds": round(seconds, 3),
         "notes": doc["notes"],
     }
+
+
+def fused_now(rec: Recommender, result: dict[str, Any], record: Record) -> list[float | None]:
+    """A cached rerank's fused scores as `rec` fuses now: its hybrid over the cached LLM scores,
+    else reciprocal rank (what Recommender.finish does, without the LLM call). The fusion is
+    recomputed on every read, so refitting or installing a hybrid never costs an LLM pass and a
+    cache never holds another hybrid's fusion."""
+    llm = result["llm"]
+    if None in llm:  # not reranked (rerank none): nothing to fuse
+        return [None] * len(llm)
+    if rec.hybrid is not None:
+        return list_fused(rec.hybrid, result, record, rec.scorers)
+    return reciprocal_rank_fusion(range(1, len(llm) + 1), ranks(llm))
 
 
 def reranked_rank(result: dict[str, Any], row: str) -> tuple[float, int]:
@@ -212,14 +225,16 @@ def differences(then: dict[str, Any], now: dict[str, Any]) -> str:
 class ResultCache:
     """Per-user results in JSON lines, the first line {"settings": ...}. Reopened, it refuses
     other settings (naming them), keeps every whole line and drops one cut by a kill (that user
-    is redone)."""
+    is redone). `retired`: settings that older caches recorded and that no longer bear on what
+    is cached (not compared)."""
 
-    def __init__(self, path: Path, settings: dict[str, Any]) -> None:
+    def __init__(self, path: Path, settings: dict[str, Any], retired: Sequence[str] = ()) -> None:
         self.path, self.results = path, {}
         if path.is_file() and path.stat().st_size:
             text = path.read_text(encoding="utf-8")
             lines = text.splitlines()
             then = json.loads(lines[0]).get("settings", {})
+            then = {k: v for k, v in then.items() if k not in retired}
             said = differences(then, settings)
             if said:
                 raise ConfigError(
