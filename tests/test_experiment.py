@@ -133,8 +133,8 @@ def test_cells_run_once_and_share_an_sft(finished, tmp_path, capsys):
          "made with other settings (eval.n_boot: 50 then, 60 now)"),
         ("[eval.n_boot=50]", "[]", "hybrid was made with other settings (eval.n_boot: 50 then, "
          "20 now)"),
-        ("kind: hybrid", "kind: evaluate", "hybrid was made with other settings (kind: 'hybrid' "
-         "then, 'evaluate' now"),
+        ("kind: hybrid", "kind: evaluate", "hybrid was made with other settings (hybrid."
+         "selected_by: 'log-loss' then, None now; kind: 'hybrid' then, 'evaluate' now"),
         ("eval.listwise=3", "eval.listwise=4", "cell zero (random): extra evaluation lists was made "
          "with other settings (eval.listwise: 3 then, 4 now)"),
     ):  # fmt: skip
@@ -142,7 +142,18 @@ def test_cells_run_once_and_share_an_sft(finished, tmp_path, capsys):
         assert main(["experiment", "--config", path]) == 2
         err = capsys.readouterr().err
         assert said in err and "run the cell again with --rerun" in err, err
-    assert len((tmp_path / "exp/results.jsonl").read_text().splitlines()) == n_rows
+    Path(path).write_text(text)
+    # A hybrid fitted before C was chosen by log-loss (no such setting stored) is another result.
+    results = tmp_path / "exp/results.jsonl"
+    kept = results.read_text()
+    older = [json.loads(line) for line in kept.splitlines()]
+    for row in older:
+        row.get("evals", {}).get("hybrid", {}).get("settings", {}).pop("hybrid.selected_by", None)
+    results.write_text("".join(json.dumps(row) + "\n" for row in older))
+    assert main(["experiment", "--config", path]) == 2
+    assert "hybrid.selected_by: None then, 'log-loss' now" in capsys.readouterr().err
+    results.write_text(kept)
+    assert len(results.read_text().splitlines()) == n_rows
     Path(path).write_text(text)
     # One kept without its settings (an older dmporec) is not taken for this file's either.
     results = (tmp_path / "exp/results.jsonl").read_text()
@@ -159,7 +170,11 @@ def test_cells_run_once_and_share_an_sft(finished, tmp_path, capsys):
     assert main(["experiment", "--config", path, "--rerun", "k3-beta"]) == 0
     assert "experiment: hybrid of cell k3-beta (DMPO (k=3))" in capsys.readouterr().out
     (k3,) = [r for r in rows_of(tmp_path / "exp/results.jsonl") if r["cell"] == "k3-beta"]
-    assert k3["evals"]["hybrid"]["settings"] == {"kind": "hybrid", "eval.n_boot": 60}
+    assert k3["evals"]["hybrid"]["settings"] == {
+        "kind": "hybrid",
+        "eval.n_boot": 60,
+        "hybrid.selected_by": "log-loss",
+    }
     # A DMPO cell whose SFT settings are not those of the cell it takes its SFT from.
     text = Path(path).read_text() + (
         "  - {name: other-sft, overrides: [dmpo.k=2, sft.learning_rate=0.5], stages: [dmpo], "
@@ -212,7 +227,10 @@ def test_paired_tests_extra_evaluations_and_publishing(finished):
     # tests against every component and its per-pair scores, with the settings it was made with.
     for key in [("k3-beta", "DMPO (k=3)")]:
         h = by[key]["evals"]["hybrid"]
-        assert h["settings"] == {"kind": "hybrid", "eval.n_boot": 50}
+        assert h["settings"] == {
+            "kind": "hybrid", "eval.n_boot": 50, "hybrid.selected_by": "log-loss"
+        }  # fmt: skip
+        assert h["fusion"]["selected_by"] == "log-loss"
         assert (h["valid_users"], h["valid_pairs"]) == (5, 15)
         assert h["fusion"]["valid_pairs"] == h["classic_fusion"]["valid_pairs"] == 15
         assert h["fusion"]["components"][:3] == ["llm", "popularity", "bpr-mf"]

@@ -39,6 +39,7 @@ from dmporec.files import atomic_write_text
 
 Array = np.ndarray
 LLM = "llm"  # the component name of the trained model's margins
+SELECTED_BY = "log-loss"  # how Hybrid.fit chooses C (older fits: "accuracy")
 
 
 @dataclass(frozen=True)
@@ -104,7 +105,7 @@ class Hybrid:
             valid_pairs=int(len(z)),
             valid_users=int(n_users),
             cv_accuracy=float(best["mean_test_accuracy"][search.best_index_]),
-            selected_by="log-loss",
+            selected_by=SELECTED_BY,
             cv_log_loss=float(-best["mean_test_log_loss"][search.best_index_]),
         )
 

@@ -23,6 +23,7 @@ import numpy as np
 
 from dmporec.config import ConfigError, RunConfig, flat_settings
 from dmporec.evaluation import chosen_rejected_scores, read_predictions
+from dmporec.hybrid import SELECTED_BY
 from dmporec.metrics import pair_correct
 from dmporec.stages.common import settings_changes
 from dmporec.stages.experiment import Cell, ExtraEval, cell_config
@@ -48,7 +49,10 @@ def eval_settings(results: Results, cell: Cell, ev: ExtraEval) -> dict[str, Any]
     'data.valid': 'runs/learning-curve/data/hybrid_valid.jsonl'}."""
     mine = results.settings(cell)
     made = flat_settings(eval_config(results, cell, ev))
-    return {"kind": ev.kind, **{k: v for k, v in made.items() if mine.get(k) != v}}
+    out = {"kind": ev.kind, **{k: v for k, v in made.items() if mine.get(k) != v}}
+    if ev.kind == "hybrid":  # a hybrid fitted another way is another result
+        out["hybrid.selected_by"] = SELECTED_BY
+    return out
 
 
 def made_otherwise(result: dict[str, Any], cell_has: dict[str, Any], wanted: dict[str, Any]) -> str:
