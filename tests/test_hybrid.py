@@ -181,3 +181,36 @@ def test_a_config_with_sasrec_fuses_it_and_pairs_the_hybrid_with_it(tmp_path, ca
     evaluated = json.loads((out / "dmpo/hybrid/eval.json").read_text())
     assert "sasrec" in {t["b"] for t in evaluated["paired_tests"]}
     assert "sasrec" in {t["b"] for t in evaluated["llm_paired_tests"]}
+
+
+def test_the_selection_benchmark_nests_the_fit_in_held_out_validation_users(
+    benchmark, tmp_path, capsys
+):
+    """benchmarks/hybrid_selection.py: both ways of choosing C scored on outer held-out users
+    of a hybrid's validation pairs (a learnable fusion: both well above chance); a file that is
+    not a hybrid's validation pairs is one line naming it."""
+    script = benchmark("hybrid_selection")
+    valid, users = complementary(60, seed=5)
+    hybrid = tmp_path / "hybrid"
+    hybrid.mkdir()
+    rows = [
+        {
+            "user_id": str(u),
+            "positive": "p",
+            "negative": "n",
+            **{c: float(v[i]) for c, v in valid.items()},
+        }
+        for i, u in enumerate(users)
+    ]
+    (hybrid / "pairs-valid.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows))
+    out = tmp_path / "selection.json"
+    assert script.main([str(hybrid), "--repeats", "2", "--out", str(out)]) == 0
+    doc = json.loads(out.read_text())["hybrids"][str(hybrid)]
+    assert doc["pairs"] == 120
+    for selection in ("log-loss", "accuracy"):
+        assert len(doc["held_out_accuracy"][selection]) == 2
+        assert min(doc["held_out_accuracy"][selection]) > 0.7
+    assert "| hybrid | 120 |" in capsys.readouterr().out
+    (hybrid / "pairs-valid.jsonl").write_text("{")
+    with pytest.raises(SystemExit, match="pairs-valid.jsonl: not a hybrid's validation pairs"):
+        script.main([str(hybrid), "--out", str(out)])

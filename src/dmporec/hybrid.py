@@ -40,6 +40,7 @@ from dmporec.files import atomic_write_text
 Array = np.ndarray
 LLM = "llm"  # the component name of the trained model's margins
 SELECTED_BY = "log-loss"  # how Hybrid.fit chooses C (older fits: "accuracy")
+SELECTIONS = {"log-loss": "log_loss", "accuracy": "accuracy"}  # GridSearchCV scorer names
 
 
 @dataclass(frozen=True)
@@ -64,13 +65,18 @@ class Hybrid:
         users: Array,
         *,
         folds: int = 5,
+        selected_by: str = SELECTED_BY,
     ) -> Hybrid:
         """Fit on validation pairs: `margins[c][i]` = component c's margin of pair i (positive
-        minus negative), `users[i]` its user. Raises ValueError on too few users for the folds,
-        margins of different lengths or non-finite margins, naming the component."""
+        minus negative), `users[i]` its user. `selected_by`: what chooses C ("log-loss", the
+        default, or "accuracy", how older hybrids were fitted; benchmarks/hybrid_selection.py
+        compares them). Raises ValueError on too few users for the folds, margins of different
+        lengths or non-finite margins, naming the component."""
         from sklearn.linear_model import LogisticRegression
         from sklearn.model_selection import GridSearchCV, GroupKFold
 
+        if selected_by not in SELECTIONS:
+            raise ValueError(f"hybrid: selected_by must be one of {', '.join(SELECTIONS)}")
         components = tuple(margins)
         users = np.asarray(users)
         x = _matrix(margins, components, users.size)
@@ -92,7 +98,7 @@ class Hybrid:
             {"C": list(np.logspace(-3, 2, 11))},
             cv=splits,
             scoring={"log_loss": "neg_log_loss", "accuracy": "accuracy"},
-            refit="log_loss",
+            refit=SELECTIONS[selected_by],
         )
         search.fit(both, labels)
         model = search.best_estimator_
@@ -105,7 +111,7 @@ class Hybrid:
             valid_pairs=int(len(z)),
             valid_users=int(n_users),
             cv_accuracy=float(best["mean_test_accuracy"][search.best_index_]),
-            selected_by=SELECTED_BY,
+            selected_by=selected_by,
             cv_log_loss=float(-best["mean_test_log_loss"][search.best_index_]),
         )
 
