@@ -1,12 +1,15 @@
 """dmporec.report's accuracy-against-k plot: one line per group of cells that differ in k alone
 (the learning curve's DMPO cells of N = 100 and N = 1000 once shared a line)."""
 
+import pytest
+
 from dmporec import report
 
 
 def row(cell: str, k: int, train: str, lr: float = 1e-3, acc: float = 0.6) -> dict:
     settings = {"dmpo.k": k, "data.dmpo_train": f"runs/data/{train}", "dmpo.learning_rate": lr}
-    metrics = {"accuracy": acc, "accuracy_ci_low": acc - 0.03, "accuracy_ci_high": acc + 0.03}
+    metrics = {"accuracy": acc, "accuracy_ci_low": acc - 0.03, "accuracy_ci_high": acc + 0.03,
+               "auc": acc + 0.05, "auc_ci_low": acc + 0.01, "auc_ci_high": acc + 0.09}  # fmt: skip
     return {"cell": cell, "model": "dmpo", "stage": "dmpo", "settings": settings,
             "metrics": metrics}  # fmt: skip
 
@@ -22,8 +25,8 @@ def test_cells_of_other_settings_never_share_a_k_line(tmp_path, monkeypatch):
     ]
     seen = {}
 
-    def sweep(rows, x, out, *, line=None, **kw):
-        seen.update(rows=rows, x=x, line=line)
+    def sweep(rows, x, out, *, line=None, metrics=("accuracy",), **kw):
+        seen.update(rows=rows, x=x, line=line, metrics=metrics)
         return out
 
     monkeypatch.setattr(report, "plot_sweep", sweep)
@@ -31,7 +34,28 @@ def test_cells_of_other_settings_never_share_a_k_line(tmp_path, monkeypatch):
     assert [r["cell"] for r in seen["rows"]] == ["dpo-k1-1000", "dmpo-k3-1000", "dmpo-k5-1000"]
     names = {r["vars"][seen["line"]] for r in seen["rows"]}
     assert names == {"dmpo_train train_1000.jsonl, learning_rate 0.001"}
+    assert seen["metrics"] == ("accuracy", "auc")  # a panel each
     monkeypatch.undo()
     assert report.plot_vs_k(rows, tmp_path / "k.png") == tmp_path / "k.png"
     assert (tmp_path / "k.png").stat().st_size > 0
     assert report.plot_vs_k(rows[3:], tmp_path / "none.png") is None  # no line of two k
+
+
+def test_the_k_plot_draws_a_panel_per_metric_with_its_intervals(tmp_path, monkeypatch):
+    """Both panels get the line's three points with their own CIs (AUC's from auc_ci_*)."""
+    import matplotlib.axes
+
+    rows = [row(f"k{k}", k, "train_1000.jsonl", acc=0.55 + 0.02 * k) for k in (1, 3, 5)]
+    drawn = []
+    original = matplotlib.axes.Axes.errorbar
+
+    def errorbar(self, x, y, yerr=None, **kw):
+        drawn.append((self.get_ylabel(), list(y), [list(e) for e in yerr]))
+        return original(self, x, y, yerr=yerr, **kw)
+
+    monkeypatch.setattr(matplotlib.axes.Axes, "errorbar", errorbar)
+    assert report.plot_vs_k(rows, tmp_path / "k.png") == tmp_path / "k.png"
+    (acc_y, acc_err), (auc_y, auc_err) = [(y, e) for _, y, e in drawn]
+    assert acc_y == pytest.approx([0.57, 0.61, 0.65]) and auc_y == pytest.approx([0.62, 0.66, 0.70])
+    assert acc_err[0] + acc_err[1] == pytest.approx([0.03] * 6)  # below and above
+    assert auc_err[0] + auc_err[1] == pytest.approx([0.04] * 6)

@@ -108,34 +108,64 @@ def plot_sweep(
     log_x: bool = False,
     title: str = "",
     xlabel: str = "",
+    metrics: Sequence[str] = ("accuracy",),
 ) -> Path | None:
     """Accuracy (95% CI) against `x` (a vars or settings key, see row_value), one line per model
     (`series`) or per value of the key `line`; the rows of the `bands` cells as horizontal
-    bands. None without two x values."""
-    series: dict[str, list[tuple[float, float, float, float]]] = {}
-    for r in rows:
-        value = row_value(r, x)
-        if r.get("cell") in bands or isinstance(value, bool) or not isinstance(value, int | float):
-            continue
-        name = str(row_value(r, line)) if line else r.get("series", r["model"])
-        acc, lo, hi = _ci(r["metrics"], "accuracy")
-        series.setdefault(name, []).append((float(value), acc, lo, hi))
-    xs = sorted({p[0] for pts in series.values() for p in pts})
+    bands. `metrics`: one panel each, side by side ("accuracy", "auc": the authors' coin-flip
+    AUC); a row without a metric's CI is left out of that panel. None without two x values."""
+    panels: dict[str, dict[str, list[tuple[float, float, float, float]]]] = {}
+    for metric in metrics:
+        series = panels[metric] = {}
+        for r in rows:
+            value = row_value(r, x)
+            if r.get("cell") in bands or isinstance(value, bool):
+                continue
+            if not isinstance(value, int | float) or f"{metric}_ci_low" not in r["metrics"]:
+                continue
+            name = str(row_value(r, line)) if line else r.get("series", r["model"])
+            mean, lo, hi = _ci(r["metrics"], metric)
+            series.setdefault(name, []).append((float(value), mean, lo, hi))
+    xs = sorted({p[0] for pts in panels[metrics[0]].values() for p in pts})
     if len(xs) < 2:
         return None
-    fig, ax = plt.subplots(figsize=(8.6 if len(series) > 4 else 4.8, 4.0))
+    width = 8.6 if len(panels[metrics[0]]) > 4 else 4.8
+    fig, grid = plt.subplots(
+        1, len(metrics), figsize=(width + 3.6 * (len(metrics) - 1), 4.0), squeeze=False
+    )
+    axes = list(grid[0])
+    for ax, metric in zip(axes, metrics, strict=True):
+        _sweep_panel(ax, rows, panels[metric], metric, bands, log_x)
+        ax.set_xticks(xs, [f"{v:g}" for v in xs])
+        ax.set_xlabel(xlabel or x)
+        ax.set_ylabel(f"{METRIC_LABELS.get(metric, metric)} (95% CI)")
+        if title:
+            ax.set_title(title)
+    axes[-1].legend(
+        fontsize=7, loc="upper left", bbox_to_anchor=(1.01, 1)
+    )  # beside: no point hidden
+    fig.tight_layout()
+    fig.savefig(out, dpi=90)
+    plt.close(fig)
+    return out
+
+
+METRIC_LABELS = {"accuracy": "pairwise accuracy", "auc": "coin-flip AUC"}
+
+
+def _sweep_panel(ax, rows, series, metric: str, bands: Sequence[str], log_x: bool) -> None:
+    """One metric's lines (and the bands' rows) on `ax`; 0.5 (chance for both metrics) dashed."""
     for r in rows:
-        if r.get("cell") in bands:
-            acc, lo, hi = _ci(r["metrics"], "accuracy")
-            ax.axhspan(acc - lo, acc + hi, color="gray", alpha=0.15)
+        if r.get("cell") in bands and f"{metric}_ci_low" in r["metrics"]:
+            mean, lo, hi = _ci(r["metrics"], metric)
+            ax.axhspan(mean - lo, mean + hi, color="gray", alpha=0.15)
             ax.axhline(
-                acc,
-                color="gray",
-                linestyle=":",
+                mean, color="gray", linestyle=":",
                 label=f"{r.get('series', r['model'])} (95% CI band)",
-            )
+            )  # fmt: skip
+    xs = sorted({p[0] for pts in series.values() for p in pts})
     # Each line a little to the side, so CIs at the same x do not cover each other.
-    step = 0.025 if log_x else 0.01 * (xs[-1] - xs[0])
+    step = 0.025 if log_x else 0.01 * (xs[-1] - xs[0]) if len(xs) > 1 else 0.0
     for i, (name, pts) in enumerate(series.items()):
         pts.sort()
         shift = i - (len(series) - 1) / 2
@@ -151,23 +181,13 @@ def plot_sweep(
     ax.axhline(0.5, color="black", linewidth=0.8, linestyle="--")
     if log_x:
         ax.set_xscale("log")
-    ax.set_xticks(xs, [f"{v:g}" for v in xs])
-    ax.set_xlabel(xlabel or x)
-    ax.set_ylabel("pairwise accuracy (95% CI)")
-    if title:
-        ax.set_title(title)
     ax.grid(alpha=0.3)
-    ax.legend(fontsize=7, loc="upper left", bbox_to_anchor=(1.01, 1))  # beside: no point hidden
-    fig.tight_layout()
-    fig.savefig(out, dpi=90)
-    plt.close(fig)
-    return out
 
 
 def plot_vs_k(rows: list[dict[str, Any]], out: Path) -> Path | None:
-    """Accuracy against the number of negatives k (dmpo.k) of the DPO/DMPO rows, one line per
-    group of cells that differ in k alone: cells of other training users, learning rates, losses
-    or SFT terms never share a line, so a point's move along a line is k's. Each line is named
+    """Accuracy and coin-flip AUC (two panels) against the number of negatives k (dmpo.k) of the
+    DPO/DMPO rows, one line per group of cells that differ in k alone: cells of other training
+    users, learning rates, losses or SFT terms never share a line, so a point's move along a line is k's. Each line is named
     by the settings that tell the groups apart (a file by its name). None without a line of two
     k values."""
     trained = [r for r in rows if r.get("stage") == "dmpo" and row_value(r, "dmpo.k") is not None]
@@ -182,7 +202,7 @@ def plot_vs_k(rows: list[dict[str, Any]], out: Path) -> Path | None:
         lines.setdefault(name, set()).add(row_value(r, "dmpo.k"))
         named.append({**r, "vars": {**r.get("vars", {}), "k line": name}})
     kept = [r for r in named if len(lines[r["vars"]["k line"]]) > 1]
-    return plot_sweep(kept, "dmpo.k", out, line="k line")
+    return plot_sweep(kept, "dmpo.k", out, line="k line", metrics=("accuracy", "auc"))
 
 
 def _all_but_k(row: dict[str, Any]) -> dict[str, Any]:
@@ -277,7 +297,7 @@ def write_report(run_dir: str | Path, plots: Sequence[Any] = ()) -> Path:
         parts += ["## Training", "", training, ""]
     figures = [
         ("Models side by side", plot_models(rows, run_dir / "report_models.png")),
-        ("Accuracy against k", plot_vs_k(rows, run_dir / "report_k.png")),
+        ("Accuracy and AUC against k", plot_vs_k(rows, run_dir / "report_k.png")),
     ]
     for p in plots:
         path = plot_sweep(
