@@ -27,8 +27,9 @@ candidate, ties averaged over random tie-breaks. The retriever is the `recommend
 choice with the best full NDCG@10 on the validation users (chosen there only). llm: the
 retriever's top M (among the user's candidates, as `recommend` retrieves; its ties broken by
 catalogue order, as there) reordered by the LLM's pivot rerank, the rest after them in the
-retriever's order. fused: what `recommend` returns, the run's hybrid
-(STAGE/hybrid/model.json) over the same M, or reciprocal-rank fusion without one. The LLM rows
+retriever's order. fused: the run's pair hybrid (STAGE/hybrid/model.json) over the same M, as
+`recommend` fuses with it, or reciprocal-rank fusion without one (where a list hybrid is
+installed, `recommend` returns the fused-list row instead, below). The LLM rows
 cover --llm-users test users (a seeded draw), and every classic row is reported on the same
 users too, for the paired tests.
 
@@ -49,8 +50,8 @@ Resuming. LLM results are appended per user to DIR/test-llm.jsonl and DIR/agreem
 first line holds the settings they were made with; a rerun reuses them, refuses other settings
 (naming them) and checks each reused user's retrieved candidates against this run's. The caches
 hold the LLM's scores, not the fusion: the fused rows are made from them when read, with the
-stage's hybrid as it is then (test.json names its file and digest), so refitting a hybrid never
-costs an LLM pass. Writes
+stage's hybrid as it is when the run begins (test.json and agreement.json name its file and
+digest), so refitting a hybrid never costs an LLM pass. Writes
 DIR/test.json and DIR/agreement.json (every row's per-user values, so rows can be paired later)
 and prints tables. The LLM's seconds are those of the machine; run it alone.
 
@@ -98,11 +99,11 @@ from dmporec.catalogue import (
 from dmporec.config import ConfigError, RunConfig
 from dmporec.data import load_records, training_labels
 from dmporec.files import atomic_write_text, files_digest
-from dmporec.hybrid import Hybrid
+from dmporec.hybrid import SELECTED_BY, Hybrid
 from dmporec.list_hybrid import adapters_digest, fit_list_hybrid, install, list_fused
 from dmporec.ranker import Ranker, find_stage, load_ranker, run_config
 from dmporec.records import DataError, Record
-from dmporec.rerank import HYBRID_FILE, PIVOTS, RETRIEVE
+from dmporec.rerank import PIVOTS, RETRIEVE
 from dmporec.stages.common import fingerprint, read_settings
 from dmporec.topk_eval import (
     K,
@@ -232,12 +233,11 @@ def run_test(args, setup: Setup, retriever: str, ranker_of, out: Path) -> None:
     llm: dict[str, dict[str, dict[str, list[float]]]] = {p: {} for p in chosen}
     seconds: dict[str, list[float]] = {p: [] for p in chosen}
     prompts: dict[str, list[int]] = {p: [] for p in chosen}
-    fusion = None
+    fusion: dict[str, Any] = {"fusion": None, "file": None, "digest": None}
     if llm_idx:
-        rec = recommender(
+        rec, fusion = recommender(
             setup.stage, setup.cfg.data.title_normalization, catalogue, retriever, scorers
         )
-        fusion = rec.hybrid_kind if rec.hybrid is not None else "rrf"
         cache = ResultCache(out / "test-llm.jsonl", settings, RETIRED)
         lists = read_list_hybrids(setup, args, out, retriever)
         for i in tqdm(llm_idx, desc="LLM rerank (test users)", unit="user", file=sys.stderr):
@@ -282,8 +282,8 @@ def run_test(args, setup: Setup, retriever: str, ranker_of, out: Path) -> None:
         "rated": "history and the record's negatives (all the data files say a user rated)",
         "fitted_on": f"{len(setup.train):,} training users' histories + the test histories",
         "retriever": retriever,
-        "fusion": fusion,
-        "fusion_file": fusion_file(setup) if fusion not in (None, "rrf") else None,
+        "fusion": fusion["fusion"],
+        "fusion_file": fusion_file(fusion),
         "list_hybrids": {
             row: {"file": str(out / LIST_MODELS[row]), "weights": h.table()}
             for row, h in lists.items()
@@ -313,10 +313,10 @@ def run_test(args, setup: Setup, retriever: str, ranker_of, out: Path) -> None:
     say(f"catalogue_eval: wrote {out / 'test.json'}")
 
 
-def fusion_file(setup: Setup) -> dict[str, str]:
-    """The pair hybrid the fused row was made with: its file and digest."""
-    path = setup.stage / HYBRID_FILE
-    return {"file": str(path), "digest": files_digest(path)}
+def fusion_file(fusion: dict[str, Any]) -> dict[str, str] | None:
+    """The pair hybrid the fused rows were made with (its file and digest, as it was read when
+    the run began), or None (reciprocal rank)."""
+    return {"file": fusion["file"], "digest": fusion["digest"]} if fusion["file"] else None
 
 
 def list_settings(setup: Setup, args: argparse.Namespace, retriever: str) -> dict[str, Any]:
@@ -341,6 +341,12 @@ def read_list_hybrids(
     except (OSError, ValueError, KeyError, TypeError) as e:
         raise ConfigError(f"{path}: not a list hybrid this script wrote ({e!r}); delete it or "
                           "use another --out") from None  # fmt: skip
+    older = sorted({h.selected_by for h in fitted.values()} - {SELECTED_BY})
+    if older:
+        raise ConfigError(
+            f"{path}: the list hybrid's C was chosen by {', '.join(older)}, not {SELECTED_BY} as "
+            "Hybrid.fit chooses it now; run --part list-hybrid again (its LLM reranks are reused)"
+        )
     said = differences(then, list_settings(setup, args, retriever))
     if said:
         raise ConfigError(
@@ -358,7 +364,7 @@ def run_list_hybrid(
     idx = draw(len(valid), min(args.list_users, len(valid)), seed, "list-hybrid-users")
     sets = candidate_sets(setup.catalogue, catalogue, valid, args.sampled, seed)["sampled"]
     settings = list_settings(setup, args, retriever)
-    rec = recommender(
+    rec, _ = recommender(
         setup.stage, setup.cfg.data.title_normalization, catalogue, retriever, scorers
     )
     cache = ResultCache(out / "valid-llm.jsonl", {k: v for k, v in settings.items()
@@ -421,7 +427,7 @@ def run_agreement(
     seed, n_boot = setup.cfg.eval.seed, setup.cfg.eval.n_boot
     idx = draw(len(valid), min(args.valid_users, len(valid)), seed, "agreement-users")
     settings = {**common_settings(setup, args, "valid"), "retriever": retriever}
-    rec = recommender(
+    rec, fusion = recommender(
         setup.stage, setup.cfg.data.title_normalization, catalogue, retriever, scorers
     )
     cache = ResultCache(out / "agreement.jsonl", settings, RETIRED)
@@ -459,6 +465,8 @@ def run_agreement(
         "valid_file": str(setup.files["valid"]),
         "users": len(rows),
         "retriever": retriever,
+        "fusion": fusion["fusion"],  # the fused_* statistics'
+        "fusion_file": fusion_file(fusion),
         "means": means,
         "tests": tests,
         "table": "\n".join(lines),

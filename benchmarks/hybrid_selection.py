@@ -76,12 +76,16 @@ def main(argv: list[str] | None = None) -> int:
     ]
     for directory in args.dirs:
         margins, users = read_margins(directory)
-        got = {
-            sel: [
-                held_out_accuracy(margins, users, sel, args.folds, s) for s in range(args.repeats)
-            ]
-            for sel in ("log-loss", "accuracy")
-        }
+        try:
+            got = {
+                sel: [
+                    held_out_accuracy(margins, users, sel, args.folds, s)
+                    for s in range(args.repeats)
+                ]
+                for sel in ("log-loss", "accuracy")
+            }
+        except ValueError as e:  # Hybrid.fit: too few users in an outer fold's training part
+            raise SystemExit(f"hybrid_selection: {directory}: {e} (--folds {args.folds})") from None
         diff = np.subtract(got["log-loss"], got["accuracy"])
         doc[str(directory)] = {"pairs": int(users.size), "held_out_accuracy": got,
                                "difference": diff.tolist()}  # fmt: skip

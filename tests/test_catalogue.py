@@ -322,3 +322,5 @@ def test_a_cached_rerank_is_fused_as_recommend_fuses_with_the_hybrid_there_when_
         got = dict(zip(result["retrieved"], fused_now(rec, result, user), strict=True))
         assert got == pytest.approx(expected, abs=1e-5)
         assert doc["fusion"] == ("rrf" if hybrid is None else "hybrid")
+    # A rerank that scored nothing (rerank none) has nothing to fuse.
+    assert fused_now(rec, {**result, "llm": [None] * 8}, user) == [None] * 8

@@ -12,6 +12,7 @@ import pytest
 
 from dmporec.catalogue import Catalogue, CatalogueItem
 from dmporec.cli import main as dmporec
+from dmporec.files import files_digest
 from dmporec.hybrid import Hybrid
 from dmporec.listwise import unrated_candidates
 from dmporec.metrics import user_hits, user_ndcg
@@ -174,6 +175,27 @@ def test_end_to_end_rows_resuming_and_the_agreement(script, run_dir, tmp_path, c
     assert code == 0, err
     assert json.loads((out / "test.json").read_text())["protocols"] == doc["protocols"]
     assert cache.read_text().splitlines() == lines  # the cut line is gone
+    # The fused rows are made when read, with the pair hybrid as the run finds it: refitting it
+    # costs no LLM call, and test.json names the file and digest. A cache that recorded the
+    # hybrid's digest (older ones did) is still read.
+    model_json = run_dir / "sft" / "hybrid" / "model.json"
+    assert doc["fusion_file"] == {"file": str(model_json), "digest": files_digest(model_json)}
+    assert agreement["fusion"] == "hybrid" and agreement["fusion_file"] == doc["fusion_file"]
+    kept_model = model_json.read_text()
+    llm_alone = Hybrid(("llm", "popularity", "bpr-mf"), (1.0,) * 3, (1.0, 0.0, 0.0), 1, 9, 3, 0.6)
+    llm_alone.save(model_json)
+    older = json.loads(lines[0])
+    older["settings"]["hybrid"] = "79a1ea15adf5f251"
+    cache.write_text("\n".join([json.dumps(older), *lines[1:]]) + "\n")
+    code, _, err = evaluate(script, capsys, run_dir, out, "--llm-users", "2", "--part", "test")
+    assert code == 0, err
+    refitted = json.loads((out / "test.json").read_text())
+    assert refitted["fusion_file"]["digest"] == files_digest(model_json)
+    for p in ("full", "sampled"):  # fused by the LLM alone: the LLM's order
+        ranked = refitted["per_user"]["llm"][p]
+        assert ranked["fused"] == ranked["llm-rerank"]
+    model_json.write_text(kept_model)
+    cache.write_text("\n".join(lines) + "\n")
     # Other settings are refused, naming them; the results are kept.
     code, _, err = evaluate(
         script, capsys, run_dir, out, "--llm-users", "2", "--part", "test", "--pivots", "3"
@@ -214,6 +236,13 @@ def test_end_to_end_rows_resuming_and_the_agreement(script, run_dir, tmp_path, c
         installed.parent / "model.json"
     )
     assert any("fitted for other adapters" in note for note in rec.notes)
+    # A list hybrid whose C was chosen the older way (by accuracy) is refused, naming it.
+    listed = json.loads((out / "list-hybrid.json").read_text())
+    for fit in listed["hybrids"].values():
+        fit["selected_by"] = "accuracy"
+    (out / "list-hybrid.json").write_text(json.dumps(listed))
+    code, _, err = evaluate(script, capsys, run_dir, out, "--llm-users", "2", "--part", "test")
+    assert code == 2 and "C was chosen by accuracy, not log-loss" in err
     # --install needs the list hybrid's part; a broken list-hybrid.json is one line.
     with pytest.raises(SystemExit):
         script.main(["--model", str(run_dir), "--part", "test", "--install"])

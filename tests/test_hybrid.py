@@ -211,6 +211,11 @@ def test_the_selection_benchmark_nests_the_fit_in_held_out_validation_users(
         assert len(doc["held_out_accuracy"][selection]) == 2
         assert min(doc["held_out_accuracy"][selection]) > 0.7
     assert "| hybrid | 120 |" in capsys.readouterr().out
+    few = tmp_path / "few"
+    few.mkdir()
+    (few / "pairs-valid.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows[:12]))
+    with pytest.raises(SystemExit, match="few: hybrid: 4 validation users, at least 5 needed"):
+        script.main([str(few), "--repeats", "1", "--out", str(out)])
     (hybrid / "pairs-valid.jsonl").write_text("{")
     with pytest.raises(SystemExit, match="pairs-valid.jsonl: not a hybrid's validation pairs"):
         script.main([str(hybrid), "--out", str(out)])

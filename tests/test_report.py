@@ -59,3 +59,34 @@ def test_the_k_plot_draws_a_panel_per_metric_with_its_intervals(tmp_path, monkey
     assert acc_y == pytest.approx([0.57, 0.61, 0.65]) and auc_y == pytest.approx([0.62, 0.66, 0.70])
     assert acc_err[0] + acc_err[1] == pytest.approx([0.03] * 6)  # below and above
     assert auc_err[0] + auc_err[1] == pytest.approx([0.04] * 6)
+
+
+def test_a_line_without_auc_keeps_its_colour_and_its_legend_entry(tmp_path, monkeypatch):
+    """A line with accuracy CIs only (rows from before AUC CIs were kept) is drawn in the
+    accuracy panel alone, in the same colour as it would have anywhere, and stays in the legend."""
+    import matplotlib.axes
+
+    rows = [row(f"a{k}", k, "train_1000.jsonl") for k in (1, 3)]
+    rows += [row(f"b{k}", k, "train_400.jsonl") for k in (1, 3)]
+    for r in rows[2:]:
+        r["metrics"] = {k: v for k, v in r["metrics"].items() if not k.startswith("auc")}
+    colours, legends = [], []
+    errorbar, legend = matplotlib.axes.Axes.errorbar, matplotlib.axes.Axes.legend
+
+    def spy_errorbar(self, *a, **kw):
+        colours.append((self.get_ylabel(), kw["label"], kw["color"]))
+        return errorbar(self, *a, **kw)
+
+    def spy_legend(self, *a, **kw):
+        legends.append(list(a[1]))
+        return legend(self, *a, **kw)
+
+    monkeypatch.setattr(matplotlib.axes.Axes, "errorbar", spy_errorbar)
+    monkeypatch.setattr(matplotlib.axes.Axes, "legend", spy_legend)
+    assert report.plot_vs_k(rows, tmp_path / "k.png") == tmp_path / "k.png"
+    by_line = {}
+    for _, label, colour in colours:
+        by_line.setdefault(label, set()).add(colour)
+    assert len(colours) == 3 and all(len(c) == 1 for c in by_line.values())
+    assert len({next(iter(c)) for c in by_line.values()}) == 2  # two lines, two colours
+    assert len(legends) == 1 and sorted(legends[0]) == sorted(by_line)

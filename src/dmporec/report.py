@@ -110,7 +110,7 @@ def plot_sweep(
     xlabel: str = "",
     metrics: Sequence[str] = ("accuracy",),
 ) -> Path | None:
-    """Accuracy (95% CI) against `x` (a vars or settings key, see row_value), one line per model
+    """A metric (95% CI) against `x` (a vars or settings key, see row_value), one line per model
     (`series`) or per value of the key `line`; the rows of the `bands` cells as horizontal
     bands. `metrics`: one panel each, side by side ("accuracy", "auc": the authors' coin-flip
     AUC); a row without a metric's CI is left out of that panel. None without two x values."""
@@ -134,16 +134,24 @@ def plot_sweep(
         1, len(metrics), figsize=(width + 3.6 * (len(metrics) - 1), 4.0), squeeze=False
     )
     axes = list(grid[0])
+    # One colour per line across the panels, and one legend of every line and band.
+    names = dict.fromkeys(n for metric in metrics for n in panels[metric])
+    colors = {name: f"C{i % 10}" for i, name in enumerate(names)}
     for ax, metric in zip(axes, metrics, strict=True):
-        _sweep_panel(ax, rows, panels[metric], metric, bands, log_x)
+        _sweep_panel(ax, rows, panels[metric], metric, bands, log_x, colors)
         ax.set_xticks(xs, [f"{v:g}" for v in xs])
         ax.set_xlabel(xlabel or x)
         ax.set_ylabel(f"{METRIC_LABELS.get(metric, metric)} (95% CI)")
         if title:
             ax.set_title(title)
+    legend: dict[str, Any] = {}
+    for ax in axes:
+        for handle, label in zip(*ax.get_legend_handles_labels(), strict=True):
+            legend.setdefault(label, handle)
+    # Beside the panels: no point hidden.
     axes[-1].legend(
-        fontsize=7, loc="upper left", bbox_to_anchor=(1.01, 1)
-    )  # beside: no point hidden
+        list(legend.values()), list(legend), fontsize=7, loc="upper left", bbox_to_anchor=(1.01, 1)
+    )
     fig.tight_layout()
     fig.savefig(out, dpi=90)
     plt.close(fig)
@@ -153,7 +161,9 @@ def plot_sweep(
 METRIC_LABELS = {"accuracy": "pairwise accuracy", "auc": "coin-flip AUC"}
 
 
-def _sweep_panel(ax, rows, series, metric: str, bands: Sequence[str], log_x: bool) -> None:
+def _sweep_panel(
+    ax, rows, series, metric: str, bands: Sequence[str], log_x: bool, colors: dict[str, str]
+) -> None:
     """One metric's lines (and the bands' rows) on `ax`; 0.5 (chance for both metrics) dashed."""
     for r in rows:
         if r.get("cell") in bands and f"{metric}_ci_low" in r["metrics"]:
@@ -177,6 +187,7 @@ def _sweep_panel(ax, rows, series, metric: str, bands: Sequence[str], log_x: boo
             marker="o",
             capsize=3,
             label=name,
+            color=colors[name],
         )
     ax.axhline(0.5, color="black", linewidth=0.8, linestyle="--")
     if log_x:

@@ -19,7 +19,7 @@ from tqdm.auto import tqdm
 from dmporec.baselines import Scorer, fit_scorers
 from dmporec.catalogue import Catalogue, CatalogueItem, retrieve
 from dmporec.config import ConfigError
-from dmporec.files import atomic_write_text
+from dmporec.files import atomic_write_text, files_digest
 from dmporec.hybrid import LLM, Hybrid
 from dmporec.list_hybrid import list_fused
 from dmporec.listwise import CandidateSet, unrated_candidates
@@ -112,19 +112,24 @@ def recommender(
     catalogue: Catalogue,
     retriever: str,
     scorers: list[Scorer],
-) -> Recommender:
+) -> tuple[Recommender, dict[str, Any]]:
     """The Recommender `recommend` would build, with these fitted scorers; the stage's hybrid
-    when it has one and every component is fitted here (else RRF, said)."""
+    when it has one and every component is fitted here (else RRF, said). And what its fused
+    rows are made with, taken as the hybrid is read: {"fusion": "hybrid" or "rrf", "file",
+    "digest"} (the last two None for RRF)."""
     by_name = {s.name: s for s in scorers}
     hybrid, path = None, stage / HYBRID_FILE
+    fusion: dict[str, Any] = {"fusion": "rrf", "file": None, "digest": None}
     if path.is_file():
+        digest = files_digest(path)
         fitted = Hybrid.load(path)
         missing = [c for c in fitted.components if c != LLM and c not in by_name]
         if missing:
             say(f"catalogue_eval: the hybrid needs {', '.join(missing)}: fused by reciprocal rank")
         else:
             hybrid = fitted
-    return Recommender(catalogue, normalization, retriever, by_name, hybrid)
+            fusion = {"fusion": "hybrid", "file": str(path), "digest": digest}
+    return Recommender(catalogue, normalization, retriever, by_name, hybrid), fusion
 
 
 def rerank_user(

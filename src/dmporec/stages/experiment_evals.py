@@ -8,7 +8,8 @@ on the validation users and scored on the test pairs: its metrics, both fitted f
 without the LLM), its paired tests against every component and its per-pair test scores.
 
 An evaluation's settings are what it adds to its row's: its kind and every resolved setting its
-overrides change (config.flat_settings, as a cell's settings are kept). A stored evaluation made
+overrides change (config.flat_settings, as a cell's settings are kept); a hybrid's also how its
+C was chosen (hybrid.selected_by). A stored evaluation made
 with other settings stops the run (check_evals) until its cell runs again (--rerun).
 """
 
@@ -46,7 +47,8 @@ def eval_config(results: Results, cell: Cell, ev: ExtraEval) -> RunConfig:
 def eval_settings(results: Results, cell: Cell, ev: ExtraEval) -> dict[str, Any]:
     """What an extra evaluation of `cell` depends on beyond the cell's own settings: its kind and
     the settings its overrides change ('section.key': value), e.g. {'kind': 'hybrid',
-    'data.valid': 'runs/learning-curve/data/hybrid_valid.jsonl'}."""
+    'data.valid': 'runs/learning-curve/data/hybrid_valid.jsonl', 'hybrid.selected_by':
+    'log-loss'}."""
     mine = results.settings(cell)
     made = flat_settings(eval_config(results, cell, ev))
     out = {"kind": ev.kind, **{k: v for k, v in made.items() if mine.get(k) != v}}
