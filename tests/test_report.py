@@ -29,6 +29,7 @@ def test_cells_of_other_settings_never_share_a_k_line(tmp_path, monkeypatch):
         seen.update(rows=rows, x=x, line=line, metrics=metrics)
         return out
 
+    rows[1]["settings"]["hybrid"] = True  # a run toggle an older row lacks: not a difference
     monkeypatch.setattr(report, "plot_sweep", sweep)
     report.plot_vs_k(rows, tmp_path / "k.png")
     assert [r["cell"] for r in seen["rows"]] == ["dpo-k1-1000", "dmpo-k3-1000", "dmpo-k5-1000"]

@@ -219,8 +219,11 @@ def plot_vs_k(rows: list[dict[str, Any]], out: Path) -> Path | None:
 def _all_but_k(row: dict[str, Any]) -> dict[str, Any]:
     """What a row's cell was made with but dmpo.k: its settings, or (a row from before rows kept
     them) its overrides."""
-    if "settings" in row:  # sft_from: cells that share an SFT (checked to be the same one)
-        return {k: v for k, v in row["settings"].items() if k not in ("dmpo.k", "sft_from")}
+    if "settings" in row:
+        # Dotless keys say which stages a cell ran (baselines, zero_shot, hybrid; rows of older
+        # runs lack some) or which SFT it shares (sft_from, checked to be the same one): not how
+        # its model was made.
+        return {k: v for k, v in row["settings"].items() if "." in k and k != "dmpo.k"}
     pairs = (o.partition("=") for o in row.get("overrides", []))
     return {k: v for k, _, v in pairs if k != "dmpo.k"}
 
