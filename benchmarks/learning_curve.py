@@ -1,7 +1,7 @@
 """The learning curve's data: MovieLens-1M users built with the authors' rules, N training users each.
 
     .venv/bin/python benchmarks/learning_curve.py [--out runs/learning-curve/data]
-        [--sizes 100,400,1000] [--valid-users 60] [--list-users 100]
+        [--sizes 100,400,1000,1686] [--valid-users 60] [--list-users 100]
     .venv/bin/dmporec experiment --config configs/experiments/learning-curve-ml1m.yaml
 
 The curve itself is an experiment file (configs/experiments/learning-curve-ml1m.yaml): its cells,
@@ -147,7 +147,10 @@ def parser() -> argparse.ArgumentParser:
         help="the data directory the experiment file names (default: %(default)s)",
     )
     parser.add_argument(
-        "--sizes", type=_sizes, default=[100, 400, 1000], help="training set sizes N (100,400,1000)"
+        "--sizes",
+        type=_sizes,
+        default=[100, 400, 1000, 1686],
+        help="training set sizes N (100,400,1000,1686: 1686 is the whole pool)",
     )
     parser.add_argument(
         "--valid-users", type=int, default=60, help="validation users of valid_U.jsonl (60)"
