@@ -336,7 +336,7 @@ def read_list_hybrids(
         return {}
     try:
         doc = json.loads(path.read_text())
-        then = {k: v for k, v in doc["settings"].items() if k not in RETIRED}
+        then = doc["settings"]
         fitted = {row: Hybrid.from_dict(doc["hybrids"][row]) for row in LIST_MODELS}
     except (OSError, ValueError, KeyError, TypeError) as e:
         raise ConfigError(f"{path}: not a list hybrid this script wrote ({e!r}); delete it or "
@@ -347,7 +347,7 @@ def read_list_hybrids(
             f"{path}: the list hybrid's C was chosen by {', '.join(older)}, not {SELECTED_BY} as "
             "Hybrid.fit chooses it now; run --part list-hybrid again (its LLM reranks are reused)"
         )
-    said = differences(then, list_settings(setup, args, retriever))
+    said = differences(then, list_settings(setup, args, retriever), RETIRED)
     if said:
         raise ConfigError(
             f"{path}: the list hybrid was fitted with other settings ({said}); run --part "

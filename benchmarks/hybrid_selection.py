@@ -27,8 +27,9 @@ import numpy as np
 
 from dmporec.files import atomic_write_text
 from dmporec.hybrid import Hybrid
+from dmporec.metrics import pairwise_accuracy
 
-COMPONENT_KEYS = ("user_id", "positive", "negative", "hybrid", "classic_fusion")
+NOT_COMPONENTS = ("user_id", "positive", "negative", "hybrid", "classic_fusion")
 
 
 def read_margins(directory: Path) -> tuple[dict[str, np.ndarray], np.ndarray]:
@@ -36,7 +37,7 @@ def read_margins(directory: Path) -> tuple[dict[str, np.ndarray], np.ndarray]:
     path = directory / "pairs-valid.jsonl"
     try:
         rows = [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
-        components = [k for k in rows[0] if k not in COMPONENT_KEYS]
+        components = [k for k in rows[0] if k not in NOT_COMPONENTS]
         margins = {c: np.array([float(r[c]) for r in rows]) for c in components}
         users = np.array([str(r["user_id"]) for r in rows])
     except (OSError, ValueError, KeyError, IndexError, TypeError) as e:
@@ -57,7 +58,7 @@ def held_out_accuracy(
         fit = Hybrid.fit({c: m[train] for c, m in margins.items()}, users[train],
                          folds=folds, selected_by=selected_by)  # fmt: skip
         fused[held] = fit.margin({c: m[held] for c, m in margins.items()})
-    return float(np.mean((fused > 0) + 0.5 * (fused == 0)))
+    return pairwise_accuracy(fused, -fused)
 
 
 def main(argv: list[str] | None = None) -> int:

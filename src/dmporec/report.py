@@ -198,9 +198,9 @@ def _sweep_panel(
 def plot_vs_k(rows: list[dict[str, Any]], out: Path) -> Path | None:
     """Accuracy and coin-flip AUC (two panels) against the number of negatives k (dmpo.k) of the
     DPO/DMPO rows, one line per group of cells that differ in k alone: cells of other training
-    users, learning rates, losses or SFT terms never share a line, so a point's move along a line is k's. Each line is named
-    by the settings that tell the groups apart (a file by its name). None without a line of two
-    k values."""
+    users, learning rates, losses or SFT terms never share a line, so a point's move along a
+    line is k's. Each line is named by the settings that tell the groups apart (a file by its
+    name). None without a line of two k values."""
     trained = [r for r in rows if r.get("stage") == "dmpo" and row_value(r, "dmpo.k") is not None]
     rests = [_all_but_k(r) for r in trained]
     keys = sorted({k for rest in rests for k in rest})

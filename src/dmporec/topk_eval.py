@@ -217,9 +217,11 @@ def check_reused(
         )
 
 
-def differences(then: dict[str, Any], now: dict[str, Any]) -> str:
-    """Every key whose value differs, 'key: old then, new now'; '' when none does. (A run's
+def differences(then: dict[str, Any], now: dict[str, Any], retired: Sequence[str] = ()) -> str:
+    """Every key whose value differs, 'key: old then, new now'; '' when none does. `retired`:
+    keys older records hold that no longer bear on the result (left out of `then`). (A run's
     stage settings go through stages.common.settings_changes, which reads older records.)"""
+    then = {k: v for k, v in then.items() if k not in retired}
     return "; ".join(
         f"{k}: {then.get(k)!r} then, {now.get(k)!r} now"
         for k in sorted(then.keys() | now.keys())
@@ -238,9 +240,7 @@ class ResultCache:
         if path.is_file() and path.stat().st_size:
             text = path.read_text(encoding="utf-8")
             lines = text.splitlines()
-            then = json.loads(lines[0]).get("settings", {})
-            then = {k: v for k, v in then.items() if k not in retired}
-            said = differences(then, settings)
+            said = differences(json.loads(lines[0]).get("settings", {}), settings, retired)
             if said:
                 raise ConfigError(
                     f"{path} holds results made with other settings ({said}); use another "
