@@ -126,3 +126,28 @@ def test_one_fingerprint_for_stages_and_experiments(tmp_path):
     older.pop("data.overlong")
     assert settings_changes(older, cell) == ""
     assert "sft.seed: 42 then, 1 now" in settings_changes(cell, both(["sft.seed=1"])[1])
+
+
+def test_a_run_trained_before_a_setting_existed_is_still_this_run(tmp_path):
+    """prepare_run checks the DMPO stage against the SFT stage as recorded (as dmpo and evaluate
+    do): a run trained before model.item_tokens existed is not refused for its parent's
+    fingerprint, while a real change to either stage still is."""
+    from dmporec.stages.common import prepare_run, record_settings, stage_settings
+
+    def config(*extra: str):
+        return load_config(None, [f"output_dir={tmp_path}", "data.sft_train=x.jsonl",
+                                  "data.dmpo_train=z.jsonl", "data.eval=y.jsonl", *extra])  # fmt: skip
+
+    sft = stage_settings(config(), "sft")
+    del sft["model.item_tokens"]  # as a dmporec from before model.item_tokens recorded it
+    dmpo = stage_settings(config(), "dmpo", sft)
+    del dmpo["model.item_tokens"]
+    for stage, settings in (("sft", sft), ("dmpo", dmpo)):
+        (tmp_path / stage).mkdir()
+        record_settings(tmp_path / stage, settings)
+        (tmp_path / stage / "lineage.json").write_text("{}")
+    prepare_run(config())
+    with pytest.raises(ConfigError, match=r"dmpo: .* other settings \(dmpo.beta: 0.1 then, 0.5"):
+        prepare_run(config("dmpo.beta=0.5"))
+    with pytest.raises(ConfigError, match=r"sft: .* other settings \(sft.seed: 42 then, 1 now"):
+        prepare_run(config("sft.seed=1"))

@@ -194,8 +194,10 @@ def prepare_run(cfg: RunConfig, record: bool = True) -> RunConfig:
     if not record:  # an evaluation: a trained item-token table stays what it was fitted on
         sft = _trained_table(sft, read_settings(out / "sft"))
     check_settings(out / "sft", sft, "sft")
-    if (out / "sft" / SETTINGS).is_file():
-        check_settings(out / "dmpo", stage_settings(cfg, "dmpo", sft), "dmpo")
+    recorded = read_settings(out / "sft")
+    if recorded is not None:  # as run_dmpo does: DMPO was trained on the SFT as recorded, whose
+        # fingerprint lacks any setting added since (ADDED_LATER), not on `sft` as now computed
+        check_settings(out / "dmpo", stage_settings(cfg, "dmpo", recorded), "dmpo")
     if record:
         atomic_write_text(out / "config.yaml", dump_config(cfg))
     return cfg
