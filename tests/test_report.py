@@ -34,12 +34,33 @@ def test_cells_of_other_settings_never_share_a_k_line(tmp_path, monkeypatch):
     report.plot_vs_k(rows, tmp_path / "k.png")
     assert [r["cell"] for r in seen["rows"]] == ["dpo-k1-1000", "dmpo-k3-1000", "dmpo-k5-1000"]
     names = {r["vars"][seen["line"]] for r in seen["rows"]}
-    assert names == {"dmpo_train train_1000.jsonl, learning_rate 0.001"}
+    assert names == {"dmpo"}  # one line: nothing kept tells it from another, so its loss
     assert seen["metrics"] == ("accuracy", "auc")  # a panel each
     monkeypatch.undo()
     assert report.plot_vs_k(rows, tmp_path / "k.png") == tmp_path / "k.png"
     assert (tmp_path / "k.png").stat().st_size > 0
     assert report.plot_vs_k(rows[3:], tmp_path / "none.png") is None  # no line of two k
+
+
+def test_a_loss_at_one_k_beside_a_line_is_a_point_of_its_own(tmp_path, monkeypatch):
+    """S-DPO at k = 3 on DMPO's settings is drawn beside DMPO's line, named by its loss; one
+    that differs in more than its loss (another N) is still left out."""
+    rows = [row(f"dmpo-k{k}", k, "train_1000.jsonl") for k in (1, 3, 5)]
+    rows += [row("sdpo-k3", 3, "train_1000.jsonl"), row("sdpo-k3-100", 3, "train_100.jsonl")]
+    for r in rows:
+        r["settings"]["dmpo.loss"] = "sdpo" if r["cell"].startswith("sdpo") else "dmpo"
+    seen = {}
+
+    def sweep(rows, x, out, *, line=None, **kw):
+        seen.update(rows=rows, line=line)
+        return out
+
+    monkeypatch.setattr(report, "plot_sweep", sweep)
+    report.plot_vs_k(rows, tmp_path / "k.png")
+    names = {r["cell"]: r["vars"][seen["line"]] for r in seen["rows"]}
+    assert names == {"dmpo-k1": "loss dmpo", "dmpo-k3": "loss dmpo", "dmpo-k5": "loss dmpo",
+                     "sdpo-k3": "loss sdpo"}  # fmt: skip
+    assert report.plot_vs_k(rows[3:], tmp_path / "none.png") is None  # no line to stand beside
 
 
 def test_the_k_plot_draws_a_panel_per_metric_with_its_intervals(tmp_path, monkeypatch):

@@ -199,21 +199,35 @@ def plot_vs_k(rows: list[dict[str, Any]], out: Path) -> Path | None:
     """Accuracy and coin-flip AUC (two panels) against the number of negatives k (dmpo.k) of the
     DPO/DMPO rows, one line per group of cells that differ in k alone: cells of other training
     users, learning rates, losses or SFT terms never share a line, so a point's move along a
-    line is k's. Each line is named by the settings that tell the groups apart (a file by its
-    name). None without a line of two k values."""
+    line is k's. A cell alone at its settings is left out, unless only its loss tells it from a
+    line (S-DPO at one k beside DMPO's line): a point of its own. Each line is named by the
+    settings that tell the kept groups apart (a file by its name). None without a line of two
+    k values."""
     trained = [r for r in rows if r.get("stage") == "dmpo" and row_value(r, "dmpo.k") is not None]
-    rests = [_all_but_k(r) for r in trained]
+    groups: dict[str, list[dict[str, Any]]] = {}
+    for r in trained:
+        groups.setdefault(json.dumps(_all_but_k(r), sort_keys=True), []).append(r)
+    lines = [g for g in groups.values() if len({row_value(r, "dmpo.k") for r in g}) > 1]
+    if not lines:
+        return None
+
+    def beside_a_line(rest: dict[str, Any]) -> bool:
+        return any(_without_loss(rest) == _without_loss(_all_but_k(g[0])) for g in lines)
+
+    kept = [g for g in groups.values() if g in lines or beside_a_line(_all_but_k(g[0]))]
+    rests = [_all_but_k(g[0]) for g in kept]
     keys = sorted({k for rest in rests for k in rest})
     differ = [k for k in keys if len({json.dumps(rest.get(k)) for rest in rests}) > 1]
-    lines: dict[str, set[Any]] = {}
     named = []
-    for r, rest in zip(trained, rests, strict=True):
+    for group, rest in zip(kept, rests, strict=True):
         name = ", ".join(f"{k.split('.')[-1]} {_short(rest.get(k))}" for k in differ)
-        name = name or str(row_value(r, "dmpo.loss") or "dmpo")
-        lines.setdefault(name, set()).add(row_value(r, "dmpo.k"))
-        named.append({**r, "vars": {**r.get("vars", {}), "k line": name}})
-    kept = [r for r in named if len(lines[r["vars"]["k line"]]) > 1]
-    return plot_sweep(kept, "dmpo.k", out, line="k line", metrics=("accuracy", "auc"))
+        name = name or str(row_value(group[0], "dmpo.loss") or "dmpo")
+        named += [{**r, "vars": {**r.get("vars", {}), "k line": name}} for r in group]
+    return plot_sweep(named, "dmpo.k", out, line="k line", metrics=("accuracy", "auc"))
+
+
+def _without_loss(rest: dict[str, Any]) -> dict[str, Any]:
+    return {k: v for k, v in rest.items() if k != "dmpo.loss"}
 
 
 def _all_but_k(row: dict[str, Any]) -> dict[str, Any]:
