@@ -151,3 +151,8 @@ def test_a_run_trained_before_a_setting_existed_is_still_this_run(tmp_path):
         prepare_run(config("dmpo.beta=0.5"))
     with pytest.raises(ConfigError, match=r"sft: .* other settings \(sft.seed: 42 then, 1 now"):
         prepare_run(config("sft.seed=1"))
+    # An SFT record without results (an SFT that never trained) is not what DMPO stands on: the
+    # DMPO stage is checked against the SFT this run would train.
+    (tmp_path / "sft" / "lineage.json").unlink()
+    with pytest.raises(ConfigError, match=r"dmpo: .* other settings \(trained: "):
+        prepare_run(config("sft.seed=1"))

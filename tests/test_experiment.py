@@ -391,3 +391,28 @@ def test_bad_experiment_files_are_named(tmp_path, capsys):
     path = write(tmp_path, "base: x\noutput_dir: OUT\ncells: [{name: a, stage: [sft]}]\n")
     assert main(["experiment", "--config", path]) == 2
     assert "cells.0.stage: Extra inputs are not permitted" in capsys.readouterr().err
+
+
+def test_a_trained_row_is_paired_with_the_zero_shot_of_its_own_model(tmp_path):
+    """Two base models in one file (the learning curve's SmolLM2 and Gemma cells): each trained
+    row is paired with its own model's zero-shot row, and with the other model's rows only where
+    paired_with names them."""
+    from dmporec.stages.experiment import load_experiment
+    from dmporec.stages.experiment_rows import Results, row_name
+
+    path = write(tmp_path, """
+base: ROOT/configs/tiny.yaml
+output_dir: OUT
+paired: {zero_shot: true, baselines: [], sft: true}
+cells:
+  - {name: zero, stages: [zero_shot]}
+  - {name: zero-b, stages: [zero_shot], overrides: [model.name=builtin:gemma3-270m]}
+  - {name: sft, stages: [sft]}
+  - {name: sft-b, stages: [sft], overrides: [model.name=builtin:gemma3-270m], paired_with: [sft]}
+""")
+    results = Results(load_experiment(path), [])
+    stage = {"zero": "zero_shot", "zero-b": "zero_shot", "sft": "sft", "sft-b": "sft"}
+    results.rows = [{"cell": c, "model": s, "stage": s} for c, s in stage.items()]
+    pairs = {r["cell"]: sorted(row_name(o) for o in results.comparisons(r)) for r in results.rows}
+    assert pairs["sft"] == ["zero: zero_shot"]
+    assert pairs["sft-b"] == ["sft: sft", "zero-b: zero_shot"]

@@ -190,14 +190,17 @@ def prepare_run(cfg: RunConfig, record: bool = True) -> RunConfig:
     for path, text in files.items():
         if not path.is_file() or path in changed:
             atomic_write_text(path, text)
-    sft = stage_settings(cfg, "sft")
+    sft, recorded = stage_settings(cfg, "sft"), read_settings(out / "sft")
     if not record:  # an evaluation: a trained item-token table stays what it was fitted on
-        sft = _trained_table(sft, read_settings(out / "sft"))
+        sft = _trained_table(sft, recorded)
     check_settings(out / "sft", sft, "sft")
-    recorded = read_settings(out / "sft")
-    if recorded is not None:  # as run_dmpo does: DMPO was trained on the SFT as recorded, whose
-        # fingerprint lacks any setting added since (ADDED_LATER), not on `sft` as now computed
-        check_settings(out / "dmpo", stage_settings(cfg, "dmpo", recorded), "dmpo")
+    if recorded is not None:
+        # A DMPO stage on OUTPUT_DIR/sft was trained on the SFT as recorded there (run_dmpo
+        # fingerprints that record, which lacks any setting added since: ADDED_LATER); a record
+        # without results is an SFT that never trained, so the check asks for this run's.
+        sft_done = any((out / "sft" / name).exists() for name in RESULTS)
+        parent = recorded if sft_done else sft
+        check_settings(out / "dmpo", stage_settings(cfg, "dmpo", parent), "dmpo")
     if record:
         atomic_write_text(out / "config.yaml", dump_config(cfg))
     return cfg

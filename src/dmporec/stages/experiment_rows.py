@@ -238,8 +238,9 @@ class Results:
 
     def comparisons(self, row: dict[str, Any]) -> list[dict[str, Any]]:
         """The rows a trained row is paired against, as the experiment file asks: the zero-shot
-        rows and the baselines fitted on the same training data (both on the same pairs), the
-        SFT its DMPO started from, and the rows of its cell's paired_with cells."""
+        rows of the same base model and the baselines fitted on the same training data (both on
+        the same pairs), the SFT its DMPO started from, and the rows of its cell's paired_with
+        cells (another model's rows are paired only when named there)."""
         cell = next((c for c in self.exp.cells if c.name == row["cell"]), None)
         if row["stage"] not in ("sft", "dmpo") or cell is None:
             return []
@@ -248,7 +249,8 @@ class Results:
         same_pairs = [c for c in self.exp.cells if _pairs_key(self.config(c)) == _pairs_key(cfg)]
         found: list[dict[str, Any]] = []
         if paired.zero_shot:
-            for c in (c for c in same_pairs if "zero_shot" in c.stages):
+            same_model = (c for c in same_pairs if self.config(c).model.name == cfg.model.name)
+            for c in (c for c in same_model if "zero_shot" in c.stages):
                 found += [r for r in self.of(c.name) if r["stage"] == "zero_shot"]
         for c in same_pairs:
             if "baselines" in c.stages and _train_key(self.config(c)) == _train_key(cfg):
