@@ -400,7 +400,7 @@ def test_a_trained_row_is_paired_with_the_zero_shot_of_its_own_model(tmp_path):
     from dmporec.stages.experiment import load_experiment
     from dmporec.stages.experiment_rows import Results, row_name
 
-    path = write(tmp_path, """
+    text = """
 base: ROOT/configs/tiny.yaml
 output_dir: OUT
 paired: {zero_shot: true, baselines: [], sft: true}
@@ -409,8 +409,8 @@ cells:
   - {name: zero-b, stages: [zero_shot], overrides: [model.name=builtin:gemma3-270m]}
   - {name: sft, stages: [sft]}
   - {name: sft-b, stages: [sft], overrides: [model.name=builtin:gemma3-270m], paired_with: [sft]}
-""")
-    results = Results(load_experiment(path), [])
+"""
+    results = Results(load_experiment(write(tmp_path, text)), [])
     stage = {"zero": "zero_shot", "zero-b": "zero_shot", "sft": "sft", "sft-b": "sft"}
     results.rows = [{"cell": c, "model": s, "stage": s} for c, s in stage.items()]
     pairs = {r["cell"]: sorted(row_name(o) for o in results.comparisons(r)) for r in results.rows}
