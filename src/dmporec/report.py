@@ -205,24 +205,25 @@ def plot_vs_k(rows: list[dict[str, Any]], out: Path) -> Path | None:
     k values."""
     trained = [r for r in rows if r.get("stage") == "dmpo" and row_value(r, "dmpo.k") is not None]
     groups: dict[str, list[dict[str, Any]]] = {}
+    rest_of: dict[str, dict[str, Any]] = {}  # a group's settings but k, by its key
     for r in trained:
-        groups.setdefault(json.dumps(_all_but_k(r), sort_keys=True), []).append(r)
-    lines = [g for g in groups.values() if len({row_value(r, "dmpo.k") for r in g}) > 1]
+        rest = _all_but_k(r)
+        key = json.dumps(rest, sort_keys=True)
+        groups.setdefault(key, []).append(r)
+        rest_of[key] = rest
+    lines = {key for key, g in groups.items() if len({row_value(r, "dmpo.k") for r in g}) > 1}
     if not lines:
         return None
-
-    def beside_a_line(rest: dict[str, Any]) -> bool:
-        return any(_without_loss(rest) == _without_loss(_all_but_k(g[0])) for g in lines)
-
-    kept = [g for g in groups.values() if g in lines or beside_a_line(_all_but_k(g[0]))]
-    rests = [_all_but_k(g[0]) for g in kept]
+    line_settings = [_without_loss(rest_of[key]) for key in lines]
+    kept = [key for key in groups if key in lines or _without_loss(rest_of[key]) in line_settings]
+    rests = [rest_of[key] for key in kept]
     keys = sorted({k for rest in rests for k in rest})
     differ = [k for k in keys if len({json.dumps(rest.get(k)) for rest in rests}) > 1]
     named = []
-    for group, rest in zip(kept, rests, strict=True):
-        name = ", ".join(f"{k.split('.')[-1]} {_short(rest.get(k))}" for k in differ)
-        name = name or str(row_value(group[0], "dmpo.loss") or "dmpo")
-        named += [{**r, "vars": {**r.get("vars", {}), "k line": name}} for r in group]
+    for key in kept:
+        name = ", ".join(f"{k.split('.')[-1]} {_short(rest_of[key].get(k))}" for k in differ)
+        name = name or str(row_value(groups[key][0], "dmpo.loss") or "dmpo")
+        named += [{**r, "vars": {**r.get("vars", {}), "k line": name}} for r in groups[key]]
     return plot_sweep(named, "dmpo.k", out, line="k line", metrics=("accuracy", "auc"))
 
 

@@ -122,10 +122,15 @@ ADDED_LATER = {
 }
 
 
+def holds_results(directory: Path) -> bool:
+    """Whether a stage's or evaluation's directory holds results of its own (see RESULTS)."""
+    return any((directory / name).exists() for name in RESULTS)
+
+
 def check_settings(directory: Path, settings: dict[str, Any], what: str) -> None:
     """Stop (ConfigError, one line) when `directory` holds results made with other settings, or
     by a dmporec that recorded none; a directory without results passes."""
-    if not any((directory / name).exists() for name in RESULTS):
+    if not holds_results(directory):
         return
     path = directory / SETTINGS
     if not path.is_file():
@@ -198,8 +203,7 @@ def prepare_run(cfg: RunConfig, record: bool = True) -> RunConfig:
         # A DMPO stage on OUTPUT_DIR/sft was trained on the SFT as recorded there (run_dmpo
         # fingerprints that record, which lacks any setting added since: ADDED_LATER); a record
         # without results is an SFT that never trained, so the check asks for this run's.
-        sft_done = any((out / "sft" / name).exists() for name in RESULTS)
-        parent = recorded if sft_done else sft
+        parent = recorded if holds_results(out / "sft") else sft
         check_settings(out / "dmpo", stage_settings(cfg, "dmpo", parent), "dmpo")
     if record:
         atomic_write_text(out / "config.yaml", dump_config(cfg))

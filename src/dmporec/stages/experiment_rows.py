@@ -249,9 +249,9 @@ class Results:
         same_pairs = [c for c in self.exp.cells if _pairs_key(self.config(c)) == _pairs_key(cfg)]
         found: list[dict[str, Any]] = []
         if paired.zero_shot:
-            same_model = (c for c in same_pairs if self.config(c).model.name == cfg.model.name)
-            for c in (c for c in same_model if "zero_shot" in c.stages):
-                found += [r for r in self.of(c.name) if r["stage"] == "zero_shot"]
+            for c in same_pairs:
+                if "zero_shot" in c.stages and self.config(c).model.name == cfg.model.name:
+                    found += [r for r in self.of(c.name) if r["stage"] == "zero_shot"]
         for c in same_pairs:
             if "baselines" in c.stages and _train_key(self.config(c)) == _train_key(cfg):
                 found += [r for r in self.of(c.name) if r["model"] in paired.baselines]
