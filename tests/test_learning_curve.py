@@ -115,7 +115,7 @@ def test_republishing_the_curve_gives_the_same_numbers_and_paired_tests(tmp_path
     assert "restored from" in capsys.readouterr().out
     rows = [json.loads(x) for x in (pub / "results.jsonl").read_text().splitlines()]
     by = {(r["cell"], r["model"]): r for r in rows}
-    assert len(rows) == len(old) == 26
+    assert len(rows) == len(old) == 27
     for r in old:  # every number kept; the positions' accuracy from the diagnostics added
         metrics = by[(r["cell"], r["model"])]["metrics"]
         assert {k: metrics[k] for k in r["metrics"]} == r["metrics"], r["cell"]
@@ -131,7 +131,7 @@ def test_republishing_the_curve_gives_the_same_numbers_and_paired_tests(tmp_path
         if r["split"] == "test":
             points.setdefault(name, []).append(point)
     assert {k: sorted(v) for k, v in points.items()} == curve["series"]
-    # The paired tests: the same 45 comparisons with the same numbers (three of them computed
+    # The paired tests: the same 50 comparisons with the same numbers (three of them computed
     # again from the per-pair correctness the rows keep).
     carrier = {(t["n"], t["a"]): r for r in old for t in r["carried"].get("paired_tests", [])}
     expected = {}
@@ -144,7 +144,7 @@ def test_republishing_the_curve_gives_the_same_numbers_and_paired_tests(tmp_path
     tests = json.loads((out / "paired.json").read_text())
     found = {(t["a"], t["b"]): {k: v for k, v in t.items() if k not in ("a", "b")} for t in tests}
     assert found == expected
-    assert len(tests) == len(curve["paired_tests"]) == 45
+    assert len(tests) == len(curve["paired_tests"]) == 50
     published_tests = {(t["a"], t["b"]) for r in rows for t in r.get("paired_tests", [])}
     assert published_tests == set(expected)
     # The diagnostics: training users' pairs and DMPO's rewards; the learning-rate probe; lists.
