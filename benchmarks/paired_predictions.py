@@ -2,11 +2,15 @@
 coin-flip and stable AUCs (paired bootstrap over users), from their predictions.jsonl.
 
     .venv/bin/python benchmarks/paired_predictions.py A_EVAL_DIR B_EVAL_DIR [--orders both]
-        [--out FILE.json]
+        [--base-a A_BASE_EVAL_DIR --base-b B_BASE_EVAL_DIR] [--out FILE.json]
 
 A_EVAL_DIR and B_EVAL_DIR are evaluation directories (or predictions.jsonl files) of the same
 pairs in the same order, e.g. a stage's eval-valid/ and another stage's. Prints a table and
 writes the numbers as JSON to --out (default: print only).
+
+With --base-a and --base-b (each model's base on the same pairs, e.g. its zero-shot), it also
+tests whether A gains more over its base than B over its own: (A - A's base) - (B - B's base)
+of accuracy and of the coin-flip AUC, paired bootstrap over users (metrics.gain_difference_test).
 """
 
 from __future__ import annotations
@@ -18,7 +22,7 @@ from pathlib import Path
 
 from dmporec.evaluation import chosen_rejected_scores
 from dmporec.files import atomic_write_text, read_jsonl
-from dmporec.metrics import pairwise_report
+from dmporec.metrics import gain_difference_test, pairwise_report
 from dmporec.tables import paired_row_test
 
 
@@ -29,11 +33,12 @@ def predictions(path: Path) -> list[dict]:
     return read_jsonl(path)
 
 
-def compare(a: list[dict], b: list[dict], orders: str, seed: int = 0) -> dict:
-    def key(r: dict) -> tuple[str, str, str]:
-        return (r["user_id"], r["positive"], r["negative"])
+def _key(r: dict) -> tuple[str, str, str]:
+    return (r["user_id"], r["positive"], r["negative"])
 
-    if [key(r) for r in a] != [key(r) for r in b]:
+
+def compare(a: list[dict], b: list[dict], orders: str, seed: int = 0) -> dict:
+    if [_key(r) for r in a] != [_key(r) for r in b]:
         raise SystemExit("paired_predictions: the two files do not hold the same pairs in order")
     users = [r["user_id"] for r in a]
     scored = {name: chosen_rejected_scores(p, orders) for name, p in (("A", a), ("B", b))}
@@ -50,14 +55,32 @@ def compare(a: list[dict], b: list[dict], orders: str, seed: int = 0) -> dict:
     }
 
 
+def compare_gains(models: dict[str, tuple[str, list[dict]]], orders: str, seed: int = 0) -> dict:
+    """The gain test of `models` ("a", "a_base", "b", "b_base": (path, predictions))."""
+    pairs = [_key(r) for r in models["a"][1]]
+    for path, rows in models.values():
+        if [_key(r) for r in rows] != pairs:
+            raise SystemExit(
+                f"paired_predictions: {path} does not hold the same pairs in order as {models['a'][0]}"
+            )
+    users = [r["user_id"] for r in models["a"][1]]
+    scores = {k: chosen_rejected_scores(rows, orders) for k, (_, rows) in models.items()}
+    return gain_difference_test(users, scores, seed=seed)
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("a", help="evaluation directory or predictions.jsonl of model A")
     parser.add_argument("b", help="the same of model B, on the same pairs")
     parser.add_argument("--orders", choices=("both", "listed"), default="both")
+    parser.add_argument("--base-a", help="A's base (e.g. its zero-shot) on the same pairs")
+    parser.add_argument("--base-b", help="B's base on the same pairs (with --base-a)")
     parser.add_argument("--out", help="write the results here as JSON")
     args = parser.parse_args(argv)
-    result = compare(predictions(Path(args.a)), predictions(Path(args.b)), args.orders)
+    if (args.base_a is None) != (args.base_b is None):
+        parser.error("--base-a and --base-b go together")
+    a, b = predictions(Path(args.a)), predictions(Path(args.b))
+    result = compare(a, b, args.orders)
     result["a"], result["b"] = args.a, args.b
     acc = auc = result["test"]
     print("| | A | B | A - B [95% CI] | p |")
@@ -74,6 +97,22 @@ def main(argv: list[str] | None = None) -> int:
         f"{auc['auc_difference_ci_high']:+.3f}] | {auc['auc_p_value']:.3g} |"
     )
     print(f"({result['pairs']} pairs, {args.orders} orders; A = {args.a}, B = {args.b})")
+    if args.base_a:
+        models = {"a": (args.a, a), "b": (args.b, b)}
+        for k in ("base_a", "base_b"):
+            path = getattr(args, k)
+            models[k.replace("base_", "") + "_base"] = (path, predictions(Path(path)))
+        g = result["gain"] = compare_gains(models, args.orders)
+        result["a_base"], result["b_base"] = args.base_a, args.base_b
+        print("\n| gain over its base | A | B | A - B [95% CI] | bootstrap p |")
+        print("|---|---|---|---|---|")
+        for name, key in (("accuracy", "gain"), ("coin-flip AUC", "auc_gain")):
+            print(
+                f"| {name} | {g[key + '_a']:+.3f} | {g[key + '_b']:+.3f} | "
+                f"{g[key + '_difference']:+.3f} [{g[key + '_difference_ci_low']:+.3f}, "
+                f"{g[key + '_difference_ci_high']:+.3f}] | {g[key + '_difference_p_value']:.3g} |"
+            )
+        print(f"(A's base = {args.base_a}, B's base = {args.base_b}; bootstrap over users)")
     if args.out:
         atomic_write_text(Path(args.out), json.dumps(result, indent=1, default=float) + "\n")
     return 0

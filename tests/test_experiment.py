@@ -416,3 +416,50 @@ cells:
     pairs = {r["cell"]: sorted(row_name(o) for o in results.comparisons(r)) for r in results.rows}
     assert pairs["sft"] == ["zero: zero_shot"]
     assert pairs["sft-b"] == ["sft: sft", "zero-b: zero_shot"]
+
+
+def test_a_larger_models_gain_over_its_own_zero_shot_is_tested(tmp_path):
+    """The #36 question, is the larger model's gain over zero-shot larger: a trained row whose
+    paired_with names another base model's row of the same stage is tested on the difference of
+    the two gains, each over its own model's zero-shot (metrics.gain_difference_test, the same
+    numbers); the table and gains.json carry it; rows without per-pair scores give none."""
+    from dmporec.metrics import gain_difference_test
+    from dmporec.stages.experiment_rows import Results
+    from dmporec.tables import gain_table
+
+    text = """
+base: ROOT/configs/tiny.yaml
+output_dir: OUT
+paired: {zero_shot: true, baselines: [], sft: true}
+cells:
+  - {name: zero, stages: [zero_shot]}
+  - {name: zero-b, stages: [zero_shot], overrides: [model.name=builtin:gemma3-270m]}
+  - {name: sft, stages: [sft]}
+  - {name: sft-b, stages: [sft], overrides: [model.name=builtin:gemma3-270m], paired_with: [sft]}
+"""
+    results = Results(load_experiment(write(tmp_path, text)), [])
+    stage = {"zero": "zero_shot", "zero-b": "zero_shot", "sft": "sft", "sft-b": "sft"}
+    results.rows = [{"cell": c, "model": s, "stage": s} for c, s in stage.items()]
+    assert results.gain_tests() == []  # no per-pair scores kept
+    rng = np.random.default_rng(0)
+    n = 120
+    users = [f"u{i // 2}" for i in range(n)]
+    scores = {  # B's SFT learns everything over its zero-shot; A's SFT is its zero-shot
+        "zero": (rng.random(n), rng.random(n)),
+        "zero-b": (rng.random(n), rng.random(n)),
+        "sft-b": (1 + rng.random(n), rng.random(n)),
+    }
+    scores["sft"] = scores["zero"]
+    for r in results.rows:
+        chosen, rejected = scores[r["cell"]]
+        r["pair_scores"] = {"users": users, "chosen": list(chosen), "rejected": list(rejected)}
+    (test,) = results.gain_tests()
+    assert (test["a"], test["a_base"]) == ("sft-b: sft", "zero-b: zero_shot")
+    assert (test["b"], test["b_base"]) == ("sft: sft", "zero: zero_shot")
+    cells = {"a": "sft-b", "a_base": "zero-b", "b": "sft", "b_base": "zero"}
+    expected = gain_difference_test(np.array(users), {k: scores[c] for k, c in cells.items()})
+    assert {k: v for k, v in test.items() if k not in ("a", "a_base", "b", "b_base")} == expected
+    assert test["gain_b"] == 0 and test["gain_difference"] > 0.3
+    assert test["gain_difference_p_value"] < 0.05
+    table = gain_table([test])
+    assert "sft-b: sft (zero-b: zero_shot)" in table and f"{test['gain_a']:+.3f}" in table

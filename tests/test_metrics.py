@@ -220,6 +220,48 @@ def test_paired_auc_test_pairs_the_coins_and_resamples_users():
         paired_auc_test(users[:-1], good_c, good_r, flat_c, flat_r)
 
 
+def test_gain_difference_test_compares_gains_over_each_base():
+    """A trained model that separates every pair over a base at chance, against one that learnt
+    nothing (it is its base): A's gain is the larger, clearly; the same two gains against each
+    other differ by exactly 0 (p = 1); with one shared base the difference of gains is the
+    difference of the two trained models (paired_auc_test's, up to rounding)."""
+    from dmporec.metrics import gain_difference_test, pair_correct, paired_auc_test, paired_test
+
+    rng = np.random.default_rng(1)
+    n = 300
+    users = np.repeat(np.arange(n // 3), 3)
+    good = (1 + rng.random(n), rng.random(n))
+    base_a = (rng.random(n), rng.random(n))
+    flat = (rng.random(n), rng.random(n))
+    t = gain_difference_test(
+        users, {"a": good, "a_base": base_a, "b": flat, "b_base": flat}, n_boot=200, seed=2
+    )
+    assert t["accuracy_a"] == 1.0 and t["gain_b"] == 0 and t["auc_gain_b"] == 0
+    assert t["gain_a"] == pytest.approx(1 - pair_correct(*base_a).mean())
+    assert t["gain_difference"] == pytest.approx(t["gain_a"] - t["gain_b"])
+    assert t["gain_difference_ci_low"] > 0.3 and t["gain_difference_p_value"] < 0.02
+    assert t["auc_gain_difference"] > 0.3 and t["auc_gain_difference_p_value"] < 0.02
+    same = gain_difference_test(
+        users, {"a": good, "a_base": base_a, "b": good, "b_base": base_a}, n_boot=50
+    )
+    assert same["gain_difference"] == 0 and same["gain_difference_p_value"] == 1.0
+    one_base = gain_difference_test(
+        users, {"a": good, "a_base": flat, "b": base_a, "b_base": flat}, n_boot=200, seed=2
+    )
+    direct = paired_auc_test(users, *good, *base_a, n_boot=200, seed=2)
+    assert one_base["auc_gain_difference"] == pytest.approx(direct["auc_difference"])
+    for end in ("ci_low", "ci_high"):
+        assert one_base[f"auc_gain_difference_{end}"] == pytest.approx(
+            direct[f"auc_difference_{end}"]
+        )
+    acc = paired_test(pair_correct(*good), pair_correct(*base_a))
+    assert one_base["gain_difference"] == pytest.approx(acc["difference"])
+    with pytest.raises(ValueError, match="a_base"):
+        gain_difference_test(users, {"a": good, "b": flat, "b_base": flat})
+    with pytest.raises(ValueError, match="same length"):
+        gain_difference_test(users[:-1], {"a": good, "a_base": base_a, "b": flat, "b_base": flat})
+
+
 def test_per_user_hits_and_ndcg_are_the_terms_of_the_means():
     ranks, ties = [1.0, 3.0, 11.0, 2.5], [0, 0, 0, 1]
     # NDCG@10 by hand: 1/log2(2), 1/log2(4), rank 11 misses, ranks 2 or 3 half each

@@ -211,6 +211,56 @@ def _auc(labels: Array, scores: Array) -> float:
     return float((ranks[labels].sum() - n1 * (n1 + 1) / 2) / (n1 * n0))
 
 
+def _user_bootstrap(
+    users: Array,
+    statistics: Callable[[Array], tuple[float, ...]],
+    names: tuple[str, ...],
+    *,
+    n_boot: int,
+    seed: int,
+    level: float,
+) -> dict[str, float]:
+    """Statistics of the pairs (`statistics(idx)`: one value per name, for the pairs at `idx`),
+    observed and under a bootstrap over users: each resample draws users with replacement and
+    takes all of a drawn user's pairs (pairs of one user are not independent). Per name:
+    `NAME` (observed), `NAME_ci_low` / `NAME_ci_high` (percentile interval of the resamples) and
+    `NAME_p_value`, two-sided against 0: 2 * (min(resamples <= 0, >= 0) + 1) / (resamples + 1),
+    capped at 1 (its floor is about 2 / n_boot, never 0). NaN resamples (e.g. an AUC of one coin
+    class) are dropped; with none left the interval is NaN and p = 1."""
+    observed = statistics(np.arange(users.size))
+    _, group = np.unique(users, return_inverse=True)
+    members = [np.flatnonzero(group == g) for g in range(group.max() + 1)] if users.size else []
+    rng = np.random.default_rng(seed)
+    draws = np.array(
+        [
+            statistics(
+                np.concatenate([members[g] for g in rng.integers(0, len(members), len(members))])
+            )
+            for _ in range(n_boot if members else 0)
+        ]
+    ).reshape(-1, len(names))
+    alpha = (1 - level) / 2
+    out: dict[str, float] = {}
+    for j, name in enumerate(names):
+        d = draws[:, j][~np.isnan(draws[:, j])]
+        out[name] = float(observed[j])
+        if d.size == 0:
+            out[f"{name}_ci_low"] = out[f"{name}_ci_high"] = float("nan")
+            out[f"{name}_p_value"] = 1.0
+            continue
+        out[f"{name}_ci_low"] = float(np.quantile(d, alpha))
+        out[f"{name}_ci_high"] = float(np.quantile(d, 1 - alpha))
+        tail = min(np.sum(d <= 0), np.sum(d >= 0))
+        out[f"{name}_p_value"] = float(min(1.0, 2 * (tail + 1) / (d.size + 1)))
+    return out
+
+
+def _coin_auc(heads: Array, chosen: Array, rejected: Array, idx: Array) -> float:
+    """The coin-flip AUC of the pairs at `idx`, with their coins (`heads`)."""
+    h = heads[idx]
+    return _auc(h, np.where(h, chosen[idx], rejected[idx]))
+
+
 def paired_auc_test(
     users: Array,
     chosen_a: Array,
@@ -223,15 +273,12 @@ def paired_auc_test(
     level: float = 0.95,
 ) -> dict[str, float]:
     """Two models' AUCs on the same pairs: the difference A - B of the authors' coin-flip AUC
-    and of the stable AUC, with a paired bootstrap over users.
+    and of the stable AUC, with a paired bootstrap over users (`_user_bootstrap`: interval and
+    two-sided p of each difference, `auc_difference*`, `auc_stable_difference*`).
 
     Both models get the same coins (`coin_flips(n, seed)`, pair i's coin staying with pair i),
-    so the coin-flip AUCs differ only by the scores. Each resample draws users with replacement
-    and takes all of a drawn user's pairs with both models' scores (pairs of one user are not
-    independent). `*_difference_ci_*`: the percentile interval of the resampled differences;
-    `*_p_value`: the two-sided bootstrap p-value, 2 * (min(resampled differences <= 0, >= 0) + 1)
-    / (resamples + 1), capped at 1: its floor is about 2 / n_boot, never 0. NaN differences (a resample with one
-    coin class) are dropped. Raises ValueError when the lengths differ."""
+    so the coin-flip AUCs differ only by the scores. Each resample takes a drawn user's pairs
+    with both models' scores. Raises ValueError when the lengths differ."""
     users = np.asarray(users)
     arrays = [np.asarray(x, float) for x in (chosen_a, rejected_a, chosen_b, rejected_b)]
     if any(a.shape != users.shape for a in arrays):
@@ -240,43 +287,78 @@ def paired_auc_test(
     heads = coin_flips(users.size, seed)
 
     def differences(idx: Array) -> tuple[float, float]:
-        h = heads[idx]
-        coin = _auc(h, np.where(h, ca[idx], ra[idx])) - _auc(h, np.where(h, cb[idx], rb[idx]))
+        coin = _coin_auc(heads, ca, ra, idx) - _coin_auc(heads, cb, rb, idx)
         both = np.r_[np.ones(idx.size, bool), np.zeros(idx.size, bool)]
         stable = _auc(both, np.r_[ca[idx], ra[idx]]) - _auc(both, np.r_[cb[idx], rb[idx]])
         return coin, stable
 
     out: dict[str, float] = {"pairs": int(users.size)}
-    every = np.arange(users.size)
     out["auc_a"], out["auc_b"] = (
         coin_flip_auc(ca, ra, heads=heads),
         coin_flip_auc(cb, rb, heads=heads),
     )
     out["auc_stable_a"], out["auc_stable_b"] = stable_auc(ca, ra), stable_auc(cb, rb)
-    observed = differences(every)
-    _, group = np.unique(users, return_inverse=True)
-    members = [np.flatnonzero(group == g) for g in range(group.max() + 1)] if users.size else []
-    rng = np.random.default_rng(seed)
-    draws = np.array(
-        [
-            differences(
-                np.concatenate([members[g] for g in rng.integers(0, len(members), len(members))])
-            )
-            for _ in range(n_boot if members else 0)
-        ]
-    ).reshape(-1, 2)
-    alpha = (1 - level) / 2
-    for j, name in enumerate(("auc", "auc_stable")):
-        d = draws[:, j][~np.isnan(draws[:, j])]
-        out[f"{name}_difference"] = float(observed[j])
-        if d.size == 0:
-            out[f"{name}_difference_ci_low"] = out[f"{name}_difference_ci_high"] = float("nan")
-            out[f"{name}_p_value"] = 1.0
-            continue
-        out[f"{name}_difference_ci_low"] = float(np.quantile(d, alpha))
-        out[f"{name}_difference_ci_high"] = float(np.quantile(d, 1 - alpha))
-        tail = min(np.sum(d <= 0), np.sum(d >= 0))
-        out[f"{name}_p_value"] = float(min(1.0, 2 * (tail + 1) / (d.size + 1)))
+    names = ("auc_difference", "auc_stable_difference")
+    tested = _user_bootstrap(users, differences, names, n_boot=n_boot, seed=seed, level=level)
+    for name in names:  # the keys as they have always been published
+        out[name] = tested[name]
+        out[f"{name}_ci_low"], out[f"{name}_ci_high"] = (
+            tested[f"{name}_ci_low"],
+            tested[f"{name}_ci_high"],
+        )
+        out[f"{name.removesuffix('_difference')}_p_value"] = tested[f"{name}_p_value"]
+    return out
+
+
+def gain_difference_test(
+    users: Array,
+    scores: dict[str, tuple[Array, Array]],
+    *,
+    n_boot: int = 1000,
+    seed: int = 0,
+    level: float = 0.95,
+) -> dict[str, float]:
+    """Whether model A gains more over its base than model B over its own, on the same pairs:
+    (A - A's base) - (B - B's base), of accuracy and of the coin-flip AUC, with a paired
+    bootstrap over users (`_user_bootstrap`; each resample takes a drawn user's pairs with all
+    four models' scores). `scores` maps "a", "a_base", "b", "b_base" to (chosen, rejected).
+
+    Keys: each model's `accuracy_*` and `auc_*`, the gains `gain_a` / `gain_b` (accuracy) and
+    `auc_gain_a` / `auc_gain_b`, and `gain_difference` / `auc_gain_difference` with their
+    `_ci_low`, `_ci_high` and `_p_value`. Every model gets the same coins. ValueError when a
+    model is missing or the lengths differ."""
+    order = ("a", "a_base", "b", "b_base")
+    if set(scores) != set(order):
+        raise ValueError(
+            f"scores needs exactly {', '.join(order)}; got {', '.join(sorted(scores))}"
+        )
+    users = np.asarray(users)
+    pairs = {k: tuple(np.asarray(x, float) for x in scores[k]) for k in order}
+    if any(x.shape != users.shape for k in order for x in pairs[k]):
+        raise ValueError(
+            "users and every model's chosen and rejected scores must have the same length"
+        )
+    heads = coin_flips(users.size, seed)
+    correct = {k: pair_correct(*pairs[k]) for k in order}
+
+    def gains(idx: Array) -> tuple[float, float]:
+        acc = {k: correct[k][idx].mean() for k in order}
+        auc = {k: _coin_auc(heads, *pairs[k], idx) for k in order}
+        return (
+            float((acc["a"] - acc["a_base"]) - (acc["b"] - acc["b_base"])),
+            (auc["a"] - auc["a_base"]) - (auc["b"] - auc["b_base"]),
+        )
+
+    out: dict[str, float] = {"pairs": int(users.size)}
+    every = np.arange(users.size)
+    for k in order:
+        out[f"accuracy_{k}"] = float(correct[k].mean()) if users.size else float("nan")
+        out[f"auc_{k}"] = _coin_auc(heads, *pairs[k], every)
+    for side in ("a", "b"):
+        out[f"gain_{side}"] = out[f"accuracy_{side}"] - out[f"accuracy_{side}_base"]
+        out[f"auc_gain_{side}"] = out[f"auc_{side}"] - out[f"auc_{side}_base"]
+    names = ("gain_difference", "auc_gain_difference")
+    out.update(_user_bootstrap(users, gains, names, n_boot=n_boot, seed=seed, level=level))
     return out
 
 

@@ -148,6 +148,29 @@ def paired_table(tests: list[dict[str, Any]]) -> str:
     return "\n".join(lines)
 
 
+def gain_table(tests: list[dict[str, Any]]) -> str:
+    """Markdown table of gain tests (metrics.gain_difference_test, named by experiment_rows):
+    each model's gain over its base, and the difference of the gains with its CI and p, of
+    accuracy and of the coin-flip AUC."""
+    lines = [
+        "| A (over its base) | B (over its base) | A's gain | B's gain | difference [95% CI] "
+        "| bootstrap p | AUC: A's gain | B's gain | difference [95% CI] | bootstrap p |",
+        "|---|---|---|---|---|---|---|---|---|---|",
+    ]
+    for t in tests:
+        cells = [f"{t['a']} ({t['a_base']})", f"{t['b']} ({t['b_base']})"]
+        for key in ("gain", "auc_gain"):
+            d = f"{key}_difference"
+            cells += [
+                f"{t[key + '_a']:+.3f}",
+                f"{t[key + '_b']:+.3f}",
+                f"{t[d]:+.3f} [{t[d + '_ci_low']:+.3f}, {t[d + '_ci_high']:+.3f}]",
+                f"{t[d + '_p_value']:.2g}",
+            ]
+        lines.append("| " + " | ".join(cells) + " |")
+    return "\n".join(lines)
+
+
 def eval_table(rows: list[dict[str, Any]], name: str) -> str | None:
     """Markdown table of an experiment's extra evaluation `name` (rows' evals.NAME): accuracy
     with its CI where measured, accuracy on each user's i-th negative, listwise HR@1 and MRR."""

@@ -20,6 +20,7 @@ import numpy as np
 
 from dmporec.config import ConfigError, RunConfig
 from dmporec.files import atomic_write_text, read_jsonl
+from dmporec.metrics import gain_difference_test
 from dmporec.report import report_images, write_report
 from dmporec.stages.experiment import (
     Cell,
@@ -30,12 +31,18 @@ from dmporec.stages.experiment import (
 )
 from dmporec.stages.experiment_evals import stamp_legacy
 from dmporec.stages.experiment_legacy import is_legacy, legacy_test_matches, upgrade_legacy
-from dmporec.tables import paired_row_test, paired_table, row_pair_scores, summary_table
+from dmporec.tables import (
+    gain_table,
+    paired_row_test,
+    paired_table,
+    row_pair_scores,
+    summary_table,
+)
 
 RESULTS = "results.jsonl"
 LLM_STAGES = ("zero_shot", "sft", "dmpo")
 # What publishing copies beside results.jsonl (and the report's PNGs).
-PUBLISHED_FILES = ("results.md", "paired.md", "report.md")
+PUBLISHED_FILES = ("results.md", "paired.md", "gains.json", "report.md")
 
 
 def published(exp: Experiment) -> Path:
@@ -117,6 +124,22 @@ def _train_key(cfg: RunConfig) -> str:
 
 def row_name(row: dict[str, Any]) -> str:
     return f"{row['cell']}: {row['model']}"
+
+
+def _gain_test(
+    a: dict[str, Any], a_base: dict[str, Any], b: dict[str, Any], b_base: dict[str, Any], seed: int
+) -> dict[str, Any] | None:
+    """metrics.gain_difference_test of four rows' per-pair scores, named; None when any row
+    keeps none or they scored other users' pairs."""
+    rows = {"a": a, "a_base": a_base, "b": b, "b_base": b_base}
+    scores = {k: row_pair_scores(r, "both") for k, r in rows.items()}
+    if any(s is None for s in scores.values()):
+        return None
+    users = scores["a"][0]
+    if any(len(s[0]) != len(users) or not np.array_equal(s[0], users) for s in scores.values()):
+        return None
+    test = gain_difference_test(users, {k: (s[1], s[2]) for k, s in scores.items()}, seed=seed)
+    return {**{k: row_name(r) for k, r in rows.items()}, **test}
 
 
 class Results:
@@ -247,11 +270,7 @@ class Results:
         paired = self.exp.paired
         cfg = self.config(cell)
         same_pairs = [c for c in self.exp.cells if _pairs_key(self.config(c)) == _pairs_key(cfg)]
-        found: list[dict[str, Any]] = []
-        if paired.zero_shot:
-            for c in same_pairs:
-                if "zero_shot" in c.stages and self.config(c).model.name == cfg.model.name:
-                    found += [r for r in self.of(c.name) if r["stage"] == "zero_shot"]
+        found: list[dict[str, Any]] = self.zero_shots(cfg) if paired.zero_shot else []
         for c in same_pairs:
             if "baselines" in c.stages and _train_key(self.config(c)) == _train_key(cfg):
                 found += [r for r in self.of(c.name) if r["model"] in paired.baselines]
@@ -268,6 +287,41 @@ class Results:
             ]
         unique = {row_name(r): r for r in found if r is not row}
         return list(unique.values())
+
+    def zero_shots(self, cfg: RunConfig) -> list[dict[str, Any]]:
+        """The zero-shot rows of `cfg`'s base model on `cfg`'s pairs."""
+        return [
+            r
+            for c in self.exp.cells
+            if "zero_shot" in c.stages
+            and _pairs_key(self.config(c)) == _pairs_key(cfg)
+            and self.config(c).model.name == cfg.model.name
+            for r in self.of(c.name)
+            if r["stage"] == "zero_shot"
+        ]
+
+    def gain_tests(self) -> list[dict[str, Any]]:
+        """Whether a trained row gains more over its own model's zero-shot than a row of another
+        base model that its cell's paired_with names (the same stage, on the same pairs) gains
+        over that model's zero-shot (metrics.gain_difference_test, bootstrap over users): e.g.
+        Gemma 3 270M's DMPO against SmolLM2's. Rows that keep no per-pair scores are left out."""
+        tests = []
+        for row in self.rows:
+            cell = next((c for c in self.exp.cells if c.name == row["cell"]), None)
+            if row["stage"] not in ("sft", "dmpo") or cell is None:
+                continue
+            cfg = self.config(cell)
+            for name in cell.paired_with:
+                other_cfg = self.config(self.exp.cell(name))
+                same_model = other_cfg.model.name == cfg.model.name
+                bases = self.zero_shots(cfg), self.zero_shots(other_cfg)
+                if same_model or _pairs_key(other_cfg) != _pairs_key(cfg) or not all(bases):
+                    continue
+                for other in (r for r in self.of(name) if r["stage"] == row["stage"]):
+                    test = _gain_test(row, bases[0][0], other, bases[1][0], seed=cfg.eval.seed)
+                    if test is not None:
+                        tests.append(test)
+        return tests
 
     def paired_tests(self) -> tuple[list[dict[str, Any]], list[str]]:
         """Every comparison's test (tables.paired_row_test) where both rows keep their per-pair
@@ -311,10 +365,18 @@ class Results:
                 f"\n\nLeft out, one side keeps no per-pair results (rerun that cell to pair "
                 f"it): {'; '.join(missing)}."
             )
+        gains = self.gain_tests()
+        if gains:
+            paired += (
+                "\n\n## Gains over each model's own zero-shot (the same pairs)\n\n"
+                + gain_table(gains)
+            )
         atomic_write_text(
             self.out / "paired.md", "## Paired tests (the same pairs)\n\n" + paired + "\n"
         )
         atomic_write_text(self.out / "paired.json", json.dumps(tests, indent=1) + "\n")
+        if gains:
+            atomic_write_text(self.out / "gains.json", json.dumps(gains, indent=1) + "\n")
         pngs = report_images(write_report(self.out, plots=self.exp.plots))
         if self.exp.publish:
             self.publish(tests, pngs)
