@@ -110,7 +110,7 @@ def main(argv: list[str] | None = None) -> int:
             print(
                 f"| {name} | {g[key + '_a']:+.3f} | {g[key + '_b']:+.3f} | "
                 f"{g[key + '_difference']:+.3f} [{g[key + '_difference_ci_low']:+.3f}, "
-                f"{g[key + '_difference_ci_high']:+.3f}] | {g[key + '_difference_p_value']:.3g} |"
+                f"{g[key + '_difference_ci_high']:+.3f}] | {g[key + '_p_value']:.3g} |"
             )
         print(f"(A's base = {args.base_a}, B's base = {args.base_b}; bootstrap over users)")
     if args.out:

@@ -460,6 +460,6 @@ cells:
     expected = gain_difference_test(np.array(users), {k: scores[c] for k, c in cells.items()})
     assert {k: v for k, v in test.items() if k not in ("a", "a_base", "b", "b_base")} == expected
     assert test["gain_b"] == 0 and test["gain_difference"] > 0.3
-    assert test["gain_difference_p_value"] < 0.05
+    assert test["gain_p_value"] < 0.05
     table = gain_table([test])
     assert "sft-b: sft (zero-b: zero_shot)" in table and f"{test['gain_a']:+.3f}" in table

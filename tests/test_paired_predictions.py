@@ -63,7 +63,7 @@ def test_gains_over_each_base(script, tmp_path, capsys):
     gain = json.loads(out.read_text())["gain"]
     assert gain["gain_a"] == pytest.approx(0.4) and gain["gain_b"] == 0
     assert gain["gain_difference"] == pytest.approx(0.4)
-    assert gain["gain_difference_ci_low"] > 0.1 and gain["gain_difference_p_value"] < 0.01
+    assert gain["gain_difference_ci_low"] > 0.1 and gain["gain_p_value"] < 0.01
     assert "| accuracy | +0.400 | +0.000 | +0.400" in capsys.readouterr().out
     short = write(tmp_path / "short.jsonl", [True] * (n - 1))
     with pytest.raises(SystemExit, match="short.jsonl does not hold the same pairs"):

@@ -213,27 +213,28 @@ def _auc(labels: Array, scores: Array) -> float:
 
 def _user_bootstrap(
     users: Array,
-    statistics: Callable[[Array], tuple[float, ...]],
+    differences: Callable[[Array], tuple[float, ...]],
     names: tuple[str, ...],
     *,
     n_boot: int,
     seed: int,
     level: float,
 ) -> dict[str, float]:
-    """Statistics of the pairs (`statistics(idx)`: one value per name, for the pairs at `idx`),
-    observed and under a bootstrap over users: each resample draws users with replacement and
-    takes all of a drawn user's pairs (pairs of one user are not independent). Per name:
-    `NAME` (observed), `NAME_ci_low` / `NAME_ci_high` (percentile interval of the resamples) and
-    `NAME_p_value`, two-sided against 0: 2 * (min(resamples <= 0, >= 0) + 1) / (resamples + 1),
-    capped at 1 (its floor is about 2 / n_boot, never 0). NaN resamples (e.g. an AUC of one coin
-    class) are dropped; with none left the interval is NaN and p = 1."""
-    observed = statistics(np.arange(users.size))
+    """Differences between models on the same pairs (`differences(idx)`: one value per name, for
+    the pairs at `idx`), observed and under a bootstrap over users: each resample draws users
+    with replacement and takes all of a drawn user's pairs (pairs of one user are not
+    independent). Per name: `NAME_difference` (observed), `NAME_difference_ci_low` / `_ci_high`
+    (percentile interval of the resamples) and `NAME_p_value`, two-sided against 0:
+    2 * (min(resamples <= 0, >= 0) + 1) / (resamples + 1), capped at 1 (its floor is about
+    2 / n_boot, never 0). NaN resamples (e.g. an AUC of one coin class) are dropped; with none
+    left the interval is NaN and p = 1."""
+    observed = differences(np.arange(users.size))
     _, group = np.unique(users, return_inverse=True)
     members = [np.flatnonzero(group == g) for g in range(group.max() + 1)] if users.size else []
     rng = np.random.default_rng(seed)
     draws = np.array(
         [
-            statistics(
+            differences(
                 np.concatenate([members[g] for g in rng.integers(0, len(members), len(members))])
             )
             for _ in range(n_boot if members else 0)
@@ -243,13 +244,13 @@ def _user_bootstrap(
     out: dict[str, float] = {}
     for j, name in enumerate(names):
         d = draws[:, j][~np.isnan(draws[:, j])]
-        out[name] = float(observed[j])
+        out[f"{name}_difference"] = float(observed[j])
         if d.size == 0:
-            out[f"{name}_ci_low"] = out[f"{name}_ci_high"] = float("nan")
+            out[f"{name}_difference_ci_low"] = out[f"{name}_difference_ci_high"] = float("nan")
             out[f"{name}_p_value"] = 1.0
             continue
-        out[f"{name}_ci_low"] = float(np.quantile(d, alpha))
-        out[f"{name}_ci_high"] = float(np.quantile(d, 1 - alpha))
+        out[f"{name}_difference_ci_low"] = float(np.quantile(d, alpha))
+        out[f"{name}_difference_ci_high"] = float(np.quantile(d, 1 - alpha))
         tail = min(np.sum(d <= 0), np.sum(d >= 0))
         out[f"{name}_p_value"] = float(min(1.0, 2 * (tail + 1) / (d.size + 1)))
     return out
@@ -298,15 +299,8 @@ def paired_auc_test(
         coin_flip_auc(cb, rb, heads=heads),
     )
     out["auc_stable_a"], out["auc_stable_b"] = stable_auc(ca, ra), stable_auc(cb, rb)
-    names = ("auc_difference", "auc_stable_difference")
-    tested = _user_bootstrap(users, differences, names, n_boot=n_boot, seed=seed, level=level)
-    for name in names:  # the keys as they have always been published
-        out[name] = tested[name]
-        out[f"{name}_ci_low"], out[f"{name}_ci_high"] = (
-            tested[f"{name}_ci_low"],
-            tested[f"{name}_ci_high"],
-        )
-        out[f"{name.removesuffix('_difference')}_p_value"] = tested[f"{name}_p_value"]
+    names = ("auc", "auc_stable")
+    out.update(_user_bootstrap(users, differences, names, n_boot=n_boot, seed=seed, level=level))
     return out
 
 
@@ -325,7 +319,7 @@ def gain_difference_test(
 
     Keys: each model's `accuracy_*` and `auc_*`, the gains `gain_a` / `gain_b` (accuracy) and
     `auc_gain_a` / `auc_gain_b`, and `gain_difference` / `auc_gain_difference` with their
-    `_ci_low`, `_ci_high` and `_p_value`. Every model gets the same coins. ValueError when a
+    `_ci_low` and `_ci_high`, and `gain_p_value` / `auc_gain_p_value`. Every model gets the same coins. ValueError when a
     model is missing or the lengths differ."""
     order = ("a", "a_base", "b", "b_base")
     if set(scores) != set(order):
@@ -357,7 +351,7 @@ def gain_difference_test(
     for side in ("a", "b"):
         out[f"gain_{side}"] = out[f"accuracy_{side}"] - out[f"accuracy_{side}_base"]
         out[f"auc_gain_{side}"] = out[f"auc_{side}"] - out[f"auc_{side}_base"]
-    names = ("gain_difference", "auc_gain_difference")
+    names = ("gain", "auc_gain")
     out.update(_user_bootstrap(users, gains, names, n_boot=n_boot, seed=seed, level=level))
     return out
 

@@ -165,7 +165,7 @@ def gain_table(tests: list[dict[str, Any]]) -> str:
                 f"{t[key + '_a']:+.3f}",
                 f"{t[key + '_b']:+.3f}",
                 f"{t[d]:+.3f} [{t[d + '_ci_low']:+.3f}, {t[d + '_ci_high']:+.3f}]",
-                f"{t[d + '_p_value']:.2g}",
+                f"{t[key + '_p_value']:.2g}",
             ]
         lines.append("| " + " | ".join(cells) + " |")
     return "\n".join(lines)
