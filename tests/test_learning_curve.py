@@ -90,6 +90,11 @@ def republish(tmp_path: Path, published: Path) -> tuple[Path, Path]:
     return out, pub
 
 
+def line_name(row: dict) -> str:
+    """A row's line in the curve, as the script named it: its model, then its label."""
+    return row["model"] + (f", {row['label']}" if row.get("label") else "")
+
+
 def old_name(b: str, n: int, rows: list[dict]) -> str:
     """A comparison as benchmarks/learning_curve.py labelled it, as a row's name ('cell: model')."""
     if b == "zero-shot":
@@ -115,38 +120,44 @@ def test_republishing_the_curve_gives_the_same_numbers_and_paired_tests(tmp_path
     assert "restored from" in capsys.readouterr().out
     rows = [json.loads(x) for x in (pub / "results.jsonl").read_text().splitlines()]
     by = {(r["cell"], r["model"]): r for r in rows}
-    assert len(rows) == len(old) == 27
+    assert len(rows) == len(old) >= 27
     for r in old:  # every number kept; the positions' accuracy from the diagnostics added
         metrics = by[(r["cell"], r["model"])]["metrics"]
         assert {k: metrics[k] for k in r["metrics"]} == r["metrics"], r["cell"]
     # The same table, line for line.
     table = sorted((out / "results.md").read_text().splitlines())
     assert table == sorted((PUBLISHED / "results.md").read_text().splitlines())
-    # The curve's points: each model's line by N (zero-shot its band).
+    # The curve's points: each model's line by N (zero-shot its band); every point the script
+    # published comes back (cells the engine ran since add their own).
     points = {}
     for r in rows:
         m = r["metrics"]
         point = [r["vars"].get("n", 0), m["accuracy"], m["accuracy_ci_low"], m["accuracy_ci_high"]]
-        name = r["model"] + (f", {r['label']}" if r.get("label") else "")
         if r["split"] == "test":
-            points.setdefault(name, []).append(point)
-    assert {k: sorted(v) for k, v in points.items()} == curve["series"]
-    # The paired tests: the same 50 comparisons with the same numbers (three of them computed
-    # again from the per-pair correctness the rows keep).
-    carrier = {(t["n"], t["a"]): r for r in old for t in r["carried"].get("paired_tests", [])}
+            points.setdefault(line_name(r), []).append(point)
+    for name, series in curve["series"].items():
+        assert [p for p in sorted(points[name]) if p in series] == series, name
+    # The paired tests: the script's 50 comparisons with the same numbers (three of them
+    # computed again from the per-pair correctness the rows keep), each found by its model's
+    # line and N.
+    trained = {
+        (r["vars"].get("n"), line_name(r)): r
+        for r in rows
+        if "eval_dir" in r and r["split"] == "test"
+    }
     expected = {}
     for t in curve["paired_tests"]:
-        row = carrier[(t["n"], t["a"])]
+        row = trained[(t["n"], t["a"])]
         a = f"{row['cell']}: {row['model']}"
         expected[(a, old_name(t["b"], t["n"], old))] = {
             k: v for k, v in t.items() if k not in ("n", "a", "b")
         }
     tests = json.loads((out / "paired.json").read_text())
     found = {(t["a"], t["b"]): {k: v for k, v in t.items() if k not in ("a", "b")} for t in tests}
-    assert found == expected
-    assert len(tests) == len(curve["paired_tests"]) == 50
+    assert {k: found.get(k) for k in expected} == expected
+    assert len(curve["paired_tests"]) == 50
     published_tests = {(t["a"], t["b"]) for r in rows for t in r.get("paired_tests", [])}
-    assert published_tests == set(expected)
+    assert published_tests == set(found) >= set(expected)
     # The diagnostics: training users' pairs and DMPO's rewards; the learning-rate probe; lists.
     for d in curve["diagnostics"]:
         (row,) = [r for r in rows if r["cell"] == d["cell"] and "eval_dir" in r]
