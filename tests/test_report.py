@@ -112,3 +112,24 @@ def test_a_line_without_auc_keeps_its_colour_and_its_legend_entry(tmp_path, monk
     assert len(colours) == 3 and all(len(c) == 1 for c in by_line.values())
     assert len({next(iter(c)) for c in by_line.values()}) == 2  # two lines, two colours
     assert len(legends) == 1 and sorted(legends[0]) == sorted(by_line)
+
+
+def test_more_lines_than_ten_never_share_a_colour(tmp_path, monkeypatch):
+    """The learning curve has 12 lines: the default cycle's ten colours would draw two of them
+    alike (DMPO k=2 as popularity); past ten the plot takes twenty."""
+    import matplotlib.axes
+
+    rows = []
+    for i in range(12):
+        for n in (100, 1000):
+            rows.append({**row(f"m{i}-{n}", 3, "t.jsonl"), "model": f"m{i}", "vars": {"n": n}})
+    colours = {}
+    errorbar = matplotlib.axes.Axes.errorbar
+
+    def spy_errorbar(self, *a, **kw):
+        colours[kw["label"]] = kw["color"]
+        return errorbar(self, *a, **kw)
+
+    monkeypatch.setattr(matplotlib.axes.Axes, "errorbar", spy_errorbar)
+    assert report.plot_sweep(rows, "n", tmp_path / "curve.png") == tmp_path / "curve.png"
+    assert len(colours) == 12 and len(set(colours.values())) == 12

@@ -136,7 +136,9 @@ def plot_sweep(
     axes = list(grid[0])
     # One colour per line across the panels, and one legend of every line and band.
     names = dict.fromkeys(n for metric in metrics for n in panels[metric])
-    colors = {name: f"C{i % 10}" for i, name in enumerate(names)}
+    # More lines than the default cycle's ten colours: twenty, so no two lines share one.
+    palette = [f"C{i}" for i in range(10)] if len(names) <= 10 else plt.get_cmap("tab20").colors
+    colors = {name: palette[i % len(palette)] for i, name in enumerate(names)}
     for ax, metric in zip(axes, metrics, strict=True):
         _sweep_panel(ax, rows, panels[metric], metric, bands, log_x, colors)
         ax.set_xticks(xs, [f"{v:g}" for v in xs])
