@@ -319,8 +319,8 @@ def gain_difference_test(
 
     Keys: each model's `accuracy_*` and `auc_*`, the gains `gain_a` / `gain_b` (accuracy) and
     `auc_gain_a` / `auc_gain_b`, and `gain_difference` / `auc_gain_difference` with their
-    `_ci_low` and `_ci_high`, and `gain_p_value` / `auc_gain_p_value`. Every model gets the same coins. ValueError when a
-    model is missing or the lengths differ."""
+    `_ci_low` and `_ci_high`, and `gain_p_value` / `auc_gain_p_value`. Every model gets the
+    same coins. ValueError when a model is missing or the lengths differ."""
     order = ("a", "a_base", "b", "b_base")
     if set(scores) != set(order):
         raise ValueError(

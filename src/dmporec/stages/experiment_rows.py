@@ -377,6 +377,8 @@ class Results:
         atomic_write_text(self.out / "paired.json", json.dumps(tests, indent=1) + "\n")
         if gains:
             atomic_write_text(self.out / "gains.json", json.dumps(gains, indent=1) + "\n")
+        else:  # none now: an earlier run's must not be published as this one's
+            (self.out / "gains.json").unlink(missing_ok=True)
         pngs = report_images(write_report(self.out, plots=self.exp.plots))
         if self.exp.publish:
             self.publish(tests, pngs)
