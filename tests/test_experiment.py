@@ -463,3 +463,13 @@ cells:
     assert test["gain_p_value"] < 0.05
     table = gain_table([test])
     assert "sft-b: sft (zero-b: zero_shot)" in table and f"{test['gain_a']:+.3f}" in table
+    # A zero-shot row that kept only its per-pair correctness (the learning-curve script's):
+    # the accuracy gains alone, the same numbers.
+    zero = next(r for r in results.rows if r["cell"] == "zero")
+    zero["pair_correct"] = list(pair_correct(*scores["zero"]))
+    del zero["pair_scores"]
+    (older,) = results.gain_tests()
+    assert {k: older[k] for k in older if "auc" not in k} == {
+        k: test[k] for k in test if "auc" not in k
+    }
+    assert "auc_gain_difference" not in older and "| - | - | - | - |" in gain_table([older])

@@ -256,6 +256,11 @@ def test_gain_difference_test_compares_gains_over_each_base():
         )
     acc = paired_test(pair_correct(*good), pair_correct(*base_a))
     assert one_base["gain_difference"] == pytest.approx(acc["difference"])
+    # A model that kept only its per-pair correctness (an older row): accuracy alone, the same.
+    kept = {"a": good, "a_base": base_a, "b": flat}
+    older = gain_difference_test(users, kept, {"b_base": pair_correct(*flat)}, n_boot=200, seed=2)
+    assert {k: older[k] for k in older if "auc" not in k} == {k: t[k] for k in t if "auc" not in k}
+    assert not any("auc" in k for k in older)
     with pytest.raises(ValueError, match="a_base"):
         gain_difference_test(users, {"a": good, "b": flat, "b_base": flat})
     with pytest.raises(ValueError, match="same length"):

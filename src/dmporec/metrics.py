@@ -307,6 +307,7 @@ def paired_auc_test(
 def gain_difference_test(
     users: Array,
     scores: dict[str, tuple[Array, Array]],
+    correct: dict[str, Array] | None = None,
     *,
     n_boot: int = 1000,
     seed: int = 0,
@@ -315,43 +316,48 @@ def gain_difference_test(
     """Whether model A gains more over its base than model B over its own, on the same pairs:
     (A - A's base) - (B - B's base), of accuracy and of the coin-flip AUC, with a paired
     bootstrap over users (`_user_bootstrap`; each resample takes a drawn user's pairs with all
-    four models' scores). `scores` maps "a", "a_base", "b", "b_base" to (chosen, rejected).
+    four models' results). The models are "a", "a_base", "b" and "b_base": each in `scores`
+    ((chosen, rejected) per pair) or, a model that kept only whether it was right on each pair
+    (`pair_correct`: an older row), in `correct`; the AUC needs all four in `scores`.
 
-    Keys: each model's `accuracy_*` and `auc_*`, the gains `gain_a` / `gain_b` (accuracy) and
-    `auc_gain_a` / `auc_gain_b`, and `gain_difference` / `auc_gain_difference` with their
-    `_ci_low` and `_ci_high`, and `gain_p_value` / `auc_gain_p_value`. Every model gets the
+    Keys: each model's `accuracy_*` (and `auc_*`), the gains `gain_a` / `gain_b` (and
+    `auc_gain_a` / `auc_gain_b`), and `gain_difference` (and `auc_gain_difference`) with its
+    `_ci_low` and `_ci_high`, and `gain_p_value` (`auc_gain_p_value`). Every model gets the
     same coins. ValueError when a model is missing or the lengths differ."""
     order = ("a", "a_base", "b", "b_base")
-    if set(scores) != set(order):
-        raise ValueError(
-            f"scores needs exactly {', '.join(order)}; got {', '.join(sorted(scores))}"
-        )
+    correct = dict(correct or {})
+    if sorted([*scores, *correct]) != sorted(order):
+        given = ", ".join(sorted([*scores, *correct]))
+        raise ValueError(f"needs each of {', '.join(order)} once (scores or correct); got {given}")
     users = np.asarray(users)
-    pairs = {k: tuple(np.asarray(x, float) for x in scores[k]) for k in order}
-    if any(x.shape != users.shape for k in order for x in pairs[k]):
-        raise ValueError(
-            "users and every model's chosen and rejected scores must have the same length"
-        )
+    pairs = {k: tuple(np.asarray(x, float) for x in v) for k, v in scores.items()}
+    correct = {k: np.asarray(v, float) for k, v in correct.items()}
+    correct |= {k: pair_correct(*v) for k, v in pairs.items()}
+    arrays = [*correct.values(), *(x for v in pairs.values() for x in v)]
+    if any(x.shape != users.shape for x in arrays):
+        raise ValueError("users and every model's per-pair results must have the same length")
     heads = coin_flips(users.size, seed)
-    correct = {k: pair_correct(*pairs[k]) for k in order}
+    with_auc = len(pairs) == len(order)
 
-    def gains(idx: Array) -> tuple[float, float]:
+    def gains(idx: Array) -> tuple[float, ...]:
         acc = {k: correct[k][idx].mean() for k in order}
-        auc = {k: _coin_auc(heads, *pairs[k], idx) for k in order}
-        return (
-            float((acc["a"] - acc["a_base"]) - (acc["b"] - acc["b_base"])),
-            (auc["a"] - auc["a_base"]) - (auc["b"] - auc["b_base"]),
-        )
+        out = [float((acc["a"] - acc["a_base"]) - (acc["b"] - acc["b_base"]))]
+        if with_auc:
+            auc = {k: _coin_auc(heads, *pairs[k], idx) for k in order}
+            out.append((auc["a"] - auc["a_base"]) - (auc["b"] - auc["b_base"]))
+        return tuple(out)
 
     out: dict[str, float] = {"pairs": int(users.size)}
     every = np.arange(users.size)
+    names = ("gain", "auc_gain") if with_auc else ("gain",)
     for k in order:
         out[f"accuracy_{k}"] = float(correct[k].mean()) if users.size else float("nan")
-        out[f"auc_{k}"] = _coin_auc(heads, *pairs[k], every)
+        if with_auc:
+            out[f"auc_{k}"] = _coin_auc(heads, *pairs[k], every)
     for side in ("a", "b"):
         out[f"gain_{side}"] = out[f"accuracy_{side}"] - out[f"accuracy_{side}_base"]
-        out[f"auc_gain_{side}"] = out[f"auc_{side}"] - out[f"auc_{side}_base"]
-    names = ("gain", "auc_gain")
+        if with_auc:
+            out[f"auc_gain_{side}"] = out[f"auc_{side}"] - out[f"auc_{side}_base"]
     out.update(_user_bootstrap(users, gains, names, n_boot=n_boot, seed=seed, level=level))
     return out
 

@@ -151,7 +151,7 @@ def paired_table(tests: list[dict[str, Any]]) -> str:
 def gain_table(tests: list[dict[str, Any]]) -> str:
     """Markdown table of gain tests (metrics.gain_difference_test, named by experiment_rows):
     each model's gain over its base, and the difference of the gains with its CI and p, of
-    accuracy and of the coin-flip AUC."""
+    accuracy and of the coin-flip AUC ("-" where a row kept no scores for the AUC)."""
     lines = [
         "| A (over its base) | B (over its base) | A's gain | B's gain | difference [95% CI] "
         "| bootstrap p | AUC: A's gain | B's gain | difference [95% CI] | bootstrap p |",
@@ -161,6 +161,9 @@ def gain_table(tests: list[dict[str, Any]]) -> str:
         cells = [f"{t['a']} ({t['a_base']})", f"{t['b']} ({t['b_base']})"]
         for key in ("gain", "auc_gain"):
             d = f"{key}_difference"
+            if d not in t:
+                cells += ["-"] * 4
+                continue
             cells += [
                 f"{t[key + '_a']:+.3f}",
                 f"{t[key + '_b']:+.3f}",

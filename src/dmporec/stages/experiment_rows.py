@@ -35,6 +35,7 @@ from dmporec.tables import (
     gain_table,
     paired_row_test,
     paired_table,
+    row_correct,
     row_pair_scores,
     summary_table,
 )
@@ -129,16 +130,23 @@ def row_name(row: dict[str, Any]) -> str:
 def _gain_test(
     a: dict[str, Any], a_base: dict[str, Any], b: dict[str, Any], b_base: dict[str, Any], seed: int
 ) -> dict[str, Any] | None:
-    """metrics.gain_difference_test of four rows' per-pair scores, named; None when any row
-    keeps none or they scored other users' pairs."""
+    """metrics.gain_difference_test of four rows on the same pairs: their per-pair scores, or
+    for a row that kept only its per-pair correctness (the learning-curve script's zero-shot)
+    that, accuracy alone then. None when a row keeps neither, no row names the pairs' users, or
+    they scored other pairs."""
     rows = {"a": a, "a_base": a_base, "b": b, "b_base": b_base}
-    scores = {k: row_pair_scores(r, "both") for k, r in rows.items()}
-    if any(s is None for s in scores.values()):
+    scores = {k: s for k, r in rows.items() if (s := row_pair_scores(r, "both")) is not None}
+    correct = {k: row_correct(r, "both") for k, r in rows.items() if k not in scores}
+    if not scores or any(c is None for c in correct.values()):
         return None
-    users = scores["a"][0]
-    if any(len(s[0]) != len(users) or not np.array_equal(s[0], users) for s in scores.values()):
+    users = next(iter(scores.values()))[0]
+    if any(not np.array_equal(s[0], users) for s in scores.values()) or any(
+        len(c) != len(users) for c in correct.values()
+    ):
         return None
-    test = gain_difference_test(users, {k: (s[1], s[2]) for k, s in scores.items()}, seed=seed)
+    test = gain_difference_test(
+        users, {k: (s[1], s[2]) for k, s in scores.items()}, correct, seed=seed
+    )
     return {**{k: row_name(r) for k, r in rows.items()}, **test}
 
 
