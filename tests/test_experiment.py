@@ -274,6 +274,7 @@ def test_a_new_checkout_restores_the_published_cells(finished, tmp_path, capsys,
     tests, rows = (out / "paired.json").read_text(), (published / "results.jsonl").read_text()
     report = (out / "report.md").read_text()
     shutil.rmtree(out)  # runs/ does not outlive a session; the published files do
+    (published / "gains.json").write_text("[]\n")  # an earlier run's: this one makes none
 
     def no_hybrid(*args, **kwargs):
         raise AssertionError("a restored hybrid evaluation was made again")
@@ -286,6 +287,7 @@ def test_a_new_checkout_restores_the_published_cells(finished, tmp_path, capsys,
     assert not (out / "k2").exists()  # nothing trained or scored
     assert (out / "paired.json").read_text() == tests
     assert (published / "results.jsonl").read_text() == rows
+    assert not (published / "gains.json").exists()
     kept = [r["evals"] for r in rows_of(out / "results.jsonl") if "evals" in r]
     assert kept == [json.loads(r)["evals"] for r in rows.splitlines() if '"evals"' in r]
     assert sum("hybrid" in e for e in kept) == 1  # k3-beta's, exactly as published

@@ -227,7 +227,7 @@ def _user_bootstrap(
     (percentile interval of the resamples) and `NAME_p_value`, two-sided against 0:
     2 * (min(resamples <= 0, >= 0) + 1) / (resamples + 1), capped at 1 (its floor is about
     2 / n_boot, never 0). NaN resamples (e.g. an AUC of one coin class) are dropped; with none
-    left the interval is NaN and p = 1."""
+    left, or a NaN observed difference (a NaN input), the interval is NaN and p = 1."""
     observed = differences(np.arange(users.size))
     _, group = np.unique(users, return_inverse=True)
     members = [np.flatnonzero(group == g) for g in range(group.max() + 1)] if users.size else []
@@ -245,7 +245,7 @@ def _user_bootstrap(
     for j, name in enumerate(names):
         d = draws[:, j][~np.isnan(draws[:, j])]
         out[f"{name}_difference"] = float(observed[j])
-        if d.size == 0:
+        if d.size == 0 or np.isnan(observed[j]):  # no estimate: no interval either
             out[f"{name}_difference_ci_low"] = out[f"{name}_difference_ci_high"] = float("nan")
             out[f"{name}_p_value"] = 1.0
             continue
@@ -320,7 +320,7 @@ def gain_difference_test(
     ((chosen, rejected) per pair) or, a model that kept only whether it was right on each pair
     (`pair_correct`: an older row), in `correct`; the AUC needs all four in `scores`.
 
-    Keys: each model's `accuracy_*` (and `auc_*`), the gains `gain_a` / `gain_b` (and
+    Keys: `pairs`, each model's `accuracy_*` (and `auc_*`), the gains `gain_a` / `gain_b` (and
     `auc_gain_a` / `auc_gain_b`), and `gain_difference` (and `auc_gain_difference`) with its
     `_ci_low` and `_ci_high`, and `gain_p_value` (`auc_gain_p_value`). Every model gets the
     same coins. ValueError when a model is missing or the lengths differ."""
@@ -338,8 +338,11 @@ def gain_difference_test(
         raise ValueError("users and every model's per-pair results must have the same length")
     heads = coin_flips(users.size, seed)
     with_auc = len(pairs) == len(order)
+    names = ("gain", "auc_gain") if with_auc else ("gain",)
 
     def gains(idx: Array) -> tuple[float, ...]:
+        if idx.size == 0:
+            return (float("nan"),) * len(names)
         acc = {k: correct[k][idx].mean() for k in order}
         out = [float((acc["a"] - acc["a_base"]) - (acc["b"] - acc["b_base"]))]
         if with_auc:
@@ -349,7 +352,6 @@ def gain_difference_test(
 
     out: dict[str, float] = {"pairs": int(users.size)}
     every = np.arange(users.size)
-    names = ("gain", "auc_gain") if with_auc else ("gain",)
     for k in order:
         out[f"accuracy_{k}"] = float(correct[k].mean()) if users.size else float("nan")
         if with_auc:

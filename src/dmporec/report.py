@@ -136,8 +136,10 @@ def plot_sweep(
     axes = list(grid[0])
     # One colour per line across the panels, and one legend of every line and band.
     names = dict.fromkeys(n for metric in metrics for n in panels[metric])
-    # More lines than the default cycle's ten colours: twenty, so no two lines share one.
-    palette = [f"C{i}" for i in range(10)] if len(names) <= 10 else plt.get_cmap("tab20").colors
+    # More lines than the default cycle's ten colours: tab20's without its greys (the zero-shot
+    # band is grey), 18, so up to 18 lines never share one.
+    tab18 = [c for i, c in enumerate(plt.get_cmap("tab20").colors) if i not in (14, 15)]
+    palette = [f"C{i}" for i in range(10)] if len(names) <= 10 else tab18
     colors = {name: palette[i % len(palette)] for i, name in enumerate(names)}
     for ax, metric in zip(axes, metrics, strict=True):
         _sweep_panel(ax, rows, panels[metric], metric, bands, log_x, colors)

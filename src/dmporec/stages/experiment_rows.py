@@ -133,7 +133,8 @@ def _gain_test(
     """metrics.gain_difference_test of four rows on the same pairs: their per-pair scores, or
     for a row that kept only its per-pair correctness (the learning-curve script's zero-shot)
     that, accuracy alone then. None when a row keeps neither, no row names the pairs' users, or
-    they scored other pairs."""
+    the rows with scores name other users; a row with correctness alone is checked only for
+    its number of pairs."""
     rows = {"a": a, "a_base": a_base, "b": b, "b_base": b_base}
     scores = {k: s for k, r in rows.items() if (s := row_pair_scores(r, "both")) is not None}
     correct = {k: row_correct(r, "both") for k, r in rows.items() if k not in scores}
@@ -312,7 +313,9 @@ class Results:
         """Whether a trained row gains more over its own model's zero-shot than a row of another
         base model that its cell's paired_with names (the same stage, on the same pairs) gains
         over that model's zero-shot (metrics.gain_difference_test, bootstrap over users): e.g.
-        Gemma 3 270M's DMPO against SmolLM2's. Rows that keep no per-pair scores are left out."""
+        Gemma 3 270M's DMPO against SmolLM2's. A row that kept only its per-pair correctness
+        is tested on accuracy alone; one that kept neither is left out, and so is a model with
+        more than one zero-shot row on these pairs (which is its base would be a guess)."""
         tests = []
         for row in self.rows:
             cell = next((c for c in self.exp.cells if c.name == row["cell"]), None)
@@ -323,7 +326,8 @@ class Results:
                 other_cfg = self.config(self.exp.cell(name))
                 same_model = other_cfg.model.name == cfg.model.name
                 bases = self.zero_shots(cfg), self.zero_shots(other_cfg)
-                if same_model or _pairs_key(other_cfg) != _pairs_key(cfg) or not all(bases):
+                one_base = all(len(b) == 1 for b in bases)
+                if same_model or _pairs_key(other_cfg) != _pairs_key(cfg) or not one_base:
                     continue
                 for other in (r for r in self.of(name) if r["stage"] == row["stage"]):
                     test = _gain_test(row, bases[0][0], other, bases[1][0], seed=cfg.eval.seed)
@@ -361,8 +365,8 @@ class Results:
     # -- tables, report, publish ----------------------------------------------------------
 
     def write(self) -> str:
-        """results.md, paired.md and paired.json, report.md with its plots; then publish them
-        with every row. Returns the results table."""
+        """results.md, paired.md and paired.json, gains.json where there are gain tests,
+        report.md with its plots; then publish them with every row. Returns the results table."""
         tests, missing = self.paired_tests()
         named = [{**r, "model": row_name(r)} for r in self.rows]
         table = summary_table(named)
@@ -408,7 +412,10 @@ class Results:
         if kept:
             print(f"publish: kept {len(kept)} row(s) of cells not in this experiment file")
         atomic_write_text(source, "".join(json.dumps(r) + "\n" for r in [*rows, *kept]))
+        elsewhere = self.out.resolve() != target.resolve()
         for path in [*(self.out / n for n in PUBLISHED_FILES), *pngs]:
-            if path.is_file() and path.parent.resolve() != target.resolve():
+            if path.is_file() and elsewhere:
                 shutil.copy(path, target / path.name)
+            elif elsewhere:  # this run wrote none (no gain tests): an earlier one's goes too
+                (target / path.name).unlink(missing_ok=True)
         print(f"publish: {len(rows)} row(s), tables and plots in {target}")
