@@ -98,10 +98,12 @@ def main(argv: list[str] | None = None) -> int:
     )
     print(f"({result['pairs']} pairs, {args.orders} orders; A = {args.a}, B = {args.b})")
     if args.base_a:
-        models = {"a": (args.a, a), "b": (args.b, b)}
-        for k in ("base_a", "base_b"):
-            path = getattr(args, k)
-            models[k.replace("base_", "") + "_base"] = (path, predictions(Path(path)))
+        models = {
+            "a": (args.a, a),
+            "a_base": (args.base_a, predictions(Path(args.base_a))),
+            "b": (args.b, b),
+            "b_base": (args.base_b, predictions(Path(args.base_b))),
+        }
         g = result["gain"] = compare_gains(models, args.orders)
         result["a_base"], result["b_base"] = args.base_a, args.base_b
         print("\n| gain over its base | A | B | A - B [95% CI] | bootstrap p |")

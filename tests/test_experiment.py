@@ -395,12 +395,11 @@ def test_bad_experiment_files_are_named(tmp_path, capsys):
     assert "cells.0.stage: Extra inputs are not permitted" in capsys.readouterr().err
 
 
-def test_a_trained_row_is_paired_with_the_zero_shot_of_its_own_model(tmp_path):
-    """Two base models in one file (the learning curve's SmolLM2 and Gemma cells): each trained
-    row is paired with its own model's zero-shot row, and with the other model's rows only where
-    paired_with names them."""
-    from dmporec.stages.experiment import load_experiment
-    from dmporec.stages.experiment_rows import Results, row_name
+def two_models(tmp_path: Path):
+    """Results of a file with two base models (the learning curve's SmolLM2 and Gemma cells):
+    a zero-shot and an SFT row each, without per-pair results; Gemma's SFT is paired_with
+    SmolLM2's."""
+    from dmporec.stages.experiment_rows import Results
 
     text = """
 base: ROOT/configs/tiny.yaml
@@ -415,6 +414,16 @@ cells:
     results = Results(load_experiment(write(tmp_path, text)), [])
     stage = {"zero": "zero_shot", "zero-b": "zero_shot", "sft": "sft", "sft-b": "sft"}
     results.rows = [{"cell": c, "model": s, "stage": s} for c, s in stage.items()]
+    return results
+
+
+def test_a_trained_row_is_paired_with_the_zero_shot_of_its_own_model(tmp_path):
+    """Two base models in one file (the learning curve's SmolLM2 and Gemma cells): each trained
+    row is paired with its own model's zero-shot row, and with the other model's rows only where
+    paired_with names them."""
+    from dmporec.stages.experiment_rows import row_name
+
+    results = two_models(tmp_path)
     pairs = {r["cell"]: sorted(row_name(o) for o in results.comparisons(r)) for r in results.rows}
     assert pairs["sft"] == ["zero: zero_shot"]
     assert pairs["sft-b"] == ["sft: sft", "zero-b: zero_shot"]
@@ -426,22 +435,9 @@ def test_a_larger_models_gain_over_its_own_zero_shot_is_tested(tmp_path):
     the two gains, each over its own model's zero-shot (metrics.gain_difference_test, the same
     numbers); the table and gains.json carry it; rows without per-pair scores give none."""
     from dmporec.metrics import gain_difference_test
-    from dmporec.stages.experiment_rows import Results
     from dmporec.tables import gain_table
 
-    text = """
-base: ROOT/configs/tiny.yaml
-output_dir: OUT
-paired: {zero_shot: true, baselines: [], sft: true}
-cells:
-  - {name: zero, stages: [zero_shot]}
-  - {name: zero-b, stages: [zero_shot], overrides: [model.name=builtin:gemma3-270m]}
-  - {name: sft, stages: [sft]}
-  - {name: sft-b, stages: [sft], overrides: [model.name=builtin:gemma3-270m], paired_with: [sft]}
-"""
-    results = Results(load_experiment(write(tmp_path, text)), [])
-    stage = {"zero": "zero_shot", "zero-b": "zero_shot", "sft": "sft", "sft-b": "sft"}
-    results.rows = [{"cell": c, "model": s, "stage": s} for c, s in stage.items()]
+    results = two_models(tmp_path)
     assert results.gain_tests() == []  # no per-pair scores kept
     rng = np.random.default_rng(0)
     n = 120

@@ -273,8 +273,8 @@ class Results:
         rows of the same base model and the baselines fitted on the same training data (both on
         the same pairs), the SFT its DMPO started from, and the rows of its cell's paired_with
         cells (another model's rows are paired only when named there)."""
-        cell = next((c for c in self.exp.cells if c.name == row["cell"]), None)
-        if row["stage"] not in ("sft", "dmpo") or cell is None:
+        cell = self._trained_cell(row)
+        if cell is None:
             return []
         paired = self.exp.paired
         cfg = self.config(cell)
@@ -297,6 +297,13 @@ class Results:
         unique = {row_name(r): r for r in found if r is not row}
         return list(unique.values())
 
+    def _trained_cell(self, row: dict[str, Any]) -> Cell | None:
+        """The cell of an SFT or DMPO row, as the experiment file names it (None for another
+        stage's row, or a cell the file no longer names)."""
+        if row["stage"] not in ("sft", "dmpo"):
+            return None
+        return next((c for c in self.exp.cells if c.name == row["cell"]), None)
+
     def zero_shots(self, cfg: RunConfig) -> list[dict[str, Any]]:
         """The zero-shot rows of `cfg`'s base model on `cfg`'s pairs."""
         return [
@@ -318,8 +325,8 @@ class Results:
         more than one zero-shot row on these pairs (which is its base would be a guess)."""
         tests = []
         for row in self.rows:
-            cell = next((c for c in self.exp.cells if c.name == row["cell"]), None)
-            if row["stage"] not in ("sft", "dmpo") or cell is None:
+            cell = self._trained_cell(row)
+            if cell is None:
                 continue
             cfg = self.config(cell)
             for name in cell.paired_with:
